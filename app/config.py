@@ -59,6 +59,7 @@ class Settings:
     SCHEDULER_ENABLED: bool
     LOG_LEVEL: str
     SHUTDOWN_GRACE_SECONDS: float
+    DRY_RUN_DIR: str
     CHUNK_SIZE: int
     STORE_LOOKUP_BATCH: int
     ENRICH_WORKERS: int

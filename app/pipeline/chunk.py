@@ -1,0 +1,72 @@
+"""The vocabulary a job uses to describe its step: chunks in, processed chunks out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from asyncmy.connection import Connection
+
+ItemT = TypeVar("ItemT")  # an item read
+OutT = TypeVar("OutT")  # what processing a chunk of items gives the writer
+
+
+@dataclass(slots=True)
+class Chunk(Generic[ItemT]):
+    items: list[ItemT]
+    checkpoint: Any  # JSON-able: where a restart resumes once this chunk is committed
+
+
+@dataclass(slots=True)
+class Processed(Generic[OutT]):
+    output: OutT
+    filtered: int = 0  # items dropped by the job's rules; the rest count as written
+
+
+@dataclass(frozen=True)
+class StepDefinition(Generic[ItemT, OutT]):
+    """What a job says about its step; the runtime does the rest.
+
+    - `read(checkpoint)` streams the chunks after `checkpoint` (None: from the start).
+    - `process(items)` enriches a chunk; chunks are processed concurrently, so it may
+      also do effects that are safe to repeat (publishing idempotent messages). It is
+      retried on transient errors; after the last attempt the chunk is skipped.
+    - `write(conn, output)` runs in the chunk's transaction, in read order, beside the
+      checkpoint and the counts: a chunk's database effect commits with them or not at all.
+    """
+
+    name: str
+    read: Callable[[Any], AsyncIterator[Chunk[ItemT]]]
+    process: Callable[[list[ItemT]], Awaitable[Processed[OutT]]]
+    write: Callable[[Connection, OutT], Awaitable[None]] | None
+    item_key: Callable[[ItemT], object]  # names a skipped item in the warning
+    item_label: str = "member ids"
+
+
+@dataclass
+class StepProgress:
+    """Live counts of a running step: `read` as chunks are read, the rest as they commit."""
+
+    read: int = 0
+    written: int = 0
+    filtered: int = 0
+    skipped: int = 0
+    commits: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        """Items read per second so far."""
+        elapsed = time.monotonic() - self.started
+        return self.read / elapsed if elapsed > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "read": self.read,
+            "written": self.written,
+            "filtered": self.filtered,
+            "skipped": self.skipped,
+            "commits": self.commits,
+            "itemsPerSecond": round(self.rate(), 1),
+        }

@@ -1,0 +1,390 @@
+"""The job repository: the one place that knows the Spring Batch 5 metadata tables.
+
+A job instance is a job name plus its identifying parameters; each launch of it is
+a job execution with one step execution per step. Launch rules run in a single
+transaction that locks the instance row, so two processes launching the same
+instance at once are serialized and exactly one of them runs. All times come from
+the database clock, so replicas with skewed clocks agree on heartbeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from asyncmy.connection import Connection
+from asyncmy.errors import IntegrityError
+from asyncmy.pool import Pool
+
+from app.edges.db import fetch_all, transaction
+
+_MESSAGE_LIMIT = 2500  # EXIT_MESSAGE and SHORT_CONTEXT are VARCHAR(2500)
+
+
+class Status(StrEnum):
+    STARTING = "STARTING"
+    STARTED = "STARTED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+
+RUNNING = (Status.STARTING, Status.STARTED)
+
+
+@dataclass(frozen=True)
+class JobParameter:
+    name: str
+    type: str  # the Java type Spring records, e.g. java.time.LocalDate
+    value: str
+    identifying: bool = True
+
+
+@dataclass
+class StepExecution:
+    id: int
+    job_execution_id: int
+    name: str
+    status: str
+    checkpoint: Any = None
+    read_count: int = 0
+    write_count: int = 0
+    filter_count: int = 0
+    skip_count: int = 0
+    commit_count: int = 0
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    exit_message: str = ""
+
+
+@dataclass
+class JobExecution:
+    id: int
+    instance_id: int
+    job_name: str
+    status: str
+    parameters: dict[str, str]
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    exit_code: str = ""
+    exit_message: str = ""
+    last_updated: datetime | None = None
+    steps: list[StepExecution] = field(default_factory=list)
+
+
+class LaunchRefused(Exception):
+    def __init__(self, message: str, execution_id: int) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+
+
+class AlreadyRunning(LaunchRefused):
+    """A live execution of the same instance is running."""
+
+
+class AlreadyComplete(LaunchRefused):
+    """The instance completed and the launch did not ask for a rerun."""
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    read: int
+    written: int
+    filtered: int
+    skipped: int
+
+
+def job_key(parameters: Sequence[JobParameter]) -> str:
+    """MD5 of the identifying parameters, `name=value;` in name order (Spring's key)."""
+    ordered = sorted(parameters, key=lambda p: p.name)
+    text = "".join(f"{p.name}={p.value};" for p in ordered if p.identifying)
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+
+
+async def _next_id(conn: Connection, sequence: str) -> int:
+    async with conn.cursor() as cur:
+        await cur.execute(f"UPDATE {sequence} SET ID = LAST_INSERT_ID(ID + 1)")
+        await cur.execute("SELECT LAST_INSERT_ID()")
+        (value,) = await cur.fetchone()
+        return int(value)
+
+
+_EXECUTION_COLUMNS = (
+    "e.JOB_EXECUTION_ID, e.JOB_INSTANCE_ID, i.JOB_NAME, e.STATUS, e.CREATE_TIME, e.START_TIME,"
+    " e.END_TIME, e.EXIT_CODE, e.EXIT_MESSAGE, e.LAST_UPDATED"
+)
+_STEP_COLUMNS = (
+    "s.STEP_EXECUTION_ID, s.JOB_EXECUTION_ID, s.STEP_NAME, s.STATUS, c.SHORT_CONTEXT,"
+    " s.READ_COUNT, s.WRITE_COUNT, s.FILTER_COUNT,"
+    " s.READ_SKIP_COUNT + s.PROCESS_SKIP_COUNT + s.WRITE_SKIP_COUNT, s.COMMIT_COUNT,"
+    " s.START_TIME, s.END_TIME, s.EXIT_MESSAGE"
+)
+
+
+def _step_from_row(row: tuple) -> StepExecution:
+    context = json.loads(row[4]) if row[4] else {}
+    return StepExecution(
+        id=row[0],
+        job_execution_id=row[1],
+        name=row[2],
+        status=row[3],
+        checkpoint=context.get("checkpoint"),
+        read_count=row[5],
+        write_count=row[6],
+        filter_count=row[7],
+        skip_count=int(row[8]),
+        commit_count=row[9],
+        start_time=row[10],
+        end_time=row[11],
+        exit_message=row[12] or "",
+    )
+
+
+class JobRepository:
+    def __init__(self, pool: Pool, *, abandon_after_seconds: int) -> None:
+        self.pool = pool
+        self.abandon_after_seconds = abandon_after_seconds
+
+    async def start_execution(
+        self, job_name: str, parameters: Sequence[JobParameter], *, rerun_completed: bool
+    ) -> JobExecution:
+        """Apply the launch rules and record a STARTED execution, or raise LaunchRefused.
+
+        A live STARTED execution refuses the launch; one whose heartbeat is older than
+        the abandon limit is marked FAILED first. FAILED and STOPPED instances restart
+        (their steps resume from the checkpoint); COMPLETED ones run again only when
+        `rerun_completed`.
+        """
+        instance_id = await self._instance_id(job_name, job_key(parameters))
+        async with transaction(self.pool) as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT JOB_INSTANCE_ID FROM BATCH_JOB_INSTANCE"
+                " WHERE JOB_INSTANCE_ID = %s FOR UPDATE",
+                (instance_id,),
+            )
+            await cur.execute(
+                "SELECT JOB_EXECUTION_ID, STATUS, TIMESTAMPDIFF(MICROSECOND, LAST_UPDATED, NOW(6))"
+                " FROM BATCH_JOB_EXECUTION WHERE JOB_INSTANCE_ID = %s"
+                " ORDER BY JOB_EXECUTION_ID DESC LIMIT 1 FOR UPDATE",
+                (instance_id,),
+            )
+            last = await cur.fetchone()
+            if last is not None:
+                last_id, last_status, idle_us = last
+                if last_status in RUNNING:
+                    idle = (idle_us or 0) / 1e6
+                    if idle < self.abandon_after_seconds:
+                        raise AlreadyRunning(
+                            f"{job_name} is already running as execution {last_id}", last_id
+                        )
+                    await self._mark_abandoned(conn, last_id, idle)
+                elif last_status == Status.COMPLETED and not rerun_completed:
+                    raise AlreadyComplete(
+                        f"{job_name} already completed as execution {last_id}", last_id
+                    )
+            execution_id = await _next_id(conn, "BATCH_JOB_EXECUTION_SEQ")
+            await cur.execute(
+                "INSERT INTO BATCH_JOB_EXECUTION (JOB_EXECUTION_ID, VERSION, JOB_INSTANCE_ID,"
+                " CREATE_TIME, START_TIME, STATUS, EXIT_CODE, EXIT_MESSAGE, LAST_UPDATED)"
+                " VALUES (%s, 1, %s, NOW(6), NOW(6), %s, 'EXECUTING', '', NOW(6))",
+                (execution_id, instance_id, Status.STARTED.value),
+            )
+            await cur.executemany(
+                "INSERT INTO BATCH_JOB_EXECUTION_PARAMS (JOB_EXECUTION_ID, PARAMETER_NAME,"
+                " PARAMETER_TYPE, PARAMETER_VALUE, IDENTIFYING) VALUES (%s, %s, %s, %s, %s)",
+                [
+                    (execution_id, p.name, p.type, p.value, "Y" if p.identifying else "N")
+                    for p in parameters
+                ],
+            )
+            await cur.execute(
+                "INSERT INTO BATCH_JOB_EXECUTION_CONTEXT (JOB_EXECUTION_ID, SHORT_CONTEXT)"
+                " VALUES (%s, '{}')",
+                (execution_id,),
+            )
+        execution = await self.get_execution(execution_id)
+        assert execution is not None
+        return execution
+
+    async def _instance_id(self, job_name: str, key: str) -> int:
+        select = (
+            "SELECT JOB_INSTANCE_ID FROM BATCH_JOB_INSTANCE WHERE JOB_NAME = %s AND JOB_KEY = %s"
+        )
+        rows = await fetch_all(self.pool, select, (job_name, key))
+        if rows:
+            return int(rows[0][0])
+        try:
+            async with transaction(self.pool) as conn, conn.cursor() as cur:
+                instance_id = await _next_id(conn, "BATCH_JOB_SEQ")
+                await cur.execute(
+                    "INSERT INTO BATCH_JOB_INSTANCE (JOB_INSTANCE_ID, VERSION, JOB_NAME, JOB_KEY)"
+                    " VALUES (%s, 0, %s, %s)",
+                    (instance_id, job_name, key),
+                )
+                return instance_id
+        except IntegrityError:  # another process created it a moment ago
+            rows = await fetch_all(self.pool, select, (job_name, key))
+            return int(rows[0][0])
+
+    async def _mark_abandoned(self, conn: Connection, execution_id: int, idle: float) -> None:
+        message = (
+            f"abandoned: no heartbeat for {idle:.0f} s"
+            f" (JOB_ABANDON_AFTER_SECONDS={self.abandon_after_seconds})"
+        )
+        async with conn.cursor() as cur:
+            for table in ("BATCH_JOB_EXECUTION", "BATCH_STEP_EXECUTION"):
+                await cur.execute(
+                    f"UPDATE {table} SET STATUS = 'FAILED', EXIT_CODE = 'FAILED',"
+                    " EXIT_MESSAGE = %s, END_TIME = NOW(6), LAST_UPDATED = NOW(6),"
+                    " VERSION = VERSION + 1"
+                    " WHERE JOB_EXECUTION_ID = %s AND STATUS IN ('STARTING', 'STARTED')",
+                    (message, execution_id),
+                )
+
+    async def heartbeat(self, execution_id: int) -> None:
+        await self._execute(
+            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) WHERE JOB_EXECUTION_ID = %s",
+            (execution_id,),
+        )
+
+    async def finish_execution(self, execution_id: int, status: Status, message: str = "") -> None:
+        await self._execute(
+            "UPDATE BATCH_JOB_EXECUTION SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
+            " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
+            " WHERE JOB_EXECUTION_ID = %s",
+            (status.value, status.value, _clip(message), execution_id),
+        )
+
+    async def start_step(self, execution: JobExecution, step_name: str) -> StepExecution:
+        """Record a step execution; it resumes from the checkpoint of this instance's last
+        execution of the step unless that one completed (then this is a fresh rerun)."""
+        rows = await fetch_all(
+            self.pool,
+            f"SELECT {_STEP_COLUMNS} FROM BATCH_STEP_EXECUTION s"
+            " JOIN BATCH_JOB_EXECUTION e ON e.JOB_EXECUTION_ID = s.JOB_EXECUTION_ID"
+            " LEFT JOIN BATCH_STEP_EXECUTION_CONTEXT c ON c.STEP_EXECUTION_ID = s.STEP_EXECUTION_ID"
+            " WHERE e.JOB_INSTANCE_ID = %s AND s.STEP_NAME = %s AND s.JOB_EXECUTION_ID < %s"
+            " ORDER BY s.STEP_EXECUTION_ID DESC LIMIT 1",
+            (execution.instance_id, step_name, execution.id),
+        )
+        previous = _step_from_row(rows[0]) if rows else None
+        checkpoint = None
+        if previous is not None and previous.status != Status.COMPLETED:
+            checkpoint = previous.checkpoint
+        context = json.dumps({"checkpoint": checkpoint})
+        async with transaction(self.pool) as conn, conn.cursor() as cur:
+            step_id = await _next_id(conn, "BATCH_STEP_EXECUTION_SEQ")
+            await cur.execute(
+                "INSERT INTO BATCH_STEP_EXECUTION (STEP_EXECUTION_ID, VERSION, STEP_NAME,"
+                " JOB_EXECUTION_ID, CREATE_TIME, START_TIME, STATUS, COMMIT_COUNT, READ_COUNT,"
+                " FILTER_COUNT, WRITE_COUNT, READ_SKIP_COUNT, WRITE_SKIP_COUNT,"
+                " PROCESS_SKIP_COUNT, ROLLBACK_COUNT, EXIT_CODE, EXIT_MESSAGE, LAST_UPDATED)"
+                " VALUES (%s, 1, %s, %s, NOW(6), NOW(6), 'STARTED', 0, 0, 0, 0, 0, 0, 0, 0,"
+                " 'EXECUTING', '', NOW(6))",
+                (step_id, step_name, execution.id),
+            )
+            await cur.execute(
+                "INSERT INTO BATCH_STEP_EXECUTION_CONTEXT (STEP_EXECUTION_ID, SHORT_CONTEXT)"
+                " VALUES (%s, %s)",
+                (step_id, context),
+            )
+        return StepExecution(
+            id=step_id,
+            job_execution_id=execution.id,
+            name=step_name,
+            status=Status.STARTED,
+            checkpoint=checkpoint,
+        )
+
+    async def commit_chunk(
+        self, conn: Connection, step_id: int, counts: ChunkCounts, checkpoint: Any
+    ) -> None:
+        """Record a chunk's counts and checkpoint inside the caller's (the chunk's) transaction."""
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "UPDATE BATCH_STEP_EXECUTION SET READ_COUNT = READ_COUNT + %s,"
+                " WRITE_COUNT = WRITE_COUNT + %s, FILTER_COUNT = FILTER_COUNT + %s,"
+                " PROCESS_SKIP_COUNT = PROCESS_SKIP_COUNT + %s, COMMIT_COUNT = COMMIT_COUNT + 1,"
+                " VERSION = VERSION + 1, LAST_UPDATED = NOW(6) WHERE STEP_EXECUTION_ID = %s",
+                (counts.read, counts.written, counts.filtered, counts.skipped, step_id),
+            )
+            await cur.execute(
+                "UPDATE BATCH_STEP_EXECUTION_CONTEXT SET SHORT_CONTEXT = %s"
+                " WHERE STEP_EXECUTION_ID = %s",
+                (json.dumps({"checkpoint": checkpoint}), step_id),
+            )
+
+    async def finish_step(self, step_id: int, status: Status, message: str = "") -> None:
+        await self._execute(
+            "UPDATE BATCH_STEP_EXECUTION SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
+            " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
+            " WHERE STEP_EXECUTION_ID = %s",
+            (status.value, status.value, _clip(message), step_id),
+        )
+
+    async def get_execution(self, execution_id: int) -> JobExecution | None:
+        found = await self._executions("e.JOB_EXECUTION_ID = %s", (execution_id,), limit=1)
+        return found[0] if found else None
+
+    async def list_executions(self, job_name: str, limit: int = 20) -> list[JobExecution]:
+        return await self._executions("i.JOB_NAME = %s", (job_name,), limit=limit)
+
+    async def _executions(self, where: str, args: tuple, *, limit: int) -> list[JobExecution]:
+        rows = await fetch_all(
+            self.pool,
+            f"SELECT {_EXECUTION_COLUMNS} FROM BATCH_JOB_EXECUTION e"
+            " JOIN BATCH_JOB_INSTANCE i ON i.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID"
+            f" WHERE {where} ORDER BY e.JOB_EXECUTION_ID DESC LIMIT {int(limit)}",
+            args,
+        )
+        executions = {
+            row[0]: JobExecution(
+                id=row[0],
+                instance_id=row[1],
+                job_name=row[2],
+                status=row[3],
+                parameters={},
+                create_time=row[4],
+                start_time=row[5],
+                end_time=row[6],
+                exit_code=row[7] or "",
+                exit_message=row[8] or "",
+                last_updated=row[9],
+            )
+            for row in rows
+        }
+        if not executions:
+            return []
+        marks = ", ".join(["%s"] * len(executions))
+        ids = tuple(executions)
+        for exec_id, name, value in await fetch_all(
+            self.pool,
+            "SELECT JOB_EXECUTION_ID, PARAMETER_NAME, PARAMETER_VALUE"
+            f" FROM BATCH_JOB_EXECUTION_PARAMS WHERE JOB_EXECUTION_ID IN ({marks})",
+            ids,
+        ):
+            executions[exec_id].parameters[name] = value
+        for row in await fetch_all(
+            self.pool,
+            f"SELECT {_STEP_COLUMNS} FROM BATCH_STEP_EXECUTION s"
+            " LEFT JOIN BATCH_STEP_EXECUTION_CONTEXT c ON c.STEP_EXECUTION_ID = s.STEP_EXECUTION_ID"
+            f" WHERE s.JOB_EXECUTION_ID IN ({marks}) ORDER BY s.STEP_EXECUTION_ID",
+            ids,
+        ):
+            step = _step_from_row(row)
+            executions[step.job_execution_id].steps.append(step)
+        return list(executions.values())
+
+    async def _execute(self, sql: str, args: tuple) -> None:
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql, args)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a private database on the machine's MariaDB, migrated, emptied per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from asyncmy.pool import Pool
+
+from app.config import Settings
+from app.edges.db import open_pool
+from app.schema.migrate import migrate
+from tests.settings import make_settings
+
+DB_SERVER = os.environ.get("TEST_DB_SERVER", "mysql://127.0.0.1:3306")
+DATA_TABLES = (
+    "coupon_histories",
+    "coupon_events",
+    "coupon_usage_stats",
+    "BATCH_STEP_EXECUTION_CONTEXT",
+    "BATCH_JOB_EXECUTION_CONTEXT",
+    "BATCH_STEP_EXECUTION",
+    "BATCH_JOB_EXECUTION_PARAMS",
+    "BATCH_JOB_EXECUTION",
+    "BATCH_JOB_INSTANCE",
+)
+
+
+async def _admin(sql: str) -> None:
+    async with open_pool(make_settings(DB_URL=f"{DB_SERVER}/mysql")) as pool:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """A database of this test session's own, so parallel sessions never meet."""
+    name = f"cpb_test_{os.getpid()}"
+    asyncio.run(_admin(f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4"))
+
+    async def prepare() -> None:
+        async with open_pool(make_settings(DB_URL=f"{DB_SERVER}/{name}")) as pool:
+            await migrate(pool, dev_schema=True)
+
+    asyncio.run(prepare())
+    yield name
+    asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name}"))
+
+
+@pytest.fixture
+def settings(database: str) -> Settings:
+    return make_settings(DB_URL=f"{DB_SERVER}/{database}")
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[Pool]:
+    async with open_pool(settings) as pool:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SET FOREIGN_KEY_CHECKS = 0")
+            for table in DATA_TABLES:
+                await cur.execute(f"TRUNCATE TABLE {table}")
+            await cur.execute("SET FOREIGN_KEY_CHECKS = 1")
+        yield pool
