@@ -29,9 +29,12 @@ DATA_TABLES = (
 
 
 async def _admin(sql: str) -> None:
-    async with open_pool(make_settings(DB_URL=f"{DB_SERVER}/mysql")) as pool:
-        async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql)
+    async with (
+        open_pool(make_settings(DB_URL=f"{DB_SERVER}/mysql")) as pool,
+        pool.acquire() as conn,
+        conn.cursor() as cur,
+    ):
+        await cur.execute(sql)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,165 @@
+"""The job repository's launch rules, against the real MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import pytest
+from asyncmy.pool import Pool
+
+from app.config import Settings
+from app.edges.db import fetch_all, open_pool
+from app.runtime.repository import (
+    AlreadyComplete,
+    AlreadyRunning,
+    ChunkCounts,
+    JobParameter,
+    JobRepository,
+    Status,
+    job_key,
+)
+
+JOB = "couponUsageStatsJob"
+PARAMS = [JobParameter("runDate", "java.time.LocalDate", "2025-10-31")]
+
+
+def repo(pool: Pool, abandon_after: int = 120) -> JobRepository:
+    return JobRepository(pool, abandon_after_seconds=abandon_after)
+
+
+def test_job_key_is_md5_of_identifying_parameters_in_name_order() -> None:
+    params = [
+        JobParameter("targetHour", "java.lang.Integer", "10"),
+        JobParameter("runDate", "java.time.LocalDate", "2025-10-25"),
+        JobParameter("dryRun", "java.lang.Boolean", "true", identifying=False),
+    ]
+    assert job_key(params) == hashlib.md5(b"runDate=2025-10-25;targetHour=10;").hexdigest()
+
+
+async def test_first_launch_records_instance_execution_and_parameters(pool: Pool) -> None:
+    execution = await repo(pool).start_execution(JOB, PARAMS, rerun_completed=False)
+    assert execution.status == Status.STARTED
+    assert execution.parameters == {"runDate": "2025-10-31"}
+    rows = await fetch_all(
+        pool,
+        "SELECT PARAMETER_NAME, PARAMETER_TYPE, PARAMETER_VALUE, IDENTIFYING"
+        " FROM BATCH_JOB_EXECUTION_PARAMS WHERE JOB_EXECUTION_ID = %s",
+        (execution.id,),
+    )
+    assert rows == [("runDate", "java.time.LocalDate", "2025-10-31", "Y")]
+    instances = await fetch_all(pool, "SELECT JOB_NAME, JOB_KEY FROM BATCH_JOB_INSTANCE")
+    assert instances == [(JOB, job_key(PARAMS))]
+
+
+async def test_live_execution_blocks_a_second_launch(pool: Pool) -> None:
+    first = await repo(pool).start_execution(JOB, PARAMS, rerun_completed=True)
+    with pytest.raises(AlreadyRunning) as refused:
+        await repo(pool).start_execution(JOB, PARAMS, rerun_completed=True)
+    assert refused.value.execution_id == first.id
+
+
+async def test_completed_instance_reruns_only_on_request(pool: Pool) -> None:
+    repository = repo(pool)
+    first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    await repository.finish_execution(first.id, Status.COMPLETED)
+    with pytest.raises(AlreadyComplete):
+        await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    again = await repository.start_execution(JOB, PARAMS, rerun_completed=True)
+    assert again.instance_id == first.instance_id and again.id > first.id
+
+
+async def test_failed_execution_restarts_from_the_step_checkpoint(pool: Pool) -> None:
+    repository = repo(pool)
+    first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    step = await repository.start_step(first, "couponUsageStatsStep")
+    assert step.checkpoint is None
+    async with pool.acquire() as conn:
+        await repository.commit_chunk(conn, step.id, ChunkCounts(10, 7, 2, 1), 4242)
+    await repository.finish_step(step.id, Status.FAILED, "boom")
+    await repository.finish_execution(first.id, Status.FAILED, "boom")
+
+    second = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    resumed = await repository.start_step(second, "couponUsageStatsStep")
+    assert resumed.checkpoint == 4242
+
+    recorded = await repository.get_execution(first.id)
+    assert recorded is not None
+    (old_step,) = recorded.steps
+    assert (old_step.read_count, old_step.write_count, old_step.filter_count) == (10, 7, 2)
+    assert (old_step.skip_count, old_step.commit_count, old_step.status) == (1, 1, "FAILED")
+    context = await fetch_all(
+        pool,
+        "SELECT SHORT_CONTEXT FROM BATCH_STEP_EXECUTION_CONTEXT WHERE STEP_EXECUTION_ID = %s",
+        (step.id,),
+    )
+    assert json.loads(context[0][0]) == {"checkpoint": 4242}
+
+
+async def test_rerun_after_completion_starts_from_scratch(pool: Pool) -> None:
+    repository = repo(pool)
+    first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    step = await repository.start_step(first, "couponUsageStatsStep")
+    async with pool.acquire() as conn:
+        await repository.commit_chunk(conn, step.id, ChunkCounts(1, 1, 0, 0), 99)
+    await repository.finish_step(step.id, Status.COMPLETED)
+    await repository.finish_execution(first.id, Status.COMPLETED)
+
+    again = await repository.start_execution(JOB, PARAMS, rerun_completed=True)
+    assert (await repository.start_step(again, "couponUsageStatsStep")).checkpoint is None
+
+
+async def test_stale_heartbeat_is_abandoned_then_restarted(pool: Pool) -> None:
+    repository = repo(pool, abandon_after=120)
+    first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    step = await repository.start_step(first, "couponUsageStatsStep")
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await repository.commit_chunk(conn, step.id, ChunkCounts(5, 5, 0, 0), 17)
+        await cur.execute(
+            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 121 SECOND"
+            " WHERE JOB_EXECUTION_ID = %s",
+            (first.id,),
+        )
+
+    second = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    assert second.id != first.id
+    abandoned = await repository.get_execution(first.id)
+    assert abandoned is not None
+    assert abandoned.status == "FAILED"
+    assert abandoned.exit_message.startswith("abandoned: no heartbeat for 121 s")
+    assert abandoned.steps[0].status == "FAILED"
+    assert (await repository.start_step(second, "couponUsageStatsStep")).checkpoint == 17
+
+
+async def test_fresh_heartbeat_is_not_abandoned(pool: Pool) -> None:
+    repository = repo(pool, abandon_after=120)
+    first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 100 SECOND"
+            " WHERE JOB_EXECUTION_ID = %s",
+            (first.id,),
+        )
+    with pytest.raises(AlreadyRunning):
+        await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+
+
+async def test_concurrent_launches_from_separate_processes_run_exactly_one(
+    pool: Pool, settings: Settings
+) -> None:
+    """Each launcher on its own pool, as two replicas would be; new instance and old."""
+    for _ in range(2):  # first: the instance does not exist yet; then: it does
+        async with open_pool(settings) as a, open_pool(settings) as b:
+            results = await asyncio.gather(
+                *(repo(p).start_execution(JOB, PARAMS, rerun_completed=True) for p in (a, b, a, b)),
+                return_exceptions=True,
+            )
+        started = [r for r in results if not isinstance(r, Exception)]
+        refused = [r for r in results if isinstance(r, AlreadyRunning)]
+        assert len(started) == 1 and len(refused) == 3, results
+        await repo(pool).finish_execution(started[0].id, Status.COMPLETED)
+    rows = await fetch_all(pool, "SELECT COUNT(*) FROM BATCH_JOB_INSTANCE")
+    assert rows == [(1,)]
+    rows = await fetch_all(pool, "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION")
+    assert rows == [(2,)]

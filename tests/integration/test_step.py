@@ -1,0 +1,258 @@
+"""The chunk step against the real database: order, retry, skip, skip limit, stop, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from asyncmy.connection import Connection
+from asyncmy.pool import Pool
+
+from app.config import Settings
+from app.edges.db import fetch_all, stream_rows
+from app.errors import PermanentError, TransientError
+from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
+from app.pipeline.sink import SkipLimitExceeded
+from app.pipeline.step import run_step
+from app.runtime.repository import JobParameter, JobRepository
+from tests.settings import make_settings
+
+CHUNKS = [[1, 2], [3, 4], [5, 6], [7]]
+
+
+@pytest.fixture
+async def scratch(pool: Pool) -> Pool:
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("CREATE TABLE IF NOT EXISTS step_items (item INT NOT NULL)")
+        await cur.execute("TRUNCATE TABLE step_items")
+    return pool
+
+
+async def chunks_after(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
+    for items in CHUNKS:
+        if checkpoint is None or items[-1] > checkpoint:
+            yield Chunk(items=items, checkpoint=items[-1])
+
+
+async def write_items(conn: Connection, output: list[int]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany("INSERT INTO step_items (item) VALUES (%s)", [(i,) for i in output])
+
+
+def definition(process: Callable[[list[int]], Awaitable[Processed[list[int]]]]) -> StepDefinition:
+    return StepDefinition(
+        name="testStep",
+        read=chunks_after,
+        process=process,
+        write=write_items,
+        item_key=lambda item: item,
+    )
+
+
+async def keep_odd(items: list[int]) -> Processed[list[int]]:
+    kept = [i for i in items if i % 2]
+    return Processed(output=kept, filtered=len(items) - len(kept))
+
+
+async def run(
+    pool: Pool,
+    settings: Settings,
+    step_definition: StepDefinition,
+    *,
+    stop: asyncio.Event | None = None,
+) -> tuple[bool | BaseException, Any, StepProgress]:
+    repository = JobRepository(pool, abandon_after_seconds=120)
+    execution = await repository.start_execution(
+        "testJob",
+        [JobParameter("runDate", "java.time.LocalDate", "2025-01-01")],
+        rerun_completed=True,
+    )
+    step = await repository.start_step(execution, "testStep")
+    progress = StepProgress()
+    try:
+        outcome: bool | BaseException = await run_step(
+            step_definition,
+            step,
+            job_name="testJob",
+            pool=pool,
+            repository=repository,
+            settings=settings,
+            progress=progress,
+            stop=stop or asyncio.Event(),
+        )
+    except Exception as exc:
+        outcome = exc
+    recorded = await repository.get_execution(execution.id)
+    assert recorded is not None
+    return outcome, recorded.steps[0], progress
+
+
+async def items_written(pool: Pool) -> list[int]:
+    return [row[0] for row in await fetch_all(pool, "SELECT item FROM step_items ORDER BY item")]
+
+
+async def test_chunks_commit_in_read_order_with_counts_and_checkpoint(scratch: Pool) -> None:
+    delays = {1: 0.2, 3: 0.0, 5: 0.1, 7: 0.0}  # the first chunk is the slowest
+    order: list[int] = []
+
+    async def slow_first(items: list[int]) -> Processed[list[int]]:
+        await asyncio.sleep(delays[items[0]])
+        return await keep_odd(items)
+
+    async def recording_write(conn: Connection, output: list[int]) -> None:
+        order.append(output[0])
+        await write_items(conn, output)
+
+    step_definition = StepDefinition(
+        name="testStep",
+        read=chunks_after,
+        process=slow_first,
+        write=recording_write,
+        item_key=lambda item: item,
+    )
+    outcome, step, progress = await run(scratch, make_settings(ENRICH_WORKERS=4), step_definition)
+    assert outcome is True
+    assert order == [1, 3, 5, 7]
+    assert await items_written(scratch) == [1, 3, 5, 7]
+    assert (step.read_count, step.write_count, step.filter_count, step.skip_count) == (7, 4, 3, 0)
+    assert (step.commit_count, step.checkpoint) == (4, 7)
+    assert (progress.read, progress.written, progress.filtered) == (7, 4, 3)
+
+
+async def test_transient_error_is_retried_then_succeeds(scratch: Pool) -> None:
+    attempts: dict[int, int] = {}
+
+    async def flaky(items: list[int]) -> Processed[list[int]]:
+        attempts[items[0]] = attempts.get(items[0], 0) + 1
+        if items[0] == 3 and attempts[3] < 3:
+            raise TransientError("store service 503")
+        return await keep_odd(items)
+
+    outcome, step, _ = await run(scratch, make_settings(RETRY_ATTEMPTS=3), definition(flaky))
+    assert outcome is True
+    assert attempts == {1: 1, 3: 3, 5: 1, 7: 1}
+    assert (step.write_count, step.skip_count) == (4, 0)
+    assert await items_written(scratch) == [1, 3, 5, 7]
+
+
+async def test_exhausted_retries_skip_the_chunk_and_name_its_items(
+    scratch: Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[int] = []
+
+    async def down_for_three(items: list[int]) -> Processed[list[int]]:
+        if items[0] == 3:
+            attempts.append(3)
+            raise TransientError("store service 503")
+        return await keep_odd(items)
+
+    with caplog.at_level(logging.WARNING):
+        outcome, step, _ = await run(
+            scratch, make_settings(RETRY_ATTEMPTS=3, SKIP_LIMIT=10), definition(down_for_three)
+        )
+    assert outcome is True
+    assert attempts == [3, 3, 3]
+    assert await items_written(scratch) == [1, 5, 7]
+    assert (step.read_count, step.write_count, step.filter_count, step.skip_count) == (7, 3, 2, 2)
+    assert step.checkpoint == 7
+    skipped = [r.getMessage() for r in caplog.records if "skipped 2 items" in r.getMessage()]
+    assert len(skipped) == 1 and "member ids: [3, 4]" in skipped[0]
+
+
+async def test_permanent_error_skips_without_retry(scratch: Pool) -> None:
+    attempts: list[int] = []
+
+    async def malformed(items: list[int]) -> Processed[list[int]]:
+        if items[0] == 5:
+            attempts.append(5)
+            raise PermanentError("answer without data")
+        return await keep_odd(items)
+
+    outcome, step, _ = await run(scratch, make_settings(RETRY_ATTEMPTS=3), definition(malformed))
+    assert outcome is True and attempts == [5]
+    assert (step.write_count, step.skip_count) == (3, 2)
+
+
+async def test_skip_limit_fails_the_step_at_the_last_good_checkpoint(scratch: Pool) -> None:
+    async def down_from_three(items: list[int]) -> Processed[list[int]]:
+        if items[0] >= 3:
+            raise PermanentError("down")
+        return await keep_odd(items)
+
+    outcome, step, _ = await run(
+        scratch, make_settings(SKIP_LIMIT=3, ENRICH_WORKERS=1), definition(down_from_three)
+    )
+    assert isinstance(outcome, SkipLimitExceeded)
+    assert "skip limit exceeded: 4 items skipped (SKIP_LIMIT=3)" in str(outcome)
+    # chunk [1, 2] written, chunk [3, 4] skipped (2 <= 3), chunk [5, 6] would make 4 > 3
+    assert (step.checkpoint, step.skip_count, step.write_count) == (4, 2, 1)
+    assert await items_written(scratch) == [1]
+
+
+async def test_failing_write_is_retried_then_fails_the_step(scratch: Pool) -> None:
+    calls: list[int] = []
+
+    async def deadlocking_write(conn: Connection, output: list[int]) -> None:
+        calls.append(output[0])
+        if output[0] == 5:
+            from asyncmy.errors import OperationalError
+
+            raise OperationalError(1213, "Deadlock found when trying to get lock")
+        await write_items(conn, output)
+
+    step_definition = StepDefinition(
+        name="testStep",
+        read=chunks_after,
+        process=keep_odd,
+        write=deadlocking_write,
+        item_key=lambda item: item,
+    )
+    outcome, step, _ = await run(scratch, make_settings(RETRY_ATTEMPTS=2), step_definition)
+    assert "Deadlock" in str(outcome)
+    assert calls == [1, 3, 5, 5]
+    assert step.checkpoint == 4
+    assert await items_written(scratch) == [1, 3]
+
+
+async def test_stop_commits_chunks_in_flight_and_reports_not_finished(scratch: Pool) -> None:
+    stop = asyncio.Event()
+
+    async def stop_after_first(items: list[int]) -> Processed[list[int]]:
+        stop.set()
+        return await keep_odd(items)
+
+    outcome, step, _ = await run(
+        scratch,
+        make_settings(ENRICH_WORKERS=1, QUEUE_SIZE=1),
+        definition(stop_after_first),
+        stop=stop,
+    )
+    assert outcome is False
+    assert step.checkpoint is not None and step.checkpoint < 7
+    written = await items_written(scratch)
+    assert written == [i for i in (1, 3, 5, 7) if i <= step.checkpoint]
+
+
+async def test_stream_rows_applies_backpressure_to_the_socket(pool: Pool) -> None:
+    """A slow consumer must not let the driver buffer the rest of the result set."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
+            " coupon_status, created_at) SELECT seq, seq, seq % 100, 1, 'USED', '2025-10-01'"
+            " FROM seq_1_to_200000"
+        )
+    largest = 0
+    rows_seen = 0
+    async with pool.acquire() as conn:
+        async for rows in stream_rows(
+            conn, "SELECT id, member_id, store_id, created_at FROM coupon_histories", (), 1000
+        ):
+            rows_seen += len(rows)
+            await asyncio.sleep(0.001)  # the consumer is slow; the loop keeps running
+            largest = max(largest, conn._proto.length - conn._proto.pos)
+    assert rows_seen == 200_000
+    # 200,000 rows are ~8 MB on the wire; paused reading keeps the buffer to a few socket reads.
+    assert largest < 1_000_000, largest

@@ -1,0 +1,97 @@
+"""Settings: defaults, .env, environment, DB_URL forms, and one clear line for bad settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, Settings, load_settings, parse_db_url
+from tests.settings import TEST_JWT_SECRET
+
+SECRET_PASSWORD = "s3cr3t-never-shown"
+
+
+def load(env: dict[str, str], env_file: Path | None = None) -> Settings:
+    return load_settings({"JWT_SECRET_KEY": TEST_JWT_SECRET, **env}, env_file=env_file)
+
+
+def test_defaults_come_from_the_config_file() -> None:
+    settings = load({})
+    assert settings.SERVER_PORT == 8085
+    assert settings.APP_TIMEZONE == "Asia/Seoul"
+    assert settings.SCHEDULER_ENABLED is True
+    assert (settings.CHUNK_SIZE, settings.STORE_LOOKUP_BATCH, settings.RETRY_ATTEMPTS) == (
+        1000,
+        200,
+        3,
+    )
+    assert settings.JOB_ABANDON_AFTER_SECONDS == 120
+    assert settings.STORE_SERVICE_URL == "http://localhost:8082"
+    assert settings.NOTIFICATION_SERVICE_URL == "http://localhost:8084"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "jdbc:mysql://db.internal:3307/couponpop?useSSL=false&serverTimezone=Asia/Seoul",
+            ("db.internal", 3307, "couponpop", "app", "pw"),
+        ),
+        ("mysql://127.0.0.1/couponpop", ("127.0.0.1", 3306, "couponpop", "app", "pw")),
+        ("mysql://u%40x:p%3Aw@h:3306/d", ("h", 3306, "d", "u@x", "p:w")),
+    ],
+)
+def test_db_url_forms(url: str, expected: tuple) -> None:
+    target = parse_db_url(url, "app", "pw")
+    assert (target.host, target.port, target.database, target.user, target.password) == expected
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SERVER_PORT=9000\nCHUNK_SIZE=500\n", encoding="utf-8")
+    settings = load({"CHUNK_SIZE": "250"}, env_file=env_file)
+    assert (settings.SERVER_PORT, settings.CHUNK_SIZE) == (9000, 250)
+
+
+def test_every_bad_setting_is_named_on_one_line_without_secrets() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(
+            {
+                "JWT_SECRET_KEY": "not base64!",
+                "DB_URL": "postgres://h/d",
+                "DB_PASSWORD": SECRET_PASSWORD,
+                "CHUNK_SIZE": "ten",
+                "SERVER_PORT": "70000",
+                "APP_TIMEZONE": "Mars/Olympus",
+                "SCHEDULER_ENABLED": "perhaps",
+                "ENRICH_WORKERS": "0",
+            },
+            env_file=None,
+        )
+    message = str(error.value)
+    assert "\n" not in message
+    for name in (
+        "JWT_SECRET_KEY is not valid base64",
+        "DB_URL expected jdbc:mysql://",
+        "CHUNK_SIZE expected int (got 'ten')",
+        "SERVER_PORT expected a port number",
+        "APP_TIMEZONE is not a known time zone",
+        "SCHEDULER_ENABLED expected bool",
+        "ENRICH_WORKERS must be greater than 0",
+    ):
+        assert name in message
+    assert SECRET_PASSWORD not in message
+
+
+def test_missing_or_short_jwt_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY is required"):
+        load_settings({}, env_file=None)
+    with pytest.raises(ConfigError, match="fewer than 32 bytes"):
+        load_settings({"JWT_SECRET_KEY": "c2hvcnQ="}, env_file=None)
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    settings = load({"DB_PASSWORD": SECRET_PASSWORD, "RABBITMQ_PASSWORD": SECRET_PASSWORD})
+    assert SECRET_PASSWORD not in repr(settings)
+    assert TEST_JWT_SECRET not in repr(settings)
