@@ -1,0 +1,251 @@
+"""Clients of the store and notification services (CONTRACTS section 2).
+
+No retries here: the pipeline retries whole chunks, deciding with `errors.is_transient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+
+from app.config import Settings
+from app.edges.auth import SystemToken
+from app.errors import PermanentError, TransientError
+from app.metrics import PEER_ERRORS, PEER_REQUESTS
+
+REGIONS = "/internal/v1/stores/regions"
+STORE_SEARCH = "/internal/v1/stores/search"
+FCM_TOKENS = "/internal/v1/fcm-tokens/search"
+MAX_BATCH = 200
+CONNECTION_LIMIT = 64
+
+T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class PeerError(Exception):
+    """A failed peer call; `kind` is the PEER_ERRORS label."""
+
+    def __init__(self, peer: str, endpoint: str, kind: str, reason: str) -> None:
+        super().__init__(f"{peer} service {endpoint}: {reason}")
+        self.peer = peer
+        self.endpoint = endpoint
+        self.kind = kind
+
+
+class PeerUnavailable(PeerError, TransientError):
+    """5xx, connection failure or timeout: another attempt may succeed."""
+
+
+class PeerAnswerError(PeerError, PermanentError):
+    """4xx or an answer that breaks the contract: another attempt will not help."""
+
+
+class PeerClient:
+    """`async with PeerClient(settings, token) as peers:` one HTTP session for all peer calls."""
+
+    def __init__(self, settings: Settings, token: SystemToken) -> None:
+        self._store_url = settings.STORE_SERVICE_URL.rstrip("/")
+        self._notification_url = settings.NOTIFICATION_SERVICE_URL.rstrip("/")
+        self._timeout = settings.PEER_TIMEOUT_SECONDS
+        self._max_body = settings.PEER_MAX_BODY_BYTES
+        self._batch = min(settings.STORE_LOOKUP_BATCH, MAX_BATCH)
+        self._token = token
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> PeerClient:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def store_dongs(self, store_ids: Collection[int]) -> dict[int, str]:
+        """storeId -> dong; stores the store service does not know are absent."""
+        return await self._batched("store", self._store_url, REGIONS, store_ids, _parse_regions)
+
+    async def stores_by_dong(self, dongs: Collection[str]) -> dict[str, list[int]]:
+        """dong -> its store ids; dongs without stores are absent."""
+        return await self._batched("store", self._store_url, STORE_SEARCH, dongs, _parse_search)
+
+    async def fcm_tokens(self, member_ids: Collection[int]) -> dict[int, list[str]]:
+        """memberId -> its FCM tokens; members without tokens are absent."""
+        return await self._batched(
+            "notification", self._notification_url, FCM_TOKENS, member_ids, _parse_tokens
+        )
+
+    async def _batched(
+        self,
+        peer: str,
+        base_url: str,
+        endpoint: str,
+        keys: Collection[Any],
+        parse: Callable[[list[Any]], dict[K, V]],
+    ) -> dict[K, V]:
+        """Ask for `keys` in concurrent batches and merge the answers."""
+        batches = list(_chunks(list(dict.fromkeys(keys)), self._batch))
+        calls = [self._post(peer, base_url, endpoint, batch, parse) for batch in batches]
+        merged: dict[K, V] = {}
+        for answer in await _all_or_first_error(calls):
+            merged.update(answer)
+        return merged
+
+    async def _post(
+        self,
+        peer: str,
+        base_url: str,
+        endpoint: str,
+        body: list[Any],
+        parse: Callable[[list[Any]], T],
+    ) -> T:
+        if self._session is None:
+            raise RuntimeError("PeerClient used outside `async with`")
+        started = time.perf_counter()
+        try:
+            try:
+                async with self._session.post(
+                    base_url + endpoint,
+                    json=body,
+                    headers={"Authorization": f"Bearer {self._token.get()}"},
+                    allow_redirects=False,
+                ) as resp:
+                    if resp.status >= 500:
+                        raise PeerUnavailable(peer, endpoint, "status_5xx", f"HTTP {resp.status}")
+                    if resp.status >= 400:
+                        raise PeerAnswerError(peer, endpoint, "status_4xx", f"HTTP {resp.status}")
+                    if resp.status != 200:
+                        reason = f"unexpected HTTP {resp.status}"
+                        raise PeerAnswerError(peer, endpoint, "malformed", reason)
+                    raw = await self._read_capped(resp, peer, endpoint)
+                result = parse(_unwrap(json.loads(raw)))
+            except TimeoutError as exc:
+                reason = f"no answer within {self._timeout:g}s"
+                raise PeerUnavailable(peer, endpoint, "timeout", reason) from exc
+            except aiohttp.ClientError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                raise PeerUnavailable(peer, endpoint, "connection", reason) from exc
+            except ValueError as exc:  # not JSON, not UTF-8, or not the contract's shape
+                raise PeerAnswerError(peer, endpoint, "malformed", str(exc)) from exc
+        except PeerError as exc:
+            PEER_ERRORS.labels(peer, endpoint, exc.kind).inc()
+            PEER_REQUESTS.labels(peer, endpoint, "error").observe(time.perf_counter() - started)
+            raise
+        PEER_REQUESTS.labels(peer, endpoint, "ok").observe(time.perf_counter() - started)
+        return result
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse, peer: str, endpoint: str) -> bytes:
+        """The body, refused as soon as it is known to exceed PEER_MAX_BODY_BYTES."""
+        too_big = PeerAnswerError(
+            peer, endpoint, "malformed", f"answer larger than {self._max_body} bytes"
+        )
+        if resp.content_length is not None and resp.content_length > self._max_body:
+            raise too_big
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > self._max_body:
+                raise too_big
+        return bytes(body)
+
+
+async def _all_or_first_error(calls: Sequence[Any]) -> list[Any]:
+    """Await all `calls` concurrently; on a failure cancel the rest and raise that failure."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]
+    except BaseExceptionGroup as failures:
+        first: BaseException = failures
+    else:
+        return [task.result() for task in tasks]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    raise first  # the caller decides on it with `is_transient`, not on a group
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _unwrap(answer: Any) -> list[Any]:
+    if not isinstance(answer, dict) or "data" not in answer:
+        raise ValueError('expected an object {"data": [...]}')
+    data = answer["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"expected data to be a list, got {type(data).__name__}")
+    return data
+
+
+def _field(item: Any, name: str, check: Callable[[Any], bool], expected: str) -> Any:
+    if not isinstance(item, dict):
+        raise ValueError(f"expected objects in data, got {type(item).__name__}")
+    if name not in item:
+        raise ValueError(f"an element of data lacks {name!r}")
+    value = item[name]
+    if not check(value):
+        raise ValueError(f"{name!r} must be {expected}, got {value!r:.60}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_dong(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_int(v) for v in value)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _parse_regions(data: list[Any]) -> dict[int, str]:
+    return {
+        _field(item, "storeId", _is_int, "an integer"): _field(
+            item, "dong", _is_dong, "a non-empty string"
+        )
+        for item in data
+    }
+
+
+def _parse_search(data: list[Any]) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for item in data:
+        dong = _field(item, "dong", _is_dong, "a non-empty string")
+        found.setdefault(dong, []).extend(
+            _field(item, "storeIds", _is_int_list, "a list of integers")
+        )
+    return found
+
+
+def _parse_tokens(data: list[Any]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    for item in data:
+        member_id = _field(item, "memberId", _is_int, "an integer")
+        tokens = _field(item, "fcmTokens", _is_str_list, "a list of strings")
+        if tokens:
+            found[member_id] = tokens
+    return found
