@@ -1,0 +1,224 @@
+"""The confirm-mode publisher of push requests to `coupon.exchange`.
+
+A message counts as sent only once the broker has confirmed it (Basic.Ack), so a
+lost connection can never lose one silently. A lost confirmation is answered by
+publishing again: a duplicate is harmless because the notification service drops
+a trace id it has already seen, a loss is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+import aio_pika
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
+
+from app.config import Settings
+from app.contracts import EXCHANGE, ROUTING_KEY, PushRequest, to_amqp_message
+from app.errors import PermanentError, TransientError
+from app.metrics import MESSAGES
+
+# What a publish raises when its channel or connection went away before the broker
+# answered: the message may or may not have arrived, so it is published again.
+_LOST = (*CONNECTION_EXCEPTIONS, TimeoutError)
+
+
+def _outcome(task: asyncio.Task[object]) -> str:
+    """What became of one publish: confirmed, returned, nacked, failed, or error (a bug)."""
+    if task.cancelled():
+        return "failed"
+    exc = task.exception()
+    if exc is None:
+        return "confirmed"
+    if isinstance(exc, PublishError):  # before DeliveryError and _LOST: it is both
+        return "returned"
+    if isinstance(exc, DeliveryError):
+        return "nacked"
+    return "failed" if isinstance(exc, _LOST) else "error"
+
+
+class BrokerUnavailable(TransientError):
+    """The broker did not confirm every message, even after reconnecting and republishing."""
+
+
+class UnroutableError(PermanentError):
+    """The broker returned a message: no queue is bound to the routing key."""
+
+
+class Broker:
+    """`async with Broker(settings) as broker: await broker.publish(requests)`.
+
+    One robust connection and one confirm-mode channel, shared by every concurrent
+    caller of `publish`, with at most `PUBLISH_WINDOW` unconfirmed messages in flight.
+
+    MESSAGES counts each publish attempt as `published`, then as exactly one of
+    `confirmed`, `nacked`, `returned` or `failed` (no answer: channel or connection
+    lost, or no confirmation within `confirm_timeout`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rounds: int = 3,
+        reconnect_interval: float = 1.0,
+        reconnect_timeout: float = 30.0,
+        confirm_timeout: float = 60.0,
+        check_timeout: float = 5.0,
+    ) -> None:
+        self._url = settings.rabbitmq_url
+        self._window = asyncio.Semaphore(settings.PUBLISH_WINDOW)
+        self._rounds = rounds
+        self._reconnect_interval = reconnect_interval
+        self._reconnect_timeout = reconnect_timeout
+        self._confirm_timeout = confirm_timeout
+        self._check_timeout = check_timeout
+        self._stack = AsyncExitStack()
+        self._connection: AbstractRobustConnection
+        self._channel: AbstractRobustChannel
+        self._exchange: AbstractRobustExchange
+
+    async def __aenter__(self) -> Broker:
+        async with AsyncExitStack() as stack:
+            self._connection = await stack.enter_async_context(
+                await aio_pika.connect_robust(
+                    self._url,
+                    reconnect_interval=self._reconnect_interval,
+                    timeout=self._reconnect_timeout,
+                )
+            )
+            self._channel = await stack.enter_async_context(
+                self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            )
+            # Declared here only if missing: the consumer's queue is the notification
+            # service's to declare and bind, never ours.
+            self._exchange = await self._channel.declare_exchange(
+                EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def publish(self, requests: Sequence[PushRequest]) -> None:
+        """Return once the broker has confirmed every request.
+
+        Nacked and lost messages are published again once the channel is back, for
+        up to `rounds` attempts in all; then BrokerUnavailable. A returned message
+        raises UnroutableError at once.
+        """
+        pending: Sequence[PushRequest] = requests
+        for attempt in range(self._rounds):
+            if attempt:
+                await self._until_open()
+            pending = await self._publish_once(pending)
+            if not pending:
+                return
+        raise BrokerUnavailable(
+            f"{len(pending)} of {len(requests)} messages unconfirmed after {self._rounds} attempts"
+        )
+
+    async def _publish_once(self, requests: Sequence[PushRequest]) -> list[PushRequest]:
+        """Publish each request once, pipelined through the window; return the unconfirmed."""
+        window = self._window
+        sent: dict[asyncio.Task[object], PushRequest] = {}
+        stop = False
+
+        def settle(task: asyncio.Task[object]) -> None:
+            nonlocal stop
+            window.release()
+            # After a return or a loss the next messages would fare the same: stop sending.
+            if _outcome(task) not in ("confirmed", "nacked"):
+                stop = True
+
+        try:
+            for req in requests:
+                await window.acquire()
+                if stop:
+                    window.release()
+                    break
+                task = asyncio.create_task(self._publish_one(to_amqp_message(req)))
+                task.add_done_callback(settle)
+                sent[task] = req
+            if sent:
+                await asyncio.wait(sent)
+        except BaseException:
+            for task in sent:
+                task.cancel()
+            if sent:
+                await asyncio.wait(sent)
+            raise
+
+        tally: Counter[str] = Counter(published=len(sent))
+        unconfirmed = list(requests[len(sent) :])
+        bug: BaseException | None = None
+        for task, req in sent.items():
+            outcome = _outcome(task)
+            if outcome == "error":
+                bug = bug or task.exception()
+                outcome = "failed"
+            tally[outcome] += 1
+            if outcome in ("nacked", "failed"):
+                unconfirmed.append(req)
+        for outcome, count in tally.items():
+            MESSAGES.labels(outcome).inc(count)
+        if bug is not None:
+            raise bug
+        if tally["returned"]:
+            raise UnroutableError(
+                f"{tally['returned']} messages returned as unroutable: no queue is bound to "
+                f"routing key {ROUTING_KEY!r} on exchange {EXCHANGE!r}"
+            )
+        return unconfirmed
+
+    async def _publish_one(self, message: aio_pika.Message) -> object:
+        # The deadline covers the wait for a reconnection too, which aio-pika's own
+        # `timeout` does not: without it a publish could wait for a broker forever.
+        async with asyncio.timeout(self._confirm_timeout):
+            return await self._exchange.publish(message, ROUTING_KEY, mandatory=True)
+
+    async def _until_open(self) -> None:
+        """Wait, bounded, for the robust connection to bring the channel back.
+
+        `ready()` alone can return while a loss is still being noticed; the channel
+        state is what counts.
+        """
+        try:
+            async with asyncio.timeout(self._reconnect_timeout):
+                await self._channel.ready()
+                while self._channel.is_closed:
+                    await asyncio.sleep(0.05)
+                    await self._channel.ready()
+        except TimeoutError as exc:
+            raise BrokerUnavailable(
+                f"no broker channel within {self._reconnect_timeout:g}s"
+            ) from exc
+
+    async def check(self) -> None:
+        """Raise BrokerUnavailable unless the publishing channel is open and the broker
+        answers within `check_timeout`.
+
+        The answer is to a passive declare of the exchange, on a channel of its own so
+        that a failed check never closes the publishing channel.
+        """
+        if self._channel.is_closed:
+            raise BrokerUnavailable("the publishing channel is closed")
+        try:
+            async with (
+                asyncio.timeout(self._check_timeout),
+                self._connection.channel(publisher_confirms=False) as channel,
+            ):
+                await channel.declare_exchange(EXCHANGE, passive=True, robust=False)
+        except _LOST as exc:
+            raise BrokerUnavailable(f"broker check failed: {exc!r}") from exc

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import date
+
+import aio_pika
+import pytest
+
+from app.contracts import EXCHANGE, ROUTING_KEY, TYPE_ID, PushRequest, encode_body
+from app.edges.broker import Broker, BrokerUnavailable, UnroutableError
+from app.metrics import REGISTRY
+from tests.integration import rabbit
+from tests.settings import make_settings
+
+
+@pytest.fixture(scope="module")
+def vhost() -> Iterator[str]:
+    with rabbit.temporary_vhost("broker") as name:
+        yield name
+
+
+@pytest.fixture
+async def queue(vhost: str) -> str:
+    """The notification service's queue, declared and empty; the vhost it lives in."""
+    await rabbit.declare_consumer_queue(vhost)
+    return vhost
+
+
+def requests(n: int, *, start: int = 0) -> list[PushRequest]:
+    day = date(2025, 10, 25)
+    return [
+        PushRequest.for_token(day, member, f"token-{member}-a", "노량진동", 10, 3)
+        for member in range(start, start + n)
+    ]
+
+
+def counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("batch_messages_total", {"outcome": outcome}) or 0.0
+
+
+async def test_message_properties_on_the_wire(queue: str) -> None:
+    req = PushRequest.for_token(date(2025, 10, 25), 101, "token-101-a", "노량진동", 10, 3)
+    async with Broker(make_settings(RABBITMQ_VHOST=queue)) as broker:
+        await broker.publish([req])
+
+    [msg] = await rabbit.consume(queue, 1, idle=0.2)
+    assert msg.body == encode_body(req)
+    assert "노량진동".encode() in msg.body
+    assert msg.content_type == "application/json"
+    assert msg.content_encoding == "UTF-8"
+    assert msg.delivery_mode == 2
+    assert msg.headers == {"__TypeId__": TYPE_ID}
+    assert msg.message_id == "f85971b0-2d71-3dc0-b533-047f9a578d93"
+    assert msg.routing_key == ROUTING_KEY
+
+
+async def test_concurrent_callers_all_confirmed_and_delivered(queue: str) -> None:
+    batches = [requests(500, start=i * 500) for i in range(6)]
+    confirmed = counted("confirmed")
+    async with Broker(make_settings(RABBITMQ_VHOST=queue, PUBLISH_WINDOW=100)) as broker:
+        await asyncio.gather(*(broker.publish(batch) for batch in batches))
+    assert counted("confirmed") - confirmed == 3000
+
+    got = await rabbit.consume(queue, 3000, idle=0.3)
+    assert len(got) == 3000
+    assert {m.message_id for m in got} == {r.trace_id for batch in batches for r in batch}
+
+
+async def test_unroutable_message_raises() -> None:
+    with rabbit.temporary_vhost("unbound") as vhost:
+        async with Broker(make_settings(RABBITMQ_VHOST=vhost)) as broker:
+            with pytest.raises(UnroutableError, match=ROUTING_KEY):
+                await broker.publish(requests(50))
+
+
+async def test_connection_closed_mid_publish_loses_nothing(queue: str) -> None:
+    reqs = requests(15_000)
+    failed = counted("failed")
+    async with Broker(make_settings(RABBITMQ_VHOST=queue), reconnect_interval=0.2) as broker:
+        publishing = asyncio.create_task(broker.publish(reqs))
+        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(rabbit.close_connections, queue, "test: mid-publish") == 1
+        assert not publishing.done(), "published before the close: the test proved nothing"
+        await publishing
+        await broker.check()
+    assert counted("failed") > failed, "no publish was interrupted"
+
+    got = await rabbit.consume(queue, len(reqs), within=60)
+    assert {m.message_id for m in got} == {r.trace_id for r in reqs}
+
+
+async def test_nacked_messages_are_republished_then_given_up() -> None:
+    """A full queue that rejects publishes makes the broker nack the overflow."""
+    with rabbit.temporary_vhost("nack") as vhost:
+        async with await aio_pika.connect(rabbit.amqp_url(vhost)) as connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(
+                EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            queue = await channel.declare_queue(
+                "full", arguments={"x-max-length": 10, "x-overflow": "reject-publish"}
+            )
+            await queue.bind(exchange, ROUTING_KEY)
+        confirmed, nacked = counted("confirmed"), counted("nacked")
+        async with Broker(make_settings(RABBITMQ_VHOST=vhost), rounds=3) as broker:
+            with pytest.raises(BrokerUnavailable, match="15 of 25 messages unconfirmed"):
+                await broker.publish(requests(25))
+        assert counted("confirmed") - confirmed == 10  # all the queue holds
+        assert counted("nacked") - nacked == 3 * 15
+
+
+async def test_check(queue: str) -> None:
+    async with Broker(make_settings(RABBITMQ_VHOST=queue)) as broker:
+        await broker.check()
+
+
+async def test_check_fails_without_the_exchange() -> None:
+    with rabbit.temporary_vhost("check") as vhost:
+        async with Broker(make_settings(RABBITMQ_VHOST=vhost), check_timeout=2) as broker:
+            async with await aio_pika.connect(rabbit.amqp_url(vhost)) as connection:
+                channel = await connection.channel()
+                await channel.exchange_delete(EXCHANGE)
+            with pytest.raises(BrokerUnavailable):
+                await broker.check()
