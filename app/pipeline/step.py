@@ -82,6 +82,9 @@ async def run_step(
             )
     except BaseExceptionGroup as group:
         raise _first_cause(group) from None
+    finally:
+        for queue in ("enrich", "commit"):
+            QUEUE_DEPTH.labels(job_name, queue).set_function(lambda: 0)
     return reader.result()
 
 

@@ -76,8 +76,15 @@ class Launcher:
             spec.name, parameters, rerun_completed=rerun
         )
         owned_output = None
-        if execution.parameters.get("dryRun") == "true" and dry_run_output is None:
-            owned_output = await asyncio.to_thread(self._dry_run_file, spec, execution.id)
+        try:
+            if execution.parameters.get("dryRun") == "true" and dry_run_output is None:
+                owned_output = await asyncio.to_thread(self._dry_run_file, spec, execution.id)
+        except BaseException as exc:
+            # Recorded STARTED but never run: say so, or it would block its instance
+            # until the abandon limit.
+            message = f"not started: {type(exc).__name__}: {exc}"
+            await _recorded(self.repository.finish_execution(execution.id, Status.FAILED, message))
+            raise
         run = RunningJob(spec=spec, execution=execution)
         run.task = asyncio.create_task(
             self._execute(run, dry_run_output or owned_output, owned_output),

@@ -1,0 +1,294 @@
+"""The daemon's HTTP face: the admin API (JWT), health, Prometheus metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from asyncmy.pool import Pool
+
+from app.edges.auth import verify_admin_token
+from app.runtime.job import JobSpec
+from app.runtime.launcher import JOBS, Launcher, RunningJob, ShuttingDown, UnknownJob, find_job
+from app.runtime.parameters import ParameterError
+from app.runtime.repository import AlreadyRunning, JobExecution
+from app.runtime.resources import Resources
+from app.web.errors import ApiError, error_middleware
+from app.web.metrics import EXPOSITION, exposition_registry, metrics_middleware, prometheus
+from app.web.openapi import OPENAPI
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], Awaitable[object]]  # returns when healthy, raises otherwise
+HEALTH_TIMEOUT_SECONDS = 0.5
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 100
+_MAX_BIGINT = 2**63 - 1
+
+LAUNCHER = web.AppKey("launcher", Launcher)
+CLAIMS = web.RequestKey("claims", dict)
+
+
+class Health:
+    """Runs the checks concurrently, each bounded by `timeout` however it hangs.
+
+    A check that does not answer in time is reported DOWN at once and cancelled in the
+    background, so the answer never waits for a slow cancellation (a channel close, a
+    dead socket); `close` awaits those leftovers.
+    """
+
+    def __init__(self, checks: Mapping[str, HealthCheck], timeout: float) -> None:
+        self._checks = dict(checks)
+        self._timeout = timeout
+        self._leftovers: set[asyncio.Task[object]] = set()
+
+    async def report(self) -> dict[str, Any]:
+        names = list(self._checks)
+        results = await asyncio.gather(*(self._component(self._checks[n]) for n in names))
+        components = dict(zip(names, results, strict=True))
+        up = all(c["status"] == "UP" for c in components.values())
+        return {"status": "UP" if up else "DOWN", "components": components}
+
+    async def _component(self, check: HealthCheck) -> dict[str, Any]:
+        task: asyncio.Task[object] = asyncio.ensure_future(check())
+        done, _ = await asyncio.wait({task}, timeout=self._timeout)
+        if not done:
+            task.cancel()
+            self._leftovers.add(task)
+            task.add_done_callback(self._forget)
+            return {"status": "DOWN", "details": {"error": f"no answer in {self._timeout:g} s"}}
+        error = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if error is not None:
+            # The type only: messages of driver errors may carry hosts and user names.
+            return {"status": "DOWN", "details": {"error": type(error).__name__}}
+        return {"status": "UP"}
+
+    def _forget(self, task: asyncio.Task[object]) -> None:
+        self._leftovers.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    async def close(self) -> None:
+        for task in self._leftovers:
+            task.cancel()
+        if self._leftovers:
+            await asyncio.wait(self._leftovers)
+
+
+HEALTH = web.AppKey("health", Health)
+
+
+async def check_db(pool: Pool) -> None:
+    async with pool.acquire() as conn:
+        try:
+            await conn.ping(reconnect=False)
+        except BaseException:
+            conn.close()  # a ping cut short leaves the protocol mid-answer: not reusable
+            raise
+
+
+def resource_checks(resources: Resources) -> dict[str, HealthCheck]:
+    """The health components of a daemon: its database pool and its broker connection."""
+    checks: dict[str, HealthCheck] = {"db": lambda: check_db(resources.pool)}
+    if resources.broker is not None:
+        checks["rabbit"] = resources.broker.check
+    return checks
+
+
+def create_app(
+    launcher: Launcher,
+    health_checks: Mapping[str, HealthCheck],
+    *,
+    health_timeout: float = HEALTH_TIMEOUT_SECONDS,
+) -> web.Application:
+    settings = launcher.settings
+    app = web.Application(
+        middlewares=[
+            metrics_middleware,
+            error_middleware(settings.timezone),
+            _auth_middleware(settings.jwt_key),
+        ]
+    )
+    app[LAUNCHER] = launcher
+    app[HEALTH] = Health(health_checks, health_timeout)
+    app[EXPOSITION] = exposition_registry(settings.APPLICATION_NAME)
+    app.cleanup_ctx.append(_close_health)
+    # executions/{id} before {jobName}/executions: both have five segments
+    app.router.add_routes(
+        [
+            web.post("/api/v1/jobs/{jobName}", launch_job),
+            web.get("/api/v1/jobs/executions/{id}", get_execution),
+            web.get("/api/v1/jobs/{jobName}/executions", list_executions),
+            web.get("/actuator/health", health),
+            web.get("/actuator/prometheus", prometheus),
+            web.get("/v3/api-docs", api_docs),
+        ]
+    )
+    return app
+
+
+async def _close_health(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[HEALTH].close()
+
+
+def _auth_middleware(key: bytes) -> Middleware:
+    """Everything under /api/ needs an admin token; the rest (actuator, docs) is open."""
+
+    @web.middleware
+    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/"):
+            request[CLAIMS] = verify_admin_token(request.headers.get("Authorization"), key)
+        return await handler(request)
+
+    return authorize
+
+
+# ---- the admin API ----------------------------------------------------------------
+
+
+def execution_url(execution_id: int) -> str:
+    return f"/api/v1/jobs/executions/{execution_id}"
+
+
+def _job(request: web.Request) -> JobSpec:
+    name = request.match_info["jobName"]
+    try:
+        return find_job(name)
+    except UnknownJob:
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER",
+            f"jobName: no job named {name[:60]!r}; known: {', '.join(JOBS)}",
+        ) from None
+
+
+async def launch_job(request: web.Request) -> web.Response:
+    """Start the job in the background; a completed instance runs again (that is what
+    operators call the API for)."""
+    launcher = request.app[LAUNCHER]
+    spec = _job(request)
+    raw = {name: request.query[name] for name in request.query}  # the first of repeats
+    try:
+        run = await launcher.launch(spec, raw, rerun=True)
+    except ParameterError as exc:
+        raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
+    except AlreadyRunning as exc:
+        raise ApiError(
+            409,
+            "JOB_ALREADY_RUNNING",
+            f"{exc}; see {execution_url(exc.execution_id)}",
+            {"Location": execution_url(exc.execution_id)},
+        ) from None
+    except ShuttingDown as exc:
+        raise ApiError(503, "SHUTTING_DOWN", str(exc)) from None
+    execution = run.execution
+    claims = request[CLAIMS]
+    log.info(
+        "launch requested through the API: execution=%d by=%s",
+        execution.id,
+        claims.get("username") or claims.get("sub"),
+    )
+    return web.json_response(
+        {
+            "executionId": execution.id,
+            "jobName": execution.job_name,
+            "status": execution.status,
+            "parameters": execution.parameters,
+        },
+        status=202,
+        headers={"Location": execution_url(execution.id)},
+    )
+
+
+async def get_execution(request: web.Request) -> web.Response:
+    launcher = request.app[LAUNCHER]
+    raw = request.match_info["id"]
+    if not raw.isascii() or not raw.isdigit():
+        raise ApiError(
+            400, "INVALID_PARAMETER", f"id: must be an execution id (digits), got {raw[:40]!r}"
+        )
+    execution_id = int(raw)
+    execution = None
+    if execution_id <= _MAX_BIGINT:
+        execution = await launcher.repository.get_execution(execution_id)
+    if execution is None:
+        raise ApiError(404, "EXECUTION_NOT_FOUND", f"no job execution {execution_id}")
+    return web.json_response(_execution_view(execution, launcher.running.get(execution_id)))
+
+
+async def list_executions(request: web.Request) -> web.Response:
+    """The job's most recent executions, newest first."""
+    launcher = request.app[LAUNCHER]
+    spec = _job(request)
+    raw = request.query.get("limit", str(LIST_LIMIT_DEFAULT))
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER",
+            f"limit: must be an integer from 1 to {LIST_LIMIT_MAX}, got {raw[:40]!r}",
+        )
+    executions = await launcher.repository.list_executions(spec.name, int(raw))
+    views = [_execution_view(e, launcher.running.get(e.id)) for e in executions]
+    return web.json_response({"jobName": spec.name, "executions": views})
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _execution_view(execution: JobExecution, running: RunningJob | None) -> dict[str, Any]:
+    """Counts are the committed ones (summed over the steps); `progress` holds the live
+    counts while the execution runs in this process, else null."""
+    steps = execution.steps
+    return {
+        "executionId": execution.id,
+        "jobName": execution.job_name,
+        "status": execution.status,
+        "exitCode": execution.exit_code,
+        "exitMessage": execution.exit_message,
+        "parameters": execution.parameters,
+        "createTime": _time(execution.create_time),
+        "startTime": _time(execution.start_time),
+        "endTime": _time(execution.end_time),
+        "lastUpdated": _time(execution.last_updated),
+        "readCount": sum(s.read_count for s in steps),
+        "writeCount": sum(s.write_count for s in steps),
+        "filterCount": sum(s.filter_count for s in steps),
+        "skipCount": sum(s.skip_count for s in steps),
+        "commitCount": sum(s.commit_count for s in steps),
+        "steps": [
+            {
+                "stepName": s.name,
+                "status": s.status,
+                "readCount": s.read_count,
+                "writeCount": s.write_count,
+                "filterCount": s.filter_count,
+                "skipCount": s.skip_count,
+                "commitCount": s.commit_count,
+                "checkpoint": s.checkpoint,
+                "startTime": _time(s.start_time),
+                "endTime": _time(s.end_time),
+                "exitMessage": s.exit_message,
+            }
+            for s in steps
+        ],
+        "progress": running.progress.as_dict() if running is not None else None,
+    }
+
+
+# ---- open endpoints -----------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    report = await request.app[HEALTH].report()
+    return web.json_response(report, status=200 if report["status"] == "UP" else 503)
+
+
+async def api_docs(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)

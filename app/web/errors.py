@@ -1,0 +1,86 @@
+"""Every error answer in the platform's JSON shape (CONTRACTS section 4)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime, tzinfo
+from http import HTTPStatus
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from app.edges.auth import AuthError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An answer other than success, raised by a handler and rendered by the middleware."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def _status_text(status: int) -> str:
+    """`400 BAD_REQUEST`: Spring's HttpStatus rendering."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return f"{status} {phrase.upper().replace(' ', '_').replace('-', '_')}"
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
+    if exc.status == 404:
+        return ApiError(404, "NOT_FOUND", f"no resource at {request.path}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return ApiError(
+            405,
+            "METHOD_NOT_ALLOWED",
+            f"{request.method} is not allowed here; allowed: {allowed}",
+            {"Allow": exc.headers["Allow"]},
+        )
+    code = _status_text(exc.status).split(" ", 1)[1]
+    return ApiError(exc.status, code, exc.reason)
+
+
+def error_middleware(tz: tzinfo) -> Middleware:
+    """Renders ApiError, AuthError and aiohttp's HTTP errors; any other exception is
+    logged and answered 500 with a generic message (never a stack trace)."""
+
+    @web.middleware
+    async def render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            error = exc
+        except AuthError as exc:
+            error = ApiError(exc.status, exc.code, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = _from_http_exception(request, exc)
+        except Exception:
+            log.exception("unexpected error: %s %s", request.method, request.path)
+            error = ApiError(500, "INTERNAL_SERVER_ERROR", "an unexpected error occurred")
+        body = {
+            "error": {
+                "status": _status_text(error.status),
+                "code": error.code,
+                "message": error.message,
+                "requestUrl": request.path,
+                # Spring's LocalDateTime.now(): local time of the service's zone, no offset
+                "timestamp": datetime.now(tz).replace(tzinfo=None).isoformat(),
+            }
+        }
+        return web.json_response(body, status=error.status, headers=error.headers)
+
+    return render_errors

@@ -1,0 +1,85 @@
+"""`/actuator/prometheus`: the project's registry plus process metrics, every series labelled
+with the application name (as Spring's `management.metrics.tags.application` does)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from app.metrics import HTTP_SERVER_REQUESTS, REGISTRY
+
+EXPOSITION = web.AppKey("exposition", CollectorRegistry)
+
+
+class _Labelled(Collector):
+    """Re-labels the samples of other registries at collect time."""
+
+    def __init__(self, registries: Iterable[CollectorRegistry], labels: dict[str, str]) -> None:
+        self._registries = tuple(registries)
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for registry in self._registries:
+            for family in registry.collect():
+                labelled = Metric(family.name, family.documentation, family.type, family.unit)
+                labelled.samples = [
+                    sample._replace(labels={**sample.labels, **self._labels})
+                    for sample in family.samples
+                ]
+                yield labelled
+
+
+def exposition_registry(application: str) -> CollectorRegistry:
+    """What `/actuator/prometheus` exposes: app.metrics.REGISTRY and the process metrics
+    (kept out of prometheus_client's global registry), all with `application=...`."""
+    process = CollectorRegistry()
+    ProcessCollector(registry=process)
+    PlatformCollector(registry=process)
+    GCCollector(registry=process)
+    exposed = CollectorRegistry(auto_describe=False)
+    exposed.register(_Labelled((REGISTRY, process), {"application": application}))
+    return exposed
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[EXPOSITION])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _uri(request: web.Request, status: int) -> str:
+    """The route's template (`/api/v1/jobs/executions/{id}`), never the raw path: an
+    unbounded label would grow the registry with every probe of a random URL."""
+    resource = request.match_info.route.resource
+    if resource is not None:
+        return resource.canonical
+    return "NOT_FOUND" if status == 404 else "UNKNOWN"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Records http_server_requests_seconds; outermost, so it sees the final status."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        HTTP_SERVER_REQUESTS.labels(request.method, _uri(request, status), str(status)).observe(
+            time.perf_counter() - started
+        )

@@ -1,0 +1,288 @@
+"""The OpenAPI 3 document served at `/v3/api-docs`; tests/unit/test_web_openapi.py keeps it
+and the routes of `create_app` in step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_AUTH_ERRORS = {
+    "401": _error(
+        "No token, a malformed or badly signed token (INVALID_TOKEN), or an expired"
+        " one (EXPIRED_TOKEN)"
+    ),
+    "403": _error("A valid token whose memberType is not ADMIN or ROLE_ADMIN (ACCESS_DENIED)"),
+}
+_JOB_NAME = {
+    "name": "jobName",
+    "in": "path",
+    "required": True,
+    "description": "The job: `coupon-usage-stats`, `coupon-usage-stats-fcm-send`, or its"
+    " Spring name (`couponUsageStatsJob`, `couponUsageStatsFcmSendJob`)",
+    "schema": {"type": "string"},
+}
+_COUNTS = {
+    name: {"type": "integer", "format": "int64"}
+    for name in ("readCount", "writeCount", "filterCount", "skipCount", "commitCount")
+}
+_TIME = {"type": "string", "format": "date-time", "nullable": True}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "CouponPop batch service",
+        "version": "1.0",
+        "description": "Launch and follow the batch jobs; health and metrics for operators.",
+    },
+    "paths": {
+        "/api/v1/jobs/{jobName}": {
+            "post": {
+                "summary": "Launch a job in the background",
+                "description": "A completed job instance (same identifying parameters) runs"
+                " again; a failed or stopped one resumes from its checkpoint.",
+                "operationId": "launchJob",
+                "security": [{"bearerAuth": []}],
+                "parameters": [
+                    _JOB_NAME,
+                    {
+                        "name": "runDate",
+                        "in": "query",
+                        "description": "YYYY-MM-DD. Required by coupon-usage-stats; the"
+                        " fan-out job defaults to today in APP_TIMEZONE.",
+                        "schema": {"type": "string", "format": "date"},
+                    },
+                    {
+                        "name": "targetHour",
+                        "in": "query",
+                        "description": "coupon-usage-stats-fcm-send only: 0..23, default"
+                        " the current hour",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 23},
+                    },
+                    {
+                        "name": "dryRun",
+                        "in": "query",
+                        "description": "coupon-usage-stats-fcm-send only: write the messages"
+                        " to DRY_RUN_DIR instead of publishing them. Does not identify the"
+                        " instance.",
+                        "schema": {"type": "boolean", "default": False},
+                    },
+                ],
+                "responses": {
+                    "202": {
+                        **_json(_ref("LaunchAccepted"), "Started"),
+                        "headers": {
+                            "Location": {
+                                "description": "/api/v1/jobs/executions/{id}",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    },
+                    "400": _error(
+                        "A missing or malformed parameter, or an unknown job"
+                        " (INVALID_PARAMETER); the message names the parameter"
+                    ),
+                    **_AUTH_ERRORS,
+                    "409": _error(
+                        "The instance is already running (JOB_ALREADY_RUNNING);"
+                        " Location names the running execution"
+                    ),
+                    "503": _error("The service is shutting down (SHUTTING_DOWN)"),
+                },
+            }
+        },
+        "/api/v1/jobs/executions/{id}": {
+            "get": {
+                "summary": "One job execution, with live progress while it runs here",
+                "operationId": "getExecution",
+                "security": [{"bearerAuth": []}],
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "format": "int64"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("Execution"), "The execution"),
+                    "400": _error("The id is not a number (INVALID_PARAMETER)"),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
+                },
+            }
+        },
+        "/api/v1/jobs/{jobName}/executions": {
+            "get": {
+                "summary": "The job's most recent executions, newest first",
+                "operationId": "listExecutions",
+                "security": [{"bearerAuth": []}],
+                "parameters": [
+                    _JOB_NAME,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "jobName": {"type": "string"},
+                                "executions": {"type": "array", "items": _ref("Execution")},
+                            },
+                        },
+                        "The executions",
+                    ),
+                    "400": _error("An unknown job or a bad limit (INVALID_PARAMETER)"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/actuator/health": {
+            "get": {
+                "summary": "Health of the service and its database and broker",
+                "operationId": "health",
+                "responses": {
+                    "200": _json(_ref("Health"), "UP"),
+                    "503": _json(_ref("Health"), "DOWN"),
+                },
+            }
+        },
+        "/actuator/prometheus": {
+            "get": {
+                "summary": "Prometheus metrics; every series has application=<APPLICATION_NAME>",
+                "operationId": "prometheus",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/v3/api-docs": {
+            "get": {
+                "summary": "This document",
+                "operationId": "apiDocs",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT (HS256/384/512, memberType ADMIN or ROLE_ADMIN)",
+            }
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {
+                            "status": {"type": "string", "example": "400 BAD_REQUEST"},
+                            "code": {"type": "string", "example": "INVALID_PARAMETER"},
+                            "message": {"type": "string"},
+                            "requestUrl": {"type": "string"},
+                            "timestamp": {"type": "string"},
+                        },
+                    }
+                },
+            },
+            "LaunchAccepted": {
+                "type": "object",
+                "properties": {
+                    "executionId": {"type": "integer", "format": "int64"},
+                    "jobName": {"type": "string", "example": "couponUsageStatsJob"},
+                    "status": {"type": "string", "example": "STARTED"},
+                    "parameters": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "example": {"runDate": "2024-12-01"},
+                    },
+                },
+            },
+            "Execution": {
+                "type": "object",
+                "properties": {
+                    "executionId": {"type": "integer", "format": "int64"},
+                    "jobName": {"type": "string"},
+                    "status": {
+                        "type": "string",
+                        "enum": ["STARTING", "STARTED", "COMPLETED", "FAILED", "STOPPED"],
+                    },
+                    "exitCode": {"type": "string"},
+                    "exitMessage": {"type": "string"},
+                    "parameters": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "createTime": _TIME,
+                    "startTime": _TIME,
+                    "endTime": _TIME,
+                    "lastUpdated": _TIME,
+                    **_COUNTS,
+                    "steps": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "stepName": {"type": "string"},
+                                "status": {"type": "string"},
+                                **_COUNTS,
+                                "checkpoint": {"nullable": True},
+                                "startTime": _TIME,
+                                "endTime": _TIME,
+                                "exitMessage": {"type": "string"},
+                            },
+                        },
+                    },
+                    "progress": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "Live counts while the execution runs in this process",
+                        "properties": {
+                            "read": {"type": "integer"},
+                            "written": {"type": "integer"},
+                            "filtered": {"type": "integer"},
+                            "skipped": {"type": "integer"},
+                            "commits": {"type": "integer"},
+                            "itemsPerSecond": {"type": "number"},
+                        },
+                    },
+                },
+            },
+            "Health": {
+                "type": "object",
+                "properties": {
+                    "status": {"type": "string", "enum": ["UP", "DOWN"]},
+                    "components": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "string", "enum": ["UP", "DOWN"]},
+                                "details": {"type": "object"},
+                            },
+                        },
+                        "example": {"db": {"status": "UP"}, "rabbit": {"status": "UP"}},
+                    },
+                },
+            },
+        },
+    },
+}

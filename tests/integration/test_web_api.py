@@ -1,0 +1,378 @@
+"""The admin API over real HTTP: real tokens, a real launcher on MariaDB, the stats job
+against the fake store service."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from asyncmy.pool import Pool
+
+from app.config import Settings
+from app.devtools.fake_peers import FakePeers, run_fake_peers
+from app.runtime.launcher import Launcher
+from app.runtime.resources import open_resources
+from app.web.app import LAUNCHER, create_app
+from tests.settings import TEST_JWT_KEY, make_settings
+
+STATS = "/api/v1/jobs/coupon-usage-stats"
+FANOUT = "/api/v1/jobs/coupon-usage-stats-fcm-send"
+RUN_DATE = "2025-10-26"  # window 2025-10-06 .. 2025-10-26
+STORES = {1: "노량진동", 2: "풍무동", 3: "상도동"}
+
+Client = Callable[..., Awaitable[TestClient]]
+
+
+def token(
+    key: bytes | None = TEST_JWT_KEY,
+    *,
+    algorithm: str = "HS256",
+    member_type: str = "ADMIN",
+    expires_in: int = 3600,
+) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": "1",
+        "username": "operator",
+        "memberType": member_type,
+        "iat": now,
+        "exp": now + expires_in,
+    }
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def bearer(value: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value or token()}"}
+
+
+def _b64url(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def rs256_token() -> str:
+    """An RS256 header over valid claims; the signature is junk (no RSA key needed: the
+    algorithm alone must be refused)."""
+    now = int(time.time())
+    header = _b64url({"alg": "RS256", "typ": "JWT"})
+    payload = _b64url({"sub": "1", "memberType": "ADMIN", "iat": now, "exp": now + 3600})
+    return f"{header}.{payload}.{base64.urlsafe_b64encode(b'x' * 256).rstrip(b'=').decode()}"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePeers]:
+    data = {"stores": {str(k): v for k, v in STORES.items()}, "tokens": {}}
+    async with run_fake_peers(data, key=TEST_JWT_KEY) as peers:
+        yield peers
+
+
+@pytest.fixture
+async def client(settings: Settings, fake: FakePeers, pool: Pool) -> AsyncIterator[Client]:
+    """`await client(**setting_overrides)`: a test client of the app over a real launcher."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**overrides: object) -> TestClient:
+            job_settings = make_settings(
+                DB_URL=settings.DB_URL,
+                STORE_SERVICE_URL=fake.store_url,
+                NOTIFICATION_SERVICE_URL=fake.notification_url,
+                CHUNK_SIZE=1,
+                ENRICH_WORKERS=1,
+                QUEUE_SIZE=1,
+                **overrides,
+            )
+            resources = await stack.enter_async_context(open_resources(job_settings, broker=False))
+            launcher = Launcher(resources)
+            stack.push_async_callback(launcher.shutdown, 5)
+            return await stack.enter_async_context(TestClient(TestServer(create_app(launcher, {}))))
+
+        yield make
+
+
+async def add_members(pool: Pool, members: range, rows_each: int = 5) -> None:
+    """USED rows in the window: each member `rows_each` at store 1 + member % 3."""
+    rows = [
+        (m, 1, 1 + m % 3, 1, "USED", f"2025-10-2{i % 6} 1{m % 10}:00:00")
+        for m in members
+        for i in range(rows_each)
+    ]
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
+            " coupon_status, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+
+
+async def until_finished(client: TestClient, location: str) -> dict:
+    async with asyncio.timeout(30):
+        while True:
+            resp = await client.get(location, headers=bearer())
+            assert resp.status == 200
+            body = await resp.json()
+            if body["status"] not in ("STARTING", "STARTED"):
+                return body
+            await asyncio.sleep(0.05)
+
+
+def assert_error(body: dict, status: str, code: str, path: str) -> dict:
+    error = body["error"]
+    assert set(error) == {"status", "code", "message", "requestUrl", "timestamp"}
+    assert (error["status"], error["code"], error["requestUrl"]) == (status, code, path)
+    assert error["timestamp"]
+    return error
+
+
+# ---- auth ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "algorithm"),
+    [(TEST_JWT_KEY, "HS256"), (b"k" * 48, "HS384"), (b"k" * 64, "HS512")],
+)
+@pytest.mark.parametrize("member_type", ["ADMIN", "ROLE_ADMIN", "role_admin", "admin"])
+async def test_admin_tokens_accepted(
+    client: Client, key: bytes, algorithm: str, member_type: str
+) -> None:
+    api = await client(JWT_SECRET_KEY=base64.b64encode(key).decode())
+    resp = await api.get(
+        f"{STATS}/executions",
+        headers=bearer(token(key, algorithm=algorithm, member_type=member_type)),
+    )
+    assert resp.status == 200
+    assert (await resp.json())["executions"] == []
+
+
+def _rejections() -> list[tuple[str, dict[str, str], int, str]]:
+    other_key = b"another-key-of-thirty-two-bytes!"
+    return [
+        ("no token", {}, 401, "INVALID_TOKEN"),
+        ("empty header", {"Authorization": ""}, 401, "INVALID_TOKEN"),
+        ("no scheme", {"Authorization": token()}, 401, "INVALID_TOKEN"),
+        ("basic scheme", {"Authorization": "Basic YWRtaW46YWRtaW4="}, 401, "INVALID_TOKEN"),
+        ("bearer, no token", {"Authorization": "Bearer "}, 401, "INVALID_TOKEN"),
+        ("garbage", bearer("not.a.jwt"), 401, "INVALID_TOKEN"),
+        ("alg none", bearer(token(None, algorithm="none")), 401, "INVALID_TOKEN"),
+        ("RS256 header", bearer(rs256_token()), 401, "INVALID_TOKEN"),
+        ("other key", bearer(token(other_key)), 401, "INVALID_TOKEN"),
+        ("expired one second ago", bearer(token(expires_in=-1)), 401, "EXPIRED_TOKEN"),
+        ("member", bearer(token(member_type="USER")), 403, "ACCESS_DENIED"),
+        ("system", bearer(token(member_type="SYSTEM")), 403, "ACCESS_DENIED"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [case[1:] for case in _rejections()],
+    ids=[case[0] for case in _rejections()],
+)
+async def test_rejected_tokens(client: Client, headers: dict, status: int, code: str) -> None:
+    api = await client()
+    for method, path in (("POST", f"{STATS}?runDate={RUN_DATE}"), ("GET", f"{STATS}/executions")):
+        resp = await api.request(method, path, headers=headers)
+        assert resp.status == status
+        phrase = "UNAUTHORIZED" if status == 401 else "FORBIDDEN"
+        assert_error(await resp.json(), f"{status} {phrase}", code, path.split("?")[0])
+    # nothing was launched
+    resp = await api.get(f"{STATS}/executions", headers=bearer())
+    assert (await resp.json())["executions"] == []
+
+
+async def test_actuator_and_docs_need_no_token(client: Client) -> None:
+    api = await client()
+    for path in ("/actuator/health", "/actuator/prometheus", "/v3/api-docs"):
+        resp = await api.get(path)
+        assert resp.status == 200, path
+
+
+# ---- parameters ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        (STATS, "runDate"),
+        (f"{STATS}?runDate=", "runDate"),
+        (f"{STATS}?runDate=2024-13-01", "runDate"),
+        (f"{STATS}?runDate=20241201", "runDate"),
+        (f"{STATS}?runDate=2024-2-1", "runDate"),
+        (f"{STATS}?runDate=yesterday", "runDate"),
+        (f"{FANOUT}?runDate=2024-12-01&targetHour=24", "targetHour"),
+        (f"{FANOUT}?runDate=2024-12-01&targetHour=-1", "targetHour"),
+        (f"{FANOUT}?runDate=2024-12-01&targetHour=x", "targetHour"),
+        (f"{FANOUT}?runDate=2024-12-01&targetHour=1.5", "targetHour"),
+        (f"{FANOUT}?runDate=2024-12-32&targetHour=1", "runDate"),
+        (f"{FANOUT}?runDate=2024-12-01&targetHour=1&dryRun=maybe", "dryRun"),
+        ("/api/v1/jobs/no-such-job?runDate=2024-12-01", "jobName"),
+        ("/api/v1/jobs/no-such-job/executions", "jobName"),
+        ("/api/v1/jobs/executions/abc", "id"),
+        ("/api/v1/jobs/executions/-1", "id"),
+        (f"{STATS}/executions?limit=0", "limit"),
+        (f"{STATS}/executions?limit=x", "limit"),
+    ],
+)
+async def test_bad_input_is_400_naming_the_parameter(
+    client: Client, path: str, parameter: str
+) -> None:
+    api = await client()
+    method = "GET" if "executions" in path else "POST"
+    resp = await api.request(method, path, headers=bearer())
+    assert resp.status == 400
+    error = assert_error(
+        await resp.json(), "400 BAD_REQUEST", "INVALID_PARAMETER", path.split("?")[0]
+    )
+    assert error["message"].startswith(f"{parameter}: ")
+
+
+async def test_unknown_routes_and_methods(client: Client) -> None:
+    api = await client()
+    resp = await api.get("/api/v1/nothing", headers=bearer())
+    assert resp.status == 404
+    assert_error(await resp.json(), "404 NOT_FOUND", "NOT_FOUND", "/api/v1/nothing")
+
+    resp = await api.get("/api/v1/nothing")  # under /api/: the token comes first
+    assert resp.status == 401
+
+    resp = await api.get("/favicon.ico")
+    assert resp.status == 404
+    assert_error(await resp.json(), "404 NOT_FOUND", "NOT_FOUND", "/favicon.ico")
+
+    resp = await api.get(STATS, headers=bearer())
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "POST"
+    assert_error(await resp.json(), "405 METHOD_NOT_ALLOWED", "METHOD_NOT_ALLOWED", STATS)
+
+    resp = await api.get("/api/v1/jobs/executions/987654", headers=bearer())
+    assert resp.status == 404
+    path = "/api/v1/jobs/executions/987654"
+    assert_error(await resp.json(), "404 NOT_FOUND", "EXECUTION_NOT_FOUND", path)
+
+    resp = await api.get("/api/v1/jobs/executions/99999999999999999999999", headers=bearer())
+    assert resp.status == 404
+
+
+# ---- launching --------------------------------------------------------------------
+
+
+async def test_launch_runs_the_job_and_reports_it(client: Client, pool: Pool) -> None:
+    await add_members(pool, range(1, 5))
+    await add_members(pool, range(5, 7), rows_each=2)  # too few rows: filtered
+    api = await client()
+
+    resp = await api.post(f"{STATS}?runDate={RUN_DATE}", headers=bearer())
+    assert resp.status == 202
+    accepted = await resp.json()
+    execution_id = accepted["executionId"]
+    assert accepted == {
+        "executionId": execution_id,
+        "jobName": "couponUsageStatsJob",
+        "status": "STARTED",
+        "parameters": {"runDate": RUN_DATE},
+    }
+    location = resp.headers["Location"]
+    assert location == f"/api/v1/jobs/executions/{execution_id}"
+
+    done = await until_finished(api, location)
+    assert done["status"] == "COMPLETED"
+    assert done["exitCode"] == "COMPLETED"
+    assert done["parameters"] == {"runDate": RUN_DATE}
+    assert (done["readCount"], done["writeCount"], done["filterCount"], done["skipCount"]) == (
+        6,
+        4,
+        2,
+        0,
+    )
+    assert done["commitCount"] == 6
+    assert done["startTime"] and done["endTime"] and done["endTime"] >= done["startTime"]
+    assert done["steps"][0]["stepName"] == "couponUsageStatsStep"
+    assert done["progress"] is None  # no longer running here
+
+    # a completed instance runs again: that is what operators call the API for
+    resp = await api.post(f"{STATS}?runDate={RUN_DATE}", headers=bearer())
+    assert resp.status == 202
+    again = (await resp.json())["executionId"]
+    assert again != execution_id
+    assert (await until_finished(api, resp.headers["Location"]))["status"] == "COMPLETED"
+
+    resp = await api.get("/api/v1/jobs/couponUsageStatsJob/executions", headers=bearer())
+    listed = await resp.json()
+    assert listed["jobName"] == "couponUsageStatsJob"
+    assert [e["executionId"] for e in listed["executions"]] == [again, execution_id]
+    resp = await api.get(f"{STATS}/executions?limit=1", headers=bearer())
+    assert [e["executionId"] for e in (await resp.json())["executions"]] == [again]
+
+
+async def test_second_launch_while_running_is_409(
+    client: Client, pool: Pool, fake: FakePeers
+) -> None:
+    await add_members(pool, range(1, 7))
+    fake.control.latency_ms = 300
+    api = await client()
+
+    resp = await api.post(f"{STATS}?runDate={RUN_DATE}", headers=bearer())
+    assert resp.status == 202
+    running_id = (await resp.json())["executionId"]
+
+    resp = await api.post(f"{STATS}?runDate={RUN_DATE}", headers=bearer())
+    assert resp.status == 409
+    error = assert_error(await resp.json(), "409 CONFLICT", "JOB_ALREADY_RUNNING", STATS)
+    assert f"execution {running_id}" in error["message"]
+    assert resp.headers["Location"] == f"/api/v1/jobs/executions/{running_id}"
+
+    # live progress while it runs in this process
+    async with asyncio.timeout(10):
+        while True:
+            resp = await api.get(f"/api/v1/jobs/executions/{running_id}", headers=bearer())
+            live = await resp.json()
+            if live["progress"] and live["progress"]["read"] > 0:
+                break
+            await asyncio.sleep(0.05)
+    assert live["status"] == "STARTED"
+    assert live["endTime"] is None
+    assert set(live["progress"]) == {
+        "read", "written", "filtered", "skipped", "commits", "itemsPerSecond",
+    }  # fmt: skip
+
+    fake.control.latency_ms = 0
+    done = await until_finished(api, f"/api/v1/jobs/executions/{running_id}")
+    assert done["status"] == "COMPLETED"
+    assert done["writeCount"] == 6
+
+
+async def test_launch_while_shutting_down_is_503(client: Client) -> None:
+    api = await client()
+    await api.server.app[LAUNCHER].shutdown(0)
+    resp = await api.post(f"{STATS}?runDate={RUN_DATE}", headers=bearer())
+    assert resp.status == 503
+    assert_error(await resp.json(), "503 SERVICE_UNAVAILABLE", "SHUTTING_DOWN", STATS)
+
+
+async def test_unexpected_error_is_a_generic_500_and_logged(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = await client()
+    launcher = api.server.app[LAUNCHER]
+
+    async def broken(execution_id: int) -> None:
+        raise RuntimeError("password=hunter2 at db-7")
+
+    launcher.repository.get_execution = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR):
+        resp = await api.get("/api/v1/jobs/executions/1", headers=bearer())
+    assert resp.status == 500
+    text = await resp.text()
+    assert "hunter2" not in text and "Traceback" not in text
+    error = assert_error(
+        json.loads(text), "500 INTERNAL_SERVER_ERROR", "INTERNAL_SERVER_ERROR",
+        "/api/v1/jobs/executions/1",
+    )  # fmt: skip
+    assert error["message"] == "an unexpected error occurred"
+    assert any("hunter2" in (r.exc_text or "") for r in caplog.records)
