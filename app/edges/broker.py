@@ -9,6 +9,7 @@ a trace id it has already seen, a loss is not.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -22,6 +23,8 @@ from app.config import Settings
 from app.contracts import EXCHANGE, ROUTING_KEY, PushRequest, to_amqp_message
 from app.errors import PermanentError, TransientError
 from app.metrics import MESSAGES
+
+log = logging.getLogger(__name__)
 
 # What a publish raises when its channel or connection went away before the broker
 # answered: the message may or may not have arrived, so it is published again.
@@ -79,11 +82,33 @@ class Broker:
         self._confirm_timeout = confirm_timeout
         self._check_timeout = check_timeout
         self._stack = AsyncExitStack()
+        self._opening = asyncio.Lock()
         self._connection: AbstractRobustConnection
         self._channel: AbstractRobustChannel
-        self._exchange: AbstractRobustExchange
+        self._exchange: AbstractRobustExchange | None = None
 
     async def __aenter__(self) -> Broker:
+        """Connect now if the broker answers; otherwise on first use, so that a daemon
+        starts (and reports the broker DOWN) while RabbitMQ is still coming up."""
+        try:
+            await self._open()
+        except BrokerUnavailable as exc:
+            log.warning("broker not reachable yet, will connect on first use: %s", exc)
+        return self
+
+    async def _open(self) -> AbstractRobustExchange:
+        """The exchange on an open confirm-mode channel, connecting first if need be."""
+        async with self._opening:
+            if self._exchange is None:
+                try:
+                    async with asyncio.timeout(self._reconnect_timeout):
+                        await self._connect()
+                except _LOST as exc:
+                    raise BrokerUnavailable(f"cannot connect to the broker: {exc!r}") from exc
+            assert self._exchange is not None
+            return self._exchange
+
+    async def _connect(self) -> None:
         async with AsyncExitStack() as stack:
             self._connection = await stack.enter_async_context(
                 await aio_pika.connect_robust(
@@ -101,7 +126,6 @@ class Broker:
                 EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
             )
             self._stack = stack.pop_all()
-        return self
 
     async def __aexit__(
         self,
@@ -118,6 +142,7 @@ class Broker:
         up to `rounds` attempts in all; then BrokerUnavailable. A returned message
         raises UnroutableError at once.
         """
+        await self._open()
         pending: Sequence[PushRequest] = requests
         for attempt in range(self._rounds):
             if attempt:
@@ -186,6 +211,7 @@ class Broker:
         # The deadline covers the wait for a reconnection too, which aio-pika's own
         # `timeout` does not: without it a publish could wait for a broker forever.
         async with asyncio.timeout(self._confirm_timeout):
+            assert self._exchange is not None  # publish() opened it
             return await self._exchange.publish(message, ROUTING_KEY, mandatory=True)
 
     async def _until_open(self) -> None:
@@ -212,6 +238,8 @@ class Broker:
         The answer is to a passive declare of the exchange, on a channel of its own so
         that a failed check never closes the publishing channel.
         """
+        async with asyncio.timeout(self._check_timeout):
+            await self._open()
         if self._channel.is_closed:
             raise BrokerUnavailable("the publishing channel is closed")
         try:

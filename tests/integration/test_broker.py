@@ -123,3 +123,14 @@ async def test_check_fails_without_the_exchange() -> None:
                 await channel.exchange_delete(EXCHANGE)
             with pytest.raises(BrokerUnavailable):
                 await broker.check()
+
+
+async def test_unreachable_broker_at_start_is_reported_not_fatal() -> None:
+    """The daemon starts while RabbitMQ is down: health says so, publishing fails as
+    transient (the chunk is retried, then skipped), nothing raises on entry."""
+    settings = make_settings(RABBITMQ_PORT=1)  # nothing listens on port 1
+    async with Broker(settings, reconnect_timeout=1.0, check_timeout=0.5) as broker:
+        with pytest.raises(BrokerUnavailable, match="cannot connect to the broker"):
+            await broker.check()
+        with pytest.raises(BrokerUnavailable, match="cannot connect to the broker"):
+            await broker.publish([])
