@@ -13,7 +13,13 @@ class TransientError(Exception):
 
 
 class PermanentError(Exception):
-    """A failure another attempt will not fix: a malformed answer, an unroutable message."""
+    """A failure another attempt will not fix for these items: a malformed answer."""
+
+
+class SetupError(Exception):
+    """A fault of the setup, not of the items (no queue bound to the routing key): every
+    later chunk would meet it too, so it fails the step at once instead of skipping.
+    A restart after the fix resumes from the checkpoint and loses no item."""
 
 
 # MySQL/MariaDB error codes that a retry can clear: lock wait timeout, deadlock,

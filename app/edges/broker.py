@@ -21,7 +21,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishErr
 
 from app.config import Settings
 from app.contracts import EXCHANGE, ROUTING_KEY, PushRequest, to_amqp_message
-from app.errors import PermanentError, TransientError
+from app.errors import SetupError, TransientError
 from app.metrics import MESSAGES
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class BrokerUnavailable(TransientError):
     """The broker did not confirm every message, even after reconnecting and republishing."""
 
 
-class UnroutableError(PermanentError):
+class UnroutableError(SetupError):
     """The broker returned a message: no queue is bound to the routing key."""
 
 

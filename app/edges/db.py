@@ -73,6 +73,9 @@ async def stream_rows(
     result set into memory. So the transport reads only while this generator
     fetches; while the caller holds a batch (and awaits a full queue), reading is
     paused and TCP flow control stops the server.
+
+    Leave it early only through `contextlib.aclosing`: closing it closes the connection
+    rather than drain the rest of the result set.
     """
     cur = conn.cursor(SSCursor)
     try:

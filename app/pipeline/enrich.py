@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import backoff
 
-from app.errors import is_transient
+from app.errors import SetupError, is_transient
 from app.pipeline.chunk import Processed
 from app.pipeline.source import Entry
 
@@ -58,11 +58,16 @@ async def enrich(
     work: asyncio.Queue[Entry | None],
     process: Callable[[list[Any]], Awaitable[Processed[Any]]],
 ) -> None:
-    """Resolve each chunk's future with its Processed result, or Skipped."""
+    """Resolve each chunk's future with its Processed result, Skipped, or a SetupError."""
     while (entry := await work.get()) is not None:
         chunk, future = entry
         try:
             result: Processed[Any] | Skipped = await process(chunk.items)
+        except SetupError as exc:
+            # Fails the step once the sink reaches this chunk, so the chunks before it
+            # still commit; skipping would only lose every chunk after it.
+            future.set_exception(exc)
+            return
         except Exception as exc:  # retries exhausted, or a permanent error
             result = Skipped(exc)
         future.set_result(result)

@@ -13,7 +13,7 @@ from asyncmy.pool import Pool
 
 from app.config import Settings
 from app.edges.db import fetch_all, stream_rows
-from app.errors import PermanentError, TransientError
+from app.errors import PermanentError, SetupError, TransientError
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
 from app.pipeline.sink import SkipLimitExceeded
 from app.pipeline.step import run_step
@@ -174,6 +174,20 @@ async def test_permanent_error_skips_without_retry(scratch: Pool) -> None:
     outcome, step, _ = await run(scratch, make_settings(RETRY_ATTEMPTS=3), definition(malformed))
     assert outcome is True and attempts == [5]
     assert (step.write_count, step.skip_count) == (3, 2)
+
+
+async def test_setup_error_fails_the_step_whatever_the_skip_limit(scratch: Pool) -> None:
+    async def unroutable_from_three(items: list[int]) -> Processed[list[int]]:
+        if items[0] >= 3:
+            raise SetupError("no queue bound")
+        return await keep_odd(items)
+
+    outcome, step, _ = await run(
+        scratch, make_settings(SKIP_LIMIT=1000, ENRICH_WORKERS=1), definition(unroutable_from_three)
+    )
+    assert isinstance(outcome, SetupError)
+    assert (step.checkpoint, step.skip_count, step.write_count) == (2, 0, 1)
+    assert await items_written(scratch) == [1]
 
 
 async def test_skip_limit_fails_the_step_at_the_last_good_checkpoint(scratch: Pool) -> None:
