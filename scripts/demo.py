@@ -1,0 +1,156 @@
+"""The demo: a fresh database, sample rows, the fake peers, both jobs once, and a summary.
+
+Run through `scripts/demo`, which prepares .venv first. Uses the MariaDB/MySQL and
+RabbitMQ of DEMO_DB_SERVER (default mysql://root@127.0.0.1:3306) and RABBITMQ_*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import socket
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import aio_pika
+
+from app.config import load_settings
+from app.contracts import EXCHANGE, ROUTING_KEY
+from app.edges.db import fetch_all, open_pool
+from app.schema.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "scripts" / "demo_data"
+DATABASE = "couponpop_demo"
+STATS_RUN = ["coupon-usage-stats", "--run-date", "2025-10-26"]
+FANOUT_RUNS = [
+    ["coupon-usage-stats-fcm-send", "--run-date", "2025-10-25", "--target-hour", "10"],
+    ["coupon-usage-stats-fcm-send", "--run-date", "2025-10-26", "--target-hour", "16"],
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sql_statements(path: Path) -> list[str]:
+    lines = [line.split("--", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+async def prepare_database(env: dict[str, str]) -> None:
+    server = load_settings({**env, "DB_URL": f"{env['DEMO_DB_SERVER']}/mysql"}, env_file=None)
+    async with open_pool(server) as pool, pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+        await cur.execute(f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4")
+    async with open_pool(load_settings(env, env_file=None)) as pool:
+        await migrate(pool, dev_schema=True)
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            for name in ("coupon_histories.sql", "usage_stats_and_events.sql"):
+                for statement in sql_statements(DATA / name):
+                    await cur.execute(statement)
+
+
+async def start_fake_peers(env: dict[str, str]) -> asyncio.subprocess.Process:
+    store, notification = free_port(), free_port()
+    env["STORE_SERVICE_URL"] = f"http://127.0.0.1:{store}"
+    env["NOTIFICATION_SERVICE_URL"] = f"http://127.0.0.1:{notification}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.devtools.fake_peers",
+        "--data",
+        str(ROOT / "app" / "devtools" / "sample_peers.json"),
+        "--store-port",
+        str(store),
+        "--notification-port",
+        str(notification),
+        env=env,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", notification)
+            writer.close()
+            return process
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the fake peers did not start")
+
+
+async def run_job(env: dict[str, str], args: list[str]) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        "run",
+        *args,
+        "--rerun",
+        "--quiet",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    summary = [line for line in err.decode().splitlines() if " execution " in line]
+    if process.returncode != 0:
+        sys.stderr.write(err.decode())
+        raise SystemExit(f"demo: `python -m app run {' '.join(args)}` failed")
+    return summary[-1] if summary else ""
+
+
+async def main() -> None:
+    env = dict(os.environ)
+    env.setdefault("DEMO_DB_SERVER", "mysql://root@127.0.0.1:3306")
+    env["DB_URL"] = f"{env['DEMO_DB_SERVER']}/{DATABASE}"
+    env.setdefault("JWT_SECRET_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
+    env["SCHEDULER_ENABLED"] = "false"
+    env["LOG_LEVEL"] = "WARNING"
+    settings = load_settings(env, env_file=None)
+
+    await prepare_database(env)
+    async with AsyncExitStack() as stack:
+        peers = await start_fake_peers(env)
+        stack.push_async_callback(peers.wait)
+        stack.callback(peers.terminate)
+        broker = await stack.enter_async_context(await aio_pika.connect(settings.rabbitmq_url))
+        channel = await broker.channel()
+        exchange = await channel.declare_exchange(EXCHANGE, "topic", durable=True)
+        # A private tap on the routing key, so the demo shows what a consumer receives
+        # without touching the notification service's queue.
+        tap = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await tap.bind(exchange, ROUTING_KEY)
+
+        print("couponpop-batch demo")
+        print(f"  database {DATABASE}: migrated, sample rows of the old service loaded")
+        print(f"  fake peers: {env['STORE_SERVICE_URL']} {env['NOTIFICATION_SERVICE_URL']}\n")
+        print(f"$ python -m app run {' '.join(STATS_RUN)}\n  {await run_job(env, STATS_RUN)}")
+        async with open_pool(settings) as pool:
+            rows = await fetch_all(
+                pool,
+                "SELECT member_id, top_dong, top_hour, aggregated_at FROM coupon_usage_stats"
+                " WHERE aggregated_at = '2025-10-26' ORDER BY member_id",
+            )
+        print("  coupon_usage_stats for 2025-10-26:")
+        for member_id, dong, hour, _ in rows:
+            print(f"    member {member_id:>3}  top_dong {dong}  top_hour {hour:>2}")
+        for args in FANOUT_RUNS:
+            print(f"\n$ python -m app run {' '.join(args)}\n  {await run_job(env, args)}")
+        print("\nmessages a consumer of the routing key received:")
+        while (message := await tap.get(no_ack=True, fail=False)) is not None:
+            body = json.loads(message.body)
+            print(
+                f"  {body['traceId']}  member {body['memberId']}  token {body['token']}"
+                f"  {body['topDong']} {body['topHour']}h  events {body['activeEventCount']}"
+            )
+        await channel.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
