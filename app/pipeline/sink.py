@@ -39,7 +39,9 @@ async def commit_in_order(
 
     async def commit(output: Any, counts: ChunkCounts, checkpoint: Any) -> None:
         async with transaction(pool) as conn:
-            if definition.write is not None and counts.written:
+            # Even when every item was filtered: a writer may have to remove what an
+            # earlier run of the same instance wrote for them.
+            if definition.write is not None and not counts.skipped:
                 await definition.write(conn, output)
             await repository.commit_chunk(conn, step_id, counts, checkpoint)
 
