@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -138,6 +139,15 @@ async def _until_done_or_signal(launcher: Launcher, task: asyncio.Task[None], gr
             loop.remove_signal_handler(sig)
 
 
+def _tune_gc() -> None:
+    """Streaming millions of rows allocates tuples by the million, none of them cyclic:
+    the default thresholds run full collections over everything imported, a fifth of
+    the stats job's CPU. Freeze what start-up made, and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -146,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _configure_logging(settings.LOG_LEVEL)
+    _tune_gc()
     if args.command == "migrate":
         return asyncio.run(_migrate(settings, args.dev_schema))
     if args.command == "run":

@@ -1,0 +1,279 @@
+"""couponUsageStatsJob: each regular member's favourite dong and hour (issue 4).
+
+Rows: the USED `coupon_histories` of the window, streamed in member order. A chunk is
+up to CHUNK_SIZE whole members. Processing looks the chunk's stores up (once per run
+each) and computes each member's favourite; writing replaces the runDate's rows of
+the chunk's members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import aclosing
+from datetime import date, datetime, time, timedelta
+from itertools import chain, groupby
+from operator import itemgetter
+from typing import Any
+
+from asyncmy.connection import Connection
+
+from app.edges.db import fetch_all, stream_rows
+from app.pipeline.chunk import Chunk, Processed, StepDefinition
+from app.runtime.job import JobContext, JobSpec
+from app.runtime.parameters import run_date
+from app.runtime.repository import JobParameter
+
+JOB_NAME = "couponUsageStatsJob"
+STEP_NAME = "couponUsageStatsStep"
+WINDOW_DAYS = 20
+MIN_ROWS = 5
+_SECONDS_PER_DAY = 86400
+
+# A row as read: (member_id, store_id, created_at as TO_SECONDS). Integers decode
+# faster than DATETIMEs and compare as times; the hour of day is TO_SECONDS % 86400
+# // 3600 (TO_SECONDS counts whole days from year 0).
+Row = tuple[int, int, int]
+Member = tuple[int, list[Row]]  # (member_id, its rows in the window)
+Favourite = tuple[int, str, int]  # (member_id, top_dong, top_hour)
+Output = tuple[list[int], list[Favourite]]  # the chunk's member ids; the eligible ones' rows
+_store = itemgetter(1)  # of a Row
+_rows = itemgetter(1)  # of a Member
+
+_READ = (
+    "SELECT member_id, store_id, TO_SECONDS(created_at) FROM coupon_histories"
+    " WHERE coupon_status = 'USED' AND created_at BETWEEN %s AND %s{after}"
+    " ORDER BY member_id"
+)
+_ANY_ROW_OF_DATE = "SELECT 1 FROM coupon_usage_stats WHERE aggregated_at = %s LIMIT 1"
+_DELETE = "DELETE FROM coupon_usage_stats WHERE aggregated_at = %s AND member_id IN ({ids})"
+_INSERT = "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at) VALUES "
+_INSERT_ROWS = 1000  # rows per INSERT statement: well under max_allowed_packet
+
+
+# ---- the rules (pure) ------------------------------------------------------------
+
+
+def window(day: date) -> tuple[datetime, datetime]:
+    """The first and last second of the window of `day`, both included."""
+    return (
+        datetime.combine(day - timedelta(days=WINDOW_DAYS), time(0, 0, 0)),
+        datetime.combine(day, time(23, 59, 59)),
+    )
+
+
+def hour_of(seconds: int) -> int:
+    """The hour of day of a TO_SECONDS value (favourite inlines the same arithmetic)."""
+    return seconds % _SECONDS_PER_DAY // 3600
+
+
+def favourite(rows: Sequence[Row], dong_of: Mapping[int, str | None]) -> tuple[str, int] | None:
+    """(top dong, top hour) of one member from its rows, in any order; None when the
+    member is not eligible.
+
+    Rows of a store without a dong in `dong_of` (absent or None) are dropped first.
+    Eligible: MIN_ROWS rows or more. Top dong: most rows, then the latest row, then the
+    greatest name in code-point order. Top hour: among the top dong's rows, most rows,
+    then the latest row, then the greatest hour.
+
+    Plain loops and max over (count, latest, name) tuples on purpose: for the handful
+    of rows of a member they beat Counter and key functions, and this runs once per
+    member of the window.
+    """
+    get = dong_of.get
+    counts: dict[str, int] = {}
+    latest: dict[str, int] = {}
+    known = 0
+    for _, store, at in rows:
+        dong = get(store)
+        if dong is None:
+            continue
+        known += 1
+        count = counts.get(dong)
+        if count is None:
+            counts[dong] = 1
+            latest[dong] = at
+        else:
+            counts[dong] = count + 1
+            if at > latest[dong]:
+                latest[dong] = at
+    if known < MIN_ROWS:
+        return None
+    if len(counts) == 1:
+        (top,) = counts
+    else:  # counts and latest have the same keys in the same order
+        _, _, top = max(zip(counts.values(), latest.values(), counts, strict=True))
+    hour_counts: dict[int, int] = {}
+    hour_latest: dict[int, int] = {}
+    for _, store, at in rows:
+        if get(store) != top:
+            continue
+        hour = at % _SECONDS_PER_DAY // 3600
+        count = hour_counts.get(hour)
+        if count is None:
+            hour_counts[hour] = 1
+            hour_latest[hour] = at
+        else:
+            hour_counts[hour] = count + 1
+            if at > hour_latest[hour]:
+                hour_latest[hour] = at
+    if len(hour_counts) == 1:
+        (hour,) = hour_counts
+    else:
+        _, _, hour = max(zip(hour_counts.values(), hour_latest.values(), hour_counts, strict=True))
+    return top, hour
+
+
+# ---- the dong lookups, shared by the workers of one run ----------------------------
+
+
+class StoreDongs:
+    """storeId -> dong, each store asked once per run even when workers need it at once:
+    a lookup in flight is shared; a failed one is forgotten, so the retry asks again."""
+
+    def __init__(self, lookup: Callable[[Collection[int]], Awaitable[dict[int, str]]]) -> None:
+        self._lookup = lookup
+        self._known: dict[int, str | None] = {}  # None: the store service has no dong
+        self._pending: dict[int, asyncio.Future[None]] = {}
+
+    async def get(self, store_ids: set[int]) -> Mapping[int, str | None]:
+        """The dongs of `store_ids`, looked up where not yet known; None: no dong.
+
+        The mapping returned is the cache itself, to be read, not kept: every chunk
+        reads it once per row."""
+        known, pending = self._known, self._pending
+        missing = store_ids - known.keys()
+        if missing:
+            waits = {pending[s] for s in missing if s in pending}
+            new = [s for s in missing if s not in pending]
+            if new:
+                task = asyncio.ensure_future(self._fetch(new))
+                task.add_done_callback(_retrieve)  # nobody may be left to await it
+                for store in new:
+                    pending[store] = task
+                waits.add(task)
+            # wait, not gather: a cancelled worker must not cancel a lookup others await
+            await asyncio.wait(waits)
+            for future in waits:
+                error = future.exception()
+                if error is not None:
+                    raise error
+        return known
+
+    async def _fetch(self, store_ids: list[int]) -> None:
+        try:
+            found = await self._lookup(store_ids)
+            for store in store_ids:
+                self._known[store] = found.get(store)
+        finally:
+            for store in store_ids:
+                del self._pending[store]
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+# ---- the step --------------------------------------------------------------------
+
+
+class UsageStatsStep:
+    """One execution's step: reader, processor and writer around the run's state."""
+
+    def __init__(self, context: JobContext) -> None:
+        resources = context.resources
+        self.day = date.fromisoformat(context.parameters["runDate"])
+        self.pool = resources.pool
+        self.chunk_size = resources.settings.CHUNK_SIZE
+        self.fetch_rows = resources.settings.FETCH_ROWS
+        self.dongs = StoreDongs(resources.peers.store_dongs)
+        # Whether a chunk must delete its members' rows of the day before inserting:
+        # decided when reading starts, before any chunk of this execution is written.
+        self.replace = True
+
+    async def read(self, checkpoint: Any) -> AsyncIterator[Chunk[Member]]:
+        rows = await fetch_all(self.pool, _ANY_ROW_OF_DATE, (self.day,))
+        self.replace = bool(rows)
+        start, end = window(self.day)
+        args: tuple[Any, ...] = (start, end)
+        after = ""
+        if checkpoint is not None:
+            after, args = " AND member_id > %s", (start, end, int(checkpoint))
+        sql = _READ.format(after=after)
+        chunk_size = self.chunk_size
+        members: list[Member] = []
+        current: list[Row] = []
+        current_id: int | None = None
+        first = itemgetter(0)
+        async with self.pool.acquire() as conn:
+            async with aclosing(stream_rows(conn, sql, args, self.fetch_rows)) as batches:
+                async for batch in batches:
+                    for member_id, group in groupby(batch, first):
+                        if member_id == current_id:  # a member continued from the last batch
+                            current.extend(group)
+                            continue
+                        if current_id is not None:
+                            members.append((current_id, current))
+                            if len(members) >= chunk_size:
+                                yield Chunk(items=members, checkpoint=current_id)
+                                members = []
+                        current_id, current = member_id, list(group)
+            if current_id is not None:
+                members.append((current_id, current))
+            if members:
+                yield Chunk(items=members, checkpoint=members[-1][0])
+
+    async def process(self, members: list[Member]) -> Processed[Output]:
+        stores = set(map(_store, chain.from_iterable(map(_rows, members))))
+        dongs = await self.dongs.get(stores)
+        output: list[Favourite] = []
+        for member_id, rows in members:
+            found = favourite(rows, dongs)
+            if found is not None:
+                output.append((member_id, *found))
+        member_ids = [member_id for member_id, _ in members]
+        return Processed(output=(member_ids, output), filtered=len(members) - len(output))
+
+    async def write(self, conn: Connection, output: Output) -> None:
+        """Replace the day's rows of the chunk's members (filtered ones included: a rerun
+        must not keep a row a member no longer earns).
+
+        The INSERTs are the multi-row statements `executemany` would send, formatted
+        here: each distinct dong is escaped once by the connection instead of every
+        value of every row (six times less CPU, a sixth of this job's).
+        """
+        member_ids, found = output
+        day = conn.literal(self.day)
+        async with conn.cursor() as cur:
+            if self.replace:
+                ids = ",".join([f"{member_id:d}" for member_id in member_ids])
+                await cur.execute(_DELETE.format(ids=ids), (self.day,))
+            literal = conn.literal
+            dongs: dict[str, str] = {}
+            for start in range(0, len(found), _INSERT_ROWS):
+                values = []
+                for member_id, dong, hour in found[start : start + _INSERT_ROWS]:
+                    quoted = dongs.get(dong)
+                    if quoted is None:
+                        quoted = dongs[dong] = literal(dong)
+                    values.append(f"({member_id:d},{quoted},{hour:d},{day})")
+                await cur.execute(_INSERT + ",".join(values))
+
+
+def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
+    return [run_date(raw)]
+
+
+def build(context: JobContext) -> StepDefinition[Member, Output]:
+    step = UsageStatsStep(context)
+    return StepDefinition(
+        name=STEP_NAME,
+        read=step.read,
+        process=step.process,
+        write=step.write,
+        item_key=itemgetter(0),
+    )
+
+
+SPEC = JobSpec(name=JOB_NAME, path="coupon-usage-stats", parse=parse, build=build, publishes=False)

@@ -1,0 +1,430 @@
+"""couponUsageStatsJob end to end: the real runtime, MariaDB, the fake store service over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from datetime import date
+from pathlib import Path
+
+import pytest
+from asyncmy.pool import Pool
+
+from app.config import Settings
+from app.devtools.fake_peers import FakePeers, run_fake_peers
+from app.edges.db import fetch_all
+from app.edges.peers import REGIONS
+from app.runtime.launcher import Launcher, find_job
+from app.runtime.repository import JobExecution
+from app.runtime.resources import open_resources
+from tests.settings import make_settings
+
+FIXTURE_SQL = Path("/work/shared/fixtures/old_service_stats_rows.sql").read_text(encoding="utf-8")
+RUN_DATE = "2025-10-26"  # window: 2025-10-06 00:00:00 .. 2025-10-26 23:59:59
+DAY = date(2025, 10, 26)
+UNKNOWN_STORE = 99  # the fake store service has no dong for it
+
+STORES = {
+    1: "노량진동",
+    2: "풍무동",
+    3: "상도동",
+    4: "흑석동",
+    5: "대방동",
+    6: "신대방동",
+    7: "사당동",
+    8: "상도동",
+    9: "서교동",
+    50: "🍜동",
+    51: "힣동",
+    52: "Sang'do\\dong\"; --",
+    60: "Bdong",
+    61: "adong",
+    **{100 + m: f"크래시{m}동" for m in range(1, 11)},
+}
+
+# ---- helpers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePeers]:
+    data = {"stores": {str(k): v for k, v in STORES.items()}, "tokens": {}}
+    async with run_fake_peers(data) as peers:
+        yield peers
+
+
+def job_settings(settings: Settings, fake: FakePeers, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "DB_URL": settings.DB_URL,
+        "STORE_SERVICE_URL": fake.store_url,
+        "NOTIFICATION_SERVICE_URL": fake.notification_url,
+        "CHUNK_SIZE": 2,
+        "RETRY_BASE_SECONDS": 0.01,
+    }
+    values.update(overrides)
+    return make_settings(**values)
+
+
+async def run_job(
+    settings: Settings, run_date: str = RUN_DATE, *, rerun: bool = True
+) -> JobExecution:
+    async with open_resources(settings, broker=False) as resources:
+        spec = find_job("coupon-usage-stats")
+        return await Launcher(resources).run(spec, {"runDate": run_date}, rerun=rerun)
+
+
+async def add_histories(pool: Pool, rows: Iterable[tuple]) -> None:
+    """(member_id, store_id, created_at[, status]) rows; status USED by default."""
+    values = [(m, 1, s, 1, rest[0] if rest else "USED", at) for m, s, at, *rest in rows]
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
+            " coupon_status, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+            values,
+        )
+
+
+async def stats(pool: Pool) -> list[tuple]:
+    return [
+        tuple(row)
+        for row in await fetch_all(
+            pool,
+            "SELECT member_id, top_dong, top_hour, aggregated_at FROM coupon_usage_stats"
+            " ORDER BY aggregated_at, member_id, id",
+        )
+    ]
+
+
+def counts(execution: JobExecution) -> dict[str, int]:
+    (step,) = execution.steps
+    return {
+        "read": step.read_count,
+        "written": step.write_count,
+        "filtered": step.filter_count,
+        "skipped": step.skip_count,
+    }
+
+
+def asked_stores(fake: FakePeers) -> list[int]:
+    return sorted(store for body in fake.calls.get(REGIONS, []) for store in body)
+
+
+def rows_of(member: int, store: int, *times: str, status: str = "USED") -> list[tuple]:
+    return [(member, store, at, status) for at in times]
+
+
+# ---- the old service's rows ------------------------------------------------------
+
+# runDate 2025-10-26, window 2025-10-06 00:00:00 .. 2025-10-26 23:59:59; September rows
+# and member 4's February rows are outside it.
+# - member 1: 12 rows in the window. 노량진동 (10-08, 10-20), 상도동 (10-10, 10-22),
+#   흑석동 (10-11, 10-24), 신대방동 (10-13 11:00, 10-26 11:00) have 2 each, the rest 1.
+#   Tie on count: the latest row wins, 신대방동 (10-26). Its hours: 11, 11 -> 11.
+# - member 2: 12 rows. 풍무동 (latest 10-18), 상도동 (10-23), 흑석동 (10-20), 노량진동
+#   (10-15 12:30, 10-25 13:00) have 2 each: 노량진동. Hours 12 and 13 once each: the
+#   latest, 13.
+# - member 3: 19 rows at store 9 (서교동) at 15:00, 3 others: 서교동, 15.
+# - member 4: 4 rows in the window (10-20 x2, 10-21, 10-23): not eligible.
+# - member 5: 5 rows; 상도동 3 (11:20, 12:20, 13:20 on 10-20): hours tie at 1, the
+#   latest is 13:20 -> 13.
+OLD_SERVICE_EXPECTED = [
+    (1, "신대방동", 11, DAY),
+    (2, "노량진동", 13, DAY),
+    (3, "서교동", 15, DAY),
+    (5, "상도동", 13, DAY),
+]
+
+
+async def load_old_service_rows(pool: Pool) -> None:
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(FIXTURE_SQL)
+
+
+async def test_old_service_rows(pool: Pool, settings: Settings, fake: FakePeers) -> None:
+    await load_old_service_rows(pool)
+    execution = await run_job(job_settings(settings, fake))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == OLD_SERVICE_EXPECTED
+    assert counts(execution) == {"read": 5, "written": 4, "filtered": 1, "skipped": 0}
+    assert asked_stores(fake) == [1, 2, 3, 4, 5, 6, 7, 9]  # each once; 8 is not in the rows
+
+
+# ---- the rules, one member each ---------------------------------------------------
+
+
+async def test_window_ends_to_the_second(pool: Pool, settings: Settings, fake: FakePeers) -> None:
+    await add_histories(
+        pool,
+        # member 10: 5 rows only if both ends are in; hours 9 x2 and 23 x2 tie, 23 is
+        # the latest (the window's last second)
+        rows_of(10, 1, "2025-10-06 00:00:00", "2025-10-10 09:00:00", "2025-10-11 09:00:00")
+        + rows_of(10, 1, "2025-10-20 23:00:00", "2025-10-26 23:59:59")
+        # member 11: 4 rows inside, and one a second outside each end
+        + rows_of(11, 2, *(f"2025-10-1{d} 12:00:00" for d in range(4)))
+        + rows_of(11, 2, "2025-10-05 23:59:59", "2025-10-27 00:00:00"),
+    )
+    execution = await run_job(job_settings(settings, fake))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == [(10, "노량진동", 23, DAY)]
+    assert counts(execution) == {"read": 2, "written": 1, "filtered": 1, "skipped": 0}
+
+
+async def test_five_usable_rows_after_dropping_unknown_stores(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    times = [f"2025-10-1{d} 10:00:00" for d in range(7)]
+    await add_histories(
+        pool,
+        # member 20: 4 known + 3 unknown: 4 usable, not eligible
+        rows_of(20, 1, *times[:4])
+        + rows_of(20, UNKNOWN_STORE, *times[4:])
+        # member 21: 5 known + 6 unknown (the unknown store would be the top): eligible
+        + rows_of(21, 4, *times[:5])
+        + rows_of(21, UNKNOWN_STORE, *(f"2025-10-2{d} 20:00:00" for d in range(6)))
+        # member 22: only unknown stores
+        + rows_of(22, UNKNOWN_STORE, *times),
+    )
+    execution = await run_job(job_settings(settings, fake))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == [(21, "흑석동", 10, DAY)]
+    assert counts(execution) == {"read": 3, "written": 1, "filtered": 2, "skipped": 0}
+    assert asked_stores(fake) == [1, 4, UNKNOWN_STORE]
+
+
+async def test_tie_breaks(pool: Pool, settings: Settings, fake: FakePeers) -> None:
+    await add_histories(
+        pool,
+        # 30: count beats recency: 상도동 3 rows, 흑석동 2 later ones
+        rows_of(30, 3, "2025-10-10 09:00:00", "2025-10-11 09:00:00", "2025-10-12 09:00:00")
+        + rows_of(30, 4, "2025-10-20 18:00:00", "2025-10-21 18:00:00")
+        # 31: dongs tie at 2: the latest wins (노량진동 10-25) over the greater name (풍무동);
+        # stores 3 and 8 are both 상도동: one dong of 2 rows
+        + rows_of(31, 1, "2025-10-10 07:00:00", "2025-10-25 08:00:00")
+        + rows_of(31, 2, "2025-10-11 07:00:00", "2025-10-24 23:00:00")
+        + rows_of(31, 3, "2025-10-12 07:00:00")
+        + rows_of(31, 8, "2025-10-13 07:00:00")
+        # 32: tie on count and latest: the greater name in code points, 'adong' > 'Bdong'
+        # (a case-insensitive collation would say the opposite)
+        + rows_of(32, 60, "2025-10-10 10:00:00", "2025-10-26 10:00:00")
+        + rows_of(32, 61, "2025-10-11 11:00:00", "2025-10-26 10:00:00")
+        + rows_of(32, 9, "2025-10-09 10:00:00")
+        # 33: tie on count and latest between Hangul and ASCII: Hangul is greater
+        + rows_of(33, 3, "2025-10-10 10:00:00", "2025-10-26 10:00:00")
+        + rows_of(33, 61, "2025-10-11 11:00:00", "2025-10-26 10:00:00")
+        + rows_of(33, 9, "2025-10-09 10:00:00")
+        # 34: hours tie at 2 in the top dong: the latest wins (8 at 10-22) over 22
+        + rows_of(34, 5, "2025-10-10 22:00:00", "2025-10-20 22:59:59")
+        + rows_of(34, 5, "2025-10-11 08:00:00", "2025-10-22 08:00:00")
+        + rows_of(34, 5, "2025-10-09 03:00:00")
+        # 35: the hour with most rows wins over the latest one
+        + rows_of(35, 6, *(f"2025-10-1{d} 09:30:00" for d in range(3)))
+        + rows_of(35, 6, "2025-10-25 21:00:00", "2025-10-26 21:00:00")
+        # 36: the top hour counts only the top dong's rows (hour 18 is the most used)
+        + rows_of(36, 7, "2025-10-10 09:00:00", "2025-10-11 10:00:00", "2025-10-12 11:00:00")
+        + rows_of(36, 9, "2025-10-13 18:00:00", "2025-10-14 18:00:00"),
+    )
+    execution = await run_job(job_settings(settings, fake))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == [
+        (30, "상도동", 9, DAY),
+        (31, "노량진동", 8, DAY),
+        (32, "adong", 10, DAY),
+        (33, "상도동", 10, DAY),
+        (34, "대방동", 8, DAY),
+        (35, "신대방동", 9, DAY),
+        (36, "사당동", 11, DAY),
+    ]
+    assert counts(execution) == {"read": 7, "written": 7, "filtered": 0, "skipped": 0}
+
+
+async def test_member_outside_the_window(pool: Pool, settings: Settings, fake: FakePeers) -> None:
+    await add_histories(
+        pool,
+        rows_of(40, 1, *(f"2025-09-1{d} 10:00:00" for d in range(9)))
+        + rows_of(40, 1, *(f"2025-10-2{d} 10:00:00" for d in range(7, 10)))
+        + rows_of(41, 2, *(f"2025-10-1{d} 10:00:00" for d in range(5))),
+    )
+    execution = await run_job(job_settings(settings, fake))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == [(41, "풍무동", 10, DAY)]
+    assert counts(execution) == {"read": 1, "written": 1, "filtered": 0, "skipped": 0}
+
+
+async def test_dong_names_beyond_ascii(pool: Pool, settings: Settings, fake: FakePeers) -> None:
+    await add_histories(
+        pool,
+        rows_of(50, 50, *(f"2025-10-1{d} 19:00:00" for d in range(5)))
+        # 🍜 (U+1F35C) and 힣 (U+D7A3) tie on count and latest: 🍜 is the greater
+        + rows_of(51, 50, "2025-10-10 07:00:00", "2025-10-26 07:00:00")
+        + rows_of(51, 51, "2025-10-11 08:00:00", "2025-10-26 07:00:00")
+        + rows_of(51, 1, "2025-10-12 09:00:00")
+        # quotes and a backslash reach the table as they are
+        + rows_of(52, 52, *(f"2025-10-1{d} 01:00:00" for d in range(5))),
+    )
+    execution = await run_job(job_settings(settings, fake))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == [
+        (50, "🍜동", 19, DAY),
+        (51, "🍜동", 7, DAY),
+        (52, STORES[52], 1, DAY),
+    ]
+
+
+async def test_issued_and_canceled_rows_are_ignored(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    times = [f"2025-10-1{d} 20:00:00" for d in range(6)]
+    await add_histories(
+        pool,
+        # 60: 4 USED, plenty of others: not eligible
+        rows_of(60, 1, *times[:4])
+        + rows_of(60, 1, *times, status="ISSUED")
+        + rows_of(60, 1, *times, status="CANCELED")
+        # 61: 5 USED at 10:00; ISSUED and CANCELED in another dong and hour
+        + rows_of(61, 2, *(f"2025-10-1{d} 10:00:00" for d in range(5)))
+        + rows_of(61, 3, *times, status="ISSUED")
+        + rows_of(61, 2, *times, status="CANCELED")
+        # 62: nothing USED: not read at all
+        + rows_of(62, 1, *times, status="ISSUED"),
+    )
+    execution = await run_job(job_settings(settings, fake))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == [(61, "풍무동", 10, DAY)]
+    assert counts(execution) == {"read": 2, "written": 1, "filtered": 1, "skipped": 0}
+    assert asked_stores(fake) == [1, 2]
+
+
+# ---- idempotence, caching, failures ---------------------------------------------
+
+
+async def test_rerun_replaces_the_dates_rows_only(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    await load_old_service_rows(pool)
+    other_dates = [(1, "옛동", 3, date(2025, 10, 25)), (2, "옛동", 4, date(2025, 10, 27))]
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at)"
+            " VALUES (%s, %s, %s, %s)",
+            [*other_dates, (3, "옛동", 5, DAY)],  # a row of the date from before: replaced
+        )
+    job = job_settings(settings, fake)
+    for _ in range(3):
+        execution = await run_job(job, rerun=True)
+        assert execution.status == "COMPLETED", execution.exit_message
+        assert await stats(pool) == [other_dates[0], *OLD_SERVICE_EXPECTED, other_dates[1]]
+
+
+async def test_each_store_asked_once_with_concurrent_workers(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    # 40 members: member m uses store s = m % 9 + 1 five times at hour m % 24, and the
+    # next store once; stores overlap between chunks handled at the same moment.
+    rows = []
+    expected = []
+    for m in range(1, 41):
+        store = m % 9 + 1
+        rows += rows_of(m, store, *(f"2025-10-1{d} {m % 24:02d}:15:00" for d in range(5)))
+        rows += rows_of(m, store % 9 + 1, "2025-10-20 05:00:00")
+        expected.append((m, STORES[store], m % 24, DAY))
+    await add_histories(pool, rows)
+    fake.control.latency_ms = 30
+    job = job_settings(settings, fake, ENRICH_WORKERS=4, STORE_LOOKUP_BATCH=2, QUEUE_SIZE=4)
+    execution = await run_job(job)
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == expected
+    assert counts(execution) == {"read": 40, "written": 40, "filtered": 0, "skipped": 0}
+    assert asked_stores(fake) == list(range(1, 10))
+    assert all(len(body) <= 2 for body in fake.calls[REGIONS])
+
+
+CRASH_MEMBERS = range(1, 11)
+
+
+async def add_crash_rows(pool: Pool) -> list[tuple]:
+    """Member m: its own store 100 + m, 5 rows at hour m (member 5: 4 rows)."""
+    rows = []
+    expected = []
+    for m in CRASH_MEMBERS:
+        uses = 4 if m == 5 else 5
+        rows += rows_of(m, 100 + m, *(f"2025-10-1{d} {m:02d}:00:00" for d in range(uses)))
+        if uses == 5:
+            expected.append((m, STORES[100 + m], m, DAY))
+    await add_histories(pool, rows)
+    return expected
+
+
+async def test_crash_then_restart_from_the_checkpoint(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    expected = await add_crash_rows(pool)
+    # One worker, one store call per chunk of 2 members. From the 3rd call on, the store
+    # service answers 503: that call is held 50 ms, long enough to switch failures on.
+    fake.control.latency_ms = 50
+    job = job_settings(settings, fake, ENRICH_WORKERS=1, QUEUE_SIZE=1, SKIP_LIMIT=0)
+
+    async def fail_from_third_call() -> None:
+        while len(fake.calls[REGIONS]) < 3:  # noqa: ASYNC110 (the fake has no event)
+            await asyncio.sleep(0.001)
+        fake.control.update({"fail_status": 503, "fail_times": -1})
+
+    breaker = asyncio.create_task(fail_from_third_call())
+    crashed = await run_job(job, rerun=False)
+    await breaker
+    assert crashed.status == "FAILED"
+    assert "skip limit" in crashed.exit_message
+    (step,) = crashed.steps
+    assert step.status == "FAILED"
+    assert step.checkpoint == 4  # chunks (1, 2) and (3, 4) committed
+    assert counts(crashed) == {"read": 4, "written": 4, "filtered": 0, "skipped": 0}
+    assert await stats(pool) == expected[:4]
+
+    fake.control.update({"fail_status": None, "latency_ms": 0})
+    resumed = await run_job(job, rerun=False)
+    assert resumed.status == "COMPLETED", resumed.exit_message
+    assert resumed.instance_id == crashed.instance_id
+    assert counts(resumed) == {"read": 6, "written": 5, "filtered": 1, "skipped": 0}
+    assert await stats(pool) == expected
+
+    uninterrupted = await run_job(job, rerun=True)
+    assert uninterrupted.status == "COMPLETED", uninterrupted.exit_message
+    assert counts(uninterrupted) == {"read": 10, "written": 9, "filtered": 1, "skipped": 0}
+    assert await stats(pool) == expected
+
+
+async def test_store_service_fails_then_recovers_within_the_retries(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    await load_old_service_rows(pool)
+    fake.control.update({"fail_status": 503, "fail_times": 1})
+    execution = await run_job(job_settings(settings, fake, ENRICH_WORKERS=1))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == OLD_SERVICE_EXPECTED
+    assert counts(execution) == {"read": 5, "written": 4, "filtered": 1, "skipped": 0}
+    # the failed call's stores were asked again, and only those
+    first, retry, *_ = fake.calls[REGIONS]
+    assert sorted(first) == sorted(retry)
+    assert len(asked_stores(fake)) == 8 + len(first)
+
+
+async def test_store_service_down_beyond_the_retries_skips_the_chunk(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    await load_old_service_rows(pool)
+    # one worker: the first chunk (members 1, 2) meets all 3 failures and is skipped
+    fake.control.update({"fail_status": 503, "fail_times": 3})
+    job = job_settings(settings, fake, ENRICH_WORKERS=1, RETRY_ATTEMPTS=3, SKIP_LIMIT=100)
+    execution = await run_job(job)
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == [(3, "서교동", 15, DAY), (5, "상도동", 13, DAY)]
+    assert counts(execution) == {"read": 5, "written": 2, "filtered": 1, "skipped": 2}
+
+
+async def test_store_service_down_the_whole_run(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    await load_old_service_rows(pool)
+    fake.control.update({"fail_status": 503, "fail_times": -1})
+    execution = await run_job(job_settings(settings, fake, SKIP_LIMIT=5))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == []
+    assert counts(execution) == {"read": 5, "written": 0, "filtered": 0, "skipped": 5}

@@ -1,0 +1,346 @@
+"""The rules of couponUsageStatsJob (issue 4) as table tests of its pure functions."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime
+
+import pytest
+
+from app.errors import TransientError
+from app.jobs.usage_stats import (
+    MIN_ROWS,
+    StoreDongs,
+    favourite,
+    hour_of,
+    parse,
+    window,
+)
+from app.runtime.parameters import ParameterError
+
+EPOCH = datetime(1, 1, 1)
+EPOCH_SECONDS = 86400 * 366  # MariaDB's TO_SECONDS('0001-01-01 00:00:00')
+
+
+def to_seconds(at: str) -> int:
+    """MariaDB's TO_SECONDS of a 'YYYY-MM-DD HH:MM:SS' datetime."""
+    delta = datetime.fromisoformat(at) - EPOCH
+    return EPOCH_SECONDS + delta.days * 86400 + delta.seconds
+
+
+def fav(*uses: tuple[str, str]) -> tuple[str, int] | None:
+    """favourite() of (dong, created_at) rows, one store per dong, in the given order
+    and in reverse: the order of rows must not matter."""
+    store_of = {dong: number for number, dong in enumerate(dict.fromkeys(d for d, _ in uses))}
+    dong_of = {number: dong for dong, number in store_of.items()}
+    rows = [(7, store_of[dong], to_seconds(at)) for dong, at in uses]
+    found = favourite(rows, dong_of)
+    assert favourite(rows[::-1], dong_of) == found
+    return found
+
+
+@pytest.mark.parametrize(
+    ("run_date", "first", "last"),
+    [
+        (date(2025, 10, 26), datetime(2025, 10, 6, 0, 0, 0), datetime(2025, 10, 26, 23, 59, 59)),
+        (date(2024, 3, 1), datetime(2024, 2, 10, 0, 0, 0), datetime(2024, 3, 1, 23, 59, 59)),
+        (date(2025, 1, 5), datetime(2024, 12, 16, 0, 0, 0), datetime(2025, 1, 5, 23, 59, 59)),
+    ],
+)
+def test_window_is_runDate_minus_20_days_to_the_end_of_runDate(run_date, first, last) -> None:
+    assert window(run_date) == (first, last)
+
+
+@pytest.mark.parametrize(
+    ("at", "hour"),
+    [
+        ("2025-10-26 00:00:00", 0),
+        ("2025-10-26 00:59:59", 0),
+        ("2025-10-26 13:00:00", 13),
+        ("2025-10-26 23:59:59", 23),
+        ("2024-02-29 07:30:00", 7),
+    ],
+)
+def test_hour_of_to_seconds(at: str, hour: int) -> None:
+    assert hour_of(to_seconds(at)) == hour
+
+
+def test_to_seconds_helper_matches_mariadb() -> None:
+    # SELECT TO_SECONDS('2025-10-26 13:00:00') on MariaDB 10.11
+    assert to_seconds("2025-10-26 13:00:00") == 63_928_702_800
+
+
+D = "2025-10-2"  # days 20..26 below: f"{D}0 10:00:00" is 2025-10-20 10:00:00
+
+CASES = {
+    "fewer than 5 rows: not eligible": (
+        [("상도동", f"{D}0 10:00:00")] * 4,
+        None,
+    ),
+    "exactly 5 rows: eligible": (
+        [("상도동", f"{D}{d} 10:00:00") for d in range(5)],
+        ("상도동", 10),
+    ),
+    "most rows wins over the most recent": (
+        [
+            *(("상도동", f"{D}{d} 10:00:00") for d in range(3)),
+            *(("흑석동", f"{D}{d} 11:00:00") for d in range(4, 6)),
+        ],
+        ("상도동", 10),
+    ),
+    "dong tie: the most recent row wins over the greater name": (
+        [
+            ("가동", f"{D}0 10:00:00"),
+            ("가동", f"{D}5 10:00:00"),
+            ("하동", f"{D}1 10:00:00"),
+            ("하동", f"{D}4 23:59:59"),
+            ("나동", f"{D}2 09:00:00"),
+        ],
+        ("가동", 10),
+    ),
+    "dong tie on count and latest: the greater name in code points": (
+        [
+            ("가동", f"{D}0 10:00:00"),
+            ("가동", f"{D}5 10:00:00"),
+            ("하동", f"{D}1 10:00:00"),
+            ("하동", f"{D}5 10:00:00"),
+            ("나동", f"{D}2 09:00:00"),
+        ],
+        ("하동", 10),
+    ),
+    "code points, not a collation: 'b' > 'B' > 'A', Hangul > ASCII": (
+        [
+            ("B", f"{D}5 10:00:00"),
+            ("b", f"{D}5 10:00:00"),
+            ("A", f"{D}5 10:00:00"),
+            ("Z", f"{D}1 10:00:00"),
+            ("Y", f"{D}1 10:00:00"),
+        ],
+        ("b", 10),
+    ),
+    "Hangul beats ASCII in code points": (
+        [
+            ("Zdong", f"{D}5 10:00:00"),
+            ("상도동", f"{D}5 11:00:00"),
+            ("x", f"{D}1 10:00:00"),
+            ("y", f"{D}1 10:00:00"),
+            ("z", f"{D}1 10:00:00"),
+        ],
+        ("상도동", 11),
+    ),
+    "emoji beyond the BMP beats Hangul": (
+        [
+            ("🍜동", f"{D}5 10:00:00"),
+            ("힣동", f"{D}5 10:00:00"),
+            ("x", f"{D}1 10:00:00"),
+            ("y", f"{D}1 10:00:00"),
+            ("z", f"{D}1 10:00:00"),
+        ],
+        ("🍜동", 10),
+    ),
+    "the top hour counts only the top dong's rows": (
+        [
+            ("상도동", f"{D}0 09:00:00"),
+            ("상도동", f"{D}1 10:00:00"),
+            ("상도동", f"{D}2 11:00:00"),
+            ("흑석동", f"{D}3 18:00:00"),
+            ("흑석동", f"{D}4 18:30:00"),
+        ],
+        ("상도동", 11),
+    ),
+    "hour: most rows wins over the most recent": (
+        [
+            *(("상도동", f"{D}{d} 09:00:00") for d in range(3)),
+            *(("상도동", f"{D}{d} 21:00:00") for d in range(4, 6)),
+        ],
+        ("상도동", 9),
+    ),
+    "hour tie: the most recent row wins over the greater hour": (
+        [
+            ("상도동", f"{D}0 22:00:00"),
+            ("상도동", f"{D}1 22:59:59"),
+            ("상도동", f"{D}2 08:00:00"),
+            ("상도동", f"{D}3 08:00:00"),
+            ("상도동", f"{D}3 05:00:00"),
+        ],
+        ("상도동", 8),
+    ),
+    # "Then the greater hour" cannot decide anything: rows with the same latest
+    # created_at have the same hour. The rule is kept in the code as written.
+    "minutes and seconds do not matter to the hour": (
+        [("상도동", f"{D}{d} 13:{d}5:{d}9") for d in range(5)],
+        ("상도동", 13),
+    ),
+    "midnight and the last second of the day": (
+        [
+            ("상도동", f"{D}0 00:00:00"),
+            ("상도동", f"{D}1 00:30:00"),
+            ("상도동", f"{D}2 23:59:59"),
+            ("상도동", f"{D}3 23:00:00"),
+            ("상도동", f"{D}4 12:00:00"),
+        ],
+        ("상도동", 23),
+    ),
+    "the fixture's member 1: four dongs tie at 2, the latest is 신대방동": (
+        [
+            ("서교동", "2025-10-07 08:15:00"),
+            ("노량진동", "2025-10-08 12:30:00"),
+            ("풍무동", "2025-10-09 16:10:00"),
+            ("상도동", "2025-10-10 18:30:00"),
+            ("흑석동", "2025-10-11 09:40:00"),
+            ("대방동", "2025-10-12 21:05:00"),
+            ("신대방동", "2025-10-13 11:00:00"),
+            ("사당동", "2025-10-14 15:00:00"),
+            ("노량진동", "2025-10-20 09:00:00"),
+            ("상도동", "2025-10-22 13:00:00"),
+            ("흑석동", "2025-10-24 18:30:00"),
+            ("신대방동", "2025-10-26 11:00:00"),
+        ],
+        ("신대방동", 11),
+    ),
+}
+
+
+@pytest.mark.parametrize(("uses", "expected"), list(CASES.values()), ids=list(CASES))
+def test_favourite(uses: list[tuple[str, str]], expected: tuple[str, int] | None) -> None:
+    assert fav(*uses) == expected
+
+
+def test_favourite_equal_latest_times_in_either_order() -> None:
+    early = [("x", f"{D}0 10:00:00"), ("y", f"{D}1 10:00:00"), ("z", f"{D}2 10:00:00")]
+    tie = [("가동", f"{D}5 10:00:00"), ("하동", f"{D}5 10:00:00")]
+    assert fav(*early, *tie) == ("하동", 10)
+    assert fav(*tie, *early) == ("하동", 10)
+    assert fav(*tie[::-1], *early) == ("하동", 10)
+
+
+STORES = {1: "상도동", 2: "흑석동", 3: "노량진동"}
+
+
+def rows_of(*uses: tuple[int, str]) -> list[tuple[int, int, int]]:
+    """Rows as read: (member_id, store_id, TO_SECONDS)."""
+    return [(7, store, to_seconds(at)) for store, at in uses]
+
+
+MEMBER_CASES = {
+    "5 rows, all known": (
+        rows_of(*[(1, f"{D}{d} 10:00:00") for d in range(5)]),
+        ("상도동", 10),
+    ),
+    "5 rows, one of an unknown store: 4 usable, not eligible": (
+        rows_of(*[(1, f"{D}{d} 10:00:00") for d in range(4)], (99, f"{D}5 11:00:00")),
+        None,
+    ),
+    "6 rows, one of an unknown store: 5 usable, eligible": (
+        rows_of(*[(2, f"{D}{d} 10:00:00") for d in range(5)], (99, f"{D}5 11:00:00")),
+        ("흑석동", 10),
+    ),
+    "unknown stores would have been the top: dropped before counting": (
+        rows_of(
+            *[(99, f"{D}{d} 20:00:00") for d in range(6)],
+            *[(1, f"{D}{d} 10:00:00") for d in range(3)],
+            *[(3, f"{D}{d} 11:00:00") for d in range(3, 5)],
+        ),
+        ("상도동", 10),
+    ),
+    "only unknown stores": (
+        rows_of(*[(99, f"{D}{d} 10:00:00") for d in range(7)]),
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize(("rows", "expected"), list(MEMBER_CASES.values()), ids=list(MEMBER_CASES))
+def test_favourite_drops_unknown_stores_first(rows, expected) -> None:
+    assert favourite(rows, STORES) == expected
+
+
+def test_min_rows_is_five() -> None:
+    assert MIN_ROWS == 5
+
+
+def test_parse_requires_runDate() -> None:
+    now = datetime(2025, 10, 27, 1, 0)
+    (parameter,) = parse({"runDate": "2025-10-26"}, now)
+    assert (parameter.name, parameter.type, parameter.value, parameter.identifying) == (
+        "runDate",
+        "java.time.LocalDate",
+        "2025-10-26",
+        True,
+    )
+    for raw in ({}, {"runDate": ""}, {"runDate": "2025-13-01"}, {"runDate": "26/10/2025"}):
+        with pytest.raises(ParameterError):
+            parse(raw, now)
+
+
+# ---- the per-run store cache -----------------------------------------------------
+
+
+class FakeLookup:
+    def __init__(self, dongs: dict[int, str], failures: int = 0) -> None:
+        self.dongs = dongs
+        self.failures = failures
+        self.calls: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, store_ids) -> dict[int, str]:
+        self.calls.append(sorted(store_ids))
+        await self.gate.wait()
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("store service down")
+        return {s: self.dongs[s] for s in store_ids if s in self.dongs}
+
+
+async def dongs(pending, store_ids: set[int]) -> dict[int, str | None]:
+    """What `StoreDongs.get` answered about `store_ids`: each of them must be known."""
+    known = await pending
+    return {store: known[store] for store in sorted(store_ids)}
+
+
+async def test_store_dongs_asks_each_store_once_even_concurrently() -> None:
+    lookup = FakeLookup({1: "a", 2: "b", 3: "c"})
+    lookup.gate.clear()
+    cache = StoreDongs(lookup)
+    first = asyncio.create_task(cache.get({1, 2}))
+    second = asyncio.create_task(cache.get({2, 3, 4}))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    lookup.gate.set()
+    assert await dongs(first, {1, 2}) == {1: "a", 2: "b"}
+    assert await dongs(second, {2, 3, 4}) == {2: "b", 3: "c", 4: None}
+    assert await dongs(cache.get({1, 2, 3, 4}), {1, 2, 3, 4}) == {1: "a", 2: "b", 3: "c", 4: None}
+    assert lookup.calls == [[1, 2], [3, 4]]  # 4 is unknown: asked once, remembered
+
+
+async def test_store_dongs_failure_does_not_poison_the_cache() -> None:
+    lookup = FakeLookup({1: "a", 2: "b"}, failures=1)
+    lookup.gate.clear()
+    cache = StoreDongs(lookup)
+    first = asyncio.create_task(cache.get({1}))
+    second = asyncio.create_task(cache.get({1, 2}))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    lookup.gate.set()
+    with pytest.raises(TransientError):
+        await first
+    with pytest.raises(TransientError):  # it shared the failed lookup of store 1
+        await second
+    assert await dongs(cache.get({1, 2}), {1, 2}) == {1: "a", 2: "b"}
+    assert await dongs(cache.get({1, 2}), {1, 2}) == {1: "a", 2: "b"}
+    assert lookup.calls == [[1], [2], [1]]
+
+
+async def test_store_dongs_cancelled_waiter_does_not_cancel_a_shared_lookup() -> None:
+    lookup = FakeLookup({1: "a"})
+    lookup.gate.clear()
+    cache = StoreDongs(lookup)
+    owner = asyncio.create_task(cache.get({1}))
+    other = asyncio.create_task(cache.get({1}))
+    await asyncio.sleep(0)
+    owner.cancel()
+    await asyncio.sleep(0)
+    lookup.gate.set()
+    assert await dongs(other, {1}) == {1: "a"}
+    assert lookup.calls == [[1]]
