@@ -314,6 +314,22 @@ async def test_rerun_replaces_the_dates_rows_only(
         assert await stats(pool) == [other_dates[0], *OLD_SERVICE_EXPECTED, other_dates[1]]
 
 
+async def test_rerun_removes_the_row_of_a_member_no_longer_eligible(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """A chunk whose members are all filtered still replaces their rows of the date."""
+    await load_old_service_rows(pool)
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at)"
+            " VALUES (4, '옛동', 9, %s)",
+            (DAY,),
+        )
+    execution = await run_job(job_settings(settings, fake, CHUNK_SIZE=1), rerun=True)
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == OLD_SERVICE_EXPECTED  # member 4 (4 rows) lost its row
+
+
 async def test_each_store_asked_once_with_concurrent_workers(
     pool: Pool, settings: Settings, fake: FakePeers
 ) -> None:
