@@ -47,6 +47,7 @@ def sql_statements(path: Path) -> list[str]:
 async def prepare_database(env: dict[str, str]) -> None:
     server = load_settings({**env, "DB_URL": f"{env['DEMO_DB_SERVER']}/mysql"}, env_file=None)
     async with open_pool(server) as pool, pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SET SESSION sql_notes = 0")  # no note when it is not there
         await cur.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
         await cur.execute(f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4")
     async with open_pool(load_settings(env, env_file=None)) as pool:
@@ -137,7 +138,7 @@ async def main() -> None:
                 "SELECT member_id, top_dong, top_hour, aggregated_at FROM coupon_usage_stats"
                 " WHERE aggregated_at = '2025-10-26' ORDER BY member_id",
             )
-        print("  coupon_usage_stats for 2025-10-26:")
+        print("  coupon_usage_stats for 2025-10-26 (member 101: a sample row of its own):")
         for member_id, dong, hour, _ in rows:
             print(f"    member {member_id:>3}  top_dong {dong}  top_hour {hour:>2}")
         for args in FANOUT_RUNS:
