@@ -24,19 +24,10 @@ from app.edges.peers import (
     PeerUnavailable,
 )
 from app.errors import is_transient
+from tests.samples import SAMPLE_STORES
 from tests.settings import TEST_JWT_KEY, make_settings
 
-ALL_STORES = {
-    1: "노량진동",
-    2: "풍무동",
-    3: "상도동",
-    4: "흑석동",
-    5: "대방동",
-    6: "신대방동",
-    7: "사당동",
-    8: "상도동",
-    9: "서교동",
-}
+ALL_STORES = SAMPLE_STORES
 
 
 @pytest.fixture

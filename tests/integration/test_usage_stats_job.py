@@ -17,6 +17,7 @@ from app.edges.peers import REGIONS
 from app.runtime.launcher import Launcher, find_job
 from app.runtime.repository import JobExecution
 from app.runtime.resources import open_resources
+from tests.samples import SAMPLE_STORES
 from tests.settings import make_settings
 
 FIXTURE_SQL = Path("/work/shared/fixtures/old_service_stats_rows.sql").read_text(encoding="utf-8")
@@ -25,15 +26,7 @@ DAY = date(2025, 10, 26)
 UNKNOWN_STORE = 99  # the fake store service has no dong for it
 
 STORES = {
-    1: "노량진동",
-    2: "풍무동",
-    3: "상도동",
-    4: "흑석동",
-    5: "대방동",
-    6: "신대방동",
-    7: "사당동",
-    8: "상도동",
-    9: "서교동",
+    **SAMPLE_STORES,
     50: "🍜동",
     51: "힣동",
     52: "Sang'do\\dong\"; --",

@@ -1,0 +1,485 @@
+"""What the fault tests share: worlds of data whose outcome is computed here, apart from
+the code under test; the CLI and the fake peers as processes; probes of the database,
+the broker queue and the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aio_pika.abc import AbstractIncomingMessage
+from asyncmy.pool import Pool
+
+from app.config import Settings
+from app.devtools.fake_peers import CONTROL_PATH
+from app.edges.db import fetch_all
+from app.runtime.launcher import RunningJob
+from tests.integration import rabbit
+from tests.integration.test_daemon_serve import free_port
+from tests.integration.test_fcm_send_job import (
+    expected_body,
+    insert_events,
+    insert_stats,
+    queue_depth,
+)
+from tests.integration.test_usage_stats_job import add_histories
+from tests.settings import TEST_JWT_SECRET
+
+# ---- couponUsageStatsJob: a world of used coupons and its expected table -----------
+
+STATS_RUN_DATE = "2025-10-26"  # window: 2025-10-06 00:00:00 .. 2025-10-26 23:59:59
+STATS_DAY = date(2025, 10, 26)
+STATS_DONGS = (
+    "노량진동",
+    "상도동",
+    "흑석동",
+    "대방동",
+    "신대방동",
+    "사당동",
+    "서교동",
+    "🍜동",
+    "힣동",
+)
+UNKNOWN_STORE = 99  # no peer knows it: its rows are dropped
+
+StatsRow = tuple[int, str, int, date]  # member_id, top_dong, top_hour, aggregated_at
+
+
+def home_store(member: int) -> int:
+    return 100_000 + member
+
+
+@dataclass(frozen=True)
+class StatsWorld:
+    members: int
+    histories: list[tuple[int, int, str]]  # (member_id, store_id, created_at)
+    stores: dict[int, str]
+    expected: list[StatsRow]  # the table after a complete run, in member order
+
+    def expected_upto(self, member: int) -> list[StatsRow]:
+        return [row for row in self.expected if row[0] <= member]
+
+    def expected_except(self, members: Iterable[int]) -> list[StatsRow]:
+        left_out = set(members)
+        return [row for row in self.expected if row[0] not in left_out]
+
+    def peer_data(self) -> dict[str, Any]:
+        return {"stores": {str(k): v for k, v in self.stores.items()}, "tokens": {}}
+
+    async def load(self, pool: Pool) -> None:
+        await add_histories(pool, self.histories)
+
+
+_DIGITS = " UNION ALL ".join(f"SELECT {d}{' AS d' if d == 0 else ''}" for d in range(10))
+_NUMBERS = (  # 0 .. 999,999, in plain SQL (MariaDB and MySQL)
+    "SELECT " + " + ".join(f"{10**i}*d{i}.d" for i in range(6)) + " AS n FROM "
+    + ", ".join(f"({_DIGITS}) d{i}" for i in range(6))
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BulkStatsWorld(StatsWorld):
+    """Many rows, made by the server: member m uses its own store `rows_per_member`
+    times, always at hour m mod 24 (days 10-06 .. 10-26), so it is eligible with that
+    store's dong and that hour."""
+
+    rows_per_member: int = 0
+
+    async def load(self, pool: Pool) -> None:
+        per = self.rows_per_member
+        sql = (
+            "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
+            f" coupon_status, created_at) SELECT n DIV {per} + 1, 1, {home_store(1)} + n DIV {per},"
+            " 1, 'USED', TIMESTAMP '2025-10-06 00:00:00'"
+            f" + INTERVAL (n MOD {per}) MOD 21 DAY + INTERVAL (n DIV {per} + 1) MOD 24 HOUR"
+            f" + INTERVAL (n MOD {per}) DIV 21 MINUTE"
+            f" FROM ({_NUMBERS}) numbers WHERE n < {self.members * per}"
+        )
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql)
+
+
+def bulk_stats_world(members: int, rows_per_member: int) -> BulkStatsWorld:
+    assert members * rows_per_member <= 1_000_000 and rows_per_member >= 5
+    stores = {home_store(m): STATS_DONGS[m % len(STATS_DONGS)] for m in range(1, members + 1)}
+    expected = [(m, stores[home_store(m)], m % 24, STATS_DAY) for m in range(1, members + 1)]
+    return BulkStatsWorld(members, [], stores, expected, rows_per_member=rows_per_member)
+
+
+def stats_world(members: int, rows_per_member: int = 6) -> StatsWorld:
+    """Member m uses its own store (a store lookup in every chunk) `rows_per_member - 1`
+    times at hour 7m mod 24 on different days, and its neighbour's store once at another
+    hour: its favourite is its own store's dong and that hour.
+
+    Every 7th member has 4 rows only (not eligible); every 11th has 2 more rows at a
+    store no peer knows (dropped, so the result does not change).
+    """
+    assert rows_per_member >= 5
+    histories: list[tuple[int, int, str]] = []
+    stores: dict[int, str] = {}
+    expected: list[StatsRow] = []
+    for m in range(1, members + 1):
+        dong = STATS_DONGS[m % len(STATS_DONGS)]
+        stores[home_store(m)] = dong
+        hour = 7 * m % 24
+        own = 4 if m % 7 == 0 else rows_per_member - 1
+        for i in range(own):
+            histories.append((m, home_store(m), f"2025-10-{6 + i % 21:02d} {hour:02d}:{i:02d}:00"))
+        if m % 7:
+            neighbour = home_store(m % members + 1)
+            histories.append((m, neighbour, f"2025-10-26 {(hour + 5) % 24:02d}:30:00"))
+            expected.append((m, dong, hour, STATS_DAY))
+        if m % 11 == 0:
+            histories += [(m, UNKNOWN_STORE, f"2025-10-2{d} 03:00:00") for d in (1, 2)]
+    return StatsWorld(members, histories, stores, expected)
+
+
+# ---- couponUsageStatsFcmSendJob: a world of stats rows and its expected messages -----
+
+FANOUT_RUN_DATE = "2025-10-25"
+FANOUT_HOUR = 10
+FANOUT_PARAMETERS = {"runDate": FANOUT_RUN_DATE, "targetHour": str(FANOUT_HOUR)}
+# Dong i has stores 500 + 2i and 501 + 2i and i % 4 active events; the last has no store.
+FANOUT_DONGS = (
+    "노량진동", "풍무동", "상도동", "흑석동", "대방동", "신대방동",
+    "사당동", "서교동", "봉천동", "신림동", "🍜동", "빈동",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FanoutWorld:
+    members: int
+    stats_rows: list[tuple[int, str, int, str]]
+    events: list[tuple[int, str, str, int, int]]
+    peers: dict[str, Any]
+    bodies: dict[int, list[bytes]]  # member -> the bodies it must receive (none: filtered)
+    read: int  # members the reader yields: those whose latest row names the hour
+
+    def expected_bodies(self, members: Iterable[int] | None = None) -> set[bytes]:
+        chosen = self.bodies if members is None else set(members)
+        return {body for m in chosen for body in self.bodies.get(m, [])}
+
+    def trace_ids(self, members: Iterable[int] | None = None) -> set[str]:
+        return {json.loads(body)["traceId"] for body in self.expected_bodies(members)}
+
+    @property
+    def written(self) -> int:
+        return sum(1 for bodies in self.bodies.values() if bodies)
+
+    async def load(self, pool: Pool) -> None:
+        await insert_stats(pool, self.stats_rows)
+        await insert_events(pool, self.events)
+
+
+def fanout_world(members: int) -> FanoutWorld:
+    """Member m of dong m % 12, top hour 10 on the run date. Filtered: every 9th member
+    (no push token), dongs 0, 4, 8 (no active event), dong 11 (no store). Not read: every
+    13th member, whose later row of the same date names 11 h. Odd members have 2 tokens."""
+    stores: dict[str, str] = {}
+    events: list[tuple[int, str, str, int, int]] = []
+    active: dict[str, int] = {}
+    for i, dong in enumerate(FANOUT_DONGS[:-1]):
+        stores[str(500 + 2 * i)] = stores[str(501 + 2 * i)] = dong
+        active[dong] = i % 4
+        start = "2025-10-25 09:00:00"
+        for n in range(i % 4):  # the first one ends exactly at the reference time
+            events.append((500 + 2 * i, start, f"2025-10-25 1{0 if n == 0 else 1}:00:00", 100, 0))
+        events.append((501 + 2 * i, start, "2025-10-25 11:00:00", 50, 50))  # sold out
+    rows: list[tuple[int, str, int, str]] = []
+    later: list[tuple[int, str, int, str]] = []
+    tokens: dict[str, list[str]] = {}
+    bodies: dict[int, list[bytes]] = {}
+    read = 0
+    for m in range(1, members + 1):
+        dong = FANOUT_DONGS[m % len(FANOUT_DONGS)]
+        rows.append((m, dong, FANOUT_HOUR, FANOUT_RUN_DATE))
+        if m % 5 == 0:
+            rows.append((m, dong, 7, "2025-10-24"))  # an older row: not the latest
+        if m % 13 == 0:
+            later.append((m, dong, FANOUT_HOUR + 1, FANOUT_RUN_DATE))
+            continue
+        read += 1
+        mine = [] if m % 9 == 0 else [f"tok-{m}-a", *([f"tok-{m}-b"] if m % 2 else [])]
+        if mine:
+            tokens[str(m)] = mine
+        count = active.get(dong, 0)
+        bodies[m] = [
+            expected_body(FANOUT_RUN_DATE, m, token, dong, FANOUT_HOUR, count)
+            for token in (mine if count else [])
+        ]
+    return FanoutWorld(
+        members=members,
+        stats_rows=rows + later,  # inserted after: greater ids, the latest of their date
+        events=events,
+        peers={"stores": stores, "tokens": tokens},
+        bodies=bodies,
+        read=read,
+    )
+
+
+def trace_ids_of(messages: Iterable[AbstractIncomingMessage]) -> list[str]:
+    return [json.loads(m.body)["traceId"] for m in messages]
+
+
+async def drain(vhost: str) -> list[AbstractIncomingMessage]:
+    """Every message now in the consumer queue, acked (duplicates included)."""
+    depth = await queue_depth(vhost)
+    return await rabbit.consume(vhost, depth, idle=0.3) if depth else []
+
+
+# ---- the job repository -----------------------------------------------------------
+
+
+async def step_row(pool: Pool) -> dict[str, Any] | None:
+    """The latest step execution: its counts as committed."""
+    rows = await fetch_all(
+        pool,
+        "SELECT JOB_EXECUTION_ID, STATUS, COMMIT_COUNT, READ_COUNT FROM BATCH_STEP_EXECUTION"
+        " ORDER BY STEP_EXECUTION_ID DESC LIMIT 1",
+    )
+    if not rows:
+        return None
+    execution, status, commits, read = rows[0]
+    return {"execution": execution, "status": status, "commits": commits, "read": read}
+
+
+async def heartbeat_age(pool: Pool, execution_id: int) -> float:
+    ((micros,),) = await fetch_all(
+        pool,
+        "SELECT TIMESTAMPDIFF(MICROSECOND, LAST_UPDATED, NOW(6)) FROM BATCH_JOB_EXECUTION"
+        " WHERE JOB_EXECUTION_ID = %s",
+        (execution_id,),
+    )
+    return micros / 1e6
+
+
+async def until(
+    check: Callable[[], Awaitable[Any]], *, within: float, every: float = 0.02, what: str = ""
+) -> Any:
+    """Poll `check` until it returns something truthy; that value."""
+    async with asyncio.timeout(within):
+        while True:
+            value = await check()
+            if value:
+                return value
+            await asyncio.sleep(every)
+    raise AssertionError(f"never happened: {what}")  # pragma: no cover
+
+
+async def after_commits(run: RunningJob, commits: int) -> None:
+    """Until `run` (in this process) has committed `commits` chunks, still running."""
+
+    async def reached() -> bool:
+        assert run.task is not None and not run.task.done(), "the run ended too early"
+        return run.progress.commits >= commits
+
+    await until(reached, within=60, what=f"{commits} commits")
+
+
+# ---- the CLI as a process ---------------------------------------------------------
+
+
+@dataclass
+class CliProcess:
+    process: asyncio.subprocess.Process
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8")
+
+    async def wait(self, within: float = 120) -> int:
+        async with asyncio.timeout(within):
+            return await self.process.wait()
+
+    async def kill(self) -> int:
+        self.process.send_signal(signal.SIGKILL)
+        return await self.wait(30)
+
+
+def cli_environment(settings: Settings, **env: object) -> dict[str, str]:
+    """The environment of `python -m app`: the test's database and the loopback services,
+    with `env` (settings by name) on top."""
+    values: dict[str, object] = {
+        "PATH": os.environ["PATH"],
+        "DB_URL": settings.DB_URL,
+        "JWT_SECRET_KEY": TEST_JWT_SECRET,
+        "RETRY_BASE_SECONDS": "0.01",
+        **env,
+    }
+    return {k: str(v) for k, v in values.items()}
+
+
+@asynccontextmanager
+async def cli(args: Sequence[str], env: Mapping[str, str], log: Path) -> AsyncIterator[CliProcess]:
+    """`python -m app *args` run from the log's folder (no .env there); killed on exit if
+    it still runs."""
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app", *args,
+            env=dict(env), cwd=log.parent, stdout=out, stderr=out,
+        )  # fmt: skip
+    running = CliProcess(process, log)
+    try:
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+# ---- the fake peers as a process --------------------------------------------------
+
+
+@dataclass
+class PeerProcess:
+    """`python -m app.devtools.fake_peers`: its answers cost the test's loop nothing."""
+
+    store_url: str
+    notification_url: str
+    process: subprocess.Popen[bytes]
+
+    async def control(self, **changes: object) -> dict[str, Any]:
+        """POST /__control (shared by both services of the process); the state after."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(self.store_url + CONTROL_PATH, json=changes) as resp,
+        ):
+            body = await resp.json()
+            assert resp.status == 200, body
+            return body
+
+
+def until_serving(
+    process: subprocess.Popen[bytes], urls: Iterable[str], log: Path | None = None
+) -> None:
+    """Block until each URL answers a GET (any status below 400) while `process` lives."""
+    deadline = time.monotonic() + 30
+    for url in urls:
+        while True:
+            assert process.poll() is None, log.read_text(encoding="utf-8") if log else url
+            assert time.monotonic() < deadline, f"nothing serves {url}"
+            try:
+                with urllib.request.urlopen(url, timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+
+
+@contextmanager
+def fake_peers_process(data: Mapping[str, Any], folder: Path) -> Iterator[PeerProcess]:
+    """The fake peers serving `data` in a process of their own, until exit (a plain
+    context manager: a module-scoped fixture may hold it)."""
+    data_file = folder / "peers.json"
+    data_file.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    store_port, notification_port = free_port(), free_port()
+    log = folder / "fake_peers.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "app.devtools.fake_peers", "--data", str(data_file),
+                "--store-port", str(store_port), "--notification-port", str(notification_port),
+            ],
+            stdout=out, stderr=out,
+        )  # fmt: skip
+    peers = PeerProcess(
+        f"http://127.0.0.1:{store_port}", f"http://127.0.0.1:{notification_port}", process
+    )
+    try:
+        until_serving(
+            process, [peers.store_url + CONTROL_PATH, peers.notification_url + CONTROL_PATH], log
+        )
+        yield peers
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ---- the event loop ---------------------------------------------------------------
+
+
+@dataclass
+class LoopLag:
+    """How late `sleep(0.01)` wakes up on the running loop, at worst, while it is entered."""
+
+    tick: float = 0.01
+    worst: float = 0.0
+    samples: int = 0
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def _probe(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(self.tick)
+            self.worst = max(self.worst, time.perf_counter() - before - self.tick)
+            self.samples += 1
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._probe())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+# ---- the broker -------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def broker_stopped() -> AsyncIterator[None]:
+    """RabbitMQ's application stopped (`rabbitmqctl stop_app`) inside, and always started
+    again on the way out, back up before this returns."""
+    try:
+        await asyncio.to_thread(rabbit.rabbitmqctl, "stop_app")
+        yield
+    finally:
+        await asyncio.to_thread(rabbit.rabbitmqctl, "start_app")
+        await asyncio.to_thread(rabbit.rabbitmqctl, "await_startup")
+
+
+# ---- the log ----------------------------------------------------------------------
+
+
+def skipped_items(
+    records: Iterable[logging.LogRecord], step: str
+) -> list[tuple[list[int], BaseException]]:
+    """Per skipped chunk, the ids its "step ... skipped N items after <error>; member ids:
+    [...]" WARNING names (checked to be in the message itself), and the error."""
+    found = []
+    for record in records:
+        message = record.getMessage()
+        if record.levelno != logging.WARNING or not message.startswith(f"step {step} skipped "):
+            continue
+        _, size, error, label, keys = record.args  # type: ignore[misc]
+        assert message.endswith(f"; {label}: {keys}")
+        assert len(keys) == size
+        found.append((list(keys), error))
+    return found

@@ -1,0 +1,101 @@
+"""Fault 3: the broker connection closed mid-run (`rabbitmqctl close_connection`), and the
+broker stopped and started (`stop_app` / `start_app`) mid-run: no expected trace id is
+missing from the consumer's queue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from asyncmy.pool import Pool
+
+from app.config import Settings
+from app.devtools.fake_peers import run_fake_peers
+from app.runtime.launcher import Launcher, find_job
+from app.runtime.repository import JobExecution
+from app.runtime.resources import open_resources
+from tests.integration import rabbit
+from tests.integration.test_fcm_send_job import JOB, counts, job_settings
+from tests.reliability.support import (
+    FANOUT_PARAMETERS,
+    FanoutWorld,
+    after_commits,
+    broker_stopped,
+    drain,
+    fanout_world,
+    trace_ids_of,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vhost() -> Iterator[str]:
+    with rabbit.temporary_vhost("faults-broker") as name:
+        yield name
+
+
+@pytest.fixture
+async def queue(vhost: str) -> str:
+    await rabbit.declare_consumer_queue(vhost)
+    return vhost
+
+
+def assert_all_delivered(execution: JobExecution, world: FanoutWorld, got: list) -> None:
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert counts(execution) == {
+        "read": world.read,
+        "written": world.written,
+        "filtered": world.read - world.written,
+        "skipped": 0,
+    }
+    assert set(trace_ids_of(got)) == world.trace_ids()
+    assert {m.body for m in got} == world.expected_bodies()
+
+
+async def test_broker_connection_closed_twice_mid_run(
+    pool: Pool, settings: Settings, queue: str
+) -> None:
+    world = fanout_world(2000)
+    await world.load(pool)
+    async with run_fake_peers(world.peers) as fake:
+        fake.control.latency_ms = 30
+        job = job_settings(
+            settings, queue, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2, PUBLISH_WINDOW=20
+        )
+        async with open_resources(job, broker=True) as resources:
+            launcher = Launcher(resources)
+            run = await launcher.launch(find_job(JOB), FANOUT_PARAMETERS, rerun=False)
+            assert run.task is not None
+            for commits in (5, 25):
+                await after_commits(run, commits)
+                assert await asyncio.to_thread(rabbit.close_connections, queue) == 1
+            await run.task
+            execution = await launcher.repository.get_execution(run.execution.id)
+    assert execution is not None
+    assert_all_delivered(execution, world, await drain(queue))
+
+
+async def test_broker_stopped_and_started_mid_run(
+    pool: Pool, settings: Settings, queue: str
+) -> None:
+    world = fanout_world(2000)
+    await world.load(pool)
+    async with run_fake_peers(world.peers) as fake:
+        fake.control.latency_ms = 30
+        job = job_settings(
+            settings, queue, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2, PUBLISH_WINDOW=20
+        )
+        async with open_resources(job, broker=True) as resources:
+            launcher = Launcher(resources)
+            run = await launcher.launch(find_job(JOB), FANOUT_PARAMETERS, rerun=False)
+            assert run.task is not None
+            await after_commits(run, 5)
+            async with broker_stopped():
+                await asyncio.sleep(3)  # the broker down for 3 s and its restart (~2 s)
+                assert not run.task.done()
+            await run.task
+            execution = await launcher.repository.get_execution(run.execution.id)
+    assert execution is not None
+    assert_all_delivered(execution, world, await drain(queue))

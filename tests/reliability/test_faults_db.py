@@ -1,0 +1,87 @@
+"""Fault 2: the database connection that streams the stats job's window killed on the
+server (`KILL`) mid-stream: the execution fails with a clear message, and a restart
+resumes from the checkpoint and completes with the exact table."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from asyncmy.pool import Pool
+
+from app.config import Settings
+from app.devtools.fake_peers import run_fake_peers
+from app.edges.db import fetch_all
+from app.runtime.launcher import Launcher, find_job
+from app.runtime.resources import open_resources
+from tests.integration.test_fcm_send_job import pool_execute
+from tests.integration.test_usage_stats_job import job_settings, run_job, stats
+from tests.reliability.support import STATS_RUN_DATE, bulk_stats_world, until
+
+pytestmark = pytest.mark.slow
+
+# The stream's statement, as PROCESSLIST shows it while the server is still sending rows.
+STREAM_SQL = "SELECT member_id, store_id, TO_SECONDS(created_at) FROM coupon_histories%"
+LOST_CONNECTION = (
+    "OperationalError: (2013, 'Lost connection to MySQL server during query')",
+    "OperationalError: (1927, 'Connection was killed')",  # if the server could still say so
+)
+
+
+async def test_streaming_connection_killed_on_the_server_then_a_restart_completes(
+    pool: Pool, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 400,000 rows in the window: far more than the socket buffers hold while the reader
+    # waits for slow chunks, so the server is still sending when the connection dies.
+    world = bulk_stats_world(8000, rows_per_member=50)
+    await world.load(pool)
+    caplog.set_level(logging.INFO)
+    async with run_fake_peers(world.peer_data()) as fake:
+        fake.control.latency_ms = 50
+        job = job_settings(
+            settings, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2, FETCH_ROWS=500
+        )
+        async with open_resources(job, broker=False) as resources:
+            launcher = Launcher(resources)
+            run = await launcher.launch(
+                find_job("coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
+            )
+            assert run.task is not None
+
+            async def streaming() -> list[tuple]:
+                if run.progress.commits < 3:
+                    return []
+                assert not run.task.done(), "the run ended before the kill"
+                return await fetch_all(
+                    pool,
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND INFO LIKE %s",
+                    (settings.db.database, STREAM_SQL),
+                )
+
+            [(connection_id,)] = await until(streaming, within=30, what="the streaming query")
+            await pool_execute(pool, f"KILL {int(connection_id)}")
+            await run.task
+            failed = await launcher.repository.get_execution(run.execution.id)
+        assert failed is not None
+        assert failed.status == "FAILED"
+        # The client reads what the socket still held, then finds the connection closed.
+        assert failed.exit_message in LOST_CONNECTION
+        (step,) = failed.steps
+        assert step.status == "FAILED"
+        assert step.exit_message == failed.exit_message
+        checkpoint = step.checkpoint
+        assert checkpoint is not None
+        assert step.read_count == checkpoint < world.members  # members 1..checkpoint
+        assert await stats(pool) == world.expected_upto(checkpoint)
+        assert any(
+            r.levelno == logging.ERROR
+            and r.getMessage() == f"step failed: job=couponUsageStatsJob execution={failed.id}"
+            for r in caplog.records
+        )
+
+        fake.control.latency_ms = 0
+        resumed = await run_job(job_settings(settings, fake, CHUNK_SIZE=500), rerun=False)
+    assert resumed.status == "COMPLETED", resumed.exit_message
+    assert resumed.instance_id == failed.instance_id
+    assert resumed.steps[0].read_count == world.members - checkpoint  # fewer: from the checkpoint
+    assert await stats(pool) == world.expected
