@@ -5,15 +5,15 @@ No retries here: the pipeline retries whole chunks, deciding with `errors.is_tra
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
 
+from app.concurrency import gather_first_error
 from app.config import Settings
 from app.edges.auth import SystemToken
 from app.errors import PermanentError, TransientError
@@ -103,7 +103,7 @@ class PeerClient:
         batches = list(_chunks(list(dict.fromkeys(keys)), self._batch))
         calls = [self._post(peer, base_url, endpoint, batch, parse) for batch in batches]
         merged: dict[K, V] = {}
-        for answer in await _all_or_first_error(calls):
+        for answer in await gather_first_error(*calls):
             merged.update(answer)
         return merged
 
@@ -165,22 +165,6 @@ class PeerClient:
         return bytes(body)
 
 
-async def _all_or_first_error(calls: Sequence[Any]) -> list[Any]:
-    """Await all `calls` concurrently; on a failure cancel the rest and raise that failure."""
-    if len(calls) == 1:
-        return [await calls[0]]
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(call) for call in calls]
-    except BaseExceptionGroup as failures:
-        first: BaseException = failures
-    else:
-        return [task.result() for task in tasks]
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    raise first  # the caller decides on it with `is_transient`, not on a group
-
-
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -210,8 +194,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_DONG_MAX_CHARS = 255  # coupon_usage_stats.top_dong is VARCHAR(255)
+
+
 def _is_dong(value: Any) -> bool:
-    return isinstance(value, str) and value != ""
+    """A name `coupon_usage_stats.top_dong` can hold: 1..255 characters of valid UTF-8."""
+    if not isinstance(value, str) or not 0 < len(value) <= _DONG_MAX_CHARS:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: valid JSON, not valid UTF-8
+        return False
+    return True
 
 
 def _is_int_list(value: Any) -> bool:
@@ -225,7 +219,7 @@ def _is_str_list(value: Any) -> bool:
 def _parse_regions(data: list[Any]) -> dict[int, str]:
     return {
         _field(item, "storeId", _is_int, "an integer"): _field(
-            item, "dong", _is_dong, "a non-empty string"
+            item, "dong", _is_dong, "a name of 1 to 255 characters"
         )
         for item in data
     }
@@ -234,7 +228,7 @@ def _parse_regions(data: list[Any]) -> dict[int, str]:
 def _parse_search(data: list[Any]) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for item in data:
-        dong = _field(item, "dong", _is_dong, "a non-empty string")
+        dong = _field(item, "dong", _is_dong, "a name of 1 to 255 characters")
         found.setdefault(dong, []).extend(
             _field(item, "storeIds", _is_int_list, "a list of integers")
         )

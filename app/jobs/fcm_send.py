@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
 from typing import Any, NamedTuple, TextIO
 
 from asyncmy.pool import Pool
 
+from app.concurrency import SharedLookup, SharedValue, gather_first_error
 from app.contracts import PushRequest, to_json_line
 from app.edges.db import stream_rows
 from app.edges.peers import PeerClient
@@ -186,70 +187,19 @@ async def active_events_by_store(pool: Pool, at: datetime) -> dict[int, int]:
 
 
 class _RunLookups:
-    """What every chunk of a run shares: each dong's stores (asked once per run) and
-    the active events per store (one query at the first need).
-
-    An in-flight lookup is shared as a task, awaited through `shield` so a chunk that
-    is cancelled does not cancel it for the others; a failed lookup is forgotten, so
-    the retried chunk asks again.
-    """
+    """What every chunk of a run shares: each dong's stores (asked once per run), the
+    active events per store (one query at the first need), each dong's event count."""
 
     def __init__(self, peers: PeerClient, pool: Pool, at: datetime) -> None:
-        self._peers = peers
-        self._pool = pool
-        self._at = at
-        self._stores: dict[str, asyncio.Task[dict[str, list[int]]]] = {}
-        self._events: asyncio.Task[dict[int, int]] | None = None
+        self.stores = SharedLookup(peers.stores_by_dong)
+        self.events = SharedValue(lambda: active_events_by_store(pool, at))
         self._dong_events: dict[str, int] = {}
-
-    async def stores_by_dong(self, dongs: Collection[str]) -> dict[str, list[int]]:
-        missing = [dong for dong in dongs if dong not in self._stores]
-        if missing:
-            task = asyncio.create_task(self._peers.stores_by_dong(missing))
-            for dong in missing:
-                self._stores[dong] = task
-            task.add_done_callback(lambda t: self._forget_stores(t, missing))
-        found: dict[str, list[int]] = {}
-        for task in {id(self._stores[d]): self._stores[d] for d in dongs}.values():
-            answer = await asyncio.shield(task)
-            found.update(answer)
-        return {dong: found.get(dong, []) for dong in dongs}
-
-    def _forget_stores(self, task: asyncio.Task[Any], dongs: list[str]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            for dong in dongs:
-                if self._stores.get(dong) is task:
-                    del self._stores[dong]
-
-    async def events_by_store(self) -> dict[int, int]:
-        if self._events is None:
-            task = asyncio.create_task(active_events_by_store(self._pool, self._at))
-            self._events = task
-            task.add_done_callback(self._forget_events)
-        return await asyncio.shield(self._events)
-
-    def _forget_events(self, task: asyncio.Task[Any]) -> None:
-        if (task.cancelled() or task.exception() is not None) and self._events is task:
-            self._events = None
 
     def dong_events(self, dong: str, store_ids: list[int], events: Mapping[int, int]) -> int:
         count = self._dong_events.get(dong)
         if count is None:
             count = self._dong_events[dong] = active_event_count(store_ids, events)
         return count
-
-
-async def _first_error_gather(*calls: Awaitable[Any]) -> list[Any]:
-    """All `calls` at once; on a failure the others are cancelled and that failure raised
-    as itself (not as a group: the runtime's retry rule looks at the exception)."""
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 # --- the step ------------------------------------------------------------------------
@@ -300,10 +250,10 @@ def build(context: JobContext) -> StepDefinition[LatestStats, None]:
 
     async def process(items: list[LatestStats]) -> Processed[None]:
         dongs = list(dict.fromkeys(stats.top_dong for stats in items))
-        tokens, stores, events = await _first_error_gather(
+        tokens, stores, events = await gather_first_error(
             resources.peers.fcm_tokens([stats.member_id for stats in items]),
-            lookups.stores_by_dong(dongs),
-            lookups.events_by_store(),
+            lookups.stores.get(dongs),
+            lookups.events.get(),
         )
         requests: list[PushRequest] = []
         filtered = 0
@@ -335,7 +285,7 @@ def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
     """runDate (default: today) and targetHour (default: this hour), from `now` in
     APP_TIMEZONE; dryRun does not identify the instance."""
     return [
-        parameters.run_date(raw, default=now.date()),
+        parameters.run_date(raw, default=now.date(), lookback_days=LOOKBACK_DAYS),
         parameters.target_hour(raw, default=now.hour),
         parameters.flag(raw, "dryRun"),
     ]

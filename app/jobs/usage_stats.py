@@ -8,8 +8,7 @@ the chunk's members.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
 from itertools import chain, groupby
@@ -18,6 +17,7 @@ from typing import Any
 
 from asyncmy.connection import Connection
 
+from app.concurrency import SharedLookup
 from app.edges.db import fetch_all, stream_rows
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.runtime.job import JobContext, JobSpec
@@ -124,57 +124,6 @@ def favourite(rows: Sequence[Row], dong_of: Mapping[int, str | None]) -> tuple[s
     return top, hour
 
 
-# ---- the dong lookups, shared by the workers of one run ----------------------------
-
-
-class StoreDongs:
-    """storeId -> dong, each store asked once per run even when workers need it at once:
-    a lookup in flight is shared; a failed one is forgotten, so the retry asks again."""
-
-    def __init__(self, lookup: Callable[[Collection[int]], Awaitable[dict[int, str]]]) -> None:
-        self._lookup = lookup
-        self._known: dict[int, str | None] = {}  # None: the store service has no dong
-        self._pending: dict[int, asyncio.Future[None]] = {}
-
-    async def get(self, store_ids: set[int]) -> Mapping[int, str | None]:
-        """The dongs of `store_ids`, looked up where not yet known; None: no dong.
-
-        The mapping returned is the cache itself, to be read, not kept: every chunk
-        reads it once per row."""
-        known, pending = self._known, self._pending
-        missing = store_ids - known.keys()
-        if missing:
-            waits = {pending[s] for s in missing if s in pending}
-            new = [s for s in missing if s not in pending]
-            if new:
-                task = asyncio.ensure_future(self._fetch(new))
-                task.add_done_callback(_retrieve)  # nobody may be left to await it
-                for store in new:
-                    pending[store] = task
-                waits.add(task)
-            # wait, not gather: a cancelled worker must not cancel a lookup others await
-            await asyncio.wait(waits)
-            for future in waits:
-                error = future.exception()
-                if error is not None:
-                    raise error
-        return known
-
-    async def _fetch(self, store_ids: list[int]) -> None:
-        try:
-            found = await self._lookup(store_ids)
-            for store in store_ids:
-                self._known[store] = found.get(store)
-        finally:
-            for store in store_ids:
-                del self._pending[store]
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 # ---- the step --------------------------------------------------------------------
 
 
@@ -187,7 +136,8 @@ class UsageStatsStep:
         self.pool = resources.pool
         self.chunk_size = resources.settings.CHUNK_SIZE
         self.fetch_rows = resources.settings.FETCH_ROWS
-        self.dongs = StoreDongs(resources.peers.store_dongs)
+        # storeId -> dong (None: no dong), each store asked once per run
+        self.dongs = SharedLookup(resources.peers.store_dongs)
         # Whether a chunk must delete its members' rows of the day before inserting:
         # decided when reading starts, before any chunk of this execution is written.
         self.replace = True
@@ -262,7 +212,7 @@ class UsageStatsStep:
 
 
 def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
-    return [run_date(raw)]
+    return [run_date(raw, lookback_days=WINDOW_DAYS)]
 
 
 def build(context: JobContext) -> StepDefinition[Member, Output]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import date, datetime
 
 import pytest
 
-from app.errors import TransientError
 from app.jobs.usage_stats import (
     MIN_ROWS,
-    StoreDongs,
     favourite,
     hour_of,
     parse,
@@ -271,76 +268,3 @@ def test_parse_requires_runDate() -> None:
     for raw in ({}, {"runDate": ""}, {"runDate": "2025-13-01"}, {"runDate": "26/10/2025"}):
         with pytest.raises(ParameterError):
             parse(raw, now)
-
-
-# ---- the per-run store cache -----------------------------------------------------
-
-
-class FakeLookup:
-    def __init__(self, dongs: dict[int, str], failures: int = 0) -> None:
-        self.dongs = dongs
-        self.failures = failures
-        self.calls: list[list[int]] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-
-    async def __call__(self, store_ids) -> dict[int, str]:
-        self.calls.append(sorted(store_ids))
-        await self.gate.wait()
-        if self.failures:
-            self.failures -= 1
-            raise TransientError("store service down")
-        return {s: self.dongs[s] for s in store_ids if s in self.dongs}
-
-
-async def dongs(pending, store_ids: set[int]) -> dict[int, str | None]:
-    """What `StoreDongs.get` answered about `store_ids`: each of them must be known."""
-    known = await pending
-    return {store: known[store] for store in sorted(store_ids)}
-
-
-async def test_store_dongs_asks_each_store_once_even_concurrently() -> None:
-    lookup = FakeLookup({1: "a", 2: "b", 3: "c"})
-    lookup.gate.clear()
-    cache = StoreDongs(lookup)
-    first = asyncio.create_task(cache.get({1, 2}))
-    second = asyncio.create_task(cache.get({2, 3, 4}))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    lookup.gate.set()
-    assert await dongs(first, {1, 2}) == {1: "a", 2: "b"}
-    assert await dongs(second, {2, 3, 4}) == {2: "b", 3: "c", 4: None}
-    assert await dongs(cache.get({1, 2, 3, 4}), {1, 2, 3, 4}) == {1: "a", 2: "b", 3: "c", 4: None}
-    assert lookup.calls == [[1, 2], [3, 4]]  # 4 is unknown: asked once, remembered
-
-
-async def test_store_dongs_failure_does_not_poison_the_cache() -> None:
-    lookup = FakeLookup({1: "a", 2: "b"}, failures=1)
-    lookup.gate.clear()
-    cache = StoreDongs(lookup)
-    first = asyncio.create_task(cache.get({1}))
-    second = asyncio.create_task(cache.get({1, 2}))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    lookup.gate.set()
-    with pytest.raises(TransientError):
-        await first
-    with pytest.raises(TransientError):  # it shared the failed lookup of store 1
-        await second
-    assert await dongs(cache.get({1, 2}), {1, 2}) == {1: "a", 2: "b"}
-    assert await dongs(cache.get({1, 2}), {1, 2}) == {1: "a", 2: "b"}
-    assert lookup.calls == [[1], [2], [1]]
-
-
-async def test_store_dongs_cancelled_waiter_does_not_cancel_a_shared_lookup() -> None:
-    lookup = FakeLookup({1: "a"})
-    lookup.gate.clear()
-    cache = StoreDongs(lookup)
-    owner = asyncio.create_task(cache.get({1}))
-    other = asyncio.create_task(cache.get({1}))
-    await asyncio.sleep(0)
-    owner.cancel()
-    await asyncio.sleep(0)
-    lookup.gate.set()
-    assert await dongs(other, {1}) == {1: "a"}
-    assert lookup.calls == [[1]]

@@ -1,0 +1,124 @@
+"""Shared async work: gather with the first error, lookups and values once per run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping
+
+import pytest
+
+from app.concurrency import SharedLookup, SharedValue, gather_first_error
+from app.errors import TransientError
+
+
+class FakeLookup:
+    def __init__(self, dongs: dict[int, str], failures: int = 0) -> None:
+        self.dongs = dongs
+        self.failures = failures
+        self.calls: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, store_ids: list[int]) -> dict[int, str]:
+        self.calls.append(sorted(store_ids))
+        await self.gate.wait()
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("store service down")
+        return {s: self.dongs[s] for s in store_ids if s in self.dongs}
+
+
+async def dongs(
+    pending: Awaitable[Mapping[int, str | None]], store_ids: set[int]
+) -> dict[int, str | None]:
+    """What `SharedLookup.get` answered about `store_ids`: each of them must be known."""
+    known = await pending
+    return {store: known[store] for store in sorted(store_ids)}
+
+
+async def test_shared_lookup_asks_each_store_once_even_concurrently() -> None:
+    lookup = FakeLookup({1: "a", 2: "b", 3: "c"})
+    lookup.gate.clear()
+    cache = SharedLookup(lookup)
+    first = asyncio.create_task(cache.get({1, 2}))
+    second = asyncio.create_task(cache.get({2, 3, 4}))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    lookup.gate.set()
+    assert await dongs(first, {1, 2}) == {1: "a", 2: "b"}
+    assert await dongs(second, {2, 3, 4}) == {2: "b", 3: "c", 4: None}
+    assert await dongs(cache.get({1, 2, 3, 4}), {1, 2, 3, 4}) == {1: "a", 2: "b", 3: "c", 4: None}
+    assert lookup.calls == [[1, 2], [3, 4]]  # 4 is unknown: asked once, remembered
+
+
+async def test_shared_lookup_failure_does_not_poison_the_cache() -> None:
+    lookup = FakeLookup({1: "a", 2: "b"}, failures=1)
+    lookup.gate.clear()
+    cache = SharedLookup(lookup)
+    first = asyncio.create_task(cache.get({1}))
+    second = asyncio.create_task(cache.get({1, 2}))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    lookup.gate.set()
+    with pytest.raises(TransientError):
+        await first
+    with pytest.raises(TransientError):  # it shared the failed lookup of store 1
+        await second
+    assert await dongs(cache.get({1, 2}), {1, 2}) == {1: "a", 2: "b"}
+    assert await dongs(cache.get({1, 2}), {1, 2}) == {1: "a", 2: "b"}
+    assert lookup.calls == [[1], [2], [1]]
+
+
+async def test_shared_lookup_cancelled_waiter_does_not_cancel_a_shared_lookup() -> None:
+    lookup = FakeLookup({1: "a"})
+    lookup.gate.clear()
+    cache = SharedLookup(lookup)
+    owner = asyncio.create_task(cache.get({1}))
+    other = asyncio.create_task(cache.get({1}))
+    await asyncio.sleep(0)
+    owner.cancel()
+    await asyncio.sleep(0)
+    lookup.gate.set()
+    assert await dongs(other, {1}) == {1: "a"}
+    assert lookup.calls == [[1]]
+
+
+async def test_shared_value_is_computed_once_and_forgotten_on_failure() -> None:
+    calls: list[int] = []
+
+    async def events() -> dict[int, int]:
+        calls.append(1)
+        await asyncio.sleep(0.01)
+        if len(calls) == 1:
+            raise TransientError("database gone")
+        return {7: 3}
+
+    value = SharedValue(events)
+    first = await asyncio.gather(value.get(), value.get(), return_exceptions=True)
+    assert [type(r) for r in first] == [TransientError, TransientError]
+    assert await asyncio.gather(value.get(), value.get()) == [{7: 3}, {7: 3}]
+    assert await value.get() == {7: 3}
+    assert len(calls) == 2
+
+
+async def test_gather_first_error_cancels_the_rest_and_raises_the_error_itself() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise TransientError("503")
+
+    async def ok() -> int:
+        return 1
+
+    assert await gather_first_error(ok(), ok()) == [1, 1]
+    with pytest.raises(TransientError, match="503"):
+        await gather_first_error(slow(), failing())
+    assert cancelled.is_set()
