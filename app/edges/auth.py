@@ -98,6 +98,8 @@ def verify_token(authorization: str | None, key: bytes, now: float | None = None
         raise _invalid("invalid token: algorithm not accepted for this key") from None
     except jwt.PyJWTError as exc:
         raise _invalid(f"invalid token: {exc}") from None
+    except UnicodeError:  # header bytes that are not UTF-8 reach us as surrogate escapes
+        raise _invalid("invalid token: not UTF-8") from None
     exp, iat = claims["exp"], claims["iat"]
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat)):
         raise _invalid("invalid token: exp and iat must be numbers")

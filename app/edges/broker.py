@@ -240,8 +240,8 @@ class Broker:
         """
         async with asyncio.timeout(self._check_timeout):
             await self._open()
-        if self._channel.is_closed:
-            raise BrokerUnavailable("the publishing channel is closed")
+        if not self._connection.connected.is_set() or self._channel.is_closed:
+            raise BrokerUnavailable("the broker connection or the publishing channel is closed")
         try:
             async with (
                 asyncio.timeout(self._check_timeout),

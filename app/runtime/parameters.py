@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from app.runtime.repository import JobParameter
@@ -22,7 +22,11 @@ class ParameterError(ValueError):
         self.message = message
 
 
-def run_date(raw: Mapping[str, str], *, default: date | None = None) -> JobParameter:
+def run_date(
+    raw: Mapping[str, str], *, default: date | None = None, lookback_days: int = 0
+) -> JobParameter:
+    """runDate as YYYY-MM-DD; the job looks `lookback_days` back from it, so the
+    earliest accepted date is that many days after 0001-01-01."""
     value = raw.get("runDate")
     if value is None or value == "":
         if default is None:
@@ -34,6 +38,9 @@ def run_date(raw: Mapping[str, str], *, default: date | None = None) -> JobParam
         parsed = None
     if parsed is None or len(value) != 10:
         raise ParameterError("runDate", f"must be a date as YYYY-MM-DD, got {value[:40]!r}")
+    earliest = date.min + timedelta(days=lookback_days)
+    if parsed < earliest:
+        raise ParameterError("runDate", f"must be {earliest.isoformat()} or later")
     return JobParameter("runDate", LOCAL_DATE, parsed.isoformat())
 
 
@@ -41,7 +48,7 @@ def target_hour(raw: Mapping[str, str], *, default: int) -> JobParameter:
     value = raw.get("targetHour")
     if value is None or value == "":
         return JobParameter("targetHour", INTEGER, str(default))
-    if not value.isascii() or not value.isdigit() or not 0 <= int(value) <= 23:
+    if not (value.isascii() and value.isdigit() and len(value) <= 2 and int(value) <= 23):
         raise ParameterError("targetHour", f"must be an integer from 0 to 23, got {value[:40]!r}")
     return JobParameter("targetHour", INTEGER, str(int(value)))
 

@@ -29,6 +29,7 @@ HEALTH_TIMEOUT_SECONDS = 0.5
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 _MAX_BIGINT = 2**63 - 1
+_BIGINT_DIGITS = len(str(_MAX_BIGINT))
 
 LAUNCHER = web.AppKey("launcher", Launcher)
 CLAIMS = web.RequestKey("claims", dict)
@@ -213,13 +214,13 @@ async def get_execution(request: web.Request) -> web.Response:
         raise ApiError(
             400, "INVALID_PARAMETER", f"id: must be an execution id (digits), got {raw[:40]!r}"
         )
-    execution_id = int(raw)
     execution = None
-    if execution_id <= _MAX_BIGINT:
-        execution = await launcher.repository.get_execution(execution_id)
+    # Past BIGINT no execution can exist (and int() refuses over 4,300 digits).
+    if len(raw) <= _BIGINT_DIGITS and int(raw) <= _MAX_BIGINT:
+        execution = await launcher.repository.get_execution(int(raw))
     if execution is None:
-        raise ApiError(404, "EXECUTION_NOT_FOUND", f"no job execution {execution_id}")
-    return web.json_response(_execution_view(execution, launcher.running.get(execution_id)))
+        raise ApiError(404, "EXECUTION_NOT_FOUND", f"no job execution {raw[:40]}")
+    return web.json_response(_execution_view(execution, launcher.running.get(execution.id)))
 
 
 async def list_executions(request: web.Request) -> web.Response:
@@ -227,7 +228,7 @@ async def list_executions(request: web.Request) -> web.Response:
     launcher = request.app[LAUNCHER]
     spec = _job(request)
     raw = request.query.get("limit", str(LIST_LIMIT_DEFAULT))
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= LIST_LIMIT_MAX):
         raise ApiError(
             400,
             "INVALID_PARAMETER",
