@@ -85,6 +85,7 @@ class Broker:
         self._opening = asyncio.Lock()
         self._connection: AbstractRobustConnection
         self._channel: AbstractRobustChannel
+        self._check_channel: AbstractRobustChannel
         self._exchange: AbstractRobustExchange | None = None
 
     async def __aenter__(self) -> Broker:
@@ -119,6 +120,9 @@ class Broker:
             )
             self._channel = await stack.enter_async_context(
                 self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            )
+            self._check_channel = await stack.enter_async_context(
+                self._connection.channel(publisher_confirms=False)
             )
             # Declared here only if missing: the consumer's queue is the notification
             # service's to declare and bind, never ours.
@@ -235,18 +239,19 @@ class Broker:
         """Raise BrokerUnavailable unless the publishing channel is open and the broker
         answers within `check_timeout`.
 
-        The answer is to a passive declare of the exchange, on a channel of its own so
-        that a failed check never closes the publishing channel.
+        The answer is to a passive declare of the exchange, on a channel of its own (kept
+        open: health probes come often) so that a failed check never closes the
+        publishing channel.
         """
         async with asyncio.timeout(self._check_timeout):
             await self._open()
         if not self._connection.connected.is_set() or self._channel.is_closed:
             raise BrokerUnavailable("the broker connection or the publishing channel is closed")
+        channel = self._check_channel
         try:
-            async with (
-                asyncio.timeout(self._check_timeout),
-                self._connection.channel(publisher_confirms=False) as channel,
-            ):
+            async with asyncio.timeout(self._check_timeout):
+                if channel.is_closed:  # a failed check's declare closed it
+                    await channel.reopen()
                 await channel.declare_exchange(EXCHANGE, passive=True, robust=False)
         except _LOST as exc:
             raise BrokerUnavailable(f"broker check failed: {exc!r}") from exc
