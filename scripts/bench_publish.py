@@ -9,6 +9,10 @@ declares it, in a throwaway vhost made with `rabbitmqctl` and deleted at the end
 (a) aiormq: one channel, bodies encoded beforehand, at most `--window` unconfirmed.
 (b) Broker: `--callers` concurrent callers of `publish`, `--batch` requests a call,
     the same window (PUBLISH_WINDOW); encoding is part of what it measures.
+
+`--floor --vhost V` runs (a) alone, once, against the existing vhost V (its consumer
+queue already declared and bound), with bodies of `--body-bytes`, and prints one JSON
+line: what `scripts/bench` uses as the fan-out floor. `bare_publish` is importable.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import dataclasses
+import json
 import os
 import subprocess
 import time
@@ -45,16 +50,38 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
-async def bare_aiormq(settings: Settings, requests: Sequence[PushRequest]) -> None:
-    encoded = [(encode_body(r), r.trace_id) for r in requests]
+async def bare_publish(url: str, messages: Sequence[tuple[bytes, str]], window: int) -> float:
+    """Publish (body, message_id) pairs as push requests: confirm mode, mandatory, at
+    most `window` unconfirmed, one task a message; the seconds from connecting to the
+    last confirmation. The properties are CONTRACTS section 3's.
+
+    Only the tasks in flight are kept: holding every finished one costs memory and, as
+    the cyclic garbage collector walks them again and again, time that grows with the
+    message count (354,000 messages: 755 MB and half the rate).
+    """
     headers = {"__TypeId__": TYPE_ID}
-    connection = await aiormq.connect(settings.rabbitmq_url)
+    started = time.perf_counter()
+    connection = await aiormq.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        window = asyncio.Semaphore(settings.PUBLISH_WINDOW)
-        tasks = []
-        for body, message_id in encoded:
-            await window.acquire()
+        slots = asyncio.Semaphore(window)
+        in_flight: set[asyncio.Task[object]] = set()
+        failures: list[str] = []
+
+        def settle(task: asyncio.Task[object]) -> None:
+            slots.release()
+            in_flight.discard(task)
+            if task.cancelled():
+                failures.append("cancelled")
+            elif task.exception() is not None:
+                failures.append(repr(task.exception()))
+            elif not isinstance(task.result(), Basic.Ack):
+                failures.append(repr(task.result()))
+
+        for body, message_id in messages:
+            await slots.acquire()
+            if failures:
+                break
             properties = Basic.Properties(
                 content_type="application/json",
                 content_encoding="UTF-8",
@@ -71,13 +98,38 @@ async def bare_aiormq(settings: Settings, requests: Sequence[PushRequest]) -> No
                     mandatory=True,
                 )
             )
-            task.add_done_callback(lambda _: window.release())
-            tasks.append(task)
-        for result in await asyncio.gather(*tasks):
-            if not isinstance(result, Basic.Ack):
-                raise RuntimeError(f"not confirmed: {result!r}")
+            task.add_done_callback(settle)
+            in_flight.add(task)
+        if in_flight:
+            await asyncio.wait(in_flight)
+        if failures:
+            raise RuntimeError(f"{len(failures)} not confirmed, the first: {failures[0]}")
+        return time.perf_counter() - started
     finally:
         await connection.close()
+
+
+async def bare_aiormq(settings: Settings, requests: Sequence[PushRequest]) -> None:
+    encoded = [(encode_body(r), r.trace_id) for r in requests]
+    await bare_publish(settings.rabbitmq_url, encoded, settings.PUBLISH_WINDOW)
+
+
+def sample_requests(count: int, body_bytes: int | None = None) -> list[PushRequest]:
+    """`count` push requests; with `body_bytes`, tokens padded so that every body is
+    exactly that long (a real FCM token is about 160 characters: the default)."""
+    day = date(2025, 10, 25)
+    first = 100_000  # member ids of one width: one padding fits every body
+
+    def request(member: int, token: str) -> PushRequest:
+        return PushRequest.for_token(day, member, token, "노량진동", 10, 3)
+
+    width = 150
+    if body_bytes is not None:
+        width = body_bytes - len(encode_body(request(first, "token-")))
+        if width < 0:
+            raise ValueError(f"bodies cannot be as short as {body_bytes} bytes")
+    pad = "x" * width
+    return [request(m, f"token-{pad}") for m in range(first, first + count)]
 
 
 async def broker_publish(
@@ -92,12 +144,7 @@ async def broker_publish(
 
 
 async def bench(settings: Settings, args: argparse.Namespace) -> None:
-    day = date(2025, 10, 25)
-    # A real FCM token is about 160 characters.
-    requests = [
-        PushRequest.for_token(day, m, f"token-{m}-{'x' * 140}", "노량진동", 10, 3)
-        for m in range(args.messages)
-    ]
+    requests = sample_requests(args.messages)
     runs: dict[str, Callable[[], Awaitable[None]]] = {
         "(a) bare aiormq": lambda: bare_aiormq(settings, requests),
         "(b) Broker.publish": lambda: broker_publish(settings, requests, args.callers, args.batch),
@@ -132,6 +179,21 @@ async def bench(settings: Settings, args: argparse.Namespace) -> None:
     print(f"{'ratio b/a':<22} {ours / bare:>9.2f}")
 
 
+async def floor(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
+    """(a) once, against an existing vhost: the fan-out floor of `scripts/bench`."""
+    requests = sample_requests(args.messages, args.body_bytes)
+    encoded = [(encode_body(r), r.trace_id) for r in requests]
+    del requests  # only the encoded bodies are needed from here on
+    seconds = await bare_publish(settings.rabbitmq_url, encoded, args.window)
+    return {
+        "messages": len(encoded),
+        "body_bytes": len(encoded[0][0]),
+        "window": args.window,
+        "seconds": seconds,
+        "rate": len(encoded) / seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
@@ -139,14 +201,22 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1500)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best counts")
+    parser.add_argument("--floor", action="store_true", help="(a) once into --vhost; JSON out")
+    parser.add_argument("--vhost", help="with --floor: an existing vhost, queue bound")
+    parser.add_argument("--body-bytes", type=int, help="with --floor: the body size")
     args = parser.parse_args()
+    if args.floor and not args.vhost:
+        parser.error("--floor needs --vhost")
 
     # This machine's broker settings; a benchmark needs no JWT key, so any will do.
     environ = {"JWT_SECRET_KEY": base64.b64encode(bytes(32)).decode(), **os.environ}
+    settings = load_settings(environ)
+    if args.floor:
+        settings = dataclasses.replace(settings, RABBITMQ_VHOST=args.vhost)
+        print(json.dumps(asyncio.run(floor(settings, args))))
+        return
     vhost = f"bench-{uuid.uuid4().hex[:8]}"
-    settings = dataclasses.replace(
-        load_settings(environ), RABBITMQ_VHOST=vhost, PUBLISH_WINDOW=args.window
-    )
+    settings = dataclasses.replace(settings, RABBITMQ_VHOST=vhost, PUBLISH_WINDOW=args.window)
     rabbitmqctl("add_vhost", vhost)
     try:
         rabbitmqctl("set_permissions", "-p", vhost, settings.RABBITMQ_USERNAME, ".*", ".*", ".*")
