@@ -12,6 +12,7 @@ from asyncmy.pool import Pool
 from app.config import Settings
 from app.edges.db import open_pool
 from app.schema.migrate import migrate
+from tests.integration import rabbit
 from tests.settings import make_settings
 
 DB_SERVER = os.environ.get("TEST_DB_SERVER", "mysql://127.0.0.1:3306")
@@ -66,3 +67,18 @@ async def pool(settings: Settings) -> AsyncIterator[Pool]:
                 await cur.execute(f"TRUNCATE TABLE {table}")
             await cur.execute("SET FOREIGN_KEY_CHECKS = 1")
         yield pool
+
+
+@pytest.fixture(scope="module")
+def vhost(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A RabbitMQ vhost of the test module's own, deleted with everything in it."""
+    with rabbit.temporary_vhost(request.module.__name__.rsplit(".", 1)[-1]) as name:
+        yield name
+
+
+@pytest.fixture
+async def queue(vhost: str) -> str:
+    """The notification service's queue, declared as it declares it, bound and empty;
+    the vhost it lives in."""
+    await rabbit.declare_consumer_queue(vhost)
+    return vhost

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import date
 
 import aio_pika
@@ -12,19 +11,6 @@ from app.edges.broker import Broker, BrokerUnavailable, UnroutableError
 from app.metrics import REGISTRY
 from tests.integration import rabbit
 from tests.settings import make_settings
-
-
-@pytest.fixture(scope="module")
-def vhost() -> Iterator[str]:
-    with rabbit.temporary_vhost("broker") as name:
-        yield name
-
-
-@pytest.fixture
-async def queue(vhost: str) -> str:
-    """The notification service's queue, declared and empty; the vhost it lives in."""
-    await rabbit.declare_consumer_queue(vhost)
-    return vhost
 
 
 def requests(n: int, *, start: int = 0) -> list[PushRequest]:

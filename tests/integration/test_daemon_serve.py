@@ -8,7 +8,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,6 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.runtime.repository import JobRepository
-from tests.integration import rabbit
 from tests.settings import TEST_JWT_KEY, TEST_JWT_SECRET
 
 RUN_DATE = "2025-10-26"
@@ -44,12 +43,6 @@ class Daemon:
         self.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             return await self.process.wait()
-
-
-@pytest.fixture(scope="module")
-def vhost() -> Iterator[str]:
-    with rabbit.temporary_vhost("serve") as name:
-        yield name
 
 
 @pytest.fixture

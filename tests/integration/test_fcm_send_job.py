@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -81,19 +81,6 @@ def assert_messages(got: Sequence[AbstractIncomingMessage], expected: Sequence[b
 
 
 # --- fixtures and helpers ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def vhost() -> Iterator[str]:
-    with rabbit.temporary_vhost("fcmsend") as name:
-        yield name
-
-
-@pytest.fixture
-async def queue(vhost: str) -> str:
-    """The notification service's queue, declared as it declares it, bound and empty."""
-    await rabbit.declare_consumer_queue(vhost)
-    return vhost
 
 
 async def queue_depth(vhost: str) -> int:

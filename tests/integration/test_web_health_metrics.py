@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import jwt
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from asyncmy.pool import Pool
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,16 +17,9 @@ from app.devtools.fake_peers import run_fake_peers
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from app.web.app import LAUNCHER, HealthCheck, create_app, resource_checks
-from tests.integration import rabbit
 from tests.settings import TEST_JWT_KEY, make_settings
 
 RABBIT_PORT = make_settings().RABBITMQ_PORT
-
-
-@pytest.fixture(scope="module")
-def vhost() -> Iterator[str]:
-    with rabbit.temporary_vhost("health") as name:
-        yield name
 
 
 @asynccontextmanager

@@ -5,7 +5,6 @@ missing from the consumer's queue."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from asyncmy.pool import Pool
@@ -28,18 +27,6 @@ from tests.reliability.support import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def vhost() -> Iterator[str]:
-    with rabbit.temporary_vhost("faults-broker") as name:
-        yield name
-
-
-@pytest.fixture
-async def queue(vhost: str) -> str:
-    await rabbit.declare_consumer_queue(vhost)
-    return vhost
 
 
 def assert_all_delivered(execution: JobExecution, world: FanoutWorld, got: list) -> None:

@@ -24,7 +24,6 @@ from app.config import Settings
 from app.runtime.launcher import Launcher, find_job
 from app.runtime.repository import JobExecution
 from app.runtime.resources import open_resources
-from tests.integration import rabbit
 from tests.integration.test_daemon_serve import free_port
 from tests.integration.test_fcm_send_job import JOB as FANOUT_JOB
 from tests.integration.test_usage_stats_job import counts, stats
@@ -93,18 +92,6 @@ async def healthy(peers: tuple[PeerProcess, PeerProcess]) -> tuple[PeerProcess, 
     for peer in peers:
         await peer.control(garbage=None, fail_status=None, latency_ms=20)
     return peers
-
-
-@pytest.fixture(scope="module")
-def vhost() -> Iterator[str]:
-    with rabbit.temporary_vhost("faults-garbage") as name:
-        yield name
-
-
-@pytest.fixture
-async def queue(vhost: str) -> str:
-    await rabbit.declare_consumer_queue(vhost)
-    return vhost
 
 
 def job_settings(

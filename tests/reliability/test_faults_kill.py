@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import signal
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.runtime.launcher import find_job
 from app.runtime.repository import AlreadyRunning, JobExecution, JobRepository
-from tests.integration import rabbit
 from tests.integration.test_usage_stats_job import job_settings, run_job, stats
 from tests.reliability.support import (
     FANOUT_HOUR,
@@ -48,18 +46,6 @@ RUN_ENV = {
     "HEARTBEAT_SECONDS": 0.5,
     "JOB_ABANDON_AFTER_SECONDS": ABANDON_SECONDS,
 }
-
-
-@pytest.fixture(scope="module")
-def vhost() -> Iterator[str]:
-    with rabbit.temporary_vhost("faults-kill") as name:
-        yield name
-
-
-@pytest.fixture
-async def queue(vhost: str) -> str:
-    await rabbit.declare_consumer_queue(vhost)
-    return vhost
 
 
 async def _committed(pool: Pool, run: CliProcess, commits: int) -> dict | None:

@@ -5,7 +5,6 @@ parameters fills exactly that gap."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from asyncmy.pool import Pool
@@ -14,7 +13,6 @@ from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.runtime.launcher import Launcher, find_job
 from app.runtime.resources import open_resources
-from tests.integration import rabbit
 from tests.integration.test_fcm_send_job import JOB as FANOUT_JOB
 from tests.integration.test_fcm_send_job import TOKEN_SEARCH
 from tests.integration.test_fcm_send_job import counts as fanout_counts
@@ -33,18 +31,6 @@ from tests.reliability.support import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def vhost() -> Iterator[str]:
-    with rabbit.temporary_vhost("faults-peers") as name:
-        yield name
-
-
-@pytest.fixture
-async def queue(vhost: str) -> str:
-    await rabbit.declare_consumer_queue(vhost)
-    return vhost
 
 
 # The peer fails this many calls in a row: with 2 attempts a chunk and 2 workers, at
