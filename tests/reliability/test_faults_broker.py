@@ -5,13 +5,14 @@ missing from the consumer's queue."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 from asyncmy.pool import Pool
 
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
-from app.runtime.launcher import Launcher, find_job
+from app.runtime.launcher import Launcher, RunningJob, find_job
 from app.runtime.repository import JobExecution
 from app.runtime.resources import open_resources
 from tests.integration import rabbit
@@ -41,9 +42,14 @@ def assert_all_delivered(execution: JobExecution, world: FanoutWorld, got: list)
     assert {m.body for m in got} == world.expected_bodies()
 
 
-async def test_broker_connection_closed_twice_mid_run(
-    pool: Pool, settings: Settings, queue: str
+async def run_fanout_while(
+    pool: Pool,
+    settings: Settings,
+    queue: str,
+    disturb: Callable[[RunningJob], Awaitable[None]],
 ) -> None:
+    """Run the fan-out job over 2,000 members, `disturb` the broker during the run, and
+    check that every expected trace id arrived."""
     world = fanout_world(2000)
     await world.load(pool)
     async with run_fake_peers(world.peers) as fake:
@@ -55,34 +61,32 @@ async def test_broker_connection_closed_twice_mid_run(
             launcher = Launcher(resources)
             run = await launcher.launch(find_job(JOB), FANOUT_PARAMETERS, rerun=False)
             assert run.task is not None
-            for commits in (5, 25):
-                await after_commits(run, commits)
-                assert await asyncio.to_thread(rabbit.close_connections, queue) == 1
+            await disturb(run)
             await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
     assert execution is not None
     assert_all_delivered(execution, world, await drain(queue))
+
+
+async def test_broker_connection_closed_twice_mid_run(
+    pool: Pool, settings: Settings, queue: str
+) -> None:
+    async def close_twice(run: RunningJob) -> None:
+        for commits in (5, 25):
+            await after_commits(run, commits)
+            assert await asyncio.to_thread(rabbit.close_connections, queue) == 1
+
+    await run_fanout_while(pool, settings, queue, close_twice)
 
 
 async def test_broker_stopped_and_started_mid_run(
     pool: Pool, settings: Settings, queue: str
 ) -> None:
-    world = fanout_world(2000)
-    await world.load(pool)
-    async with run_fake_peers(world.peers) as fake:
-        fake.control.latency_ms = 30
-        job = job_settings(
-            settings, queue, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2, PUBLISH_WINDOW=20
-        )
-        async with open_resources(job, broker=True) as resources:
-            launcher = Launcher(resources)
-            run = await launcher.launch(find_job(JOB), FANOUT_PARAMETERS, rerun=False)
-            assert run.task is not None
-            await after_commits(run, 5)
-            async with broker_stopped():
-                await asyncio.sleep(3)  # the broker down for 3 s and its restart (~2 s)
-                assert not run.task.done()
-            await run.task
-            execution = await launcher.repository.get_execution(run.execution.id)
-    assert execution is not None
-    assert_all_delivered(execution, world, await drain(queue))
+    async def stop_and_start(run: RunningJob) -> None:
+        assert run.task is not None
+        await after_commits(run, 5)
+        async with broker_stopped():
+            await asyncio.sleep(3)  # the broker down for 3 s and its restart (~2 s)
+            assert not run.task.done()
+
+    await run_fanout_while(pool, settings, queue, stop_and_start)
