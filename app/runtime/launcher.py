@@ -123,6 +123,7 @@ class Launcher:
             )
             definition = spec.build(context)
             step = await repository.start_step(execution, definition.name)
+            step_started = time.monotonic()
             if step.checkpoint is not None:
                 log.info(
                     "job restarting: job=%s execution=%d step=%s checkpoint=%s",
@@ -154,7 +155,7 @@ class Launcher:
             finally:
                 await _recorded(repository.finish_step(step.id, status, message))
                 STEP_DURATION.labels(spec.name, step.name, status.value).observe(
-                    time.monotonic() - started
+                    time.monotonic() - step_started
                 )
         except Exception as exc:  # before the step ran: building it, recording it
             message = f"{type(exc).__name__}: {exc}"
