@@ -1,12 +1,14 @@
-"""Async work shared by concurrent callers: gathering with the first error, and lookups
-made once per run however many chunks need them at the same moment."""
+"""Async work shared by concurrent callers: gathering with the first error, lookups made
+once per run however many chunks need them at the same moment, and CPU-bound work cut
+into slices that let the other tasks run."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
+T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -22,6 +24,19 @@ async def gather_first_error(*calls: Awaitable[Any]) -> list[Any]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def in_slices(items: Sequence[T], size: int) -> AsyncIterator[Sequence[T]]:
+    """`items` in slices of `size`, the event loop running between two slices.
+
+    A chunk's CPU-bound work holds the loop for milliseconds. Meanwhile every reply
+    the sink is waiting for (a chunk's transaction is several round trips) waits too,
+    the sink falls behind, the bounded queues fill and the whole pipeline idles on it.
+    """
+    for start in range(0, len(items), size):
+        if start:
+            await asyncio.sleep(0)
+        yield items[start : start + size]
 
 
 class SharedLookup(Generic[K, V]):

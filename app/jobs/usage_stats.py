@@ -17,7 +17,7 @@ from typing import Any
 
 from asyncmy.connection import Connection
 
-from app.concurrency import SharedLookup
+from app.concurrency import SharedLookup, in_slices
 from app.edges.db import fetch_all, stream_rows
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.runtime.job import JobContext, JobSpec
@@ -49,6 +49,9 @@ _ANY_ROW_OF_DATE = "SELECT 1 FROM coupon_usage_stats WHERE aggregated_at = %s LI
 _DELETE = "DELETE FROM coupon_usage_stats WHERE aggregated_at = %s AND member_id IN ({ids})"
 _INSERT = "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at) VALUES "
 _INSERT_ROWS = 1000  # rows per INSERT statement: well under max_allowed_packet
+# Members computed between two turns of the event loop: about half a millisecond of
+# CPU, so that the sink's round trips are not held up behind a whole chunk (5 ms).
+_MEMBERS_PER_SLICE = 100
 
 
 # ---- the rules (pure) ------------------------------------------------------------
@@ -178,10 +181,11 @@ class UsageStatsStep:
         stores = set(map(_store, chain.from_iterable(map(_rows, members))))
         dongs = await self.dongs.get(stores)
         output: list[Favourite] = []
-        for member_id, rows in members:
-            found = favourite(rows, dongs)
-            if found is not None:
-                output.append((member_id, *found))
+        async for some in in_slices(members, _MEMBERS_PER_SLICE):
+            for member_id, rows in some:
+                found = favourite(rows, dongs)
+                if found is not None:
+                    output.append((member_id, *found))
         member_ids = [member_id for member_id, _ in members]
         return Processed(output=(member_ids, output), filtered=len(members) - len(output))
 

@@ -1,4 +1,4 @@
-"""Shared async work: gather with the first error, lookups and values once per run."""
+"""Shared async work: gather with the first error, lookups and values once per run, slices."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Mapping
 
 import pytest
 
-from app.concurrency import SharedLookup, SharedValue, gather_first_error
+from app.concurrency import SharedLookup, SharedValue, gather_first_error, in_slices
 from app.errors import TransientError
 
 
@@ -122,3 +122,27 @@ async def test_gather_first_error_cancels_the_rest_and_raises_the_error_itself()
     with pytest.raises(TransientError, match="503"):
         await gather_first_error(slow(), failing())
     assert cancelled.is_set()
+
+
+async def test_in_slices_lets_other_tasks_run_between_slices_only() -> None:
+    events: list[str] = []
+
+    async def other() -> None:
+        for turn in range(3):
+            events.append(f"other {turn}")
+            await asyncio.sleep(0)
+
+    async def sliced() -> None:
+        async for some in in_slices(list(range(7)), 3):
+            events.append(f"slice {list(some)}")
+
+    await asyncio.gather(sliced(), other())
+
+    assert events == [
+        "slice [0, 1, 2]",
+        "other 0",
+        "slice [3, 4, 5]",
+        "other 1",
+        "slice [6]",
+        "other 2",
+    ]
