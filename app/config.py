@@ -65,6 +65,7 @@ class Settings:
     ENRICH_WORKERS: int
     QUEUE_SIZE: int
     FETCH_ROWS: int
+    READ_STREAMS: int
     RETRY_ATTEMPTS: int
     RETRY_BASE_SECONDS: float
     SKIP_LIMIT: int
@@ -102,6 +103,7 @@ _POSITIVE = frozenset(
         "ENRICH_WORKERS",
         "QUEUE_SIZE",
         "FETCH_ROWS",
+        "READ_STREAMS",
         "RETRY_ATTEMPTS",
         "PUBLISH_WINDOW",
         "JOB_ABANDON_AFTER_SECONDS",
@@ -222,6 +224,12 @@ def load_settings(
         if reason:
             problems.append(f"{f.name} {reason}")
         values[f.name] = value
+    streams, pool = values.get("READ_STREAMS"), values.get("DB_POOL_SIZE")
+    if streams and pool and streams >= pool:
+        problems.append(
+            "READ_STREAMS must be below DB_POOL_SIZE: the writer and the job repository"
+            " need connections while the streams hold theirs"
+        )
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return Settings(**values)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from operator import itemgetter
 from typing import Any
 
 import asyncmy
@@ -11,6 +13,7 @@ from asyncmy.connection import Connection
 from asyncmy.cursors import SSCursor
 from asyncmy.pool import Pool
 
+from app.concurrency import gather_first_error
 from app.config import Settings
 
 # A paused stream may sit for minutes while a peer is retried; the server must not
@@ -93,6 +96,46 @@ async def stream_rows(
         conn.close()
         raise
     await cur.close()
+
+
+async def stream_merged(
+    pool: Pool, queries: Sequence[tuple[str, Sequence[Any]]], fetch_rows: int
+) -> AsyncIterator[list[tuple]]:
+    """The rows of `queries`, each ordered by its first column, as one stream in that order.
+
+    The queries start at once, each on a connection of its own, so that the server scans
+    and sorts their shares in parallel instead of one query's whole result on one core.
+    Each list yielded is sorted and holds every row of its keys: no key goes on into
+    the next list. Backpressure is `stream_rows`' on every connection.
+    """
+    key = itemgetter(0)
+    async with AsyncExitStack() as stack:
+        streams = []
+        for sql, args in queries:
+            conn = await stack.enter_async_context(pool.acquire())
+            stream = stream_rows(conn, sql, args, fetch_rows)
+            streams.append(await stack.enter_async_context(aclosing(stream)))
+        pending: list[list[tuple]] = [[] for _ in streams]
+        live = list(range(len(streams)))  # the streams not yet exhausted
+        due = list(live)  # the streams to fetch from before the bound can move
+        while live:
+            fetched = await gather_first_error(*(anext(streams[i], None) for i in due))
+            for i, rows in zip(due, fetched, strict=True):
+                if rows is None:
+                    live.remove(i)
+                else:
+                    pending[i] += rows
+            # Below the smallest last key of the live streams, every row has arrived.
+            bound = min((pending[i][-1][0] for i in live), default=None)
+            out: list[tuple] = []
+            for i, rows in enumerate(pending):
+                cut = len(rows) if bound is None else bisect_left(rows, bound, key=key)
+                out += rows[:cut]
+                pending[i] = rows[cut:]
+            if out:
+                out.sort(key=key)  # merges the sorted runs
+                yield out
+            due = [i for i in live if not pending[i] or pending[i][-1][0] == bound]
 
 
 def _pause_reading(conn: Connection) -> None:

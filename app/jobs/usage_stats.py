@@ -1,7 +1,9 @@
 """couponUsageStatsJob: each regular member's favourite dong and hour (issue 4).
 
-Rows: the USED `coupon_histories` of the window, streamed in member order. A chunk is
-up to CHUNK_SIZE whole members. Processing looks the chunk's stores up (once per run
+Rows: the USED `coupon_histories` of the window in member order, read as READ_STREAMS
+queries over ranges of ids that the server scans and sorts at the same time, merged
+here (the table has no index but its primary key). A chunk is up to CHUNK_SIZE whole
+members. Processing looks the chunk's stores up (once per run
 each) and computes each member's favourite; writing replaces the runDate's rows of
 the chunk's members.
 """
@@ -11,14 +13,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
-from itertools import chain, groupby
+from itertools import chain, groupby, pairwise
 from operator import itemgetter
 from typing import Any
 
 from asyncmy.connection import Connection
 
 from app.concurrency import SharedLookup, in_slices
-from app.edges.db import fetch_all, stream_rows
+from app.edges.db import fetch_all, stream_merged
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.runtime.job import JobContext, JobSpec
 from app.runtime.parameters import run_date
@@ -37,14 +39,16 @@ Row = tuple[int, int, int]
 Member = tuple[int, list[Row]]  # (member_id, its rows in the window)
 Favourite = tuple[int, str, int]  # (member_id, top_dong, top_hour)
 Output = tuple[list[int], list[Favourite]]  # the chunk's member ids; the eligible ones' rows
+IdRange = tuple[int | None, int | None]  # ids from (included) .. to (excluded); None: open
+_member = itemgetter(0)  # of a Row
 _store = itemgetter(1)  # of a Row
 _rows = itemgetter(1)  # of a Member
 
 _READ = (
     "SELECT member_id, store_id, TO_SECONDS(created_at) FROM coupon_histories"
-    " WHERE coupon_status = 'USED' AND created_at BETWEEN %s AND %s{after}"
-    " ORDER BY member_id"
+    " WHERE coupon_status = 'USED' AND created_at BETWEEN %s AND %s"
 )
+_ID_SPAN = "SELECT MIN(id), MAX(id) FROM coupon_histories"
 _ANY_ROW_OF_DATE = "SELECT 1 FROM coupon_usage_stats WHERE aggregated_at = %s LIMIT 1"
 _DELETE = "DELETE FROM coupon_usage_stats WHERE aggregated_at = %s AND member_id IN ({ids})"
 _INSERT = "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at) VALUES "
@@ -63,6 +67,13 @@ def window(day: date) -> tuple[datetime, datetime]:
         datetime.combine(day - timedelta(days=WINDOW_DAYS), time(0, 0, 0)),
         datetime.combine(day, time(23, 59, 59)),
     )
+
+
+def id_ranges(low: int, high: int, parts: int) -> list[IdRange]:
+    """Up to `parts` ranges of about equal width over the ids low..high that cover every
+    id: the first and the last are open, so a row added meanwhile is not lost."""
+    cuts = sorted({low + (high - low + 1) * part // parts for part in range(1, parts)})
+    return list(pairwise([None, *cuts, None]))
 
 
 def hour_of(seconds: int) -> int:
@@ -139,6 +150,7 @@ class UsageStatsStep:
         self.pool = resources.pool
         self.chunk_size = resources.settings.CHUNK_SIZE
         self.fetch_rows = resources.settings.FETCH_ROWS
+        self.streams = resources.settings.READ_STREAMS
         # storeId -> dong (None: no dong), each store asked once per run
         self.dongs = SharedLookup(resources.peers.store_dongs)
         # Whether a chunk must delete its members' rows of the day before inserting:
@@ -146,36 +158,35 @@ class UsageStatsStep:
         self.replace = True
 
     async def read(self, checkpoint: Any) -> AsyncIterator[Chunk[Member]]:
-        rows = await fetch_all(self.pool, _ANY_ROW_OF_DATE, (self.day,))
-        self.replace = bool(rows)
-        start, end = window(self.day)
-        args: tuple[Any, ...] = (start, end)
-        after = ""
-        if checkpoint is not None:
-            after, args = " AND member_id > %s", (start, end, int(checkpoint))
-        sql = _READ.format(after=after)
-        chunk_size = self.chunk_size
+        self.replace = bool(await fetch_all(self.pool, _ANY_ROW_OF_DATE, (self.day,)))
+        [(low, high)] = await fetch_all(self.pool, _ID_SPAN)
+        if low is None:
+            return
+        queries = [self._query(ids, checkpoint) for ids in id_ranges(low, high, self.streams)]
         members: list[Member] = []
-        current: list[Row] = []
-        current_id: int | None = None
-        first = itemgetter(0)
-        async with self.pool.acquire() as conn:
-            async with aclosing(stream_rows(conn, sql, args, self.fetch_rows)) as batches:
-                async for batch in batches:
-                    for member_id, group in groupby(batch, first):
-                        if member_id == current_id:  # a member continued from the last batch
-                            current.extend(group)
-                            continue
-                        if current_id is not None:
-                            members.append((current_id, current))
-                            if len(members) >= chunk_size:
-                                yield Chunk(items=members, checkpoint=current_id)
-                                members = []
-                        current_id, current = member_id, list(group)
-            if current_id is not None:
-                members.append((current_id, current))
-            if members:
-                yield Chunk(items=members, checkpoint=members[-1][0])
+        async with aclosing(stream_merged(self.pool, queries, self.fetch_rows)) as batches:
+            async for batch in batches:  # no member goes on into the next batch
+                for member_id, group in groupby(batch, _member):
+                    members.append((member_id, list(group)))
+                    if len(members) >= self.chunk_size:
+                        yield Chunk(items=members, checkpoint=member_id)
+                        members = []
+        if members:
+            yield Chunk(items=members, checkpoint=members[-1][0])
+
+    def _query(self, ids: IdRange, checkpoint: Any) -> tuple[str, list[Any]]:
+        """The window's rows of one id range, of the members after the checkpoint."""
+        sql, args = [_READ], list(window(self.day))
+        for condition, value in (
+            (" AND id >= %s", ids[0]),
+            (" AND id < %s", ids[1]),
+            (" AND member_id > %s", checkpoint),
+        ):
+            if value is not None:
+                sql.append(condition)
+                args.append(int(value))
+        sql.append(" ORDER BY member_id")
+        return "".join(sql), args
 
     async def process(self, members: list[Member]) -> Processed[Output]:
         stores = set(map(_store, chain.from_iterable(map(_rows, members))))

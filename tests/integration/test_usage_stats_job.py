@@ -346,6 +346,30 @@ async def test_each_store_asked_once_with_concurrent_workers(
     assert all(len(body) <= 2 for body in fake.calls[REGIONS])
 
 
+@pytest.mark.parametrize(("streams", "fetch_rows"), [(1, 5000), (2, 3), (3, 1)])
+async def test_members_spread_over_the_id_ranges_of_the_read_streams(
+    pool: Pool, settings: Settings, fake: FakePeers, streams: int, fetch_rows: int
+) -> None:
+    # Inserted round by round, so each member's rows are spread over every id range:
+    # member m uses store m % 9 + 1 at hour m on days 10..15, and store 1 at 01:00 on
+    # day 16. Member 7 uses its store on 5 days only (6 rows: eligible), member 8 on 3
+    # (4 rows: not eligible).
+    rows = []
+    for day in range(10, 17):
+        for m in range(1, 9):
+            if day == 16:
+                rows += rows_of(m, 1, f"2025-10-{day} 01:00:00")
+            elif day - 10 < {7: 5, 8: 3}.get(m, 6):
+                rows += rows_of(m, m % 9 + 1, f"2025-10-{day} {m:02d}:30:00")
+    await add_histories(pool, rows)
+    job = job_settings(settings, fake, READ_STREAMS=streams, FETCH_ROWS=fetch_rows)
+    execution = await run_job(job)
+    assert execution.status == "COMPLETED", execution.exit_message
+    expected = [(m, STORES[m % 9 + 1], m, DAY) for m in range(1, 8)]
+    assert await stats(pool) == expected
+    assert counts(execution) == {"read": 8, "written": 7, "filtered": 1, "skipped": 0}
+
+
 CRASH_MEMBERS = range(1, 11)
 
 

@@ -58,8 +58,10 @@ async def test_streaming_connection_killed_on_the_server_then_a_restart_complete
                     (settings.db.database, STREAM_SQL),
                 )
 
-            [(connection_id,)] = await until(streaming, within=30, what="the streaming query")
-            await pool_execute(pool, f"KILL {int(connection_id)}")
+            # One of the READ_STREAMS connections dies; the others are closed with the step.
+            streams = await until(streaming, within=30, what="the streaming queries")
+            assert len(streams) == job.READ_STREAMS
+            await pool_execute(pool, f"KILL {int(streams[0][0])}")
             await run.task
             failed = await launcher.repository.get_execution(run.execution.id)
         assert failed is not None

@@ -10,6 +10,7 @@ from app.jobs.usage_stats import (
     MIN_ROWS,
     favourite,
     hour_of,
+    id_ranges,
     parse,
     window,
 )
@@ -268,3 +269,20 @@ def test_parse_requires_runDate() -> None:
     for raw in ({}, {"runDate": ""}, {"runDate": "2025-13-01"}, {"runDate": "26/10/2025"}):
         with pytest.raises(ParameterError):
             parse(raw, now)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "parts", "expected"),
+    [
+        (1, 100, 1, [(None, None)]),
+        (1, 100, 2, [(None, 51), (51, None)]),
+        (1, 10, 3, [(None, 4), (4, 7), (7, None)]),
+        (1001, 1004, 4, [(None, 1002), (1002, 1003), (1003, 1004), (1004, None)]),
+        # fewer ids than parts: no range is asked for twice
+        (5, 5, 3, [(None, 5), (5, None)]),
+    ],
+)
+def test_id_ranges_cover_every_id_once(
+    low: int, high: int, parts: int, expected: list[tuple[int | None, int | None]]
+) -> None:
+    assert id_ranges(low, high, parts) == expected
