@@ -224,12 +224,6 @@ def load_settings(
         if reason:
             problems.append(f"{f.name} {reason}")
         values[f.name] = value
-    streams, pool = values.get("READ_STREAMS"), values.get("DB_POOL_SIZE")
-    if streams and pool and streams >= pool:
-        problems.append(
-            "READ_STREAMS must be below DB_POOL_SIZE: the writer and the job repository"
-            " need connections while the streams hold theirs"
-        )
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return Settings(**values)

@@ -1,4 +1,4 @@
-"""MySQL/MariaDB: the pool, transactions, and a streaming read with backpressure to the socket."""
+"""MySQL/MariaDB: the pool, transactions, and streaming reads with backpressure to the socket."""
 
 from __future__ import annotations
 
@@ -21,19 +21,33 @@ from app.config import Settings
 _STREAM_WRITE_TIMEOUT_SECONDS = 3600
 
 
+# Every rule that must be serialized locks a row for it (a launch locks its job
+# instance), so the gap locks of MariaDB's default REPEATABLE READ only cost: two
+# launches of different instances took gap locks on the same range of
+# BATCH_JOB_EXECUTION and deadlocked on each other's inserts.
+_ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
+
+
+def _connect_args(settings: Settings, database: str | None = None) -> dict[str, Any]:
+    target = settings.db
+    return {
+        "host": target.host,
+        "port": target.port,
+        "user": target.user,
+        "password": target.password,
+        "db": database or target.database,
+        "autocommit": True,
+        "charset": "utf8mb4",
+        "init_command": _ISOLATION,
+    }
+
+
 @asynccontextmanager
 async def open_pool(settings: Settings, *, database: str | None = None) -> AsyncIterator[Pool]:
-    target = settings.db
     pool = await asyncmy.create_pool(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        password=target.password,
-        db=database or target.database,
+        **_connect_args(settings, database),
         minsize=1,
         maxsize=settings.DB_POOL_SIZE,
-        autocommit=True,
-        charset="utf8mb4",
         pool_recycle=3600,
     )
     try:
@@ -41,6 +55,22 @@ async def open_pool(settings: Settings, *, database: str | None = None) -> Async
     finally:
         pool.close()
         await pool.wait_closed()
+
+
+@asynccontextmanager
+async def open_connection(settings: Settings) -> AsyncIterator[Connection]:
+    """A connection of its own, outside the pool, for a streaming read.
+
+    A stream holds its connection for a whole step, paused while the pipeline is busy,
+    and the chunks' commits need pool connections meanwhile: streams drawn from the
+    pool would starve them (a few concurrent runs would hold every pool connection
+    and wait on their own commits forever).
+    """
+    conn = await asyncmy.connect(**_connect_args(settings))
+    try:
+        yield conn
+    finally:
+        await conn.ensure_closed()
 
 
 @asynccontextmanager
@@ -78,7 +108,8 @@ async def stream_rows(
     paused and TCP flow control stops the server.
 
     Leave it early only through `contextlib.aclosing`: closing it closes the connection
-    rather than drain the rest of the result set.
+    rather than drain the rest of the result set. The connection is best one of
+    `open_connection`'s.
     """
     cur = conn.cursor(SSCursor)
     try:
@@ -99,7 +130,7 @@ async def stream_rows(
 
 
 async def stream_merged(
-    pool: Pool, queries: Sequence[tuple[str, Sequence[Any]]], fetch_rows: int
+    settings: Settings, queries: Sequence[tuple[str, Sequence[Any]]], fetch_rows: int
 ) -> AsyncIterator[list[tuple]]:
     """The rows of `queries`, each ordered by its first column, as one stream in that order.
 
@@ -112,7 +143,7 @@ async def stream_merged(
     async with AsyncExitStack() as stack:
         streams = []
         for sql, args in queries:
-            conn = await stack.enter_async_context(pool.acquire())
+            conn = await stack.enter_async_context(open_connection(settings))
             stream = stream_rows(conn, sql, args, fetch_rows)
             streams.append(await stack.enter_async_context(aclosing(stream)))
         pending: list[list[tuple]] = [[] for _ in streams]

@@ -24,8 +24,9 @@ from typing import Any, NamedTuple, TextIO
 from asyncmy.pool import Pool
 
 from app.concurrency import SharedLookup, SharedValue, gather_first_error
+from app.config import Settings
 from app.contracts import PushRequest, to_json_line
-from app.edges.db import stream_rows
+from app.edges.db import open_connection, stream_rows
 from app.edges.peers import PeerClient
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.runtime import parameters
@@ -127,7 +128,6 @@ _WIDEN_TEMP_TABLES = (
     f"SET SESSION tmp_table_size = {_WINDOW_TABLE_BYTES},"
     f" max_heap_table_size = {_WINDOW_TABLE_BYTES}"
 )
-_RESET_TEMP_TABLES = "SET SESSION tmp_table_size = DEFAULT, max_heap_table_size = DEFAULT"
 
 # One scan of coupon_events per run, whatever the number of dongs and members.
 _ACTIVE_EVENTS_BY_STORE = """
@@ -138,7 +138,7 @@ GROUP BY store_id
 
 
 async def read_latest_stats(
-    pool: Pool,
+    settings: Settings,
     run_date: date,
     target_hour: int,
     after_member: int | None,
@@ -157,11 +157,11 @@ async def read_latest_stats(
     args.append(target_hour)
     sql = _LATEST_STATS.format(after=after)
     items: list[LatestStats] = []
-    async with pool.acquire() as conn:
+    async with open_connection(settings) as conn:
         async with conn.cursor() as cur:
             await cur.execute(_WIDEN_TEMP_TABLES)
         # aclosing: when this reader is closed early, the stream closes the connection
-        # at once rather than the pool getting it back in the middle of a result set.
+        # at once rather than drain the rest of the result set.
         async with aclosing(stream_rows(conn, sql, args, fetch_rows)) as stream:
             async for rows in stream:
                 for member_id, top_dong, top_hour, aggregated_at in rows:
@@ -171,8 +171,6 @@ async def read_latest_stats(
                     if len(items) == chunk_size:
                         yield Chunk(items, items[-1].member_id)
                         items = []
-        async with conn.cursor() as cur:
-            await cur.execute(_RESET_TEMP_TABLES)
     if items:
         yield Chunk(items, items[-1].member_id)
 
@@ -240,7 +238,7 @@ def build(context: JobContext) -> StepDefinition[LatestStats, None]:
 
     def read(checkpoint: Any) -> AsyncIterator[Chunk[LatestStats]]:
         return read_latest_stats(
-            resources.pool,
+            settings,
             run_date,
             target_hour,
             None if checkpoint is None else int(checkpoint),

@@ -148,6 +148,7 @@ class UsageStatsStep:
         resources = context.resources
         self.day = date.fromisoformat(context.parameters["runDate"])
         self.pool = resources.pool
+        self.settings = resources.settings
         self.chunk_size = resources.settings.CHUNK_SIZE
         self.fetch_rows = resources.settings.FETCH_ROWS
         self.streams = resources.settings.READ_STREAMS
@@ -164,7 +165,7 @@ class UsageStatsStep:
             return
         queries = [self._query(ids, checkpoint) for ids in id_ranges(low, high, self.streams)]
         members: list[Member] = []
-        async with aclosing(stream_merged(self.pool, queries, self.fetch_rows)) as batches:
+        async with aclosing(stream_merged(self.settings, queries, self.fetch_rows)) as batches:
             async for batch in batches:  # no member goes on into the next batch
                 for member_id, group in groupby(batch, _member):
                     members.append((member_id, list(group)))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 import pytest
 from asyncmy.errors import OperationalError
 from asyncmy.pool import Pool
 
+from app.config import Settings
 from app.edges.db import fetch_all, stream_merged
+from tests.reliability.support import until
 
 ROWS = 600
 # Row i has key i * 7 % 50: every key is spread over the whole id range, so each of
@@ -38,9 +42,9 @@ def queries(*wheres: str) -> list[tuple[str, list[object]]]:
 )
 @pytest.mark.parametrize("fetch_rows", [1, 7, 1000])
 async def test_merged_streams_are_one_ordered_stream_never_splitting_a_key(
-    merge_rows: Pool, wheres: list[str], fetch_rows: int
+    merge_rows: Pool, settings: Settings, wheres: list[str], fetch_rows: int
 ) -> None:
-    batches = [batch async for batch in stream_merged(merge_rows, queries(*wheres), fetch_rows)]
+    batches = [batch async for batch in stream_merged(settings, queries(*wheres), fetch_rows)]
 
     merged = [tuple(row) for batch in batches for row in batch]
     assert [k for k, _ in merged] == sorted(k for k, _ in merged)
@@ -51,11 +55,39 @@ async def test_merged_streams_are_one_ordered_stream_never_splitting_a_key(
     assert all(batches)
 
 
-async def test_a_failing_query_fails_the_stream_and_gives_every_connection_back(
-    merge_rows: Pool,
+async def connections(pool: Pool, settings: Settings) -> int:
+    [(count,)] = await fetch_all(
+        pool,
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s",
+        (settings.db.database,),
+    )
+    return int(count)
+
+
+async def until_connections(pool: Pool, settings: Settings, expected: int) -> None:
+    """The server lists a closed connection a moment longer."""
+
+    async def listed() -> bool:
+        return await connections(pool, settings) == expected
+
+    await until(listed, within=10, what=f"{expected} connections")
+
+
+async def test_a_failing_query_fails_the_stream_and_closes_every_connection(
+    merge_rows: Pool, settings: Settings
 ) -> None:
+    before = await connections(merge_rows, settings)
     broken = [*queries("id < 300"), ("SELECT k, id FROM merge_rows ORDER BY no_such_column", [])]
     with pytest.raises(OperationalError, match="no_such_column"):
-        async for _ in stream_merged(merge_rows, broken, 10):
+        async for _ in stream_merged(settings, broken, 10):
             pass
-    assert merge_rows.size == merge_rows.freesize  # none is left held
+    await until_connections(merge_rows, settings, before)
+
+
+async def test_leaving_early_closes_every_connection(merge_rows: Pool, settings: Settings) -> None:
+    before = await connections(merge_rows, settings)
+    async with aclosing(stream_merged(settings, queries("id < 300", "id >= 300"), 10)) as rows:
+        async for _ in rows:
+            assert await connections(merge_rows, settings) == before + 2
+            break
+    await until_connections(merge_rows, settings, before)

@@ -163,3 +163,23 @@ async def test_concurrent_launches_from_separate_processes_run_exactly_one(
     assert rows == [(1,)]
     rows = await fetch_all(pool, "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION")
     assert rows == [(2,)]
+
+
+async def test_concurrent_launches_of_different_instances_all_start(pool: Pool) -> None:
+    """Under REPEATABLE READ, two of these deadlocked on each other's gap locks in
+    BATCH_JOB_EXECUTION (MariaDB error 1213); every launch must start."""
+    days = [f"2025-10-{day:02d}" for day in range(1, 21)]
+    for rerun in (False, True):  # new instances; then instances with executions
+        launches = [
+            repo(pool).start_execution(
+                JOB, [JobParameter("runDate", "java.time.LocalDate", day)], rerun_completed=rerun
+            )
+            for day in days
+        ]
+        started = await asyncio.gather(*launches)
+        for execution in started:
+            await repo(pool).finish_execution(execution.id, Status.COMPLETED)
+    rows = await fetch_all(
+        pool, "SELECT COUNT(*), COUNT(DISTINCT JOB_INSTANCE_ID) FROM BATCH_JOB_EXECUTION"
+    )
+    assert rows == [(40, 20)]

@@ -424,6 +424,25 @@ async def test_crash_then_restart_from_the_checkpoint(
     assert await stats(pool) == expected
 
 
+async def test_concurrent_runs_on_a_pool_of_two_connections(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    # The streams have connections of their own, outside the pool: drawn from a pool
+    # of two, one run's two streams would hold it all and wait on their own commits.
+    expected = await add_crash_rows(pool)
+    job = job_settings(settings, fake, DB_POOL_SIZE=2, READ_STREAMS=2, CHUNK_SIZE=1, QUEUE_SIZE=1)
+    days = [date(2025, 10, 26), date(2025, 10, 27), date(2025, 10, 28)]
+    async with open_resources(job, broker=False) as resources:
+        launcher = Launcher(resources)
+        spec = find_job("coupon-usage-stats")
+        runs = [launcher.run(spec, {"runDate": day.isoformat()}, rerun=True) for day in days]
+        executions = await asyncio.wait_for(asyncio.gather(*runs), timeout=60)
+    assert [execution.status for execution in executions] == ["COMPLETED"] * 3
+    assert await stats(pool) == [
+        (m, dong, hour, day) for day in days for m, dong, hour, _ in expected
+    ]
+
+
 async def test_store_service_fails_then_recovers_within_the_retries(
     pool: Pool, settings: Settings, fake: FakePeers
 ) -> None:

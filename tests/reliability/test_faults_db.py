@@ -58,9 +58,9 @@ async def test_streaming_connection_killed_on_the_server_then_a_restart_complete
                     (settings.db.database, STREAM_SQL),
                 )
 
-            # One of the READ_STREAMS connections dies; the others are closed with the step.
-            streams = await until(streaming, within=30, what="the streaming queries")
-            assert len(streams) == job.READ_STREAMS
+            # One of the READ_STREAMS connections dies (another may have sent its share
+            # already); the others are closed with the step.
+            streams = await until(streaming, within=30, what="a streaming query")
             await pool_execute(pool, f"KILL {int(streams[0][0])}")
             await run.task
             failed = await launcher.repository.get_execution(run.execution.id)

@@ -84,12 +84,6 @@ def test_every_bad_setting_is_named_on_one_line_without_secrets() -> None:
     assert SECRET_PASSWORD not in message
 
 
-def test_read_streams_leave_connections_for_the_writer() -> None:
-    assert load({"READ_STREAMS": "7", "DB_POOL_SIZE": "8"}).READ_STREAMS == 7
-    with pytest.raises(ConfigError, match="READ_STREAMS must be below DB_POOL_SIZE"):
-        load({"READ_STREAMS": "8", "DB_POOL_SIZE": "8"})
-
-
 def test_missing_or_short_jwt_key_is_refused() -> None:
     with pytest.raises(ConfigError, match="JWT_SECRET_KEY is required"):
         load_settings({}, env_file=None)
