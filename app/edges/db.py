@@ -108,8 +108,8 @@ async def stream_rows(
     paused and TCP flow control stops the server.
 
     Leave it early only through `contextlib.aclosing`: closing it closes the connection
-    rather than drain the rest of the result set. The connection is best one of
-    `open_connection`'s.
+    rather than drain the rest of the result set. Give it a connection of
+    `open_connection`'s, not the pool's: the stream holds it for the whole step.
     """
     cur = conn.cursor(SSCursor)
     try:

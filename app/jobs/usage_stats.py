@@ -3,9 +3,8 @@
 Rows: the USED `coupon_histories` of the window in member order, read as READ_STREAMS
 queries over ranges of ids that the server scans and sorts at the same time, merged
 here (the table has no index but its primary key). A chunk is up to CHUNK_SIZE whole
-members. Processing looks the chunk's stores up (once per run
-each) and computes each member's favourite; writing replaces the runDate's rows of
-the chunk's members.
+members. Processing looks the chunk's stores up (once per run each) and computes each
+member's favourite; writing replaces the runDate's rows of the chunk's members.
 """
 
 from __future__ import annotations
