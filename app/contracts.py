@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 
-import aio_pika
+from aiormq import spec
 
 EXCHANGE = "coupon.exchange"
 ROUTING_KEY = "coupon.usage.stats.fcm.send"
@@ -27,6 +27,7 @@ CONSUMER_QUEUE_ARGUMENTS: dict[str, str | int] = {
 TYPE_ID = "com.couponpop.couponpopcoremodule.dto.coupon.event.model.CouponUsageStatsFcmSendMessage"
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "UTF-8"
+PERSISTENT = 2  # delivery mode
 
 _HEADERS = {"__TypeId__": TYPE_ID}  # shared by every message; aio-pika does not mutate it
 # Jackson's output: raw UTF-8 (no \u escapes for non-ASCII), no spaces.
@@ -91,12 +92,14 @@ def encode_body(req: PushRequest) -> bytes:
     return to_json_line(req).encode()
 
 
-def to_amqp_message(req: PushRequest) -> aio_pika.Message:
-    return aio_pika.Message(
-        encode_body(req),
+def amqp_properties(req: PushRequest) -> spec.Basic.Properties:
+    """The message's properties (its body is `encode_body`): the frame aio-pika's Message
+    would build, built directly (building that Message cost a tenth of the publish rate)."""
+    return spec.Basic.Properties(
         content_type=CONTENT_TYPE,
         content_encoding=CONTENT_ENCODING,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        delivery_mode=PERSISTENT,
+        priority=0,  # sent by Spring AMQP's publisher too (and aio-pika's Message)
         headers=_HEADERS,
         message_id=req.trace_id,
     )

@@ -18,9 +18,10 @@ from types import TracebackType
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
+from aiormq import spec
 
 from app.config import Settings
-from app.contracts import EXCHANGE, ROUTING_KEY, PushRequest, to_amqp_message
+from app.contracts import EXCHANGE, ROUTING_KEY, PushRequest, amqp_properties, encode_body
 from app.errors import SetupError, TransientError
 from app.metrics import MESSAGES
 
@@ -177,7 +178,9 @@ class Broker:
                 if stop:
                     window.release()
                     break
-                task = asyncio.create_task(self._publish_one(to_amqp_message(req)))
+                task = asyncio.create_task(
+                    self._publish_one(encode_body(req), amqp_properties(req))
+                )
                 task.add_done_callback(settle)
                 sent[task] = req
             if sent:
@@ -211,12 +214,19 @@ class Broker:
             )
         return unconfirmed
 
-    async def _publish_one(self, message: aio_pika.Message) -> object:
+    async def _publish_one(self, body: bytes, properties: spec.Basic.Properties) -> object:
         # The deadline covers the wait for a reconnection too, which aio-pika's own
         # `timeout` does not: without it a publish could wait for a broker forever.
         async with asyncio.timeout(self._confirm_timeout):
-            assert self._exchange is not None  # publish() opened it
-            return await self._exchange.publish(message, ROUTING_KEY, mandatory=True)
+            # What aio-pika's Exchange.publish does, given the frame's properties.
+            channel = await self._channel.get_underlay_channel()
+            return await channel.basic_publish(
+                body,
+                exchange=EXCHANGE,
+                routing_key=ROUTING_KEY,
+                properties=properties,
+                mandatory=True,
+            )
 
     async def _until_open(self) -> None:
         """Wait, bounded, for the robust connection to bring the channel back.

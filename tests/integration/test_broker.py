@@ -39,6 +39,9 @@ async def test_message_properties_on_the_wire(queue: str) -> None:
     assert msg.headers == {"__TypeId__": TYPE_ID}
     assert msg.message_id == "f85971b0-2d71-3dc0-b533-047f9a578d93"
     assert msg.routing_key == ROUTING_KEY
+    assert msg.priority == 0
+    unset = ("app_id", "correlation_id", "expiration", "reply_to", "timestamp", "type", "user_id")
+    assert {name: getattr(msg, name) for name in unset} == dict.fromkeys(unset)
 
 
 async def test_concurrent_callers_all_confirmed_and_delivered(queue: str) -> None:

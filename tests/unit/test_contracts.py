@@ -8,7 +8,7 @@ import aio_pika
 import pytest
 
 from app import contracts
-from app.contracts import PushRequest, encode_body, to_amqp_message, to_json_line, trace_id
+from app.contracts import PushRequest, amqp_properties, encode_body, to_json_line, trace_id
 
 
 def _java_name_uuid(name: str) -> str:
@@ -78,14 +78,12 @@ def test_body_escapes_what_json_must() -> None:
     assert json.loads(encode_body(req))["token"] == 'a"b\\c\n'
 
 
-def test_amqp_message_properties() -> None:
-    msg = to_amqp_message(REQ)
-    assert msg.body == BODY
-    props = msg.properties
+def test_amqp_properties() -> None:
+    props = amqp_properties(REQ)
     assert props.content_type == "application/json"
     assert props.content_encoding == "UTF-8"
-    assert props.delivery_mode == 2
-    assert msg.delivery_mode is aio_pika.DeliveryMode.PERSISTENT
+    assert props.delivery_mode == aio_pika.DeliveryMode.PERSISTENT.value == 2
+    assert props.priority == 0
     assert props.headers == {
         "__TypeId__": (
             "com.couponpop.couponpopcoremodule.dto.coupon.event.model."
