@@ -98,8 +98,8 @@ class Broker:
             log.warning("broker not reachable yet, will connect on first use: %s", exc)
         return self
 
-    async def _open(self) -> AbstractRobustExchange:
-        """The exchange on an open confirm-mode channel, connecting first if need be."""
+    async def _open(self) -> None:
+        """Connect, if not yet: the exchange declared on a confirm-mode channel."""
         async with self._opening:
             if self._exchange is None:
                 try:
@@ -107,8 +107,6 @@ class Broker:
                         await self._connect()
                 except _LOST as exc:
                     raise BrokerUnavailable(f"cannot connect to the broker: {exc!r}") from exc
-            assert self._exchange is not None
-            return self._exchange
 
     async def _connect(self) -> None:
         async with AsyncExitStack() as stack:

@@ -142,12 +142,10 @@ async def read_latest_stats(
     run_date: date,
     target_hour: int,
     after_member: int | None,
-    *,
-    chunk_size: int,
-    fetch_rows: int,
 ) -> AsyncIterator[Chunk[LatestStats]]:
-    """Chunks of `chunk_size` members in member order, after `after_member`;
+    """Chunks of CHUNK_SIZE members in member order, after `after_member`;
     each chunk's checkpoint is its last member id."""
+    chunk_size = settings.CHUNK_SIZE
     start, end = stats_window(run_date)
     args: list[Any] = [start, end]
     after = ""
@@ -162,7 +160,7 @@ async def read_latest_stats(
             await cur.execute(_WIDEN_TEMP_TABLES)
         # aclosing: when this reader is closed early, the stream closes the connection
         # at once rather than drain the rest of the result set.
-        async with aclosing(stream_rows(conn, sql, args, fetch_rows)) as stream:
+        async with aclosing(stream_rows(conn, sql, args, settings.FETCH_ROWS)) as stream:
             async for rows in stream:
                 for member_id, top_dong, top_hour, aggregated_at in rows:
                     items.append(
@@ -242,8 +240,6 @@ def build(context: JobContext) -> StepDefinition[LatestStats, None]:
             run_date,
             target_hour,
             None if checkpoint is None else int(checkpoint),
-            chunk_size=settings.CHUNK_SIZE,
-            fetch_rows=settings.FETCH_ROWS,
         )
 
     async def process(items: list[LatestStats]) -> Processed[None]:

@@ -148,9 +148,6 @@ class UsageStatsStep:
         self.day = date.fromisoformat(context.parameters["runDate"])
         self.pool = resources.pool
         self.settings = resources.settings
-        self.chunk_size = resources.settings.CHUNK_SIZE
-        self.fetch_rows = resources.settings.FETCH_ROWS
-        self.streams = resources.settings.READ_STREAMS
         # storeId -> dong (None: no dong), each store asked once per run
         self.dongs = SharedLookup(resources.peers.store_dongs)
         # Whether a chunk must delete its members' rows of the day before inserting:
@@ -162,13 +159,16 @@ class UsageStatsStep:
         [(low, high)] = await fetch_all(self.pool, _ID_SPAN)
         if low is None:
             return
-        queries = [self._query(ids, checkpoint) for ids in id_ranges(low, high, self.streams)]
+        settings = self.settings
+        ranges = id_ranges(low, high, settings.READ_STREAMS)
+        queries = [self._query(ids, checkpoint) for ids in ranges]
+        chunk_size = settings.CHUNK_SIZE
         members: list[Member] = []
-        async with aclosing(stream_merged(self.settings, queries, self.fetch_rows)) as batches:
+        async with aclosing(stream_merged(settings, queries, settings.FETCH_ROWS)) as batches:
             async for batch in batches:  # no member goes on into the next batch
                 for member_id, group in groupby(batch, _member):
                     members.append((member_id, list(group)))
-                    if len(members) >= self.chunk_size:
+                    if len(members) >= chunk_size:
                         yield Chunk(items=members, checkpoint=member_id)
                         members = []
         if members:
