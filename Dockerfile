@@ -12,9 +12,8 @@ COPY pyproject.toml README.md ./
 COPY app/__init__.py app/__init__.py
 RUN pip install --no-cache-dir . && pip uninstall -y couponpop-batch
 COPY app app
-COPY config config
-# Editable, so that config/default.toml is found beside the package.
-RUN pip install --no-cache-dir --no-deps -e . \
+# The defaults (app/defaults.toml) and the migrations ship inside the package.
+RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 batch \
     && mkdir -p var && chown batch var
 USER batch

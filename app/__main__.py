@@ -11,13 +11,14 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from app.composition import JOBS, open_launcher, serve
 from app.config import ConfigError, Settings, load_settings
 from app.edges.db import open_pool
+from app.model import LaunchRefused, Status
 from app.pipeline.chunk import StepProgress
-from app.runtime.launcher import JOBS, Launcher, find_job
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher
 from app.runtime.parameters import ParameterError
-from app.runtime.repository import LaunchRefused, Status
-from app.runtime.resources import open_resources
 from app.schema.migrate import migrate
 
 log = logging.getLogger("app")
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     run = commands.add_parser("run", help="run one job in the foreground")
-    run.add_argument("job", choices=sorted(JOBS))
+    run.add_argument("job", choices=sorted(spec.path for spec in JOBS))
     run.add_argument("--run-date", help="YYYY-MM-DD")
     run.add_argument("--target-hour", help="0..23 (fan-out job)")
     run.add_argument("--rerun", action="store_true", help="run a completed instance again")
@@ -62,7 +63,7 @@ def _configure_logging(level: str) -> None:
 
 
 async def _migrate(settings: Settings, dev_schema: bool) -> int:
-    async with open_pool(settings) as pool:
+    async with open_pool(settings.database) as pool:
         applied = await migrate(pool, dev_schema=dev_schema)
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     return 0
@@ -82,13 +83,12 @@ async def _show_progress(progress: StepProgress, out: TextIO) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | None) -> int:
-    spec = find_job(args.job)
     raw = {"runDate": args.run_date or "", "targetHour": args.target_hour or ""}
     if args.dry_run:
         raw["dryRun"] = "true"
+    spec = find_job(JOBS, args.job)
     publishes = spec.publishes and not args.dry_run
-    async with open_resources(settings, broker=publishes) as resources:
-        launcher = Launcher(resources)
+    async with open_launcher(settings, broker=publishes) as launcher:
         try:
             run = await launcher.launch(spec, raw, rerun=args.rerun, dry_run_output=output)
         except ParameterError as exc:
@@ -166,8 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run(settings, args, sys.stdout))
         with open(args.output, "w", encoding="utf-8") as output:
             return asyncio.run(_run(settings, args, output))
-    from app.runtime.daemon import serve
-
     asyncio.run(serve(settings))
     return 0
 

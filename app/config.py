@@ -1,7 +1,9 @@
-"""Settings: `config/default.toml`, then `.env` in the working directory, then the environment.
+"""Settings: `app/defaults.toml`, then `.env` in the working directory, then the environment.
 
 Every setting is named by its environment variable. A bad or missing setting stops
 start-up with one line naming each bad setting; secret values never appear in it.
+Components receive the narrow part they use (`Settings.database`, `.broker`, `.peers`,
+`.step`), never the whole.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
-DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+# Inside the package, so that an installed (not editable) package finds it.
+DEFAULTS_FILE = Path(__file__).resolve().with_name("defaults.toml")
 
 
 class ConfigError(ValueError):
@@ -35,9 +38,44 @@ class DbTarget:
     password: str = field(repr=False)
 
 
+@dataclass(frozen=True)
+class DatabaseSettings:
+    target: DbTarget
+    pool_size: int
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str = field(repr=False)  # carries the password
+    publish_window: int  # unconfirmed messages in flight at most
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    store_url: str
+    notification_url: str
+    timeout_seconds: float
+    max_body_bytes: int
+    lookup_batch: int  # ids per call
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """How a chunk step runs: its sizes, its retries, its skips."""
+
+    chunk_size: int
+    workers: int
+    queue_size: int
+    fetch_rows: int
+    read_streams: int
+    retry_attempts: int
+    retry_base_seconds: float
+    skip_limit: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Field names are the environment variables; defaults live in config/default.toml."""
+    """Field names are the environment variables; defaults live in app/defaults.toml."""
 
     DB_URL: str
     DB_USERNAME: str
@@ -74,8 +112,42 @@ class Settings:
     HEARTBEAT_SECONDS: float
 
     @property
-    def db(self) -> DbTarget:
-        return parse_db_url(self.DB_URL, self.DB_USERNAME, self.DB_PASSWORD)
+    def database(self) -> DatabaseSettings:
+        target = parse_db_url(self.DB_URL, self.DB_USERNAME, self.DB_PASSWORD)
+        return DatabaseSettings(target=target, pool_size=self.DB_POOL_SIZE)
+
+    @property
+    def broker(self) -> BrokerSettings:
+        user = quote(self.RABBITMQ_USERNAME, safe="")
+        password = quote(self.RABBITMQ_PASSWORD, safe="")
+        vhost = quote(self.RABBITMQ_VHOST, safe="")
+        return BrokerSettings(
+            url=f"amqp://{user}:{password}@{self.RABBITMQ_HOST}:{self.RABBITMQ_PORT}/{vhost}",
+            publish_window=self.PUBLISH_WINDOW,
+        )
+
+    @property
+    def peers(self) -> PeerSettings:
+        return PeerSettings(
+            store_url=self.STORE_SERVICE_URL,
+            notification_url=self.NOTIFICATION_SERVICE_URL,
+            timeout_seconds=self.PEER_TIMEOUT_SECONDS,
+            max_body_bytes=self.PEER_MAX_BODY_BYTES,
+            lookup_batch=self.STORE_LOOKUP_BATCH,
+        )
+
+    @property
+    def step(self) -> StepPolicy:
+        return StepPolicy(
+            chunk_size=self.CHUNK_SIZE,
+            workers=self.ENRICH_WORKERS,
+            queue_size=self.QUEUE_SIZE,
+            fetch_rows=self.FETCH_ROWS,
+            read_streams=self.READ_STREAMS,
+            retry_attempts=self.RETRY_ATTEMPTS,
+            retry_base_seconds=self.RETRY_BASE_SECONDS,
+            skip_limit=self.SKIP_LIMIT,
+        )
 
     @property
     def jwt_key(self) -> bytes:
@@ -85,13 +157,6 @@ class Settings:
     @property
     def timezone(self) -> ZoneInfo:
         return ZoneInfo(self.APP_TIMEZONE)
-
-    @property
-    def rabbitmq_url(self) -> str:
-        user = quote(self.RABBITMQ_USERNAME, safe="")
-        password = quote(self.RABBITMQ_PASSWORD, safe="")
-        vhost = quote(self.RABBITMQ_VHOST, safe="")
-        return f"amqp://{user}:{password}@{self.RABBITMQ_HOST}:{self.RABBITMQ_PORT}/{vhost}"
 
 
 SECRETS = frozenset({"DB_PASSWORD", "RABBITMQ_PASSWORD", "JWT_SECRET_KEY"})

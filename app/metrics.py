@@ -51,8 +51,8 @@ ITEMS = Counter(
 )
 QUEUE_DEPTH = Gauge(
     "batch_pipeline_queue_depth",
-    "Chunks waiting in a pipeline queue",
-    ["job", "queue"],  # queue: enrich, commit
+    "Chunks waiting in a pipeline queue of a running execution",
+    ["job", "execution", "queue"],  # queue: enrich, commit
     registry=REGISTRY,
 )
 

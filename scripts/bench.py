@@ -155,7 +155,7 @@ class Bench:
 
     def sql(self, database: str, query: str, args: Sequence[Any] = ()) -> list[tuple]:
         async def go() -> list[tuple]:
-            async with open_pool(self.settings_for(database)) as pool:
+            async with open_pool(self.settings_for(database).database) as pool:
                 return await fetch_all(pool, query, args)
 
         return asyncio.run(go())
@@ -209,7 +209,7 @@ class Bench:
 
     @property
     def amqp_url(self) -> str:
-        return dataclasses.replace(self.settings, RABBITMQ_VHOST=VHOST).rabbitmq_url
+        return dataclasses.replace(self.settings, RABBITMQ_VHOST=VHOST).broker.url
 
     # -- fake peers
     def start_peers(self, data: Path) -> None:
@@ -247,7 +247,7 @@ class Bench:
             self.peers_process.wait(timeout=30)
 
     def job_env(self, database: str) -> dict[str, str]:
-        target = self.settings.db
+        target = self.settings.database.target
         return {
             **os.environ,
             "DB_URL": f"mysql://{target.host}:{target.port}/{database}",
@@ -277,7 +277,7 @@ class Bench:
             f" WHERE coupon_status = 'USED' AND created_at BETWEEN '{start}' AND '{end}'"
             " ORDER BY member_id"
         )
-        target = self.settings.db
+        target = self.settings.database.target
         argv = ["mysql", "--quick", "-h", target.host, "-P", str(target.port)]
         argv += ["-u", target.user, database, "-e", query]
         env = {**os.environ, "MYSQL_PWD": target.password}

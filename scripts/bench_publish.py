@@ -111,7 +111,7 @@ async def bare_publish(url: str, messages: Sequence[tuple[bytes, str]], window: 
 
 async def bare_aiormq(settings: Settings, requests: Sequence[PushRequest]) -> None:
     encoded = [(encode_body(r), r.trace_id) for r in requests]
-    await bare_publish(settings.rabbitmq_url, encoded, settings.PUBLISH_WINDOW)
+    await bare_publish(settings.broker.url, encoded, settings.PUBLISH_WINDOW)
 
 
 def sample_requests(count: int, body_bytes: int | None = None) -> list[PushRequest]:
@@ -137,9 +137,9 @@ async def broker_publish(
 ) -> None:
     async def caller(share: Sequence[PushRequest]) -> None:
         for i in range(0, len(share), batch):
-            await broker.publish(share[i : i + batch])
+            assert not await broker.publish(share[i : i + batch])
 
-    async with Broker(settings) as broker:
+    async with Broker(settings.broker) as broker:
         await asyncio.gather(*(caller(requests[i::callers]) for i in range(callers)))
 
 
@@ -150,7 +150,7 @@ async def bench(settings: Settings, args: argparse.Namespace) -> None:
         "(b) Broker.publish": lambda: broker_publish(settings, requests, args.callers, args.batch),
     }
     best = dict.fromkeys(runs, 0.0)
-    async with await aio_pika.connect(settings.rabbitmq_url) as connection:
+    async with await aio_pika.connect(settings.broker.url) as connection:
         # The consumer queue, as the notification service declares it.
         channel = await connection.channel()
         exchange = await channel.declare_exchange(
@@ -184,7 +184,7 @@ async def floor(settings: Settings, args: argparse.Namespace) -> dict[str, float
     requests = sample_requests(args.messages, args.body_bytes)
     encoded = [(encode_body(r), r.trace_id) for r in requests]
     del requests  # only the encoded bodies are needed from here on
-    seconds = await bare_publish(settings.rabbitmq_url, encoded, args.window)
+    seconds = await bare_publish(settings.broker.url, encoded, args.window)
     return {
         "messages": len(encoded),
         "body_bytes": len(encoded[0][0]),

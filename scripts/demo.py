@@ -46,11 +46,11 @@ def sql_statements(path: Path) -> list[str]:
 
 async def prepare_database(env: dict[str, str]) -> None:
     server = load_settings({**env, "DB_URL": f"{env['DEMO_DB_SERVER']}/mysql"}, env_file=None)
-    async with open_pool(server) as pool, pool.acquire() as conn, conn.cursor() as cur:
+    async with open_pool(server.database) as pool, pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute("SET SESSION sql_notes = 0")  # no note when it is not there
         await cur.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
         await cur.execute(f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4")
-    async with open_pool(load_settings(env, env_file=None)) as pool:
+    async with open_pool(load_settings(env, env_file=None).database) as pool:
         await migrate(pool, dev_schema=True)
         async with pool.acquire() as conn, conn.cursor() as cur:
             for name in ("coupon_histories.sql", "usage_stats_and_events.sql"):
@@ -120,7 +120,7 @@ async def main() -> None:
         peers = await start_fake_peers(env)
         stack.push_async_callback(peers.wait)
         stack.callback(peers.terminate)
-        broker = await stack.enter_async_context(await aio_pika.connect(settings.rabbitmq_url))
+        broker = await stack.enter_async_context(await aio_pika.connect(settings.broker.url))
         channel = await broker.channel()
         exchange = await channel.declare_exchange(EXCHANGE, "topic", durable=True)
         # A private tap on the routing key, so the demo shows what a consumer receives
@@ -132,7 +132,7 @@ async def main() -> None:
         print(f"  database {DATABASE}: migrated, sample rows of the old service loaded")
         print(f"  fake peers: {env['STORE_SERVICE_URL']} {env['NOTIFICATION_SERVICE_URL']}\n")
         print(f"$ python -m app run {' '.join(STATS_RUN)}\n  {await run_job(env, STATS_RUN)}")
-        async with open_pool(settings) as pool:
+        async with open_pool(settings.database) as pool:
             rows = await fetch_all(
                 pool,
                 "SELECT member_id, top_dong, top_hour, aggregated_at FROM coupon_usage_stats"

@@ -471,7 +471,7 @@ async def _expectations(pool: Pool, plan: Plan, peers: dict[str, Any]) -> dict[s
 
 
 async def _create_database(settings: Settings, database: str) -> None:
-    target = settings.db
+    target = settings.database.target
     conn = await asyncmy.connect(
         host=target.host, port=target.port, user=target.user, password=target.password
     )
@@ -494,7 +494,7 @@ async def generate(
 ) -> dict[str, Any]:
     """Generate `plan` into `database` unless it is there already; the record."""
     await _create_database(settings, database)
-    async with open_pool(settings, database=database) as pool:
+    async with open_pool(settings.database, database=database) as pool:
         await migrate(pool, dev_schema=True)
         await _execute(
             pool,
@@ -544,7 +544,7 @@ def bench_settings(database: str | None = None) -> Settings:
     environ = {"JWT_SECRET_KEY": base64.b64encode(bytes(32)).decode(), **os.environ}
     settings = load_settings(environ)
     if database is not None:
-        target = settings.db
+        target = settings.database.target
         url = f"mysql://{target.host}:{target.port}/{database}"
         settings = dataclasses.replace(settings, DB_URL=url)
     return settings

@@ -31,7 +31,7 @@ DATA_TABLES = (
 
 async def _admin(sql: str) -> None:
     async with (
-        open_pool(make_settings(DB_URL=f"{DB_SERVER}/mysql")) as pool,
+        open_pool(make_settings(DB_URL=f"{DB_SERVER}/mysql").database) as pool,
         pool.acquire() as conn,
         conn.cursor() as cur,
     ):
@@ -45,7 +45,7 @@ def database() -> Iterator[str]:
     asyncio.run(_admin(f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4"))
 
     async def prepare() -> None:
-        async with open_pool(make_settings(DB_URL=f"{DB_SERVER}/{name}")) as pool:
+        async with open_pool(make_settings(DB_URL=f"{DB_SERVER}/{name}").database) as pool:
             await migrate(pool, dev_schema=True)
 
     asyncio.run(prepare())
@@ -60,7 +60,7 @@ def settings(database: str) -> Settings:
 
 @pytest.fixture
 async def pool(settings: Settings) -> AsyncIterator[Pool]:
-    async with open_pool(settings) as pool:
+    async with open_pool(settings.database) as pool:
         async with pool.acquire() as conn, conn.cursor() as cur:
             await cur.execute("SET FOREIGN_KEY_CHECKS = 0")
             for table in DATA_TABLES:

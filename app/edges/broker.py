@@ -1,9 +1,10 @@
 """The confirm-mode publisher of push requests to `coupon.exchange`.
 
 A message counts as sent only once the broker has confirmed it (Basic.Ack), so a
-lost connection can never lose one silently. A lost confirmation is answered by
-publishing again: a duplicate is harmless because the notification service drops
-a trace id it has already seen, a loss is not.
+lost connection can never lose one silently. `publish` tries each message once and
+hands back the unconfirmed ones: the step runner, the one owner of retries, publishes
+them again. A duplicate is harmless because the notification service drops a trace id
+it has already seen; a loss is not.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, Abstra
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 from aiormq import spec
 
-from app.config import Settings
+from app.config import BrokerSettings
 from app.contracts import EXCHANGE, ROUTING_KEY, PushRequest, amqp_properties, encode_body
 from app.errors import SetupError, TransientError
 from app.metrics import MESSAGES
@@ -47,7 +48,7 @@ def _outcome(task: asyncio.Task[object]) -> str:
 
 
 class BrokerUnavailable(TransientError):
-    """The broker did not confirm every message, even after reconnecting and republishing."""
+    """The broker is not reachable, or did not confirm every message."""
 
 
 class UnroutableError(SetupError):
@@ -55,7 +56,7 @@ class UnroutableError(SetupError):
 
 
 class Broker:
-    """`async with Broker(settings) as broker: await broker.publish(requests)`.
+    """`async with Broker(settings) as broker: unconfirmed = await broker.publish(requests)`.
 
     One robust connection and one confirm-mode channel, shared by every concurrent
     caller of `publish`, with at most `PUBLISH_WINDOW` unconfirmed messages in flight.
@@ -67,17 +68,15 @@ class Broker:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: BrokerSettings,
         *,
-        rounds: int = 3,
         reconnect_interval: float = 1.0,
         reconnect_timeout: float = 30.0,
         confirm_timeout: float = 60.0,
         check_timeout: float = 5.0,
     ) -> None:
-        self._url = settings.rabbitmq_url
-        self._window = asyncio.Semaphore(settings.PUBLISH_WINDOW)
-        self._rounds = rounds
+        self._url = settings.url
+        self._window = asyncio.Semaphore(settings.publish_window)
         self._reconnect_interval = reconnect_interval
         self._reconnect_timeout = reconnect_timeout
         self._confirm_timeout = confirm_timeout
@@ -138,24 +137,13 @@ class Broker:
     ) -> None:
         await self._stack.aclose()
 
-    async def publish(self, requests: Sequence[PushRequest]) -> None:
-        """Return once the broker has confirmed every request.
-
-        Nacked and lost messages are published again once the channel is back, for
-        up to `rounds` attempts in all; then BrokerUnavailable. A returned message
-        raises UnroutableError at once.
-        """
+    async def publish(self, requests: Sequence[PushRequest]) -> list[PushRequest]:
+        """Publish each request once, pipelined through the window, once the channel is
+        open; return the ones the broker did not confirm (nacked, or lost with the
+        channel). A returned message raises UnroutableError."""
         await self._open()
-        pending: Sequence[PushRequest] = requests
-        for attempt in range(self._rounds):
-            if attempt:
-                await self._until_open()
-            pending = await self._publish_once(pending)
-            if not pending:
-                return
-        raise BrokerUnavailable(
-            f"{len(pending)} of {len(requests)} messages unconfirmed after {self._rounds} attempts"
-        )
+        await self._until_open()
+        return await self._publish_once(requests)
 
     async def _publish_once(self, requests: Sequence[PushRequest]) -> list[PushRequest]:
         """Publish each request once, pipelined through the window; return the unconfirmed."""

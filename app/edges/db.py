@@ -14,7 +14,7 @@ from asyncmy.cursors import SSCursor
 from asyncmy.pool import Pool
 
 from app.concurrency import gather_first_error
-from app.config import Settings
+from app.config import DatabaseSettings
 
 # A paused stream may sit for minutes while a peer is retried; the server must not
 # give up writing to it meanwhile (the default net_write_timeout is 60 s).
@@ -28,8 +28,8 @@ _STREAM_WRITE_TIMEOUT_SECONDS = 3600
 _ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
 
 
-def _connect_args(settings: Settings, database: str | None = None) -> dict[str, Any]:
-    target = settings.db
+def _connect_args(settings: DatabaseSettings, database: str | None = None) -> dict[str, Any]:
+    target = settings.target
     return {
         "host": target.host,
         "port": target.port,
@@ -43,11 +43,13 @@ def _connect_args(settings: Settings, database: str | None = None) -> dict[str, 
 
 
 @asynccontextmanager
-async def open_pool(settings: Settings, *, database: str | None = None) -> AsyncIterator[Pool]:
+async def open_pool(
+    settings: DatabaseSettings, *, database: str | None = None
+) -> AsyncIterator[Pool]:
     pool = await asyncmy.create_pool(
         **_connect_args(settings, database),
         minsize=1,
-        maxsize=settings.DB_POOL_SIZE,
+        maxsize=settings.pool_size,
         pool_recycle=3600,
     )
     try:
@@ -58,7 +60,7 @@ async def open_pool(settings: Settings, *, database: str | None = None) -> Async
 
 
 @asynccontextmanager
-async def open_connection(settings: Settings) -> AsyncIterator[Connection]:
+async def open_connection(settings: DatabaseSettings) -> AsyncIterator[Connection]:
     """A connection of its own, outside the pool, for a streaming read.
 
     A stream holds its connection for a whole step, paused while the pipeline is busy,
@@ -130,7 +132,7 @@ async def stream_rows(
 
 
 async def stream_merged(
-    settings: Settings, queries: Sequence[tuple[str, Sequence[Any]]], fetch_rows: int
+    settings: DatabaseSettings, queries: Sequence[tuple[str, Sequence[Any]]], fetch_rows: int
 ) -> AsyncIterator[list[tuple]]:
     """The rows of `queries`, each ordered by its first column, as one stream in that order.
 

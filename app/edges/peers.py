@@ -1,6 +1,6 @@
 """Clients of the store and notification services (CONTRACTS section 2).
 
-No retries here: the pipeline retries whole chunks, deciding with `errors.is_transient`.
+No retries here: the step runner retries whole chunks, deciding with `errors.is_transient`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from app.concurrency import gather_first_error
-from app.config import Settings
+from app.config import PeerSettings
 from app.edges.auth import SystemToken
 from app.errors import PermanentError, TransientError
 from app.metrics import PEER_ERRORS, PEER_REQUESTS
@@ -51,12 +51,12 @@ class PeerAnswerError(PeerError, PermanentError):
 class PeerClient:
     """`async with PeerClient(settings, token) as peers:` one HTTP session for all peer calls."""
 
-    def __init__(self, settings: Settings, token: SystemToken) -> None:
-        self._store_url = settings.STORE_SERVICE_URL.rstrip("/")
-        self._notification_url = settings.NOTIFICATION_SERVICE_URL.rstrip("/")
-        self._timeout = settings.PEER_TIMEOUT_SECONDS
-        self._max_body = settings.PEER_MAX_BODY_BYTES
-        self._batch = min(settings.STORE_LOOKUP_BATCH, MAX_BATCH)
+    def __init__(self, settings: PeerSettings, token: SystemToken) -> None:
+        self._store_url = settings.store_url.rstrip("/")
+        self._notification_url = settings.notification_url.rstrip("/")
+        self._timeout = settings.timeout_seconds
+        self._max_body = settings.max_body_bytes
+        self._batch = min(settings.lookup_batch, MAX_BATCH)
         self._token = token
         self._session: aiohttp.ClientSession | None = None
 

@@ -6,32 +6,34 @@ tokens from the notification service, their dong's stores from the store service
 the dong's coupon events running at `runDate targetHour:00`; one push request per
 token, published with confirms (or, in a dry run, written as JSON lines).
 
-A chunk has no database effect of its own: the runtime records its counts and its
-checkpoint (the last member id) once `process` has returned, that is once the broker
-has confirmed every message of the chunk. A rerun publishes again; the notification
-service drops what it has seen by `traceId`.
+A chunk's output is its push requests. The publishing writer publishes them with
+confirms, and the runtime records the chunk's counts and its checkpoint (the last
+member id) once the broker has confirmed every one; a dry run is the same job with the
+dry-run writer (JSON lines). A rerun publishes again; the notification service drops
+what it has seen by `traceId`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
 from asyncmy.pool import Pool
 
 from app.concurrency import SharedLookup, SharedValue, gather_first_error
-from app.config import Settings
-from app.contracts import PushRequest, to_json_line
+from app.config import DatabaseSettings, StepPolicy
+from app.contracts import PushRequest
 from app.edges.db import open_connection, stream_rows
 from app.edges.peers import PeerClient
+from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
+from app.pipeline.writers import DryRunWriter, PublishingWriter, Writer
 from app.runtime import parameters
 from app.runtime.job import JobContext, JobSpec
-from app.runtime.repository import JobParameter
+from app.runtime.scheduler import Schedule
 
 JOB_NAME = "couponUsageStatsFcmSendJob"
 STEP_NAME = "couponUsageStatsFcmSendStep"
@@ -138,14 +140,15 @@ GROUP BY store_id
 
 
 async def read_latest_stats(
-    settings: Settings,
+    database: DatabaseSettings,
+    policy: StepPolicy,
     run_date: date,
     target_hour: int,
     after_member: int | None,
 ) -> AsyncIterator[Chunk[LatestStats]]:
     """Chunks of CHUNK_SIZE members in member order, after `after_member`;
     each chunk's checkpoint is its last member id."""
-    chunk_size = settings.CHUNK_SIZE
+    chunk_size = policy.chunk_size
     start, end = stats_window(run_date)
     args: list[Any] = [start, end]
     after = ""
@@ -155,12 +158,12 @@ async def read_latest_stats(
     args.append(target_hour)
     sql = _LATEST_STATS.format(after=after)
     items: list[LatestStats] = []
-    async with open_connection(settings) as conn:
+    async with open_connection(database) as conn:
         async with conn.cursor() as cur:
             await cur.execute(_WIDEN_TEMP_TABLES)
         # aclosing: when this reader is closed early, the stream closes the connection
         # at once rather than drain the rest of the result set.
-        async with aclosing(stream_rows(conn, sql, args, settings.FETCH_ROWS)) as stream:
+        async with aclosing(stream_rows(conn, sql, args, policy.fetch_rows)) as stream:
             async for rows in stream:
                 for member_id, top_dong, top_hour, aggregated_at in rows:
                     items.append(
@@ -201,48 +204,31 @@ class _RunLookups:
 # --- the step ------------------------------------------------------------------------
 
 
-class _DryRunWriter:
-    """JSON lines to the dry-run output, one chunk at a time, off the event loop."""
-
-    def __init__(self, output: TextIO) -> None:
-        self._output = output
-        self._lock = asyncio.Lock()
-
-    async def write(self, requests: Sequence[PushRequest]) -> None:
-        if not requests:
-            return
-        text = "".join(to_json_line(req) + "\n" for req in requests)
-        async with self._lock:
-            await asyncio.to_thread(self._write, text)
-
-    def _write(self, text: str) -> None:
-        self._output.write(text)
-        self._output.flush()
-
-
-def build(context: JobContext) -> StepDefinition[LatestStats, None]:
+def build(context: JobContext) -> StepDefinition[LatestStats, list[PushRequest]]:
     resources = context.resources
     settings = resources.settings
     run_date = date.fromisoformat(context.parameters["runDate"])
     target_hour = int(context.parameters["targetHour"])
-    dry_run = context.dry_run_output is not None
-    if context.parameters.get("dryRun") == "true" and not dry_run:
-        raise RuntimeError("dryRun=true but the launcher gave no output for the messages")
-    broker = resources.broker
-    if not dry_run and broker is None:
+    writer: Writer[list[PushRequest]]
+    if context.dry_run_output is not None:
+        writer = DryRunWriter(context.dry_run_output)
+    elif resources.broker is not None:
+        writer = PublishingWriter(resources.broker)
+    else:
         raise RuntimeError("this job publishes, but no broker connection was opened")
-    dry_run_writer = _DryRunWriter(context.dry_run_output) if context.dry_run_output else None
     lookups = _RunLookups(resources.peers, resources.pool, reference_time(run_date, target_hour))
 
     def read(checkpoint: Any) -> AsyncIterator[Chunk[LatestStats]]:
         return read_latest_stats(
-            settings,
+            settings.database,
+            settings.step,
             run_date,
             target_hour,
             None if checkpoint is None else int(checkpoint),
         )
 
-    async def process(items: list[LatestStats]) -> Processed[None]:
+    async def process(chunk: Chunk[LatestStats]) -> Processed[list[PushRequest]]:
+        items = chunk.items
         dongs = list(dict.fromkeys(stats.top_dong for stats in items))
         tokens, stores, events = await gather_first_error(
             resources.peers.fcm_tokens([stats.member_id for stats in items]),
@@ -259,18 +245,13 @@ def build(context: JobContext) -> StepDefinition[LatestStats, None]:
                 filtered += 1
             else:
                 requests.extend(decision)
-        if dry_run_writer is not None:
-            await dry_run_writer.write(requests)
-        elif requests:
-            assert broker is not None
-            await broker.publish(requests)  # returns once the broker confirmed them all
-        return Processed(output=None, filtered=filtered)
+        return Processed(output=requests, filtered=filtered)
 
     return StepDefinition(
         name=STEP_NAME,
         read=read,
         process=process,
-        write=None,
+        writer=writer,
         item_key=lambda stats: stats.member_id,
     )
 
@@ -291,4 +272,10 @@ SPEC = JobSpec(
     parse=parse,
     build=build,
     publishes=True,
+)
+# At the top of every hour, for today and this hour.
+SCHEDULE = Schedule(
+    "0 * * * *",
+    SPEC,
+    lambda at: {"runDate": at.date().isoformat(), "targetHour": str(at.hour)},
 )

@@ -20,10 +20,12 @@ from asyncmy.connection import Connection
 
 from app.concurrency import SharedLookup, in_slices
 from app.edges.db import fetch_all, stream_merged
+from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
+from app.pipeline.writers import DatabaseWriter
 from app.runtime.job import JobContext, JobSpec
 from app.runtime.parameters import run_date
-from app.runtime.repository import JobParameter
+from app.runtime.scheduler import Schedule
 
 JOB_NAME = "couponUsageStatsJob"
 STEP_NAME = "couponUsageStatsStep"
@@ -147,7 +149,8 @@ class UsageStatsStep:
         resources = context.resources
         self.day = date.fromisoformat(context.parameters["runDate"])
         self.pool = resources.pool
-        self.settings = resources.settings
+        self.database = resources.settings.database
+        self.policy = resources.settings.step
         # storeId -> dong (None: no dong), each store asked once per run
         self.dongs = SharedLookup(resources.peers.store_dongs)
         # Whether a chunk must delete its members' rows of the day before inserting:
@@ -159,12 +162,13 @@ class UsageStatsStep:
         [(low, high)] = await fetch_all(self.pool, _ID_SPAN)
         if low is None:
             return
-        settings = self.settings
-        ranges = id_ranges(low, high, settings.READ_STREAMS)
+        policy = self.policy
+        ranges = id_ranges(low, high, policy.read_streams)
         queries = [self._query(ids, checkpoint) for ids in ranges]
-        chunk_size = settings.CHUNK_SIZE
+        chunk_size = policy.chunk_size
         members: list[Member] = []
-        async with aclosing(stream_merged(settings, queries, settings.FETCH_ROWS)) as batches:
+        stream = stream_merged(self.database, queries, policy.fetch_rows)
+        async with aclosing(stream) as batches:
             async for batch in batches:  # no member goes on into the next batch
                 for member_id, group in groupby(batch, _member):
                     members.append((member_id, list(group)))
@@ -188,7 +192,8 @@ class UsageStatsStep:
         sql.append(" ORDER BY member_id")
         return "".join(sql), args
 
-    async def process(self, members: list[Member]) -> Processed[Output]:
+    async def process(self, chunk: Chunk[Member]) -> Processed[Output]:
+        members = chunk.items
         stores = set(map(_store, chain.from_iterable(map(_rows, members))))
         dongs = await self.dongs.get(stores)
         output: list[Favourite] = []
@@ -236,9 +241,13 @@ def build(context: JobContext) -> StepDefinition[Member, Output]:
         name=STEP_NAME,
         read=step.read,
         process=step.process,
-        write=step.write,
+        writer=DatabaseWriter(step.write),
         item_key=itemgetter(0),
     )
 
 
 SPEC = JobSpec(name=JOB_NAME, path="coupon-usage-stats", parse=parse, build=build, publishes=False)
+# Every night at 01:00 for yesterday.
+SCHEDULE = Schedule(
+    "0 1 * * *", SPEC, lambda at: {"runDate": (at.date() - timedelta(days=1)).isoformat()}
+)

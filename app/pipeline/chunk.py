@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from asyncmy.connection import Connection
+if TYPE_CHECKING:
+    from app.pipeline.writers import Writer
 
 ItemT = TypeVar("ItemT")  # an item read
 OutT = TypeVar("OutT")  # what processing a chunk of items gives the writer
@@ -17,6 +18,9 @@ OutT = TypeVar("OutT")  # what processing a chunk of items gives the writer
 class Chunk(Generic[ItemT]):
     items: list[ItemT]
     checkpoint: Any  # JSON-able: where a restart resumes once this chunk is committed
+    # The checkpoint before this chunk (None: the start), set by the runtime as it reads:
+    # the chunk covers what lies after `after` up to `checkpoint`.
+    after: Any = None
 
 
 @dataclass(slots=True)
@@ -30,17 +34,16 @@ class StepDefinition(Generic[ItemT, OutT]):
     """What a job says about its step; the runtime does the rest.
 
     - `read(checkpoint)` streams the chunks after `checkpoint` (None: from the start).
-    - `process(items)` enriches a chunk; chunks are processed concurrently, so it may
-      also do effects that are safe to repeat (publishing idempotent messages). It is
-      retried on transient errors; after the last attempt the chunk is skipped.
-    - `write(conn, output)` runs in the chunk's transaction, in read order, beside the
-      checkpoint and the counts: a chunk's database effect commits with them or not at all.
+    - `process(chunk)` enriches a chunk, free of effects; chunks are processed
+      concurrently, and retried on availability faults.
+    - `writer` takes each processed chunk (`app.pipeline.writers`); the checkpoint and
+      the counts commit once it has.
     """
 
     name: str
     read: Callable[[Any], AsyncIterator[Chunk[ItemT]]]
-    process: Callable[[list[ItemT]], Awaitable[Processed[OutT]]]
-    write: Callable[[Connection, OutT], Awaitable[None]] | None
+    process: Callable[[Chunk[ItemT]], Awaitable[Processed[OutT]]]
+    writer: Writer[OutT]
     item_key: Callable[[ItemT], object]  # names a skipped item in the warning
     item_label: str = "member ids"
 

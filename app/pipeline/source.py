@@ -17,6 +17,7 @@ Entry = tuple[Chunk[Any], asyncio.Future]
 
 async def feed(
     chunks: AsyncIterator[Chunk[Any]],
+    after: Any,
     work: asyncio.Queue[Entry | None],
     commits: asyncio.Queue[Entry | None],
     *,
@@ -24,11 +25,13 @@ async def feed(
     progress: StepProgress,
     stop: asyncio.Event,
 ) -> bool:
-    """Read until the stream ends (True) or `stop` is set (False); then end the queues."""
+    """Read the chunks after the checkpoint `after` until the stream ends (True) or
+    `stop` is set (False); then end the queues."""
     loop = asyncio.get_running_loop()
     exhausted = True
     async with aclosing(chunks):
         async for chunk in chunks:
+            chunk.after, after = after, chunk.checkpoint
             entry = (chunk, loop.create_future())
             await commits.put(entry)
             await work.put(entry)

@@ -1,91 +1,166 @@
-"""A chunk-oriented step: source -> bounded queues -> enrich workers -> ordered sink."""
+"""The step runner: source -> bounded queues -> enrich workers -> ordered sink."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from asyncmy.pool import Pool
 
-from app.config import Settings
+from app.config import StepPolicy
+from app.edges.db import transaction
 from app.metrics import ITEMS, QUEUE_DEPTH
-from app.pipeline.chunk import StepDefinition, StepProgress
-from app.pipeline.enrich import enrich, retrying
+from app.model import ChunkCounts, StepExecution
+from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
+from app.pipeline.enrich import Skipped, enrich
+from app.pipeline.retry import retrying
 from app.pipeline.sink import commit_in_order
 from app.pipeline.source import Entry, feed
-from app.runtime.repository import ChunkCounts, JobRepository, StepExecution
+from app.repository import JobRepository
+
+log = logging.getLogger(__name__)
 
 
-async def run_step(
-    definition: StepDefinition[Any, Any],
-    step: StepExecution,
-    *,
-    job_name: str,
-    pool: Pool,
-    repository: JobRepository,
-    settings: Settings,
-    progress: StepProgress,
-    stop: asyncio.Event,
-) -> bool:
-    """Run the step from its checkpoint; True when the source was read to its end,
-    False when `stop` ended it early (after the chunks in flight were committed).
+class SkipLimitExceeded(Exception):
+    pass
 
-    Any failure (the reader's, a write that kept failing, the skip limit) cancels
-    the other tasks and is raised as itself.
-    """
-    workers = settings.ENRICH_WORKERS
-    work: asyncio.Queue[Entry | None] = asyncio.Queue(maxsize=settings.QUEUE_SIZE)
-    commits: asyncio.Queue[Entry | None] = asyncio.Queue(maxsize=settings.QUEUE_SIZE + workers)
-    QUEUE_DEPTH.labels(job_name, "enrich").set_function(work.qsize)
-    QUEUE_DEPTH.labels(job_name, "commit").set_function(commits.qsize)
-    retry = functools.partial(
-        retrying, attempts=settings.RETRY_ATTEMPTS, base_seconds=settings.RETRY_BASE_SECONDS
-    )
 
-    def count(counts: ChunkCounts) -> None:
-        for outcome, value in (
-            ("read", counts.read),
-            ("written", counts.written),
-            ("filtered", counts.filtered),
-            ("skipped", counts.skipped),
-        ):
-            ITEMS.labels(job_name, definition.name, outcome).inc(value)
+class StepRunner:
+    """Runs step executions of one definition under one policy (chunking, retry, skip,
+    commit), recording into the job repository; `progress` holds the live counts and
+    setting `stop` ends the run after the chunks in flight."""
 
+    def __init__(
+        self,
+        definition: StepDefinition[Any, Any],
+        *,
+        job_name: str,
+        repository: JobRepository,
+        pool: Pool,
+        policy: StepPolicy,
+        progress: StepProgress | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.definition = definition
+        self.job_name = job_name
+        self.repository = repository
+        self.pool = pool
+        self.policy = policy
+        self.progress = progress if progress is not None else StepProgress()
+        self.stop = stop if stop is not None else asyncio.Event()
+        self._commit_with_retry = retrying(
+            self._commit_once, policy, f"step {definition.name}: a commit"
+        )
+
+    async def run(self, step: StepExecution) -> bool:
+        """Run the step from its checkpoint; True when the source was read to its end,
+        False when `stop` ended it early (after the chunks in flight were committed).
+
+        Any failure (the reader's, a commit that kept failing, the skip limit) cancels
+        the other tasks and is raised as itself.
+        """
+        policy = self.policy
+        work: asyncio.Queue[Entry | None] = asyncio.Queue(maxsize=policy.queue_size)
+        commits: asyncio.Queue[Entry | None] = asyncio.Queue(
+            maxsize=policy.queue_size + policy.workers
+        )
+        chunks = self.definition.read(step.checkpoint)
+        with _queue_depth(self.job_name, step.job_execution_id, enrich=work, commit=commits):
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    reader = tasks.create_task(
+                        feed(
+                            chunks,
+                            step.checkpoint,
+                            work,
+                            commits,
+                            workers=policy.workers,
+                            progress=self.progress,
+                            stop=self.stop,
+                        )
+                    )
+                    for _ in range(policy.workers):
+                        tasks.create_task(enrich(work, self._process_and_deliver))
+                    tasks.create_task(
+                        commit_in_order(commits, functools.partial(self._commit, step.id))
+                    )
+            except BaseExceptionGroup as group:
+                raise _first_cause(group) from None
+        return reader.result()
+
+    async def _process_and_deliver(self, chunk: Chunk[Any]) -> Processed[Any]:
+        """Process the chunk once, then deliver its output, under one retry budget: a
+        retry after a failed delivery delivers again without processing again."""
+        definition = self.definition
+        processed: Processed[Any] | None = None
+
+        async def attempt() -> Processed[Any]:
+            nonlocal processed
+            if processed is None:
+                processed = await definition.process(chunk)
+            await definition.writer.deliver(processed.output)
+            return processed
+
+        return await retrying(attempt, self.policy, f"step {definition.name}: a chunk")()
+
+    async def _commit(self, step_id: int, chunk: Chunk[Any], result: Any) -> None:
+        definition, progress = self.definition, self.progress
+        size = len(chunk.items)
+        if isinstance(result, Skipped):
+            keys = [definition.item_key(item) for item in chunk.items]
+            log.warning(
+                "step %s skipped %d items after %r; %s: %s",
+                definition.name,
+                size,
+                result.error,
+                definition.item_label,
+                keys,
+            )
+            limit = self.policy.skip_limit
+            if progress.skipped + size > limit:
+                raise SkipLimitExceeded(
+                    f"skip limit exceeded: {progress.skipped + size} items skipped"
+                    f" (SKIP_LIMIT={limit}); last error: {result.error!r}"
+                )
+            counts, output = ChunkCounts(read=size, written=0, filtered=0, skipped=size), None
+        else:
+            written = size - result.filtered
+            counts = ChunkCounts(read=size, written=written, filtered=result.filtered, skipped=0)
+            output = result
+        await self._commit_with_retry(step_id, chunk, output, counts)
+        progress.written += counts.written
+        progress.filtered += counts.filtered
+        progress.skipped += counts.skipped
+        progress.commits += 1
+        for outcome in ("read", "written", "filtered", "skipped"):
+            ITEMS.labels(self.job_name, definition.name, outcome).inc(getattr(counts, outcome))
+
+    async def _commit_once(
+        self, step_id: int, chunk: Chunk[Any], processed: Processed[Any] | None, counts: ChunkCounts
+    ) -> None:
+        async with transaction(self.pool) as conn:
+            # Even when every item was filtered: a writer may have to remove what an
+            # earlier run of the same instance wrote for them. Not for a skipped chunk.
+            if processed is not None:
+                await self.definition.writer.write(conn, processed.output)
+            await self.repository.commit_chunk(conn, step_id, counts, chunk.checkpoint)
+
+
+@contextmanager
+def _queue_depth(job_name: str, execution_id: int, **queues: asyncio.Queue[Any]) -> Iterator[None]:
+    """The queues' depths as gauges of this execution, removed when the step ends."""
+    labels = [(job_name, str(execution_id), name) for name in queues]
+    for label, queue in zip(labels, queues.values(), strict=True):
+        QUEUE_DEPTH.labels(*label).set_function(queue.qsize)
     try:
-        async with asyncio.TaskGroup() as tasks:
-            reader = tasks.create_task(
-                feed(
-                    definition.read(step.checkpoint),
-                    work,
-                    commits,
-                    workers=workers,
-                    progress=progress,
-                    stop=stop,
-                )
-            )
-            process = retry(definition.process, what=f"step {definition.name}: a chunk")
-            for _ in range(workers):
-                tasks.create_task(enrich(work, process))
-            tasks.create_task(
-                commit_in_order(
-                    commits,
-                    definition,
-                    pool=pool,
-                    repository=repository,
-                    step_id=step.id,
-                    progress=progress,
-                    skip_limit=settings.SKIP_LIMIT,
-                    retry=functools.partial(retry, what=f"step {definition.name}: a commit"),
-                    on_commit=count,
-                )
-            )
-    except BaseExceptionGroup as group:
-        raise _first_cause(group) from None
+        yield
     finally:
-        for queue in ("enrich", "commit"):
-            QUEUE_DEPTH.labels(job_name, queue).set_function(lambda: 0)
-    return reader.result()
+        for label in labels:
+            QUEUE_DEPTH.remove(*label)
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

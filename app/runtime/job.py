@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
+from app.model import JobParameter
 from app.pipeline.chunk import StepDefinition
-from app.runtime.repository import JobParameter
 from app.runtime.resources import Resources
 
 
@@ -19,7 +19,7 @@ class JobContext:
     resources: Resources
     execution_id: int
     parameters: Mapping[str, str]  # as recorded: runDate=2025-10-31, targetHour=10, ...
-    dry_run_output: TextIO | None = None  # set: write messages here instead of publishing
+    dry_run_output: TextIO | None = None  # a dry run: where its writer writes
 
 
 @dataclass(frozen=True)
@@ -28,4 +28,18 @@ class JobSpec:
     path: str  # its name in the CLI and the admin API
     parse: Callable[[Mapping[str, str], datetime], list[JobParameter]]  # raises ParameterError
     build: Callable[[JobContext], StepDefinition[Any, Any]]
-    publishes: bool = False  # needs the broker unless it is a dry run
+    publishes: bool = False  # its writer needs the broker, unless in a dry run
+
+
+class UnknownJob(LookupError):
+    pass
+
+
+def find_job(jobs: Iterable[JobSpec], name: str) -> JobSpec:
+    """By CLI/API path (`coupon-usage-stats`) or Spring name (`couponUsageStatsJob`)."""
+    known = []
+    for spec in jobs:
+        if name in (spec.path, spec.name):
+            return spec
+        known.append(spec.path)
+    raise UnknownJob(f"unknown job {name!r}; known: {', '.join(known)}")

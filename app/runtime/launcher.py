@@ -1,43 +1,31 @@
-"""Which jobs exist, and launching one: in the background (daemon) or the foreground (CLI)."""
+"""Launching jobs: in the background (daemon) or the foreground (CLI), each execution
+recorded in the job repository from its start to its outcome."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from app.jobs import fcm_send, usage_stats
 from app.metrics import EXECUTIONS_RUNNING, JOB_DURATION, JOB_OUTCOMES, STEP_DURATION
+from app.model import JobExecution, Status
 from app.pipeline.chunk import StepProgress
-from app.pipeline.step import run_step
-from app.runtime.job import JobContext, JobSpec
+from app.pipeline.step import StepRunner
+from app.repository import JobRepository
+from app.runtime.job import JobContext, JobSpec, find_job
 from app.runtime.parameters import now_in
-from app.runtime.repository import JobExecution, JobRepository, Status
 from app.runtime.resources import Resources
 
 log = logging.getLogger(__name__)
 
-JOBS: dict[str, JobSpec] = {spec.path: spec for spec in (usage_stats.SPEC, fcm_send.SPEC)}
-
-
-class UnknownJob(LookupError):
-    pass
-
 
 class ShuttingDown(RuntimeError):
     pass
-
-
-def find_job(name: str) -> JobSpec:
-    """By CLI/API path (`coupon-usage-stats`) or Spring name (`couponUsageStatsJob`)."""
-    for spec in JOBS.values():
-        if name in (spec.path, spec.name):
-            return spec
-    raise UnknownJob(f"unknown job {name!r}; known: {', '.join(JOBS)}")
 
 
 @dataclass
@@ -49,15 +37,29 @@ class RunningJob:
     task: asyncio.Task[None] | None = None
 
 
+@dataclass
+class _Outcome:
+    status: Status = Status.FAILED
+    message: str = ""
+
+
 class Launcher:
-    def __init__(self, resources: Resources) -> None:
+    """Launches the given jobs on the given resources; `running` holds this process's
+    executions while they run."""
+
+    def __init__(self, resources: Resources, jobs: Sequence[JobSpec]) -> None:
         self.resources = resources
         self.settings = resources.settings
+        self.jobs: dict[str, JobSpec] = {spec.path: spec for spec in jobs}
         self.repository = JobRepository(
             resources.pool, abandon_after_seconds=self.settings.JOB_ABANDON_AFTER_SECONDS
         )
         self.running: dict[int, RunningJob] = {}
         self._accepting = True
+
+    def find(self, name: str) -> JobSpec:
+        """By CLI/API path or Spring name; raises UnknownJob."""
+        return find_job(self.jobs.values(), name)
 
     async def launch(
         self,
@@ -109,87 +111,88 @@ class Launcher:
         self, run: RunningJob, dry_run_output: TextIO | None, owned_output: TextIO | None
     ) -> None:
         spec, execution = run.spec, run.execution
-        repository = self.repository
+        outcome = _Outcome()
         started = time.monotonic()
-        EXECUTIONS_RUNNING.labels(spec.name).inc()
-        heartbeat = asyncio.create_task(self._heartbeat(execution.id))
-        status, message = Status.FAILED, ""
         try:
-            context = JobContext(
-                resources=self.resources,
-                execution_id=execution.id,
-                parameters=execution.parameters,
-                dry_run_output=dry_run_output,
-            )
-            definition = spec.build(context)
-            step = await repository.start_step(execution, definition.name)
-            step_started = time.monotonic()
-            if step.checkpoint is not None:
-                log.info(
-                    "job restarting: job=%s execution=%d step=%s checkpoint=%s",
-                    spec.name,
-                    execution.id,
-                    step.name,
-                    step.checkpoint,
-                )
-            try:
-                finished = await run_step(
-                    definition,
-                    step,
-                    job_name=spec.name,
-                    pool=self.resources.pool,
-                    repository=repository,
-                    settings=self.settings,
-                    progress=run.progress,
-                    stop=run.stop,
-                )
-                status = Status.COMPLETED if finished else Status.STOPPED
-                if not finished:
-                    message = "stopped on shutdown; restartable from the checkpoint"
-            except Exception as exc:
-                message = f"{type(exc).__name__}: {exc}"
-                log.exception("step failed: job=%s execution=%d", spec.name, execution.id)
-            except asyncio.CancelledError:
-                status, message = Status.STOPPED, "cancelled after the shutdown grace period"
-                raise
-            finally:
-                await _recorded(repository.finish_step(step.id, status, message))
-                STEP_DURATION.labels(spec.name, step.name, status.value).observe(
-                    time.monotonic() - step_started
-                )
-        except Exception as exc:  # before the step ran: building it, recording it
-            message = f"{type(exc).__name__}: {exc}"
-            log.exception("job failed to start its step: job=%s", spec.name)
+            with _job_metrics(spec.name, outcome):
+                async with _heartbeat(
+                    self.repository, execution.id, self.settings.HEARTBEAT_SECONDS
+                ):
+                    await self._run_step(run, dry_run_output, outcome)
         finally:
-            heartbeat.cancel()
-            await _recorded(repository.finish_execution(execution.id, status, message))
+            await _recorded(
+                self.repository.finish_execution(execution.id, outcome.status, outcome.message)
+            )
             if owned_output is not None:
                 await asyncio.to_thread(owned_output.close)
-            EXECUTIONS_RUNNING.labels(spec.name).dec()
-            JOB_OUTCOMES.labels(spec.name, status.value).inc()
-            JOB_DURATION.labels(spec.name, status.value).observe(time.monotonic() - started)
             counts = run.progress
             log.info(
                 "job finished: job=%s execution=%d status=%s read=%d written=%d filtered=%d"
                 " skipped=%d seconds=%.1f%s",
                 spec.name,
                 execution.id,
-                status.value,
+                outcome.status.value,
                 counts.read,
                 counts.written,
                 counts.filtered,
                 counts.skipped,
                 time.monotonic() - started,
-                f" message={message!r}" if message else "",
+                f" message={outcome.message!r}" if outcome.message else "",
             )
 
-    async def _heartbeat(self, execution_id: int) -> None:
-        while True:
-            await asyncio.sleep(self.settings.HEARTBEAT_SECONDS)
-            try:
-                await self.repository.heartbeat(execution_id)
-            except Exception as exc:
-                log.warning("heartbeat failed: execution=%d error=%r", execution_id, exc)
+    async def _run_step(
+        self, run: RunningJob, dry_run_output: TextIO | None, outcome: _Outcome
+    ) -> None:
+        """Build the job's step, run it, record the step's outcome into `outcome`."""
+        spec, execution = run.spec, run.execution
+        context = JobContext(
+            resources=self.resources,
+            execution_id=execution.id,
+            parameters=execution.parameters,
+            dry_run_output=dry_run_output,
+        )
+        try:
+            definition = spec.build(context)
+            step = await self.repository.start_step(execution, definition.name)
+        except Exception as exc:
+            outcome.message = f"{type(exc).__name__}: {exc}"
+            log.exception("job failed to start its step: job=%s", spec.name)
+            return
+        if step.checkpoint is not None:
+            log.info(
+                "job restarting: job=%s execution=%d step=%s checkpoint=%s",
+                spec.name,
+                execution.id,
+                step.name,
+                step.checkpoint,
+            )
+        runner = StepRunner(
+            definition,
+            job_name=spec.name,
+            repository=self.repository,
+            pool=self.resources.pool,
+            policy=self.settings.step,
+            progress=run.progress,
+            stop=run.stop,
+        )
+        step_started = time.monotonic()
+        try:
+            finished = await runner.run(step)
+            outcome.status = Status.COMPLETED if finished else Status.STOPPED
+            if not finished:
+                outcome.message = "stopped on shutdown; restartable from the checkpoint"
+        except Exception as exc:
+            outcome.message = f"{type(exc).__name__}: {exc}"
+            log.exception("step failed: job=%s execution=%d", spec.name, execution.id)
+        except asyncio.CancelledError:
+            outcome.status = Status.STOPPED
+            outcome.message = "cancelled after the shutdown grace period"
+            raise
+        finally:
+            await _recorded(self.repository.finish_step(step.id, outcome.status, outcome.message))
+            STEP_DURATION.labels(spec.name, step.name, outcome.status.value).observe(
+                time.monotonic() - step_started
+            )
 
     async def run(
         self,
@@ -222,6 +225,42 @@ class Launcher:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+@contextmanager
+def _job_metrics(job_name: str, outcome: _Outcome) -> Iterator[None]:
+    """The running gauge while the body runs; the outcome and the duration after."""
+    started = time.monotonic()
+    EXECUTIONS_RUNNING.labels(job_name).inc()
+    try:
+        yield
+    finally:
+        EXECUTIONS_RUNNING.labels(job_name).dec()
+        JOB_OUTCOMES.labels(job_name, outcome.status.value).inc()
+        JOB_DURATION.labels(job_name, outcome.status.value).observe(time.monotonic() - started)
+
+
+@asynccontextmanager
+async def _heartbeat(
+    repository: JobRepository, execution_id: int, every: float
+) -> AsyncIterator[None]:
+    """Keep the execution's LAST_UPDATED fresh while the body runs, so that no other
+    launch takes it for abandoned."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await repository.heartbeat(execution_id)
+            except Exception as exc:
+                log.warning("heartbeat failed: execution=%d error=%r", execution_id, exc)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _recorded(update: Awaitable[None]) -> None:

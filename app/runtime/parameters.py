@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from app.runtime.repository import JobParameter
+from app.model import JobParameter
 
 LOCAL_DATE = "java.time.LocalDate"
 INTEGER = "java.lang.Integer"

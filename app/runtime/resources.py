@@ -26,8 +26,8 @@ class Resources:
 @asynccontextmanager
 async def open_resources(settings: Settings, *, broker: bool) -> AsyncIterator[Resources]:
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(open_pool(settings))
+        pool = await stack.enter_async_context(open_pool(settings.database))
         token = SystemToken(settings.jwt_key, settings.APPLICATION_NAME)
-        peers = await stack.enter_async_context(PeerClient(settings, token))
-        publisher = await stack.enter_async_context(Broker(settings)) if broker else None
+        peers = await stack.enter_async_context(PeerClient(settings.peers, token))
+        publisher = await stack.enter_async_context(Broker(settings.broker)) if broker else None
         yield Resources(settings=settings, pool=pool, peers=peers, broker=publisher)

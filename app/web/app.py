@@ -13,10 +13,10 @@ from aiohttp.typedefs import Handler, Middleware
 from asyncmy.pool import Pool
 
 from app.edges.auth import verify_admin_token
-from app.runtime.job import JobSpec
-from app.runtime.launcher import JOBS, Launcher, RunningJob, ShuttingDown, UnknownJob, find_job
+from app.model import AlreadyRunning, JobExecution
+from app.runtime.job import JobSpec, UnknownJob
+from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
 from app.runtime.parameters import ParameterError
-from app.runtime.repository import AlreadyRunning, JobExecution
 from app.runtime.resources import Resources
 from app.web.errors import ApiError, error_middleware
 from app.web.metrics import EXPOSITION, exposition_registry, metrics_middleware, prometheus
@@ -159,13 +159,14 @@ def execution_url(execution_id: int) -> str:
 
 def _job(request: web.Request) -> JobSpec:
     name = request.match_info["jobName"]
+    launcher = request.app[LAUNCHER]
     try:
-        return find_job(name)
+        return launcher.find(name)
     except UnknownJob:
         raise ApiError(
             400,
             "INVALID_PARAMETER",
-            f"jobName: no job named {name[:60]!r}; known: {', '.join(JOBS)}",
+            f"jobName: no job named {name[:60]!r}; known: {', '.join(launcher.jobs)}",
         ) from None
 
 

@@ -38,7 +38,7 @@ def temporary_vhost(prefix: str = "test") -> Iterator[str]:
 
 
 def amqp_url(vhost: str) -> str:
-    return make_settings(RABBITMQ_VHOST=vhost).rabbitmq_url
+    return make_settings(RABBITMQ_VHOST=vhost).broker.url
 
 
 def close_connections(vhost: str, reason: str = "closed by test") -> int:

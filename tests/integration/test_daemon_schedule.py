@@ -12,12 +12,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from asyncmy.pool import Pool
 
+from app.composition import JOBS, SCHEDULES
 from app.config import Settings
 from app.edges.db import fetch_all
 from app.jobs import fcm_send, usage_stats
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
-from app.runtime.schedule import SCHEDULES, Schedule, Scheduler, fire, scheduled_time
+from app.runtime.scheduler import Schedule, Scheduler, fire, scheduled_time
 
 SEOUL = ZoneInfo("Asia/Seoul")
 STATS, FANOUT = SCHEDULES
@@ -34,7 +35,7 @@ async def replicas(settings: Settings, pool: Pool) -> AsyncIterator[list[Launche
         launchers = []
         for _ in range(2):
             resources = await stack.enter_async_context(open_resources(settings, broker=False))
-            launcher = Launcher(resources)
+            launcher = Launcher(resources, JOBS)
             stack.push_async_callback(launcher.shutdown, 5)
             launchers.append(launcher)
         yield launchers
@@ -93,7 +94,7 @@ async def test_replicas_firing_together_run_one_execution(
     assert {status for _, status, _ in recorded} == {"COMPLETED"}
 
     # firing again never reruns a completed instance
-    with caplog.at_level(logging.INFO, logger="app.runtime.schedule"):
+    with caplog.at_level(logging.INFO, logger="app.runtime.scheduler"):
         runs = await asyncio.gather(*(fire(launcher, STATS, now) for launcher in replicas))
     assert runs == [None, None]
     assert await executions(pool) == recorded
@@ -110,7 +111,7 @@ async def test_a_failing_launch_is_logged_and_swallowed(
         raise RuntimeError("database exploded")
 
     launcher.launch = broken  # type: ignore[method-assign]
-    with caplog.at_level(logging.INFO, logger="app.runtime.schedule"):
+    with caplog.at_level(logging.INFO, logger="app.runtime.scheduler"):
         assert await fire(launcher, STATS, at("2025-10-27 01:00")) is None
         await replicas[1].shutdown(0)
         assert await fire(replicas[1], STATS, at("2025-10-27 01:00")) is None

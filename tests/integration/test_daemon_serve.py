@@ -21,7 +21,7 @@ from asyncmy.pool import Pool
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
-from app.runtime.repository import JobRepository
+from app.repository import JobRepository
 from tests.settings import TEST_JWT_KEY, TEST_JWT_SECRET
 
 RUN_DATE = "2025-10-26"

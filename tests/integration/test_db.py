@@ -44,7 +44,9 @@ def queries(*wheres: str) -> list[tuple[str, list[object]]]:
 async def test_merged_streams_are_one_ordered_stream_never_splitting_a_key(
     merge_rows: Pool, settings: Settings, wheres: list[str], fetch_rows: int
 ) -> None:
-    batches = [batch async for batch in stream_merged(settings, queries(*wheres), fetch_rows)]
+    batches = [
+        batch async for batch in stream_merged(settings.database, queries(*wheres), fetch_rows)
+    ]
 
     merged = [tuple(row) for batch in batches for row in batch]
     assert [k for k, _ in merged] == sorted(k for k, _ in merged)
@@ -59,7 +61,7 @@ async def connections(pool: Pool, settings: Settings) -> int:
     [(count,)] = await fetch_all(
         pool,
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s",
-        (settings.db.database,),
+        (settings.database.target.database,),
     )
     return int(count)
 
@@ -79,14 +81,16 @@ async def test_a_failing_query_fails_the_stream_and_closes_every_connection(
     before = await connections(merge_rows, settings)
     broken = [*queries("id < 300"), ("SELECT k, id FROM merge_rows ORDER BY no_such_column", [])]
     with pytest.raises(OperationalError, match="no_such_column"):
-        async for _ in stream_merged(settings, broken, 10):
+        async for _ in stream_merged(settings.database, broken, 10):
             pass
     await until_connections(merge_rows, settings, before)
 
 
 async def test_leaving_early_closes_every_connection(merge_rows: Pool, settings: Settings) -> None:
     before = await connections(merge_rows, settings)
-    async with aclosing(stream_merged(settings, queries("id < 300", "id >= 300"), 10)) as rows:
+    async with aclosing(
+        stream_merged(settings.database, queries("id < 300", "id >= 300"), 10)
+    ) as rows:
         async for _ in rows:
             assert await connections(merge_rows, settings) == before + 2
             break

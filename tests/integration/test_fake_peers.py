@@ -42,7 +42,7 @@ def _client(fake: FakePeers, **overrides: object) -> PeerClient:
         NOTIFICATION_SERVICE_URL=fake.notification_url,
         **overrides,
     )
-    return PeerClient(settings, SystemToken(settings.jwt_key, settings.APPLICATION_NAME))
+    return PeerClient(settings.peers, SystemToken(settings.jwt_key, settings.APPLICATION_NAME))
 
 
 @pytest.fixture

@@ -21,10 +21,12 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from asyncmy.pool import Pool
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
-from app.runtime.launcher import Launcher, find_job
-from app.runtime.repository import JobExecution
+from app.model import JobExecution
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from tests.integration import rabbit
 from tests.settings import make_settings
@@ -137,8 +139,8 @@ async def run_job(
     rerun: bool = True,
 ) -> JobExecution:
     async with open_resources(settings, broker=broker) as resources:
-        return await Launcher(resources).run(
-            find_job(JOB), parameters, rerun=rerun, dry_run_output=dry_run_output
+        return await Launcher(resources, JOBS).run(
+            find_job(JOBS, JOB), parameters, rerun=rerun, dry_run_output=dry_run_output
         )
 
 
@@ -388,9 +390,9 @@ async def test_broker_connection_closed_during_the_run(
         job_config = job_settings(settings, queue, fake, CHUNK_SIZE=100, PUBLISH_WINDOW=5)
         async with open_resources(job_config, broker=True) as resources:
             [connection] = await asyncio.to_thread(connection_pids, queue)
-            launcher = Launcher(resources)
+            launcher = Launcher(resources, JOBS)
             run = await launcher.launch(
-                find_job(JOB), {"runDate": "2025-10-25", "targetHour": "10"}, rerun=True
+                find_job(JOBS, JOB), {"runDate": "2025-10-25", "targetHour": "10"}, rerun=True
             )
             assert run.task is not None
             for _ in range(1000):  # until three chunks are committed
@@ -463,15 +465,17 @@ async def test_stopped_run_resumes_after_its_checkpoint(
         fake.control.latency_ms = 100
         job_config = job_settings(settings, queue, fake, CHUNK_SIZE=1, ENRICH_WORKERS=1)
         async with open_resources(job_config, broker=True) as resources:
-            launcher = Launcher(resources)
-            run = await launcher.launch(find_job(JOB), parameters, rerun=False)
+            launcher = Launcher(resources, JOBS)
+            run = await launcher.launch(find_job(JOBS, JOB), parameters, rerun=False)
             for _ in range(1000):  # until two chunks are committed
                 if run.progress.commits >= 2:
                     break
                 await asyncio.sleep(0.01)
             await launcher.shutdown(grace_seconds=10)
             first = await launcher.repository.get_execution(run.execution.id)
-            second = await Launcher(resources).run(find_job(JOB), parameters, rerun=False)
+            second = await Launcher(resources, JOBS).run(
+                find_job(JOBS, JOB), parameters, rerun=False
+            )
         token_calls = fake.calls[TOKEN_SEARCH]
     assert first is not None
     assert first.status == "STOPPED"

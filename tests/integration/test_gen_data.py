@@ -26,7 +26,7 @@ WINDOW = (datetime(2025, 10, 11), datetime(2025, 10, 31, 23, 59, 59))
 
 def query(database: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple]:
     async def go() -> list[tuple]:
-        async with open_pool(make_settings(DB_URL=f"{DB_SERVER}/{database}")) as pool:
+        async with open_pool(make_settings(DB_URL=f"{DB_SERVER}/{database}").database) as pool:
             return await fetch_all(pool, sql, args)
 
     return asyncio.run(go())

@@ -25,7 +25,7 @@ async def empty_db() -> AsyncIterator[Pool]:
     name = f"cpb_migrate_{os.getpid()}"
     await _admin(f"DROP DATABASE IF EXISTS {name}")
     await _admin(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    async with open_pool(make_settings(DB_URL=f"{DB_SERVER}/{name}")) as pool:
+    async with open_pool(make_settings(DB_URL=f"{DB_SERVER}/{name}").database) as pool:
         yield pool
     await _admin(f"DROP DATABASE IF EXISTS {name}")
 

@@ -11,15 +11,8 @@ from asyncmy.pool import Pool
 
 from app.config import Settings
 from app.edges.db import fetch_all, open_pool
-from app.runtime.repository import (
-    AlreadyComplete,
-    AlreadyRunning,
-    ChunkCounts,
-    JobParameter,
-    JobRepository,
-    Status,
-    job_key,
-)
+from app.model import AlreadyComplete, AlreadyRunning, ChunkCounts, JobParameter, Status
+from app.repository import JobRepository, job_key
 
 JOB = "couponUsageStatsJob"
 PARAMS = [JobParameter("runDate", "java.time.LocalDate", "2025-10-31")]
@@ -150,7 +143,7 @@ async def test_concurrent_launches_from_separate_processes_run_exactly_one(
 ) -> None:
     """Each launcher on its own pool, as two replicas would be; new instance and old."""
     for _ in range(2):  # first: the instance does not exist yet; then: it does
-        async with open_pool(settings) as a, open_pool(settings) as b:
+        async with open_pool(settings.database) as a, open_pool(settings.database) as b:
             results = await asyncio.gather(
                 *(repo(p).start_execution(JOB, PARAMS, rerun_completed=True) for p in (a, b, a, b)),
                 return_exceptions=True,

@@ -14,10 +14,11 @@ from asyncmy.pool import Pool
 from app.config import Settings
 from app.edges.db import fetch_all, stream_rows
 from app.errors import PermanentError, SetupError, TransientError
+from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
-from app.pipeline.sink import SkipLimitExceeded
-from app.pipeline.step import run_step
-from app.runtime.repository import JobParameter, JobRepository
+from app.pipeline.step import SkipLimitExceeded, StepRunner
+from app.pipeline.writers import DatabaseWriter
+from app.repository import JobRepository
 from tests.settings import make_settings
 
 CHUNKS = [[1, 2], [3, 4], [5, 6], [7]]
@@ -42,12 +43,19 @@ async def write_items(conn: Connection, output: list[int]) -> None:
         await cur.executemany("INSERT INTO step_items (item) VALUES (%s)", [(i,) for i in output])
 
 
-def definition(process: Callable[[list[int]], Awaitable[Processed[list[int]]]]) -> StepDefinition:
+Process = Callable[[list[int]], Awaitable[Processed[list[int]]]]
+
+
+def of_items(process: Process) -> Callable[[Chunk[int]], Awaitable[Processed[list[int]]]]:
+    return lambda chunk: process(chunk.items)
+
+
+def definition(process: Process) -> StepDefinition:
     return StepDefinition(
         name="testStep",
         read=chunks_after,
-        process=process,
-        write=write_items,
+        process=of_items(process),
+        writer=DatabaseWriter(write_items),
         item_key=lambda item: item,
     )
 
@@ -73,16 +81,16 @@ async def run(
     step = await repository.start_step(execution, "testStep")
     progress = StepProgress()
     try:
-        outcome: bool | BaseException = await run_step(
+        runner = StepRunner(
             step_definition,
-            step,
             job_name="testJob",
-            pool=pool,
             repository=repository,
-            settings=settings,
+            pool=pool,
+            policy=settings.step,
             progress=progress,
-            stop=stop or asyncio.Event(),
+            stop=stop,
         )
+        outcome: bool | BaseException = await runner.run(step)
     except Exception as exc:
         outcome = exc
     recorded = await repository.get_execution(execution.id)
@@ -109,8 +117,8 @@ async def test_chunks_commit_in_read_order_with_counts_and_checkpoint(scratch: P
     step_definition = StepDefinition(
         name="testStep",
         read=chunks_after,
-        process=slow_first,
-        write=recording_write,
+        process=of_items(slow_first),
+        writer=DatabaseWriter(recording_write),
         item_key=lambda item: item,
     )
     outcome, step, progress = await run(scratch, make_settings(ENRICH_WORKERS=4), step_definition)
@@ -220,8 +228,8 @@ async def test_failing_write_is_retried_then_fails_the_step(scratch: Pool) -> No
     step_definition = StepDefinition(
         name="testStep",
         read=chunks_after,
-        process=keep_odd,
-        write=deadlocking_write,
+        process=of_items(keep_odd),
+        writer=DatabaseWriter(deadlocking_write),
         item_key=lambda item: item,
     )
     outcome, step, _ = await run(scratch, make_settings(RETRY_ATTEMPTS=2), step_definition)

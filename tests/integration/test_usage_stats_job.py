@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from asyncmy.pool import Pool
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.edges.peers import REGIONS
-from app.runtime.launcher import Launcher, find_job
-from app.runtime.repository import JobExecution
+from app.model import JobExecution
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from tests.samples import SAMPLE_STORES
 from tests.settings import make_settings
@@ -61,8 +63,8 @@ async def run_job(
     settings: Settings, run_date: str = RUN_DATE, *, rerun: bool = True
 ) -> JobExecution:
     async with open_resources(settings, broker=False) as resources:
-        spec = find_job("coupon-usage-stats")
-        return await Launcher(resources).run(spec, {"runDate": run_date}, rerun=rerun)
+        spec = find_job(JOBS, "coupon-usage-stats")
+        return await Launcher(resources, JOBS).run(spec, {"runDate": run_date}, rerun=rerun)
 
 
 async def add_histories(pool: Pool, rows: Iterable[tuple]) -> None:
@@ -433,8 +435,8 @@ async def test_concurrent_runs_on_a_pool_of_two_connections(
     job = job_settings(settings, fake, DB_POOL_SIZE=2, READ_STREAMS=2, CHUNK_SIZE=1, QUEUE_SIZE=1)
     days = [date(2025, 10, 26), date(2025, 10, 27), date(2025, 10, 28)]
     async with open_resources(job, broker=False) as resources:
-        launcher = Launcher(resources)
-        spec = find_job("coupon-usage-stats")
+        launcher = Launcher(resources, JOBS)
+        spec = find_job(JOBS, "coupon-usage-stats")
         runs = [launcher.run(spec, {"runDate": day.isoformat()}, rerun=True) for day in days]
         executions = await asyncio.wait_for(asyncio.gather(*runs), timeout=60)
     assert [execution.status for execution in executions] == ["COMPLETED"] * 3

@@ -17,6 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from asyncmy.pool import Pool
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.runtime.launcher import Launcher
@@ -90,7 +91,7 @@ async def client(settings: Settings, fake: FakePeers, pool: Pool) -> AsyncIterat
                 **overrides,
             )
             resources = await stack.enter_async_context(open_resources(job_settings, broker=False))
-            launcher = Launcher(resources)
+            launcher = Launcher(resources, JOBS)
             stack.push_async_callback(launcher.shutdown, 5)
             return await stack.enter_async_context(TestClient(TestServer(create_app(launcher, {}))))
 

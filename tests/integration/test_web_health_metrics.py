@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from asyncmy.pool import Pool
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.runtime.launcher import Launcher
@@ -67,7 +68,7 @@ async def serving(
 ) -> AsyncIterator[TestClient]:
     async with AsyncExitStack() as stack:
         resources = await stack.enter_async_context(open_resources(settings, broker=broker))
-        launcher = Launcher(resources)
+        launcher = Launcher(resources, JOBS)
         stack.push_async_callback(launcher.shutdown, 5)
         checks = {**resource_checks(resources), **(extra or {})}
         yield await stack.enter_async_context(TestClient(TestServer(create_app(launcher, checks))))

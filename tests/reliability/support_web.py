@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
@@ -76,7 +77,7 @@ def live_app(
                 }
                 app_settings = make_settings(**values)
                 async with open_resources(app_settings, broker=False) as resources:
-                    launcher = Launcher(resources)
+                    launcher = Launcher(resources, JOBS)
                     runner = web.AppRunner(
                         create_app(launcher, resource_checks(resources)), access_log=None
                     )

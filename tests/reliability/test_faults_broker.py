@@ -10,10 +10,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 from asyncmy.pool import Pool
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
-from app.runtime.launcher import Launcher, RunningJob, find_job
-from app.runtime.repository import JobExecution
+from app.model import JobExecution
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.resources import open_resources
 from tests.integration import rabbit
 from tests.integration.test_fcm_send_job import JOB, counts, job_settings
@@ -59,8 +61,8 @@ async def run_fanout_while(
             settings, queue, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2, PUBLISH_WINDOW=20
         )
         async with open_resources(job, broker=True) as resources:
-            launcher = Launcher(resources)
-            run = await launcher.launch(find_job(JOB), FANOUT_PARAMETERS, rerun=False)
+            launcher = Launcher(resources, JOBS)
+            run = await launcher.launch(find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False)
             assert run.task is not None
             await disturb(run)
             await run.task

@@ -9,10 +9,12 @@ import logging
 import pytest
 from asyncmy.pool import Pool
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.edges.db import fetch_all
-from app.runtime.launcher import Launcher, find_job
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from tests.integration.test_fcm_send_job import pool_execute
 from tests.integration.test_usage_stats_job import job_settings, run_job, stats
@@ -42,9 +44,9 @@ async def test_streaming_connection_killed_on_the_server_then_a_restart_complete
             settings, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2, FETCH_ROWS=500
         )
         async with open_resources(job, broker=False) as resources:
-            launcher = Launcher(resources)
+            launcher = Launcher(resources, JOBS)
             run = await launcher.launch(
-                find_job("coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
+                find_job(JOBS, "coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
             )
             assert run.task is not None
 
@@ -55,7 +57,7 @@ async def test_streaming_connection_killed_on_the_server_then_a_restart_complete
                 return await fetch_all(
                     pool,
                     "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND INFO LIKE %s",
-                    (settings.db.database, STREAM_SQL),
+                    (settings.database.target.database, STREAM_SQL),
                 )
 
             # One of the READ_STREAMS connections dies (another may have sent its share

@@ -20,9 +20,11 @@ from collections.abc import Iterator
 import pytest
 from asyncmy.pool import Pool
 
+from app.composition import JOBS
 from app.config import Settings
-from app.runtime.launcher import Launcher, find_job
-from app.runtime.repository import JobExecution
+from app.model import JobExecution
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from tests.integration.test_daemon_serve import free_port
 from tests.integration.test_fcm_send_job import JOB as FANOUT_JOB
@@ -117,8 +119,8 @@ async def run_into_garbage(
     """Launch; after two commits the peer turns to garbage; the execution as it ended, and
     the loop lag measured meanwhile."""
     async with LoopLag() as lag, open_resources(job, broker=job_path == FANOUT_JOB) as resources:
-        launcher = Launcher(resources)
-        run = await launcher.launch(find_job(job_path), parameters, rerun=False)
+        launcher = Launcher(resources, JOBS)
+        run = await launcher.launch(find_job(JOBS, job_path), parameters, rerun=False)
         assert run.task is not None
         await after_commits(run, 2)
         await garbage.control(garbage=mode)
@@ -173,8 +175,8 @@ async def test_store_service_garbage_during_the_stats_job(
     assert await stats(pool) == STATS.expected_upto(checkpoint)
 
     async with open_resources(job, broker=False) as resources:
-        resumed = await Launcher(resources).run(
-            find_job("coupon-usage-stats"), parameters, rerun=False
+        resumed = await Launcher(resources, JOBS).run(
+            find_job(JOBS, "coupon-usage-stats"), parameters, rerun=False
         )
     assert resumed.status == "COMPLETED", resumed.exit_message
     assert counts(resumed)["read"] == STATS.members - checkpoint
@@ -203,8 +205,8 @@ async def test_notification_service_garbage_during_the_fanout_job(
     assert world_up_to(checkpoint) <= delivered <= FANOUT.trace_ids()
 
     async with open_resources(job, broker=True) as resources:
-        resumed = await Launcher(resources).run(
-            find_job(FANOUT_JOB), FANOUT_PARAMETERS, rerun=False
+        resumed = await Launcher(resources, JOBS).run(
+            find_job(JOBS, FANOUT_JOB), FANOUT_PARAMETERS, rerun=False
         )
     assert resumed.status == "COMPLETED", resumed.exit_message
     assert resumed.steps[0].read_count == len([m for m in FANOUT.bodies if m > checkpoint])
@@ -269,8 +271,8 @@ async def test_a_bulky_answer_is_refused_without_stalling_the_loop(
         CHUNK_SIZE=CHUNK,
     )
     async with LoopLag() as lag, open_resources(job, broker=False) as resources:
-        execution = await Launcher(resources).run(
-            find_job("coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
+        execution = await Launcher(resources, JOBS).run(
+            find_job(JOBS, "coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
         )
     assert execution.status == "COMPLETED", execution.exit_message
     assert execution.steps[0].skip_count == 50

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from asyncmy.pool import Pool
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
-from app.runtime.launcher import find_job
-from app.runtime.repository import AlreadyRunning, JobExecution, JobRepository
+from app.model import AlreadyRunning, JobExecution
+from app.repository import JobRepository
+from app.runtime.job import find_job
 from tests.integration.test_usage_stats_job import job_settings, run_job, stats
 from tests.reliability.support import (
     FANOUT_HOUR,
@@ -69,7 +71,7 @@ async def kill_after_commits(
     assert killed.steps[0].status == "STARTED"
     assert killed.steps[0].commit_count >= commits
     # Its heartbeat is recent: a launch now is refused, as if it still ran.
-    spec = find_job(job)
+    spec = find_job(JOBS, job)
     with pytest.raises(AlreadyRunning):
         await repository.start_execution(
             spec.name, spec.parse(parameters, datetime.now()), rerun_completed=False

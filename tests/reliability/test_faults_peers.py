@@ -9,9 +9,11 @@ import logging
 import pytest
 from asyncmy.pool import Pool
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
-from app.runtime.launcher import Launcher, find_job
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from tests.integration.test_fcm_send_job import JOB as FANOUT_JOB
 from tests.integration.test_fcm_send_job import TOKEN_SEARCH
@@ -49,9 +51,9 @@ async def test_store_service_down_then_back_a_rerun_fills_exactly_the_gap(
         fake.control.latency_ms = 20
         job = job_settings(settings, fake, **PIPELINE)
         async with open_resources(job, broker=False) as resources:
-            launcher = Launcher(resources)
+            launcher = Launcher(resources, JOBS)
             run = await launcher.launch(
-                find_job("coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
+                find_job(JOBS, "coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
             )
             assert run.task is not None
             await after_commits(run, 5)
@@ -102,8 +104,8 @@ async def test_notification_service_down_then_back_a_rerun_delivers_the_missing_
         notification.control.latency_ms = 20
         job = fanout_settings(settings, queue, store, notification, **PIPELINE)
         async with open_resources(job, broker=True) as resources:
-            launcher = Launcher(resources)
-            run = await launcher.launch(find_job(FANOUT_JOB), FANOUT_PARAMETERS, rerun=False)
+            launcher = Launcher(resources, JOBS)
+            run = await launcher.launch(find_job(JOBS, FANOUT_JOB), FANOUT_PARAMETERS, rerun=False)
             assert run.task is not None
             await after_commits(run, 5)
             calls_before = len(notification.calls[TOKEN_SEARCH])

@@ -17,8 +17,8 @@ from app.jobs.fcm_send import (
     reference_time,
     stats_window,
 )
+from app.model import JobParameter
 from app.runtime.parameters import ParameterError
-from app.runtime.repository import JobParameter
 
 SEOUL = ZoneInfo("Asia/Seoul")
 

@@ -37,7 +37,7 @@ def _client(**overrides: object) -> PeerClient:
     settings = make_settings(
         STORE_SERVICE_URL=STORE, NOTIFICATION_SERVICE_URL=NOTIFICATION, **overrides
     )
-    return PeerClient(settings, SystemToken(settings.jwt_key, settings.APPLICATION_NAME))
+    return PeerClient(settings.peers, SystemToken(settings.jwt_key, settings.APPLICATION_NAME))
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ async def test_each_call_fetches_the_token_so_it_rotates(mocked: aioresponses) -
     settings = make_settings(STORE_SERVICE_URL=STORE)
     token = SystemToken(settings.jwt_key, "batch-service", clock=lambda: now[0])
     mocked.post(REGIONS_URL, payload={"data": []}, repeat=True)
-    async with PeerClient(settings, token) as peers:
+    async with PeerClient(settings.peers, token) as peers:
         await peers.store_dongs([1])
         now[0] += 3600
         await peers.store_dongs([1])
@@ -238,7 +238,7 @@ async def test_connection_refused_is_transient() -> None:
     before = _errors(REGIONS, "connection")
     settings = make_settings(STORE_SERVICE_URL=f"http://127.0.0.1:{port}")
 
-    async with PeerClient(settings, SystemToken(settings.jwt_key, "batch-service")) as peers:
+    async with PeerClient(settings.peers, SystemToken(settings.jwt_key, "batch-service")) as peers:
         with pytest.raises(PeerUnavailable, match="ClientConnectorError") as caught:
             await peers.store_dongs([1])
 

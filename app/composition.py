@@ -1,38 +1,53 @@
-"""`python -m app serve`: the admin API and the schedules until SIGTERM/SIGINT, then a
-graceful stop (running steps end STOPPED after their chunks in flight, restartable)."""
+"""The composition root: the one place that wires the jobs, their schedules, the launcher
+and the web app together (the runtime knows no job and no web module)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
 from app.config import Settings
+from app.jobs import fcm_send, usage_stats
+from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
-from app.runtime.schedule import Scheduler
+from app.runtime.scheduler import Schedule, Scheduler
 from app.web.app import create_app, resource_checks
 
 log = logging.getLogger(__name__)
+
+JOBS: tuple[JobSpec, ...] = (usage_stats.SPEC, fcm_send.SPEC)
+SCHEDULES: tuple[Schedule, ...] = (usage_stats.SCHEDULE, fcm_send.SCHEDULE)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Admin and actuator requests are short; a request still open after this is cut off.
 _HTTP_SHUTDOWN_SECONDS = 5.0
 
 
+@asynccontextmanager
+async def open_launcher(settings: Settings, *, broker: bool) -> AsyncIterator[Launcher]:
+    """A launcher of the service's jobs on resources of its own, closed on exit."""
+    async with open_resources(settings, broker=broker) as resources:
+        yield Launcher(resources, JOBS)
+
+
 async def serve(settings: Settings) -> None:
+    """`python -m app serve`: the admin API and the schedules until SIGTERM/SIGINT, then
+    a graceful stop (running steps end STOPPED after their chunks in flight, restartable)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in _SIGNALS:
         loop.add_signal_handler(sig, stopping.set)
     try:
-        async with open_resources(settings, broker=True) as resources:
-            launcher = Launcher(resources)
-            scheduler = Scheduler(launcher, settings.timezone)
+        async with open_launcher(settings, broker=True) as launcher:
+            scheduler = Scheduler(launcher, settings.timezone, SCHEDULES)
             runner = web.AppRunner(
-                create_app(launcher, resource_checks(resources)),
+                create_app(launcher, resource_checks(launcher.resources)),
                 access_log=None,
                 shutdown_timeout=_HTTP_SHUTDOWN_SECONDS,
             )

@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from asyncmy.connection import Connection
@@ -22,82 +19,18 @@ from asyncmy.errors import IntegrityError
 from asyncmy.pool import Pool
 
 from app.edges.db import fetch_all, transaction
+from app.model import (
+    RUNNING,
+    AlreadyComplete,
+    AlreadyRunning,
+    ChunkCounts,
+    JobExecution,
+    JobParameter,
+    Status,
+    StepExecution,
+)
 
 _MESSAGE_LIMIT = 2500  # EXIT_MESSAGE and SHORT_CONTEXT are VARCHAR(2500)
-
-
-class Status(StrEnum):
-    STARTING = "STARTING"
-    STARTED = "STARTED"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-
-
-RUNNING = (Status.STARTING, Status.STARTED)
-
-
-@dataclass(frozen=True)
-class JobParameter:
-    name: str
-    type: str  # the Java type Spring records, e.g. java.time.LocalDate
-    value: str
-    identifying: bool = True
-
-
-@dataclass
-class StepExecution:
-    id: int
-    job_execution_id: int
-    name: str
-    status: str
-    checkpoint: Any = None
-    read_count: int = 0
-    write_count: int = 0
-    filter_count: int = 0
-    skip_count: int = 0
-    commit_count: int = 0
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    exit_message: str = ""
-
-
-@dataclass
-class JobExecution:
-    id: int
-    instance_id: int
-    job_name: str
-    status: str
-    parameters: dict[str, str]
-    create_time: datetime | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    exit_code: str = ""
-    exit_message: str = ""
-    last_updated: datetime | None = None
-    steps: list[StepExecution] = field(default_factory=list)
-
-
-class LaunchRefused(Exception):
-    def __init__(self, message: str, execution_id: int) -> None:
-        super().__init__(message)
-        self.execution_id = execution_id
-
-
-class AlreadyRunning(LaunchRefused):
-    """A live execution of the same instance is running."""
-
-
-class AlreadyComplete(LaunchRefused):
-    """The instance completed and the launch did not ask for a rerun."""
-
-
-@dataclass(frozen=True)
-class ChunkCounts:
-    read: int
-    written: int
-    filtered: int
-    skipped: int
 
 
 def job_key(parameters: Sequence[JobParameter]) -> str:
@@ -137,7 +70,7 @@ def _step_from_row(row: tuple) -> StepExecution:
         id=row[0],
         job_execution_id=row[1],
         name=row[2],
-        status=row[3],
+        status=Status(row[3]),
         checkpoint=context.get("checkpoint"),
         read_count=row[5],
         write_count=row[6],
@@ -352,7 +285,7 @@ class JobRepository:
                 id=row[0],
                 instance_id=row[1],
                 job_name=row[2],
-                status=row[3],
+                status=Status(row[3]),
                 parameters={},
                 create_time=row[4],
                 start_time=row[5],

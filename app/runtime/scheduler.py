@@ -14,10 +14,9 @@ from datetime import datetime, timedelta, tzinfo
 
 import aiocron
 
-from app.jobs import fcm_send, usage_stats
+from app.model import AlreadyComplete, AlreadyRunning
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
-from app.runtime.repository import AlreadyComplete, AlreadyRunning
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +26,6 @@ class Schedule:
     cron: str
     job: JobSpec
     parameters: Callable[[datetime], dict[str, str]]  # from the scheduled time
-
-
-SCHEDULES: tuple[Schedule, ...] = (
-    Schedule(
-        "0 1 * * *",
-        usage_stats.SPEC,
-        lambda at: {"runDate": (at.date() - timedelta(days=1)).isoformat()},
-    ),
-    Schedule(
-        "0 * * * *",
-        fcm_send.SPEC,
-        lambda at: {"runDate": at.date().isoformat(), "targetHour": str(at.hour)},
-    ),
-)
 
 
 def scheduled_time(now: datetime) -> datetime:
@@ -71,9 +56,7 @@ async def fire(launcher: Launcher, schedule: Schedule, now: datetime) -> Running
 class Scheduler:
     """The triggers of one process; `stop` ends them and awaits the launches in progress."""
 
-    def __init__(
-        self, launcher: Launcher, tz: tzinfo, schedules: Sequence[Schedule] = SCHEDULES
-    ) -> None:
+    def __init__(self, launcher: Launcher, tz: tzinfo, schedules: Sequence[Schedule]) -> None:
         self._launcher = launcher
         self._tz = tz
         self._schedules = tuple(schedules)

@@ -1,0 +1,96 @@
+"""The job repository's vocabulary as plain values: statuses, parameters, executions, counts.
+
+Spring Batch's meanings: a job instance is a job name plus its identifying parameters;
+each launch of it is a job execution, with one step execution per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    STARTING = "STARTING"
+    STARTED = "STARTED"
+    STOPPING = "STOPPING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    ABANDONED = "ABANDONED"
+
+
+# An execution in one of these is alive (or was, until its heartbeat stopped).
+RUNNING = (Status.STARTING, Status.STARTED, Status.STOPPING)
+# A COMPLETED execution whose step skipped items: Spring Batch's own example of an exit code
+# of its own beside the status.
+COMPLETED_WITH_SKIPS = "COMPLETED WITH SKIPS"
+
+
+@dataclass(frozen=True)
+class JobParameter:
+    name: str
+    type: str  # the Java type Spring records, e.g. java.time.LocalDate
+    value: str
+    identifying: bool = True
+
+
+@dataclass
+class StepExecution:
+    id: int
+    job_execution_id: int
+    name: str
+    status: Status
+    checkpoint: Any = None
+    read_count: int = 0
+    write_count: int = 0
+    filter_count: int = 0
+    skip_count: int = 0
+    commit_count: int = 0
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    exit_message: str = ""
+
+
+@dataclass
+class JobExecution:
+    id: int
+    instance_id: int
+    job_name: str
+    status: Status
+    parameters: dict[str, str]
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    exit_code: str = ""
+    exit_message: str = ""
+    last_updated: datetime | None = None
+    steps: list[StepExecution] = field(default_factory=list)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.parameters.get("dryRun") == "true"
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    read: int
+    written: int
+    filtered: int
+    skipped: int
+
+
+class LaunchRefused(Exception):
+    def __init__(self, message: str, execution_id: int) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+
+
+class AlreadyRunning(LaunchRefused):
+    """A live execution of the same instance is running."""
+
+
+class AlreadyComplete(LaunchRefused):
+    """The instance completed and the launch did not ask for a rerun."""

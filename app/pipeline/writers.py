@@ -1,0 +1,82 @@
+"""Where a processed chunk goes: the database, the broker, or a dry run's file.
+
+A writer has two moments. `deliver` runs as soon as the chunk is processed, beside other
+chunks' deliveries, and is retried with the chunk's processing: effects outside the
+database, safe to repeat. `write` runs in read order inside the chunk's transaction,
+beside its counts and checkpoint. The checkpoint commits only after both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TextIO, TypeVar
+
+from asyncmy.connection import Connection
+
+from app.contracts import PushRequest, to_json_line
+from app.edges.broker import Broker, BrokerUnavailable
+
+OutT = TypeVar("OutT")
+OutT_contra = TypeVar("OutT_contra", contravariant=True)
+
+
+class Writer(Protocol[OutT_contra]):
+    async def deliver(self, output: OutT_contra) -> None: ...
+
+    async def write(self, conn: Connection, output: OutT_contra) -> None: ...
+
+
+@dataclass(frozen=True)
+class DatabaseWriter(Generic[OutT]):
+    """The chunk's rows, written in the chunk's own transaction: they commit with the
+    checkpoint or not at all."""
+
+    write_rows: Callable[[Connection, OutT], Awaitable[None]]
+
+    async def deliver(self, output: OutT) -> None:
+        return None
+
+    async def write(self, conn: Connection, output: OutT) -> None:
+        await self.write_rows(conn, output)
+
+
+@dataclass(frozen=True)
+class PublishingWriter:
+    """The chunk's push requests, published with confirms: the checkpoint commits once
+    the broker has confirmed every one. What the broker confirmed leaves the list, so a
+    retry of the chunk publishes only the rest."""
+
+    broker: Broker
+
+    async def deliver(self, output: list[PushRequest]) -> None:
+        if not output:
+            return
+        total = len(output)
+        output[:] = await self.broker.publish(output)
+        if output:
+            raise BrokerUnavailable(f"{len(output)} of {total} messages unconfirmed")
+
+    async def write(self, conn: Connection, output: list[PushRequest]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class DryRunWriter:
+    """The chunk's push requests as JSON lines (the bodies they would have), in read
+    order, off the event loop; nothing is published."""
+
+    output: TextIO
+
+    async def deliver(self, output: Sequence[PushRequest]) -> None:
+        return None
+
+    async def write(self, conn: Connection, output: Sequence[PushRequest]) -> None:
+        if output:
+            text = "".join(to_json_line(req) + "\n" for req in output)
+            await asyncio.to_thread(self._append, text)
+
+    def _append(self, text: str) -> None:
+        self.output.write(text)
+        self.output.flush()
