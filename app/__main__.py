@@ -14,7 +14,7 @@ from typing import TextIO
 from app.composition import JOBS, open_launcher, serve
 from app.config import ConfigError, Settings, load_settings
 from app.edges.db import open_pool
-from app.model import LaunchRefused, Status
+from app.model import COMPLETED_WITH_SKIPS, LaunchRefused, Status
 from app.pipeline.chunk import StepProgress
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher
@@ -26,6 +26,7 @@ log = logging.getLogger("app")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
+EXIT_SKIPPED = 4  # COMPLETED WITH SKIPS: the run ended, but some items were not done
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,13 +112,16 @@ async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | No
         final = await launcher.repository.get_execution(run.execution.id)
     assert final is not None
     counts = run.progress
+    kind = "dry run" if final.dry_run else "execution"
     print(
-        f"{spec.name} execution {final.id}: {final.status}; read {counts.read:,}, "
+        f"{spec.name} {kind} {final.id}: {final.exit_code}; read {counts.read:,}, "
         f"written {counts.written:,}, filtered {counts.filtered:,}, skipped {counts.skipped:,}"
         + (f"; {final.exit_message}" if final.exit_message else ""),
         file=sys.stderr,
     )
-    return 0 if final.status == Status.COMPLETED else EXIT_FAILED
+    if final.status != Status.COMPLETED:
+        return EXIT_FAILED
+    return EXIT_SKIPPED if final.exit_code == COMPLETED_WITH_SKIPS else 0
 
 
 async def _until_done_or_signal(launcher: Launcher, task: asyncio.Task[None], grace: float) -> None:

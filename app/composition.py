@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from aiohttp import web
 
@@ -16,7 +17,7 @@ from app.jobs import fcm_send, usage_stats
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
-from app.runtime.scheduler import Schedule, Scheduler
+from app.runtime.scheduler import RestartPolicy, Schedule, Scheduler
 from app.web.app import create_app, resource_checks
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,14 @@ SCHEDULES: tuple[Schedule, ...] = (usage_stats.SCHEDULE, fcm_send.SCHEDULE)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Admin and actuator requests are short; a request still open after this is cut off.
 _HTTP_SHUTDOWN_SECONDS = 5.0
+
+
+def restart_policy(settings: Settings) -> RestartPolicy:
+    return RestartPolicy(
+        attempts=settings.AUTO_RESTART_ATTEMPTS,
+        backoff_seconds=settings.AUTO_RESTART_BACKOFF_SECONDS,
+        misfire_grace=timedelta(minutes=settings.FANOUT_MISFIRE_GRACE_MINUTES),
+    )
 
 
 @asynccontextmanager
@@ -45,7 +54,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stopping.set)
     try:
         async with open_launcher(settings, broker=True) as launcher:
-            scheduler = Scheduler(launcher, settings.timezone, SCHEDULES)
+            scheduler = Scheduler(launcher, settings.timezone, SCHEDULES, restart_policy(settings))
             runner = web.AppRunner(
                 create_app(launcher, resource_checks(launcher.resources)),
                 access_log=None,
@@ -68,7 +77,8 @@ async def serve(settings: Settings) -> None:
                     settings.SHUTDOWN_GRACE_SECONDS,
                 )
             finally:
-                # The API stays up meanwhile: health answers, launches get 503.
+                # The API stays up meanwhile: health answers, readiness and launches 503.
+                launcher.stop_accepting()
                 await scheduler.stop()
                 await launcher.shutdown(settings.SHUTDOWN_GRACE_SECONDS)
                 await runner.cleanup()

@@ -15,7 +15,8 @@ V = TypeVar("V")
 
 async def gather_first_error(*calls: Awaitable[Any]) -> list[Any]:
     """All `calls` at once; on a failure the others are cancelled and that failure is
-    raised as itself, not as a group: the retry rule (`errors.is_transient`) looks at it."""
+    raised as itself, not as a group: the retry rule (`errors.is_availability_fault`)
+    looks at it."""
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
         return list(await asyncio.gather(*tasks))

@@ -68,8 +68,9 @@ class StepPolicy:
     queue_size: int
     fetch_rows: int
     read_streams: int
-    retry_attempts: int
+    retry_budget_seconds: float  # per chunk, for availability faults
     retry_base_seconds: float
+    retry_max_wait_seconds: float
     skip_limit: int
 
 
@@ -95,6 +96,9 @@ class Settings:
     SERVER_PORT: int
     APP_TIMEZONE: str
     SCHEDULER_ENABLED: bool
+    FANOUT_MISFIRE_GRACE_MINUTES: float
+    AUTO_RESTART_ATTEMPTS: int
+    AUTO_RESTART_BACKOFF_SECONDS: float
     LOG_LEVEL: str
     SHUTDOWN_GRACE_SECONDS: float
     DRY_RUN_DIR: str
@@ -104,8 +108,9 @@ class Settings:
     QUEUE_SIZE: int
     FETCH_ROWS: int
     READ_STREAMS: int
-    RETRY_ATTEMPTS: int
+    RETRY_BUDGET_SECONDS: float
     RETRY_BASE_SECONDS: float
+    RETRY_MAX_WAIT_SECONDS: float
     SKIP_LIMIT: int
     PUBLISH_WINDOW: int
     JOB_ABANDON_AFTER_SECONDS: int
@@ -144,8 +149,9 @@ class Settings:
             queue_size=self.QUEUE_SIZE,
             fetch_rows=self.FETCH_ROWS,
             read_streams=self.READ_STREAMS,
-            retry_attempts=self.RETRY_ATTEMPTS,
+            retry_budget_seconds=self.RETRY_BUDGET_SECONDS,
             retry_base_seconds=self.RETRY_BASE_SECONDS,
+            retry_max_wait_seconds=self.RETRY_MAX_WAIT_SECONDS,
             skip_limit=self.SKIP_LIMIT,
         )
 
@@ -169,14 +175,19 @@ _POSITIVE = frozenset(
         "QUEUE_SIZE",
         "FETCH_ROWS",
         "READ_STREAMS",
-        "RETRY_ATTEMPTS",
+        "RETRY_BUDGET_SECONDS",
+        "RETRY_BASE_SECONDS",
+        "RETRY_MAX_WAIT_SECONDS",
         "PUBLISH_WINDOW",
         "JOB_ABANDON_AFTER_SECONDS",
         "HEARTBEAT_SECONDS",
+        "AUTO_RESTART_BACKOFF_SECONDS",
         "PEER_TIMEOUT_SECONDS",
         "PEER_MAX_BODY_BYTES",
     }
 )
+
+_NON_NEGATIVE = frozenset({"AUTO_RESTART_ATTEMPTS", "FANOUT_MISFIRE_GRACE_MINUTES"})
 
 
 def parse_db_url(url: str, user: str, password: str) -> DbTarget:
@@ -230,6 +241,8 @@ def _validate(name: str, value: Any) -> str | None:
     """A reason the value is unusable, or None."""
     if name in _POSITIVE and value <= 0:
         return "must be greater than 0"
+    if name in _NON_NEGATIVE and value < 0:
+        return "must not be negative"
     if name == "JWT_SECRET_KEY":
         if not value:
             return "is required (base64 of at least 32 bytes)"

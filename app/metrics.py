@@ -33,7 +33,7 @@ STEP_DURATION = Histogram(
 )
 JOB_OUTCOMES = Counter(
     "batch_job_executions",
-    "Finished job executions by final status",
+    "Finished job executions by exit code (COMPLETED, COMPLETED WITH SKIPS, FAILED, STOPPED)",
     ["job", "status"],
     registry=REGISTRY,
 )

@@ -190,12 +190,15 @@ class JobRepository:
             (execution_id,),
         )
 
-    async def finish_execution(self, execution_id: int, status: Status, message: str = "") -> None:
+    async def finish_execution(
+        self, execution_id: int, status: Status, message: str = "", exit_code: str | None = None
+    ) -> None:
+        """Record the end: EXIT_CODE is the status unless said otherwise."""
         await self._execute(
             "UPDATE BATCH_JOB_EXECUTION SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
             " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
             " WHERE JOB_EXECUTION_ID = %s",
-            (status.value, status.value, _clip(message), execution_id),
+            (status.value, exit_code or status.value, _clip(message), execution_id),
         )
 
     async def start_step(self, execution: JobExecution, step_name: str) -> StepExecution:
@@ -257,12 +260,15 @@ class JobRepository:
                 (json.dumps({"checkpoint": checkpoint}), step_id),
             )
 
-    async def finish_step(self, step_id: int, status: Status, message: str = "") -> None:
+    async def finish_step(
+        self, step_id: int, status: Status, message: str = "", exit_code: str | None = None
+    ) -> None:
+        """Record the end: EXIT_CODE is the status unless said otherwise."""
         await self._execute(
             "UPDATE BATCH_STEP_EXECUTION SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
             " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
             " WHERE STEP_EXECUTION_ID = %s",
-            (status.value, status.value, _clip(message), step_id),
+            (status.value, exit_code or status.value, _clip(message), step_id),
         )
 
     async def get_execution(self, execution_id: int) -> JobExecution | None:

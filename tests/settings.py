@@ -12,7 +12,12 @@ TEST_JWT_SECRET = base64.b64encode(TEST_JWT_KEY).decode()
 
 
 def make_settings(**overrides: object) -> Settings:
-    env = {"JWT_SECRET_KEY": TEST_JWT_SECRET, "RETRY_BASE_SECONDS": "0.01"}
+    env = {
+        "JWT_SECRET_KEY": TEST_JWT_SECRET,
+        "RETRY_BASE_SECONDS": "0.01",
+        "RETRY_MAX_WAIT_SECONDS": "0.2",
+        "RETRY_BUDGET_SECONDS": "2",
+    }
     env.update({k: str(v) for k, v in overrides.items()})
     return load_settings(env, env_file=None)
 

@@ -2,9 +2,11 @@
 
 A message counts as sent only once the broker has confirmed it (Basic.Ack), so a
 lost connection can never lose one silently. `publish` tries each message once and
-hands back the unconfirmed ones: the step runner, the one owner of retries, publishes
-them again. A duplicate is harmless because the notification service drops a trace id
-it has already seen; a loss is not.
+hands back the ones whose answer was lost with the channel: the step runner, the one
+owner of retries, publishes them again. A message the broker returns (no queue bound)
+or nacks is a data fault of the chunk: it is not published again. A duplicate is
+harmless because the notification service drops a trace id it has already seen; a loss
+is not.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiormq import spec
 
 from app.config import BrokerSettings
 from app.contracts import EXCHANGE, ROUTING_KEY, PushRequest, amqp_properties, encode_body
-from app.errors import SetupError, TransientError
+from app.errors import AvailabilityError, DataError
 from app.metrics import MESSAGES
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,20 @@ def _outcome(task: asyncio.Task[object]) -> str:
     return "failed" if isinstance(exc, _LOST) else "error"
 
 
-class BrokerUnavailable(TransientError):
+class BrokerUnavailable(AvailabilityError):
     """The broker is not reachable, or did not confirm every message."""
 
 
-class UnroutableError(SetupError):
+class UnroutableError(DataError):
     """The broker returned a message: no queue is bound to the routing key."""
 
 
+class MessagesNacked(DataError):
+    """The broker refused messages for itself (a full queue that rejects, an internal error)."""
+
+
 class Broker:
-    """`async with Broker(settings) as broker: unconfirmed = await broker.publish(requests)`.
+    """`async with Broker(settings) as broker: lost = await broker.publish(requests)`.
 
     One robust connection and one confirm-mode channel, shared by every concurrent
     caller of `publish`, with at most `PUBLISH_WINDOW` unconfirmed messages in flight.
@@ -139,14 +145,14 @@ class Broker:
 
     async def publish(self, requests: Sequence[PushRequest]) -> list[PushRequest]:
         """Publish each request once, pipelined through the window, once the channel is
-        open; return the ones the broker did not confirm (nacked, or lost with the
-        channel). A returned message raises UnroutableError."""
+        open; return the ones whose answer was lost with the channel. A returned message
+        raises UnroutableError, a nacked one MessagesNacked."""
         await self._open()
         await self._until_open()
         return await self._publish_once(requests)
 
     async def _publish_once(self, requests: Sequence[PushRequest]) -> list[PushRequest]:
-        """Publish each request once, pipelined through the window; return the unconfirmed."""
+        """Publish each request once, pipelined through the window; return the lost."""
         window = self._window
         sent: dict[asyncio.Task[object], PushRequest] = {}
         stop = False
@@ -179,7 +185,7 @@ class Broker:
             raise
 
         tally: Counter[str] = Counter(published=len(sent))
-        unconfirmed = list(requests[len(sent) :])
+        lost = list(requests[len(sent) :])
         bug: BaseException | None = None
         for task, req in sent.items():
             outcome = _outcome(task)
@@ -187,8 +193,8 @@ class Broker:
                 bug = bug or task.exception()
                 outcome = "failed"
             tally[outcome] += 1
-            if outcome in ("nacked", "failed"):
-                unconfirmed.append(req)
+            if outcome == "failed":
+                lost.append(req)
         for outcome, count in tally.items():
             MESSAGES.labels(outcome).inc(count)
         if bug is not None:
@@ -198,7 +204,11 @@ class Broker:
                 f"{tally['returned']} messages returned as unroutable: no queue is bound to "
                 f"routing key {ROUTING_KEY!r} on exchange {EXCHANGE!r}"
             )
-        return unconfirmed
+        if tally["nacked"]:
+            raise MessagesNacked(
+                f"{tally['nacked']} of {len(requests)} messages nacked by the broker"
+            )
+        return lost
 
     async def _publish_one(self, body: bytes, properties: spec.Basic.Properties) -> object:
         # The deadline covers the wait for a reconnection too, which aio-pika's own

@@ -1,6 +1,6 @@
 """Clients of the store and notification services (CONTRACTS section 2).
 
-No retries here: the step runner retries whole chunks, deciding with `errors.is_transient`.
+No retries here: the step runner retries whole chunks, deciding with `errors.is_availability_fault`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import aiohttp
 from app.concurrency import gather_first_error
 from app.config import PeerSettings
 from app.edges.auth import SystemToken
-from app.errors import PermanentError, TransientError
+from app.errors import AvailabilityError, DataError
 from app.metrics import PEER_ERRORS, PEER_REQUESTS
 
 REGIONS = "/internal/v1/stores/regions"
@@ -40,11 +40,11 @@ class PeerError(Exception):
         self.kind = kind
 
 
-class PeerUnavailable(PeerError, TransientError):
+class PeerUnavailable(PeerError, AvailabilityError):
     """5xx, connection failure or timeout: another attempt may succeed."""
 
 
-class PeerAnswerError(PeerError, PermanentError):
+class PeerAnswerError(PeerError, DataError):
     """4xx or an answer that breaks the contract: another attempt will not help."""
 
 

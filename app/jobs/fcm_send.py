@@ -258,11 +258,11 @@ def build(context: JobContext) -> StepDefinition[LatestStats, list[PushRequest]]
 
 def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
     """runDate (default: today) and targetHour (default: this hour), from `now` in
-    APP_TIMEZONE; dryRun does not identify the instance."""
+    APP_TIMEZONE; a dry run is an instance of its own (`parameters.dry_run`)."""
     return [
         parameters.run_date(raw, default=now.date(), lookback_days=LOOKBACK_DAYS),
         parameters.target_hour(raw, default=now.hour),
-        parameters.flag(raw, "dryRun"),
+        *parameters.dry_run(raw),
     ]
 
 
@@ -273,9 +273,11 @@ SPEC = JobSpec(
     build=build,
     publishes=True,
 )
-# At the top of every hour, for today and this hour.
+# At the top of every hour, for today and this hour; later pushes would arrive at the
+# wrong hour, so only within the misfire grace.
 SCHEDULE = Schedule(
     "0 * * * *",
     SPEC,
     lambda at: {"runDate": at.date().isoformat(), "targetHour": str(at.hour)},
+    punctual=True,
 )

@@ -19,8 +19,9 @@ class Chunk(Generic[ItemT]):
     items: list[ItemT]
     checkpoint: Any  # JSON-able: where a restart resumes once this chunk is committed
     # The checkpoint before this chunk (None: the start), set by the runtime as it reads:
-    # the chunk covers what lies after `after` up to `checkpoint`.
+    # the chunk covers what lies after `after` up to `checkpoint`, or past it if `final`.
     after: Any = None
+    final: bool = False  # the stream's last chunk: nothing is read after it
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Enrich: concurrent workers that process chunks; what cannot be done becomes a skip."""
+"""Enrich: concurrent workers that process chunks; a data fault becomes a skip."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import SetupError
+from app.errors import is_availability_fault
 from app.pipeline.chunk import Chunk
 from app.pipeline.source import Entry
 
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """A chunk given up on: the last error it met."""
+    """A chunk given up on: the data fault it met."""
 
     error: BaseException
 
@@ -22,16 +22,17 @@ class Skipped:
 async def enrich(
     work: asyncio.Queue[Entry | None], handle: Callable[[Chunk[Any]], Awaitable[Any]]
 ) -> None:
-    """Resolve each chunk's future with what `handle` gives, Skipped, or a SetupError."""
+    """Resolve each chunk's future with what `handle` gives, Skipped on a data fault, or
+    the availability fault that outlasted the retries."""
     while (entry := await work.get()) is not None:
         chunk, future = entry
         try:
             result = await handle(chunk)
-        except SetupError as exc:
-            # Fails the step once the sink reaches this chunk, so the chunks before it
-            # still commit; skipping would only lose every chunk after it.
-            future.set_exception(exc)
-            return
-        except Exception as exc:  # retries exhausted, or a permanent error
+        except Exception as exc:
+            if is_availability_fault(exc):
+                # Fails the step once the sink reaches this chunk, so the chunks before
+                # it still commit: the restart resumes here and loses nothing.
+                future.set_exception(exc)
+                return
             result = Skipped(exc)
         future.set_result(result)

@@ -1,9 +1,9 @@
 """The one owner of retries: a chunk's processing and delivery, and its commit.
 
 Nothing below the step runner retries (the peer client, the broker and the database
-edge each try once), so the budget is stated once: each of these is tried at most
-`retry_attempts` times, backing off exponentially from `retry_base_seconds` with full
-jitter, and only on transient errors (`app.errors.is_transient`).
+edge each try once), so the budget is stated once: an availability fault is retried
+with exponential backoff (from `retry_base_seconds`, full jitter) for up to
+`retry_budget_seconds` per chunk, and then fails the step; a data fault is never retried.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import backoff
 
 from app.config import StepPolicy
-from app.errors import is_transient
+from app.errors import is_availability_fault
 
 log = logging.getLogger(__name__)
 
@@ -26,25 +26,39 @@ def retrying(
     operation: Callable[..., Awaitable[T]], policy: StepPolicy, what: str
 ) -> Callable[..., Awaitable[T]]:
     """`operation` under the policy's retries; other errors pass through at once."""
-    attempts = policy.retry_attempts
+    budget = policy.retry_budget_seconds
 
     def log_retry(details: dict[str, Any]) -> None:
         log.warning(
-            "%s failed (attempt %d of %d), retrying in %.2f s: %r",
+            "%s failed (attempt %d, %.1f s of %g s), retrying in %.2f s: %r",
             what,
             details["tries"],
-            attempts,
+            details["elapsed"],
+            budget,
             details["wait"],
             details["exception"],
         )
 
+    def log_giveup(details: dict[str, Any]) -> None:
+        if is_availability_fault(details["exception"]):
+            log.error(
+                "%s still failing after %d attempts in %.1f s (RETRY_BUDGET_SECONDS=%g): %r",
+                what,
+                details["tries"],
+                details["elapsed"],
+                budget,
+                details["exception"],
+            )
+
     return backoff.on_exception(
         backoff.expo,
         Exception,
-        max_tries=attempts,
-        giveup=lambda exc: not is_transient(exc),
+        max_time=budget,
+        giveup=lambda exc: not is_availability_fault(exc),
         factor=policy.retry_base_seconds,
+        max_value=policy.retry_max_wait_seconds,
         jitter=backoff.full_jitter,
         on_backoff=log_retry,
+        on_giveup=log_giveup,
         logger=None,
     )(operation)

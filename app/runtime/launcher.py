@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from app.metrics import EXECUTIONS_RUNNING, JOB_DURATION, JOB_OUTCOMES, STEP_DURATION
-from app.model import JobExecution, Status
+from app.model import COMPLETED_WITH_SKIPS, JobExecution, Status
 from app.pipeline.chunk import StepProgress
 from app.pipeline.step import StepRunner
 from app.repository import JobRepository
@@ -41,6 +41,14 @@ class RunningJob:
 class _Outcome:
     status: Status = Status.FAILED
     message: str = ""
+    skipped: int = 0
+
+    @property
+    def exit_code(self) -> str:
+        """The status, but COMPLETED WITH SKIPS for a completed run that skipped items."""
+        if self.status == Status.COMPLETED and self.skipped:
+            return COMPLETED_WITH_SKIPS
+        return self.status.value
 
 
 class Launcher:
@@ -56,6 +64,14 @@ class Launcher:
         )
         self.running: dict[int, RunningJob] = {}
         self._accepting = True
+
+    @property
+    def accepting(self) -> bool:
+        """Whether launches are taken: False from the start of the shutdown on."""
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
 
     def find(self, name: str) -> JobSpec:
         """By CLI/API path or Spring name; raises UnknownJob."""
@@ -121,17 +137,20 @@ class Launcher:
                     await self._run_step(run, dry_run_output, outcome)
         finally:
             await _recorded(
-                self.repository.finish_execution(execution.id, outcome.status, outcome.message)
+                self.repository.finish_execution(
+                    execution.id, outcome.status, outcome.message, outcome.exit_code
+                )
             )
             if owned_output is not None:
                 await asyncio.to_thread(owned_output.close)
             counts = run.progress
             log.info(
-                "job finished: job=%s execution=%d status=%s read=%d written=%d filtered=%d"
-                " skipped=%d seconds=%.1f%s",
+                "job finished: job=%s execution=%d status=%s exit_code=%s read=%d written=%d"
+                " filtered=%d skipped=%d seconds=%.1f%s",
                 spec.name,
                 execution.id,
                 outcome.status.value,
+                outcome.exit_code,
                 counts.read,
                 counts.written,
                 counts.filtered,
@@ -189,7 +208,12 @@ class Launcher:
             outcome.message = "cancelled after the shutdown grace period"
             raise
         finally:
-            await _recorded(self.repository.finish_step(step.id, outcome.status, outcome.message))
+            outcome.skipped = run.progress.skipped
+            await _recorded(
+                self.repository.finish_step(
+                    step.id, outcome.status, outcome.message, outcome.exit_code
+                )
+            )
             STEP_DURATION.labels(spec.name, step.name, outcome.status.value).observe(
                 time.monotonic() - step_started
             )
@@ -236,7 +260,7 @@ def _job_metrics(job_name: str, outcome: _Outcome) -> Iterator[None]:
         yield
     finally:
         EXECUTIONS_RUNNING.labels(job_name).dec()
-        JOB_OUTCOMES.labels(job_name, outcome.status.value).inc()
+        JOB_OUTCOMES.labels(job_name, outcome.exit_code).inc()
         JOB_DURATION.labels(job_name, outcome.status.value).observe(time.monotonic() - started)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ from app.model import JobParameter
 LOCAL_DATE = "java.time.LocalDate"
 INTEGER = "java.lang.Integer"
 BOOLEAN = "java.lang.Boolean"
+LONG = "java.lang.Long"
 
 
 class ParameterError(ValueError):
@@ -53,12 +55,31 @@ def target_hour(raw: Mapping[str, str], *, default: int) -> JobParameter:
     return JobParameter("targetHour", INTEGER, str(int(value)))
 
 
-def flag(raw: Mapping[str, str], name: str) -> JobParameter:
-    """A non-identifying boolean switch such as dryRun."""
-    value = raw.get(name, "false").lower()
+def dry_run(raw: Mapping[str, str]) -> list[JobParameter]:
+    """dryRun as true or false. A real run records `dryRun=false`, not identifying, so
+    its instance is the one the schedules launch. A dry run is an instance of its own:
+    `dryRun=true` and a fresh `run.id` identify it (Spring's RunIdIncrementer), so it
+    never blocks, completes or checkpoints anything a real run reads, and repeats at will.
+    """
+    value = raw.get("dryRun", "false").lower()
     if value not in ("true", "false"):
-        raise ParameterError(name, f"must be true or false, got {value[:40]!r}")
-    return JobParameter(name, BOOLEAN, value, identifying=False)
+        raise ParameterError("dryRun", f"must be true or false, got {value[:40]!r}")
+    if value == "false":
+        return [JobParameter("dryRun", BOOLEAN, value, identifying=False)]
+    return [
+        JobParameter("dryRun", BOOLEAN, value),
+        JobParameter("run.id", LONG, str(_next_run_id())),
+    ]
+
+
+_last_run_id = 0
+
+
+def _next_run_id() -> int:
+    """The clock in microseconds, strictly increasing within the process."""
+    global _last_run_id
+    _last_run_id = max(_last_run_id + 1, time.time_ns() // 1000)
+    return _last_run_id
 
 
 def now_in(tz: ZoneInfo) -> datetime:

@@ -1,7 +1,11 @@
-"""The cron triggers of the daemon, in APP_TIMEZONE.
+"""The cron triggers of the daemon, in APP_TIMEZONE, with catch-up and restarts.
 
 Every replica fires every schedule; the job repository's launch rules make exactly one
 of them run the instance, and the others are refused (AlreadyRunning/AlreadyComplete).
+On start, each schedule's last due time is fired too, so a night the daemon missed (a
+deploy, a crash) is caught up; a punctual schedule (the hourly fan-out, whose pushes
+would arrive at the wrong hour) only within its misfire grace. A FAILED scheduled
+execution is restarted a few times with backoff (a punctual one only within its grace).
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
 import aiocron
+from cronsim import CronSim
 
-from app.model import AlreadyComplete, AlreadyRunning
+from app.model import AlreadyComplete, AlreadyRunning, Status
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
 
@@ -26,6 +31,19 @@ class Schedule:
     cron: str
     job: JobSpec
     parameters: Callable[[datetime], dict[str, str]]  # from the scheduled time
+    punctual: bool = False  # worth running only within the misfire grace of its time
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    attempts: int  # restarts of a FAILED scheduled execution
+    backoff_seconds: float  # before the first restart; doubled for each next one
+    misfire_grace: timedelta  # how late a punctual schedule may still run
+
+
+def last_due(cron: str, now: datetime) -> datetime:
+    """The latest time at or before `now` that `cron` fires at."""
+    return next(CronSim(cron, now.replace(microsecond=0) + timedelta(seconds=1), reverse=True))
 
 
 def scheduled_time(now: datetime) -> datetime:
@@ -54,17 +72,26 @@ async def fire(launcher: Launcher, schedule: Schedule, now: datetime) -> Running
 
 
 class Scheduler:
-    """The triggers of one process; `stop` ends them and awaits the launches in progress."""
+    """The triggers of one process; `stop` ends them and their restarts, and awaits the
+    launches in progress."""
 
-    def __init__(self, launcher: Launcher, tz: tzinfo, schedules: Sequence[Schedule]) -> None:
+    def __init__(
+        self,
+        launcher: Launcher,
+        tz: tzinfo,
+        schedules: Sequence[Schedule],
+        policy: RestartPolicy,
+    ) -> None:
         self._launcher = launcher
         self._tz = tz
         self._schedules = tuple(schedules)
+        self._policy = policy
         self._crons: list[aiocron.Cron] = []
-        self._firing: set[asyncio.Task[RunningJob | None]] = set()
+        self._launches: set[asyncio.Future[RunningJob | None]] = set()
+        self._watches: set[asyncio.Task[None]] = set()
         self._stopped = False
 
-    def start(self) -> None:
+    def start(self, *, catch_up: bool = True) -> None:
         loop = asyncio.get_running_loop()
         for schedule in self._schedules:
             cron = aiocron.Cron(
@@ -72,21 +99,69 @@ class Scheduler:
             )
             cron.start()  # not start=True: that defers the start past a prompt stop()
             self._crons.append(cron)
+        if catch_up:
+            now = datetime.now(self._tz)
+            for schedule in self._schedules:
+                at = last_due(schedule.cron, now)
+                log.info("catch-up: schedule %s last due at %s", schedule.job.name, at.isoformat())
+                self._watch(schedule, at)
 
     def _trigger(self, schedule: Schedule) -> None:
         # aiocron runs this in a task of its own that nobody awaits; the launch goes in
         # a task of ours, so that stop() can await it.
-        if self._stopped:
-            return
-        now = datetime.now(self._tz)
-        task = asyncio.create_task(fire(self._launcher, schedule, now))
-        self._firing.add(task)
-        task.add_done_callback(self._firing.discard)
+        if not self._stopped:
+            self._watch(schedule, scheduled_time(datetime.now(self._tz)))
+
+    def _watch(self, schedule: Schedule, at: datetime) -> None:
+        task = asyncio.create_task(self._launch_and_restart(schedule, at))
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
+
+    def _in_time(self, schedule: Schedule, at: datetime, delay: float = 0.0) -> bool:
+        late = datetime.now(self._tz) + timedelta(seconds=delay) - at
+        return not schedule.punctual or late <= self._policy.misfire_grace
+
+    async def _launch_and_restart(self, schedule: Schedule, at: datetime) -> None:
+        """Fire for `at`; while the execution ends FAILED, restart it (within the policy)."""
+        name, policy = schedule.job.name, self._policy
+        for attempt in range(policy.attempts + 1):
+            delay = policy.backoff_seconds * 2 ** (attempt - 1) if attempt else 0.0
+            if not self._in_time(schedule, at, delay):
+                log.warning(
+                    "schedule %s at %s: not launched: later than the misfire grace (%s)",
+                    name,
+                    at.isoformat(),
+                    policy.misfire_grace,
+                )
+                return
+            if attempt:
+                log.warning(
+                    "schedule %s at %s: FAILED; restart %d of %d in %g s",
+                    name,
+                    at.isoformat(),
+                    attempt,
+                    policy.attempts,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            launch = asyncio.ensure_future(fire(self._launcher, schedule, at))
+            self._launches.add(launch)
+            launch.add_done_callback(self._launches.discard)
+            run = await asyncio.shield(launch)  # stop() awaits a launch, never cuts it
+            if run is None or run.task is None:
+                return
+            await asyncio.wait({run.task})  # a stop() cancels this wait, not the run
+            final = await self._launcher.repository.get_execution(run.execution.id)
+            if final is None or final.status != Status.FAILED:
+                return
 
     async def stop(self) -> None:
         self._stopped = True
         for cron in self._crons:
             cron.stop()
         self._crons.clear()
-        if self._firing:
-            await asyncio.wait(self._firing)
+        for task in self._watches:
+            task.cancel()
+        pending = self._watches | self._launches
+        if pending:
+            await asyncio.wait(pending)

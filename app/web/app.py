@@ -126,6 +126,8 @@ def create_app(
             web.get("/api/v1/jobs/executions/{id}", get_execution),
             web.get("/api/v1/jobs/{jobName}/executions", list_executions),
             web.get("/actuator/health", health),
+            web.get("/actuator/health/liveness", liveness),
+            web.get("/actuator/health/readiness", readiness),
             web.get("/actuator/prometheus", prometheus),
             web.get("/v3/api-docs", api_docs),
         ]
@@ -252,6 +254,7 @@ def _execution_view(execution: JobExecution, running: RunningJob | None) -> dict
         "executionId": execution.id,
         "jobName": execution.job_name,
         "status": execution.status,
+        "dryRun": execution.dry_run,
         "exitCode": execution.exit_code,
         "exitMessage": execution.exit_message,
         "parameters": execution.parameters,
@@ -290,6 +293,19 @@ def _execution_view(execution: JobExecution, running: RunningJob | None) -> dict
 async def health(request: web.Request) -> web.Response:
     report = await request.app[HEALTH].report()
     return web.json_response(report, status=200 if report["status"] == "UP" else 503)
+
+
+async def liveness(request: web.Request) -> web.Response:
+    """Spring Boot's liveness probe: the process answers."""
+    return web.json_response({"status": "UP"})
+
+
+async def readiness(request: web.Request) -> web.Response:
+    """Spring Boot's readiness probe: DOWN (503) once the service shuts down, so that a
+    load balancer sends nothing more while running steps finish."""
+    if request.app[LAUNCHER].accepting:
+        return web.json_response({"status": "UP"})
+    return web.json_response({"status": "DOWN"}, status=503)
 
 
 async def api_docs(request: web.Request) -> web.Response:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.model import Status
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -162,6 +164,23 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/actuator/health/liveness": {
+            "get": {
+                "summary": "Liveness probe: the process answers",
+                "operationId": "liveness",
+                "responses": {"200": _json(_ref("Health"), "UP")},
+            }
+        },
+        "/actuator/health/readiness": {
+            "get": {
+                "summary": "Readiness probe: DOWN while the service shuts down",
+                "operationId": "readiness",
+                "responses": {
+                    "200": _json(_ref("Health"), "UP"),
+                    "503": _json(_ref("Health"), "DOWN"),
+                },
+            }
+        },
         "/actuator/prometheus": {
             "get": {
                 "summary": "Prometheus metrics; every series has application=<APPLICATION_NAME>",
@@ -224,11 +243,12 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "executionId": {"type": "integer", "format": "int64"},
                     "jobName": {"type": "string"},
-                    "status": {
+                    "status": {"type": "string", "enum": [s.value for s in Status]},
+                    "dryRun": {"type": "boolean"},
+                    "exitCode": {
                         "type": "string",
-                        "enum": ["STARTING", "STARTED", "COMPLETED", "FAILED", "STOPPED"],
+                        "description": "the status, or COMPLETED WITH SKIPS",
                     },
-                    "exitCode": {"type": "string"},
                     "exitMessage": {"type": "string"},
                     "parameters": {"type": "object", "additionalProperties": {"type": "string"}},
                     "createTime": _TIME,

@@ -6,7 +6,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,10 +19,19 @@ from app.edges.db import fetch_all
 from app.jobs import fcm_send, usage_stats
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
-from app.runtime.scheduler import Schedule, Scheduler, fire, scheduled_time
+from app.runtime.scheduler import (
+    RestartPolicy,
+    Schedule,
+    Scheduler,
+    fire,
+    last_due,
+    scheduled_time,
+)
+from tests.reliability.support import until
 
 SEOUL = ZoneInfo("Asia/Seoul")
 STATS, FANOUT = SCHEDULES
+POLICY = RestartPolicy(attempts=0, backoff_seconds=0.1, misfire_grace=timedelta(minutes=10))
 
 
 def at(text: str) -> datetime:
@@ -51,6 +61,14 @@ async def executions(pool: Pool) -> list[tuple]:
             " AND p.PARAMETER_NAME = 'runDate' ORDER BY e.JOB_EXECUTION_ID",
         )
     ]
+
+
+async def completed(pool: Pool) -> bool:
+    return any(status == "COMPLETED" for _, status, _ in await executions(pool))
+
+
+async def failed(pool: Pool, count: int) -> bool:
+    return [status for _, status, _ in await executions(pool)].count("FAILED") >= count
 
 
 def test_the_schedules() -> None:
@@ -131,9 +149,9 @@ async def test_scheduler_fires_on_its_cron_and_stops(replicas: list[Launcher], p
         return {"runDate": "2025-10-26"}
 
     scheduler = Scheduler(
-        replicas[0], SEOUL, [Schedule("* * * * * *", usage_stats.SPEC, parameters)]
+        replicas[0], SEOUL, [Schedule("* * * * * *", usage_stats.SPEC, parameters)], POLICY
     )
-    scheduler.start()
+    scheduler.start(catch_up=False)
     try:
         async with asyncio.timeout(5):
             await twice.wait()
@@ -144,3 +162,79 @@ async def test_scheduler_fires_on_its_cron_and_stops(replicas: list[Launcher], p
     assert len(fired) == count  # nothing fires after stop()
     # the first trigger launched; the later ones found it running or completed
     assert [status for _, status, _ in await executions(pool)] == ["COMPLETED"]
+
+
+@pytest.mark.parametrize(
+    ("cron", "now", "due"),
+    [
+        ("0 1 * * *", "2025-10-27 09:30:00", "2025-10-27 01:00:00"),
+        ("0 1 * * *", "2025-10-27 00:30:00", "2025-10-26 01:00:00"),
+        ("0 1 * * *", "2025-10-27 01:00:00.300", "2025-10-27 01:00:00"),
+        ("0 * * * *", "2025-10-27 09:04:59", "2025-10-27 09:00:00"),
+    ],
+)
+def test_last_due(cron: str, now: str, due: str) -> None:
+    assert last_due(cron, at(now)) == at(due)
+
+
+async def test_a_missed_night_is_caught_up_on_start_once_across_replicas(
+    replicas: list[Launcher], pool: Pool
+) -> None:
+    """A daemon down at 01:00 left the date without stats; starting launches it, and a
+    second replica starting too finds it done."""
+    expected = (last_due(STATS.cron, datetime.now(SEOUL)).date() - timedelta(days=1)).isoformat()
+    for launcher in replicas:
+        scheduler = Scheduler(launcher, SEOUL, [STATS], POLICY)
+        scheduler.start()
+        try:
+            await until(lambda: completed(pool), within=20, what="the caught-up run")
+        finally:
+            await scheduler.stop()
+    assert [(status, day) for _, status, day in await executions(pool)] == [("COMPLETED", expected)]
+
+
+@pytest.mark.parametrize(("grace_minutes", "launched"), [(0, False), (61, True)])
+async def test_a_missed_fanout_hour_runs_on_start_only_within_its_grace(
+    replicas: list[Launcher], grace_minutes: int, launched: bool
+) -> None:
+    asked: list[datetime] = []
+
+    def parameters(scheduled: datetime) -> dict[str, str]:
+        asked.append(scheduled)
+        return {"runDate": "2025-10-26"}
+
+    punctual = Schedule("0 * * * *", usage_stats.SPEC, parameters, punctual=True)
+    policy = replace(POLICY, misfire_grace=timedelta(minutes=grace_minutes))
+    scheduler = Scheduler(replicas[0], SEOUL, [punctual], policy)
+    scheduler.start()
+    await asyncio.sleep(0.5)
+    await scheduler.stop()
+    due = last_due("0 * * * *", datetime.now(SEOUL))
+    if datetime.now(SEOUL) - due < timedelta(seconds=1):
+        pytest.skip("started exactly at the top of the hour: both graces admit it")
+    assert asked == ([due] if launched else [])
+
+
+async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
+    settings: Settings, pool: Pool
+) -> None:
+    """The store service is down: each run fails; the schedule restarts it twice more."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
+            " coupon_status, created_at) VALUES (1, 1, 1, 1, 'USED', '2025-10-20 10:00:00')"
+        )
+    down = replace(settings, STORE_SERVICE_URL="http://127.0.0.1:9", RETRY_BUDGET_SECONDS=0.2)
+    async with open_resources(down, broker=False) as resources:
+        launcher = Launcher(resources, JOBS)
+        policy = RestartPolicy(attempts=2, backoff_seconds=0.1, misfire_grace=timedelta(0))
+        schedule = Schedule("0 1 * * *", usage_stats.SPEC, lambda _: {"runDate": "2025-10-26"})
+        scheduler = Scheduler(launcher, SEOUL, [schedule], policy)
+        scheduler.start()  # the catch-up fires it
+        try:
+            await until(lambda: failed(pool, 3), within=30, what="three FAILED runs")
+            await asyncio.sleep(0.5)  # no fourth
+        finally:
+            await scheduler.stop()
+            await launcher.shutdown(5)
+    assert [status for _, status, _ in await executions(pool)] == ["FAILED"] * 3

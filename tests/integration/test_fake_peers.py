@@ -23,7 +23,7 @@ from app.edges.peers import (
     PeerClient,
     PeerUnavailable,
 )
-from app.errors import is_transient
+from app.errors import is_availability_fault
 from tests.samples import SAMPLE_STORES
 from tests.settings import TEST_JWT_KEY, make_settings
 
@@ -201,7 +201,7 @@ async def test_garbage_is_a_permanent_error(fake: FakePeers, peers: PeerClient, 
         with pytest.raises(PeerAnswerError) as caught:
             await call
         assert caught.value.kind == "malformed"
-        assert not is_transient(caught.value)
+        assert not is_availability_fault(caught.value)
     fake.control.garbage = None
     assert await peers.store_dongs([1]) == {1: "노량진동"}
 

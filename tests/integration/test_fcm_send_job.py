@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -310,6 +311,30 @@ async def test_dry_run_from_the_api_writes_the_file_and_publishes_nothing(
     assert await queue_depth(queue) == 0
 
 
+async def test_dry_runs_are_instances_of_their_own_never_blocking_or_resuming_a_real_run(
+    pool: Pool, settings: Settings, queue: str
+) -> None:
+    """Before: a completed dry run made the scheduler's launch of that hour refuse
+    ("already completed"), and a stopped one made it resume from the dry run's checkpoint."""
+    parameters = {"runDate": "2025-10-25", "targetHour": "10"}
+    async with old_service_world(pool) as fake:
+        job = job_settings(settings, queue, fake)
+        dry = [
+            await run_job(
+                job, {**parameters, "dryRun": "true"}, dry_run_output=io.StringIO(), rerun=False
+            )
+            for _ in range(2)  # dry runs repeat at will
+        ]
+        real = await run_job(job, parameters, rerun=False)  # as the scheduler launches
+    assert [d.status for d in dry] == ["COMPLETED", "COMPLETED"]
+    assert all(d.dry_run and d.parameters["run.id"] for d in dry)
+    assert len({d.instance_id for d in dry} | {real.instance_id}) == 3
+    assert (real.status, real.dry_run) == ("COMPLETED", False)
+    assert real.parameters == {**parameters, "dryRun": "false"}
+    assert counts(real) == {"read": 1, "written": 1, "filtered": 0, "skipped": 0}
+    assert await queue_depth(queue) == 2
+
+
 async def test_dry_run_output_given_publishes_nothing_even_with_a_broker(
     pool: Pool, settings: Settings, queue: str
 ) -> None:
@@ -342,34 +367,28 @@ async def rebind(vhost: str) -> None:
         await declared.bind("coupon.exchange", "coupon.usage.stats.fcm.send")
 
 
-async def test_unroutable_publish_fails_the_step_and_a_restart_loses_nothing(
-    pool: Pool, settings: Settings, queue: str
+async def test_unroutable_messages_are_skipped_and_a_rerun_loses_nothing(
+    pool: Pool, settings: Settings, queue: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """No queue bound is a setup fault: the step fails at once (whatever the skip limit)
-    at the last good checkpoint, and a restart once the queue is bound sends everything."""
+    """A message the broker returns (no queue bound) is a data fault: the chunk's members
+    are skipped and named, the run ends COMPLETED WITH SKIPS, and a rerun once the queue
+    is bound sends everything."""
     await unbind(queue)
+    parameters = {"runDate": "2025-10-25", "targetHour": "10"}
     async with old_service_world(pool) as fake:
-        execution = await run_job(
-            job_settings(settings, queue, fake, SKIP_LIMIT=10_000),
-            {"runDate": "2025-10-25", "targetHour": "10"},
-        )
-        assert execution.status == "FAILED"
-        assert execution.exit_message.startswith("UnroutableError: ")
-        assert "no queue is bound to routing key 'coupon.usage.stats.fcm.send'" in (
-            execution.exit_message
-        )
-        assert counts(execution) == {"read": 0, "written": 0, "filtered": 0, "skipped": 0}
-        assert execution.steps[0].status == "FAILED"
-        assert execution.steps[0].checkpoint is None  # a restart reads member 101 again
+        with caplog.at_level(logging.WARNING):
+            execution = await run_job(job_settings(settings, queue, fake), parameters)
+        assert (execution.status, execution.exit_code) == ("COMPLETED", "COMPLETED WITH SKIPS")
+        assert counts(execution) == {"read": 1, "written": 0, "filtered": 0, "skipped": 1}
+        [warning] = [r.getMessage() for r in caplog.records if "skipped 1 items" in r.getMessage()]
+        assert "UnroutableError" in warning and "member ids: [101]" in warning
+        assert "no queue is bound to routing key 'coupon.usage.stats.fcm.send'" in warning
+        assert await queue_depth(queue) == 0
 
         await rebind(queue)
-        restarted = await run_job(
-            job_settings(settings, queue, fake),
-            {"runDate": "2025-10-25", "targetHour": "10"},
-            rerun=False,
-        )
-    assert restarted.status == "COMPLETED", restarted.exit_message
-    assert counts(restarted) == {"read": 1, "written": 1, "filtered": 0, "skipped": 0}
+        rerun = await run_job(job_settings(settings, queue, fake), parameters, rerun=True)
+    assert (rerun.status, rerun.exit_code) == ("COMPLETED", "COMPLETED")
+    assert counts(rerun) == {"read": 1, "written": 1, "filtered": 0, "skipped": 0}
     assert await queue_depth(queue) == 2
 
 

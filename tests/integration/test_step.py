@@ -13,7 +13,7 @@ from asyncmy.pool import Pool
 
 from app.config import Settings
 from app.edges.db import fetch_all, stream_rows
-from app.errors import PermanentError, SetupError, TransientError
+from app.errors import AvailabilityError, DataError
 from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
@@ -136,17 +136,17 @@ async def test_transient_error_is_retried_then_succeeds(scratch: Pool) -> None:
     async def flaky(items: list[int]) -> Processed[list[int]]:
         attempts[items[0]] = attempts.get(items[0], 0) + 1
         if items[0] == 3 and attempts[3] < 3:
-            raise TransientError("store service 503")
+            raise AvailabilityError("store service 503")
         return await keep_odd(items)
 
-    outcome, step, _ = await run(scratch, make_settings(RETRY_ATTEMPTS=3), definition(flaky))
+    outcome, step, _ = await run(scratch, make_settings(RETRY_BUDGET_SECONDS=5), definition(flaky))
     assert outcome is True
     assert attempts == {1: 1, 3: 3, 5: 1, 7: 1}
     assert (step.write_count, step.skip_count) == (4, 0)
     assert await items_written(scratch) == [1, 3, 5, 7]
 
 
-async def test_exhausted_retries_skip_the_chunk_and_name_its_items(
+async def test_an_outage_past_the_retry_budget_fails_the_step_never_skips(
     scratch: Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     attempts: list[int] = []
@@ -154,15 +154,38 @@ async def test_exhausted_retries_skip_the_chunk_and_name_its_items(
     async def down_for_three(items: list[int]) -> Processed[list[int]]:
         if items[0] == 3:
             attempts.append(3)
-            raise TransientError("store service 503")
+            raise AvailabilityError("store service 503")
         return await keep_odd(items)
 
     with caplog.at_level(logging.WARNING):
         outcome, step, _ = await run(
-            scratch, make_settings(RETRY_ATTEMPTS=3, SKIP_LIMIT=10), definition(down_for_three)
+            scratch,
+            make_settings(RETRY_BUDGET_SECONDS=0.5, SKIP_LIMIT=10, ENRICH_WORKERS=1),
+            definition(down_for_three),
         )
-    assert outcome is True
-    assert attempts == [3, 3, 3]
+    assert isinstance(outcome, AvailabilityError) and "store service 503" in str(outcome)
+    assert len(attempts) >= 2, "retried within the budget"
+    # the chunk before the outage committed; nothing was skipped or written after it
+    assert (step.checkpoint, step.skip_count, step.write_count) == (2, 0, 1)
+    assert await items_written(scratch) == [1]
+    gave_up = [r for r in caplog.records if "RETRY_BUDGET_SECONDS=0.5" in r.getMessage()]
+    assert len(gave_up) == 1 and gave_up[0].levelno == logging.ERROR
+
+
+async def test_a_data_fault_skips_the_chunk_at_once_and_names_its_items(
+    scratch: Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[int] = []
+
+    async def malformed(items: list[int]) -> Processed[list[int]]:
+        if items[0] == 3:
+            attempts.append(3)
+            raise DataError("answer without data")
+        return await keep_odd(items)
+
+    with caplog.at_level(logging.WARNING):
+        outcome, step, _ = await run(scratch, make_settings(SKIP_LIMIT=10), definition(malformed))
+    assert outcome is True and attempts == [3]
     assert await items_written(scratch) == [1, 5, 7]
     assert (step.read_count, step.write_count, step.filter_count, step.skip_count) == (7, 3, 2, 2)
     assert step.checkpoint == 7
@@ -170,38 +193,10 @@ async def test_exhausted_retries_skip_the_chunk_and_name_its_items(
     assert len(skipped) == 1 and "member ids: [3, 4]" in skipped[0]
 
 
-async def test_permanent_error_skips_without_retry(scratch: Pool) -> None:
-    attempts: list[int] = []
-
-    async def malformed(items: list[int]) -> Processed[list[int]]:
-        if items[0] == 5:
-            attempts.append(5)
-            raise PermanentError("answer without data")
-        return await keep_odd(items)
-
-    outcome, step, _ = await run(scratch, make_settings(RETRY_ATTEMPTS=3), definition(malformed))
-    assert outcome is True and attempts == [5]
-    assert (step.write_count, step.skip_count) == (3, 2)
-
-
-async def test_setup_error_fails_the_step_whatever_the_skip_limit(scratch: Pool) -> None:
-    async def unroutable_from_three(items: list[int]) -> Processed[list[int]]:
-        if items[0] >= 3:
-            raise SetupError("no queue bound")
-        return await keep_odd(items)
-
-    outcome, step, _ = await run(
-        scratch, make_settings(SKIP_LIMIT=1000, ENRICH_WORKERS=1), definition(unroutable_from_three)
-    )
-    assert isinstance(outcome, SetupError)
-    assert (step.checkpoint, step.skip_count, step.write_count) == (2, 0, 1)
-    assert await items_written(scratch) == [1]
-
-
 async def test_skip_limit_fails_the_step_at_the_last_good_checkpoint(scratch: Pool) -> None:
     async def down_from_three(items: list[int]) -> Processed[list[int]]:
         if items[0] >= 3:
-            raise PermanentError("down")
+            raise DataError("down")
         return await keep_odd(items)
 
     outcome, step, _ = await run(
@@ -232,9 +227,9 @@ async def test_failing_write_is_retried_then_fails_the_step(scratch: Pool) -> No
         writer=DatabaseWriter(deadlocking_write),
         item_key=lambda item: item,
     )
-    outcome, step, _ = await run(scratch, make_settings(RETRY_ATTEMPTS=2), step_definition)
+    outcome, step, _ = await run(scratch, make_settings(RETRY_BUDGET_SECONDS=0.5), step_definition)
     assert "Deadlock" in str(outcome)
-    assert calls == [1, 3, 5, 5]
+    assert calls[:3] == [1, 3, 5] and len(calls) >= 4 and set(calls[3:]) == {5}
     assert step.checkpoint == 4
     assert await items_written(scratch) == [1, 3]
 

@@ -406,7 +406,9 @@ async def test_crash_then_restart_from_the_checkpoint(
     crashed = await run_job(job, rerun=False)
     await breaker
     assert crashed.status == "FAILED"
-    assert "skip limit" in crashed.exit_message
+    assert crashed.exit_message == (
+        "PeerUnavailable: store service /internal/v1/stores/regions: HTTP 503"
+    )
     (step,) = crashed.steps
     assert step.status == "FAILED"
     assert step.checkpoint == 4  # chunks (1, 2) and (3, 4) committed
@@ -460,25 +462,83 @@ async def test_store_service_fails_then_recovers_within_the_retries(
     assert len(asked_stores(fake)) == 8 + len(first)
 
 
-async def test_store_service_down_beyond_the_retries_skips_the_chunk(
+async def test_store_service_down_briefly_is_retried_within_the_budget(
     pool: Pool, settings: Settings, fake: FakePeers
 ) -> None:
     await load_old_service_rows(pool)
-    # one worker: the first chunk (members 1, 2) meets all 3 failures and is skipped
     fake.control.update({"fail_status": 503, "fail_times": 3})
-    job = job_settings(settings, fake, ENRICH_WORKERS=1, RETRY_ATTEMPTS=3, SKIP_LIMIT=100)
+    job = job_settings(settings, fake, ENRICH_WORKERS=1, RETRY_BUDGET_SECONDS=5, SKIP_LIMIT=100)
     execution = await run_job(job)
-    assert execution.status == "COMPLETED", execution.exit_message
+    assert (execution.status, execution.exit_code) == ("COMPLETED", "COMPLETED")
+    assert await stats(pool) == OLD_SERVICE_EXPECTED
+    assert counts(execution) == {"read": 5, "written": 4, "filtered": 1, "skipped": 0}
+
+
+async def test_store_service_down_the_whole_run_fails_the_step_and_skips_nothing(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """Before: every member skipped and the run COMPLETED (a night without stats that
+    looked clean). An outage is an availability fault: the step fails, restartable."""
+    await load_old_service_rows(pool)
+    fake.control.update({"fail_status": 503, "fail_times": -1})
+    execution = await run_job(job_settings(settings, fake, SKIP_LIMIT=5, RETRY_BUDGET_SECONDS=0.5))
+    assert (execution.status, execution.exit_code) == ("FAILED", "FAILED")
+    assert execution.exit_message == (
+        "PeerUnavailable: store service /internal/v1/stores/regions: HTTP 503"
+    )
+    assert await stats(pool) == []
+    # nothing committed: the restart reads every member again
+    assert counts(execution) == {"read": 0, "written": 0, "filtered": 0, "skipped": 0}
+    assert execution.steps[0].checkpoint is None
+
+    fake.control.update({"fail_status": None})
+    restarted = await run_job(job_settings(settings, fake))
+    assert restarted.status == "COMPLETED", restarted.exit_message
+    assert await stats(pool) == OLD_SERVICE_EXPECTED
+
+
+async def test_a_malformed_answer_skips_its_chunk_and_the_run_completes_with_skips(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    await load_old_service_rows(pool)
+    # one worker: the first chunk (members 1, 2) gets the one 400, a data fault
+    fake.control.update({"fail_status": 400, "fail_times": 1})
+    execution = await run_job(job_settings(settings, fake, ENRICH_WORKERS=1, SKIP_LIMIT=100))
+    assert (execution.status, execution.exit_code) == ("COMPLETED", "COMPLETED WITH SKIPS")
+    assert execution.steps[0].status == "COMPLETED"
     assert await stats(pool) == [(3, "서교동", 15, DAY), (5, "상도동", 13, DAY)]
     assert counts(execution) == {"read": 5, "written": 2, "filtered": 1, "skipped": 2}
 
 
-async def test_store_service_down_the_whole_run(
+@pytest.mark.parametrize("chunk_size", [1, 2, 1000])
+async def test_a_rerun_removes_members_who_no_longer_qualify_or_appear(
+    pool: Pool, settings: Settings, fake: FakePeers, chunk_size: int
+) -> None:
+    """Before: only the members read were replaced, so a member whose USED rows all left
+    the window (here: turned CANCELED) kept yesterday's row for the date. Member 2 sits
+    between two checkpoints, member 5 after the last one."""
+    await load_old_service_rows(pool)
+    job = job_settings(settings, fake, CHUNK_SIZE=chunk_size)
+    assert (await run_job(job)).status == "COMPLETED"
+    assert await stats(pool) == OLD_SERVICE_EXPECTED
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE coupon_histories SET coupon_status = 'CANCELED' WHERE member_id IN (2, 5)"
+        )
+    rerun = await run_job(job, rerun=True)
+    assert rerun.status == "COMPLETED", rerun.exit_message
+    assert await stats(pool) == [(1, "신대방동", 11, DAY), (3, "서교동", 15, DAY)]
+
+
+async def test_a_rerun_over_an_empty_window_removes_the_dates_rows(
     pool: Pool, settings: Settings, fake: FakePeers
 ) -> None:
     await load_old_service_rows(pool)
-    fake.control.update({"fail_status": 503, "fail_times": -1})
-    execution = await run_job(job_settings(settings, fake, SKIP_LIMIT=5))
-    assert execution.status == "COMPLETED", execution.exit_message
+    job = job_settings(settings, fake)
+    assert (await run_job(job)).status == "COMPLETED"
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("UPDATE coupon_histories SET coupon_status = 'CANCELED'")
+    rerun = await run_job(job, rerun=True)
+    assert rerun.status == "COMPLETED", rerun.exit_message
+    assert counts(rerun) == {"read": 0, "written": 0, "filtered": 0, "skipped": 0}
     assert await stats(pool) == []
-    assert counts(execution) == {"read": 5, "written": 0, "filtered": 0, "skipped": 5}

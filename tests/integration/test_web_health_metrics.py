@@ -84,6 +84,18 @@ async def timed_health(client: TestClient) -> tuple[float, int, dict]:
 # ---- health --------------------------------------------------------------------------
 
 
+async def test_probes_liveness_up_readiness_down_once_shutting_down(settings: Settings) -> None:
+    async with serving(settings, broker=False) as client:
+        for probe in ("liveness", "readiness"):
+            resp = await client.get(f"/actuator/health/{probe}")
+            assert (resp.status, await resp.json()) == (200, {"status": "UP"})
+        client.server.app[LAUNCHER].stop_accepting()  # what `serve` does on SIGTERM
+        resp = await client.get("/actuator/health/readiness")
+        assert (resp.status, await resp.json()) == (503, {"status": "DOWN"})
+        resp = await client.get("/actuator/health/liveness")
+        assert (resp.status, await resp.json()) == (200, {"status": "UP"})
+
+
 async def test_health_up(settings: Settings, vhost: str) -> None:
     job_settings = make_settings(DB_URL=settings.DB_URL, RABBITMQ_VHOST=vhost)
     async with serving(job_settings, broker=True) as client:

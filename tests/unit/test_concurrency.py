@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Mapping
 import pytest
 
 from app.concurrency import SharedLookup, SharedValue, gather_first_error, in_slices
-from app.errors import TransientError
+from app.errors import AvailabilityError
 
 
 class FakeLookup:
@@ -24,7 +24,7 @@ class FakeLookup:
         await self.gate.wait()
         if self.failures:
             self.failures -= 1
-            raise TransientError("store service down")
+            raise AvailabilityError("store service down")
         return {s: self.dongs[s] for s in store_ids if s in self.dongs}
 
 
@@ -60,9 +60,9 @@ async def test_shared_lookup_failure_does_not_poison_the_cache() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     lookup.gate.set()
-    with pytest.raises(TransientError):
+    with pytest.raises(AvailabilityError):
         await first
-    with pytest.raises(TransientError):  # it shared the failed lookup of store 1
+    with pytest.raises(AvailabilityError):  # it shared the failed lookup of store 1
         await second
     assert await dongs(cache.get({1, 2}), {1, 2}) == {1: "a", 2: "b"}
     assert await dongs(cache.get({1, 2}), {1, 2}) == {1: "a", 2: "b"}
@@ -90,12 +90,12 @@ async def test_shared_value_is_computed_once_and_forgotten_on_failure() -> None:
         calls.append(1)
         await asyncio.sleep(0.01)
         if len(calls) == 1:
-            raise TransientError("database gone")
+            raise AvailabilityError("database gone")
         return {7: 3}
 
     value = SharedValue(events)
     first = await asyncio.gather(value.get(), value.get(), return_exceptions=True)
-    assert [type(r) for r in first] == [TransientError, TransientError]
+    assert [type(r) for r in first] == [AvailabilityError, AvailabilityError]
     assert await asyncio.gather(value.get(), value.get()) == [{7: 3}, {7: 3}]
     assert await value.get() == {7: 3}
     assert len(calls) == 2
@@ -113,13 +113,13 @@ async def test_gather_first_error_cancels_the_rest_and_raises_the_error_itself()
 
     async def failing() -> None:
         await asyncio.sleep(0)
-        raise TransientError("503")
+        raise AvailabilityError("503")
 
     async def ok() -> int:
         return 1
 
     assert await gather_first_error(ok(), ok()) == [1, 1]
-    with pytest.raises(TransientError, match="503"):
+    with pytest.raises(AvailabilityError, match="503"):
         await gather_first_error(slow(), failing())
     assert cancelled.is_set()
 

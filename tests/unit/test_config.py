@@ -21,10 +21,10 @@ def test_defaults_come_from_the_config_file() -> None:
     assert settings.SERVER_PORT == 8085
     assert settings.APP_TIMEZONE == "Asia/Seoul"
     assert settings.SCHEDULER_ENABLED is True
-    assert (settings.CHUNK_SIZE, settings.STORE_LOOKUP_BATCH, settings.RETRY_ATTEMPTS) == (
+    assert (settings.CHUNK_SIZE, settings.STORE_LOOKUP_BATCH, settings.RETRY_BUDGET_SECONDS) == (
         1000,
         200,
-        3,
+        60.0,
     )
     assert settings.JOB_ABANDON_AFTER_SECONDS == 120
     assert settings.STORE_SERVICE_URL == "http://localhost:8082"

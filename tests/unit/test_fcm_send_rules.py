@@ -18,6 +18,7 @@ from app.jobs.fcm_send import (
     stats_window,
 )
 from app.model import JobParameter
+from app.repository import job_key
 from app.runtime.parameters import ParameterError
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -122,11 +123,22 @@ NOW = datetime(2025, 10, 25, 9, 59, 30, tzinfo=SEOUL)
 )
 def test_parse(raw: dict[str, str], expected: tuple[str, str, str]) -> None:
     parsed = SPEC.parse(raw, NOW)
-    assert parsed == [
+    assert parsed[:2] == [
         JobParameter("runDate", "java.time.LocalDate", expected[0]),
         JobParameter("targetHour", "java.lang.Integer", expected[1]),
-        JobParameter("dryRun", "java.lang.Boolean", expected[2], identifying=False),
     ]
+    if expected[2] == "false":  # the real run's instance: dryRun does not identify it
+        assert parsed[2:] == [JobParameter("dryRun", "java.lang.Boolean", "false", False)]
+    else:  # a dry run is an instance of its own
+        [dry, run_id] = parsed[2:]
+        assert dry == JobParameter("dryRun", "java.lang.Boolean", "true", identifying=True)
+        assert (run_id.name, run_id.type, run_id.identifying) == ("run.id", "java.lang.Long", True)
+        assert int(run_id.value) > 0
+
+
+def test_every_dry_run_is_a_new_instance() -> None:
+    first, second = (SPEC.parse({"dryRun": "true"}, NOW) for _ in range(2))
+    assert job_key(first) != job_key(second) != job_key(SPEC.parse({}, NOW))
 
 
 @pytest.mark.parametrize(

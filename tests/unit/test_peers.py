@@ -22,7 +22,7 @@ from app.edges.peers import (
     PeerClient,
     PeerUnavailable,
 )
-from app.errors import is_transient
+from app.errors import is_availability_fault
 from app.metrics import REGISTRY
 from tests.settings import TEST_JWT_KEY, make_settings
 
@@ -193,7 +193,7 @@ async def test_503_is_transient_and_named(peers: PeerClient, mocked: aioresponse
     with pytest.raises(PeerUnavailable) as caught:
         await peers.store_dongs([1])
 
-    assert is_transient(caught.value)
+    assert is_availability_fault(caught.value)
     assert str(caught.value) == f"store service {REGIONS}: HTTP 503"
     assert (_errors(REGIONS, "status_5xx"), _requests(REGIONS, "error")) == (
         before[0] + 1,
@@ -209,7 +209,7 @@ async def test_4xx_is_permanent(peers: PeerClient, mocked: aioresponses, status:
     with pytest.raises(PeerAnswerError) as caught:
         await peers.fcm_tokens([1])
 
-    assert not is_transient(caught.value)
+    assert not is_availability_fault(caught.value)
     assert str(caught.value) == f"notification service {FCM_TOKENS}: HTTP {status}"
     assert _errors(FCM_TOKENS, "status_4xx", "notification") == before + 1
 
@@ -227,7 +227,7 @@ async def test_timeout_is_transient(peers: PeerClient, mocked: aioresponses) -> 
     with pytest.raises(PeerUnavailable, match="no answer within 10s") as caught:
         await peers.stores_by_dong(["상도동"])
 
-    assert is_transient(caught.value)
+    assert is_availability_fault(caught.value)
     assert _errors(STORE_SEARCH, "timeout") == before + 1
 
 
@@ -242,7 +242,7 @@ async def test_connection_refused_is_transient() -> None:
         with pytest.raises(PeerUnavailable, match="ClientConnectorError") as caught:
             await peers.store_dongs([1])
 
-    assert is_transient(caught.value)
+    assert is_availability_fault(caught.value)
     assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorError)
     assert _errors(REGIONS, "connection") == before + 1
 
@@ -269,7 +269,7 @@ async def test_html_is_malformed(peers: PeerClient, mocked: aioresponses) -> Non
     with pytest.raises(PeerAnswerError, match=f"^store service {REGIONS}: ") as caught:
         await peers.store_dongs([1])
 
-    assert not is_transient(caught.value)
+    assert not is_availability_fault(caught.value)
     assert _errors(REGIONS, "malformed") == before + 1
 
 
