@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from app.jobs import fcm_send, usage_stats
+from app.logs import bind_log_context
 from app.metrics import EXECUTIONS_RUNNING, JOB_DURATION, JOB_OUTCOMES, STEP_DURATION
 from app.pipeline.chunk import StepProgress
 from app.pipeline.step import run_step
@@ -109,6 +110,7 @@ class Launcher:
         self, run: RunningJob, dry_run_output: TextIO | None, owned_output: TextIO | None
     ) -> None:
         spec, execution = run.spec, run.execution
+        bind_log_context(jobName=spec.name, executionId=execution.id)
         repository = self.repository
         started = time.monotonic()
         EXECUTIONS_RUNNING.labels(spec.name).inc()
@@ -123,6 +125,7 @@ class Launcher:
             )
             definition = spec.build(context)
             step = await repository.start_step(execution, definition.name)
+            bind_log_context(stepName=step.name)
             step_started = time.monotonic()
             if step.checkpoint is not None:
                 log.info(
