@@ -12,7 +12,14 @@ from typing import TextIO
 
 from app.jobs import fcm_send, usage_stats
 from app.logs import bind_log_context
-from app.metrics import EXECUTIONS_RUNNING, JOB_DURATION, JOB_OUTCOMES, STEP_DURATION
+from app.metrics import (
+    EXECUTIONS_RUNNING,
+    JOB_DURATION,
+    JOB_LAST_START,
+    JOB_LAST_SUCCESS,
+    JOB_OUTCOMES,
+    STEP_DURATION,
+)
 from app.pipeline.chunk import StepProgress
 from app.pipeline.step import run_step
 from app.runtime.job import JobContext, JobSpec
@@ -114,6 +121,7 @@ class Launcher:
         repository = self.repository
         started = time.monotonic()
         EXECUTIONS_RUNNING.labels(spec.name).inc()
+        JOB_LAST_START.labels(spec.name).set_to_current_time()
         heartbeat = asyncio.create_task(self._heartbeat(execution.id))
         status, message = Status.FAILED, ""
         try:
@@ -170,6 +178,8 @@ class Launcher:
                 await asyncio.to_thread(owned_output.close)
             EXECUTIONS_RUNNING.labels(spec.name).dec()
             JOB_OUTCOMES.labels(spec.name, status.value).inc()
+            if status == Status.COMPLETED:
+                JOB_LAST_SUCCESS.labels(spec.name).set_to_current_time()
             JOB_DURATION.labels(spec.name, status.value).observe(time.monotonic() - started)
             counts = run.progress
             log.info(

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, tzinfo
 import aiocron
 
 from app.jobs import fcm_send, usage_stats
+from app.metrics import SCHEDULER_ENABLED
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
 from app.runtime.repository import AlreadyComplete, AlreadyRunning
@@ -89,6 +90,7 @@ class Scheduler:
             )
             cron.start()  # not start=True: that defers the start past a prompt stop()
             self._crons.append(cron)
+        SCHEDULER_ENABLED.set(1)
 
     def _trigger(self, schedule: Schedule) -> None:
         # aiocron runs this in a task of its own that nobody awaits; the launch goes in
@@ -102,6 +104,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         self._stopped = True
+        SCHEDULER_ENABLED.set(0)
         for cron in self._crons:
             cron.stop()
         self._crons.clear()
