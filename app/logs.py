@@ -48,7 +48,7 @@ def _present(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def local_time(seconds: float, timezone: tzinfo) -> datetime:
-    """The clock of everything the service writes: aware, in the service's zone."""
+    """A log record's time: aware, in the service's zone (as the error bodies' timestamps)."""
     return datetime.fromtimestamp(seconds, timezone)
 
 
