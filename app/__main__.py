@@ -14,6 +14,7 @@ from typing import TextIO
 from app.composition import JOBS, open_launcher, serve
 from app.config import ConfigError, Settings, load_settings
 from app.edges.db import open_pool
+from app.logs import configure_logging
 from app.model import COMPLETED_WITH_SKIPS, LaunchRefused, Status
 from app.pipeline.chunk import StepProgress
 from app.runtime.job import find_job
@@ -49,18 +50,21 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="fan-out job: write messages, publish nothing"
     )
     run.add_argument("--output", help="with --dry-run: a file for the messages (default stdout)")
-    run.add_argument("--quiet", action="store_true", help="no live progress line")
+    run.add_argument(
+        "--quiet", action="store_true", help="no live progress line (none with LOG_FORMAT=json)"
+    )
 
     commands.add_parser("serve", help="run the daemon: admin API, metrics, schedules")
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def _say(settings: Settings, text: str, level: int = logging.INFO) -> None:
+    """The CLI's own lines on stderr: plain text, or log records where the logs are JSON
+    (a log pipeline reading stderr parses every line)."""
+    if settings.LOG_FORMAT == "json":
+        log.log(level, text)
+    else:
+        print(text, file=sys.stderr)
 
 
 async def _migrate(settings: Settings, dev_schema: bool) -> int:
@@ -93,15 +97,15 @@ async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | No
         try:
             run = await launcher.launch(spec, raw, rerun=args.rerun, dry_run_output=output)
         except ParameterError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
         except LaunchRefused as exc:
             hint = " (use --rerun to run it again)" if "completed" in str(exc) else ""
-            print(f"not launched: {exc}{hint}", file=sys.stderr)
+            _say(settings, f"not launched: {exc}{hint}", logging.WARNING)
             return EXIT_REFUSED
         assert run.task is not None
         progress = None
-        if not args.quiet:
+        if not args.quiet and settings.LOG_FORMAT == "text":
             progress = asyncio.create_task(_show_progress(run.progress, sys.stderr))
         try:
             await _until_done_or_signal(launcher, run.task, settings.SHUTDOWN_GRACE_SECONDS)
@@ -113,11 +117,12 @@ async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | No
     assert final is not None
     counts = run.progress
     kind = "dry run" if final.dry_run else "execution"
-    print(
+    _say(
+        settings,
         f"{spec.name} {kind} {final.id}: {final.exit_code}; read {counts.read:,}, "
         f"written {counts.written:,}, filtered {counts.filtered:,}, skipped {counts.skipped:,}"
         + (f"; {final.exit_message}" if final.exit_message else ""),
-        file=sys.stderr,
+        logging.INFO if final.status == Status.COMPLETED else logging.WARNING,
     )
     if final.status != Status.COMPLETED:
         return EXIT_FAILED
@@ -159,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _configure_logging(settings.LOG_LEVEL)
+    configure_logging(
+        settings.LOG_LEVEL, settings.LOG_FORMAT, settings.APPLICATION_NAME, settings.timezone
+    )
     _tune_gc()
     if args.command == "migrate":
         return asyncio.run(_migrate(settings, args.dev_schema))

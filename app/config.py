@@ -100,6 +100,7 @@ class Settings:
     AUTO_RESTART_ATTEMPTS: int
     AUTO_RESTART_BACKOFF_SECONDS: float
     LOG_LEVEL: str
+    LOG_FORMAT: str
     SHUTDOWN_GRACE_SECONDS: float
     DRY_RUN_DIR: str
     CHUNK_SIZE: int
@@ -270,6 +271,8 @@ def _validate(name: str, value: Any) -> str | None:
         return "expected a port number 0..65535"
     if name == "LOG_LEVEL" and value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         return "expected DEBUG, INFO, WARNING or ERROR"
+    if name == "LOG_FORMAT" and value not in ("text", "json"):
+        return "expected text or json"
     return None
 
 

@@ -43,6 +43,24 @@ EXECUTIONS_RUNNING = Gauge(
     ["job"],
     registry=REGISTRY,
 )
+# For alerts on time: a gauge holds its last value, so `time() - gauge` is the age.
+JOB_LAST_START = Gauge(
+    "batch_job_last_start_timestamp_seconds",
+    "When this process last started an execution of the job (Unix time)",
+    ["job"],
+    registry=REGISTRY,
+)
+JOB_LAST_SUCCESS = Gauge(
+    "batch_job_last_success_timestamp_seconds",
+    "When an execution of the job last ended COMPLETED in this process (Unix time)",
+    ["job"],
+    registry=REGISTRY,
+)
+SCHEDULER_ENABLED = Gauge(
+    "batch_scheduler_enabled",
+    "1 while this process runs the job schedules, else 0",
+    registry=REGISTRY,
+)
 ITEMS = Counter(
     "batch_items",
     "Items through the chunk steps, by what happened to them",

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from app.metrics import EXECUTIONS_RUNNING, JOB_DURATION, JOB_OUTCOMES, STEP_DURATION
+from app.logs import bind_log_context
+from app.metrics import (
+    EXECUTIONS_RUNNING,
+    JOB_DURATION,
+    JOB_LAST_START,
+    JOB_LAST_SUCCESS,
+    JOB_OUTCOMES,
+    STEP_DURATION,
+)
 from app.model import COMPLETED_WITH_SKIPS, JobExecution, Status
 from app.pipeline.chunk import StepProgress
 from app.pipeline.step import StepRunner
@@ -127,6 +135,7 @@ class Launcher:
         self, run: RunningJob, dry_run_output: TextIO | None, owned_output: TextIO | None
     ) -> None:
         spec, execution = run.spec, run.execution
+        bind_log_context(jobName=spec.name, executionId=execution.id)  # this task's lines
         outcome = _Outcome()
         started = time.monotonic()
         try:
@@ -177,6 +186,7 @@ class Launcher:
             outcome.message = f"{type(exc).__name__}: {exc}"
             log.exception("job failed to start its step: job=%s", spec.name)
             return
+        bind_log_context(stepName=step.name)
         if step.checkpoint is not None:
             log.info(
                 "job restarting: job=%s execution=%d step=%s checkpoint=%s",
@@ -256,11 +266,14 @@ def _job_metrics(job_name: str, outcome: _Outcome) -> Iterator[None]:
     """The running gauge while the body runs; the outcome and the duration after."""
     started = time.monotonic()
     EXECUTIONS_RUNNING.labels(job_name).inc()
+    JOB_LAST_START.labels(job_name).set_to_current_time()
     try:
         yield
     finally:
         EXECUTIONS_RUNNING.labels(job_name).dec()
         JOB_OUTCOMES.labels(job_name, outcome.exit_code).inc()
+        if outcome.status == Status.COMPLETED:
+            JOB_LAST_SUCCESS.labels(job_name).set_to_current_time()
         JOB_DURATION.labels(job_name, outcome.status.value).observe(time.monotonic() - started)
 
 

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, tzinfo
 import aiocron
 from cronsim import CronSim
 
+from app.metrics import SCHEDULER_ENABLED
 from app.model import AlreadyComplete, AlreadyRunning, Status
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
@@ -99,6 +100,7 @@ class Scheduler:
             )
             cron.start()  # not start=True: that defers the start past a prompt stop()
             self._crons.append(cron)
+        SCHEDULER_ENABLED.set(1)
         if catch_up:
             now = datetime.now(self._tz)
             for schedule in self._schedules:
@@ -157,6 +159,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         self._stopped = True
+        SCHEDULER_ENABLED.set(0)
         for cron in self._crons:
             cron.stop()
         self._crons.clear()

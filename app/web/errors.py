@@ -77,8 +77,8 @@ def error_middleware(tz: tzinfo) -> Middleware:
                 "code": error.code,
                 "message": error.message,
                 "requestUrl": request.path,
-                # Spring's LocalDateTime.now(): local time of the service's zone, no offset
-                "timestamp": datetime.now(tz).replace(tzinfo=None).isoformat(),
+                # ISO 8601 in the service's zone with its offset, the clock of the logs
+                "timestamp": datetime.now(tz).isoformat(),
             }
         }
         return web.json_response(body, status=error.status, headers=error.headers)

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
@@ -128,7 +129,8 @@ def assert_error(body: dict, status: str, code: str, path: str) -> dict:
     error = body["error"]
     assert set(error) == {"status", "code", "message", "requestUrl", "timestamp"}
     assert (error["status"], error["code"], error["requestUrl"]) == (status, code, path)
-    assert error["timestamp"]
+    # The service's zone (Asia/Seoul, no daylight saving) with its offset
+    assert datetime.fromisoformat(error["timestamp"]).utcoffset() == timedelta(hours=9)
     return error
 
 

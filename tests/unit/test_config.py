@@ -95,3 +95,11 @@ def test_secrets_stay_out_of_repr() -> None:
     settings = load({"DB_PASSWORD": SECRET_PASSWORD, "RABBITMQ_PASSWORD": SECRET_PASSWORD})
     assert SECRET_PASSWORD not in repr(settings)
     assert TEST_JWT_SECRET not in repr(settings)
+
+
+def test_log_format_is_text_by_default_and_json_or_text_only() -> None:
+    assert load({}).LOG_FORMAT == "text"
+    assert load({"LOG_FORMAT": "json"}).LOG_FORMAT == "json"
+    with pytest.raises(ConfigError) as error:
+        load({"LOG_FORMAT": "ecs"})
+    assert str(error.value) == "invalid configuration: LOG_FORMAT expected text or json"

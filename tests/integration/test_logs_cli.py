@@ -1,0 +1,116 @@
+"""`python -m app run` as a process: with LOG_FORMAT=json every stderr line is an ECS JSON
+object, and the lines of the run carry its job, execution and step; text lines carry the
+offset of the service's zone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+
+from asyncmy.pool import Pool
+
+from app.config import Settings
+from app.devtools.fake_peers import run_fake_peers
+from app.edges.db import fetch_all
+from tests.integration.test_usage_stats_job import OLD_SERVICE_EXPECTED, load_old_service_rows
+from tests.reliability.support import cli_environment
+from tests.samples import SAMPLE_STORES
+
+ECS_KEYS = {
+    "@timestamp",
+    "log.level",
+    "process.pid",
+    "process.thread.name",
+    "service.name",
+    "log.logger",
+    "message",
+    "ecs.version",
+}
+RUN_KEYS = {"jobName", "executionId", "stepName"}
+
+
+async def run_cli(settings: Settings, cwd: Path, **env: object) -> tuple[int, str, str]:
+    """`python -m app run coupon-usage-stats` for the old service's rows: (exit code,
+    stdout, stderr)."""
+    data = {"stores": {str(k): v for k, v in SAMPLE_STORES.items()}, "tokens": {}}
+    async with run_fake_peers(data) as fake:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app", "run", "coupon-usage-stats",
+            "--run-date", "2025-10-26", "--quiet",
+            env=cli_environment(
+                settings,
+                STORE_SERVICE_URL=fake.store_url,
+                NOTIFICATION_SERVICE_URL=fake.notification_url,
+                **env,
+            ),
+            cwd=cwd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def execution_id(pool: Pool) -> int:
+    ((found,),) = await fetch_all(pool, "SELECT JOB_EXECUTION_ID FROM BATCH_JOB_EXECUTION")
+    return int(found)
+
+
+async def test_json_logs_are_one_ecs_object_per_line_with_the_run_context(
+    settings: Settings, pool: Pool, tmp_path: Path
+) -> None:
+    await load_old_service_rows(pool)
+    code, out, err = await run_cli(settings, tmp_path, LOG_FORMAT="json")
+    assert code == 0, err
+    assert out == ""
+    assert await fetch_all(
+        pool, "SELECT member_id, top_dong, top_hour, aggregated_at FROM coupon_usage_stats"
+    ) == [tuple(row) for row in OLD_SERVICE_EXPECTED]
+    execution = await execution_id(pool)
+
+    lines = [json.loads(line) for line in err.splitlines()]  # every line, or this fails
+    assert lines
+    for line in lines:
+        assert set(line) >= ECS_KEYS, line
+        assert line["service.name"] == "batch-service"
+        assert line["ecs.version"] == "8.11"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+09:00", line["@timestamp"])
+
+    finished = [line for line in lines if line["message"].startswith("job finished:")]
+    assert len(finished) == 1
+    assert finished[0]["log.logger"] == "app.runtime.launcher"
+    assert {k: finished[0][k] for k in RUN_KEYS} == {
+        "jobName": "couponUsageStatsJob",
+        "executionId": execution,
+        "stepName": "couponUsageStatsStep",
+    }
+    # The CLI's own summary is a record too, not a plain line among the JSON.
+    assert lines[-1]["log.logger"] == "app"
+    assert lines[-1]["log.level"] == "INFO"
+    assert lines[-1]["message"] == (
+        f"couponUsageStatsJob execution {execution}: COMPLETED;"
+        " read 5, written 4, filtered 1, skipped 0"
+    )
+
+
+async def test_text_logs_carry_the_offset_of_the_service_zone(
+    settings: Settings, pool: Pool, tmp_path: Path
+) -> None:
+    await load_old_service_rows(pool)
+    code, _, err = await run_cli(settings, tmp_path)
+    assert code == 0, err
+    execution = await execution_id(pool)
+    *records, summary = err.splitlines()
+    assert records
+    for line in records:
+        assert re.match(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+09:00 (INFO|WARNING|ERROR) app[.\w]* ", line
+        ), line
+    assert summary == (
+        f"couponUsageStatsJob execution {execution}: COMPLETED;"
+        " read 5, written 4, filtered 1, skipped 0"
+    )
