@@ -16,7 +16,7 @@ from app.edges.auth import verify_admin_token
 from app.runtime.job import JobSpec
 from app.runtime.launcher import JOBS, Launcher, RunningJob, ShuttingDown, UnknownJob, find_job
 from app.runtime.parameters import ParameterError
-from app.runtime.repository import AlreadyRunning, JobExecution
+from app.runtime.repository import AlreadyRunning, JobExecution, Status
 from app.runtime.resources import Resources
 from app.web.errors import ApiError, error_middleware
 from app.web.metrics import EXPOSITION, exposition_registry, metrics_middleware, prometheus
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 HealthCheck = Callable[[], Awaitable[object]]  # returns when healthy, raises otherwise
 HEALTH_TIMEOUT_SECONDS = 0.5
 LIST_LIMIT_DEFAULT = 20
+RECENT_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 100
 _MAX_BIGINT = 2**63 - 1
 _BIGINT_DIGITS = len(str(_MAX_BIGINT))
@@ -119,9 +120,11 @@ def create_app(
     app[HEALTH] = Health(health_checks, health_timeout)
     app[EXPOSITION] = exposition_registry(settings.APPLICATION_NAME)
     app.cleanup_ctx.append(_close_health)
-    # executions/{id} before {jobName}/executions: both have five segments
+    # executions/{id} before {jobName}/executions: both have five segments; the plain
+    # executions list before {jobName}, which it would match as a job name
     app.router.add_routes(
         [
+            web.get("/api/v1/jobs/executions", list_recent_executions),
             web.post("/api/v1/jobs/{jobName}", launch_job),
             web.get("/api/v1/jobs/executions/{id}", get_execution),
             web.get("/api/v1/jobs/{jobName}/executions", list_executions),
@@ -223,20 +226,42 @@ async def get_execution(request: web.Request) -> web.Response:
     return web.json_response(_execution_view(execution, launcher.running.get(execution.id)))
 
 
-async def list_executions(request: web.Request) -> web.Response:
-    """The job's most recent executions, newest first."""
-    launcher = request.app[LAUNCHER]
-    spec = _job(request)
-    raw = request.query.get("limit", str(LIST_LIMIT_DEFAULT))
+def _limit(request: web.Request, default: int) -> int:
+    raw = request.query.get("limit", str(default))
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= LIST_LIMIT_MAX):
         raise ApiError(
             400,
             "INVALID_PARAMETER",
             f"limit: must be an integer from 1 to {LIST_LIMIT_MAX}, got {raw[:40]!r}",
         )
-    executions = await launcher.repository.list_executions(spec.name, int(raw))
+    return int(raw)
+
+
+async def list_executions(request: web.Request) -> web.Response:
+    """The job's most recent executions, newest first."""
+    launcher = request.app[LAUNCHER]
+    spec = _job(request)
+    limit = _limit(request, LIST_LIMIT_DEFAULT)
+    executions = await launcher.repository.list_executions(spec.name, limit)
     views = [_execution_view(e, launcher.running.get(e.id)) for e in executions]
     return web.json_response({"jobName": spec.name, "executions": views})
+
+
+async def list_recent_executions(request: web.Request) -> web.Response:
+    """The most recent executions of every job, newest first; `status` filters."""
+    launcher = request.app[LAUNCHER]
+    status = request.query.get("status")
+    known = [s.value for s in Status]
+    if status is not None and status not in known:
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER",
+            f"status: must be one of {', '.join(known)}, got {status[:40]!r}",
+        )
+    limit = _limit(request, RECENT_LIMIT_DEFAULT)
+    executions = await launcher.repository.recent_executions(status, limit)
+    views = [_execution_view(e, launcher.running.get(e.id)) for e in executions]
+    return web.json_response({"executions": views})
 
 
 def _time(value: datetime | None) -> str | None:
