@@ -18,6 +18,7 @@ from app.runtime.launcher import JOBS, Launcher, RunningJob, ShuttingDown, Unkno
 from app.runtime.parameters import ParameterError
 from app.runtime.repository import AlreadyRunning, JobExecution, Status
 from app.runtime.resources import Resources
+from app.web.console import console_routes
 from app.web.errors import ApiError, error_middleware
 from app.web.metrics import EXPOSITION, exposition_registry, metrics_middleware, prometheus
 from app.web.openapi import OPENAPI
@@ -131,6 +132,7 @@ def create_app(
             web.get("/actuator/health", health),
             web.get("/actuator/prometheus", prometheus),
             web.get("/v3/api-docs", api_docs),
+            *console_routes(),
         ]
     )
     return app
