@@ -121,12 +121,12 @@ def create_app(
     app[HEALTH] = Health(health_checks, health_timeout)
     app[EXPOSITION] = exposition_registry(settings.APPLICATION_NAME)
     app.cleanup_ctx.append(_close_health)
-    # executions/{id} before {jobName}/executions: both have five segments; the plain
-    # executions list before {jobName}, which it would match as a job name
+    # executions/{id} before {jobName}/executions: both have five segments. No job is
+    # named `executions`: that path is the list of every job's executions (GET only).
     app.router.add_routes(
         [
             web.get("/api/v1/jobs/executions", list_recent_executions),
-            web.post("/api/v1/jobs/{jobName}", launch_job),
+            web.post("/api/v1/jobs/{jobName:(?!executions$)[^/]+}", launch_job),
             web.get("/api/v1/jobs/executions/{id}", get_execution),
             web.get("/api/v1/jobs/{jobName}/executions", list_executions),
             web.get("/actuator/health", health),

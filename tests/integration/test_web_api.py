@@ -256,6 +256,10 @@ async def test_unknown_routes_and_methods(client: Client) -> None:
     assert resp.headers["Allow"] == "POST"
     assert_error(await resp.json(), "405 METHOD_NOT_ALLOWED", "METHOD_NOT_ALLOWED", STATS)
 
+    resp = await api.post("/api/v1/jobs/executions", headers=bearer())
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "GET,HEAD"
+
     resp = await api.get("/api/v1/jobs/executions/987654", headers=bearer())
     assert resp.status == 404
     path = "/api/v1/jobs/executions/987654"
