@@ -278,6 +278,12 @@ class JobRepository:
     async def list_executions(self, job_name: str, limit: int = 20) -> list[JobExecution]:
         return await self._executions("i.JOB_NAME = %s", (job_name,), limit=limit)
 
+    async def recent_executions(self, status: str | None, limit: int = 50) -> list[JobExecution]:
+        """Every job's most recent executions, newest first; only those in `status` if given."""
+        if status is None:
+            return await self._executions("TRUE", (), limit=limit)
+        return await self._executions("e.STATUS = %s", (status,), limit=limit)
+
     async def _executions(self, where: str, args: tuple, *, limit: int) -> list[JobExecution]:
         rows = await fetch_all(
             self.pool,

@@ -13,11 +13,12 @@ from aiohttp.typedefs import Handler, Middleware
 from asyncmy.pool import Pool
 
 from app.edges.auth import verify_admin_token
-from app.model import AlreadyRunning, JobExecution
+from app.model import AlreadyRunning, JobExecution, Status
 from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
 from app.runtime.parameters import ParameterError
 from app.runtime.resources import Resources
+from app.web.console import console_routes
 from app.web.errors import ApiError, error_middleware
 from app.web.metrics import EXPOSITION, exposition_registry, metrics_middleware, prometheus
 from app.web.openapi import OPENAPI
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 HealthCheck = Callable[[], Awaitable[object]]  # returns when healthy, raises otherwise
 HEALTH_TIMEOUT_SECONDS = 0.5
 LIST_LIMIT_DEFAULT = 20
+RECENT_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 100
 _MAX_BIGINT = 2**63 - 1
 _BIGINT_DIGITS = len(str(_MAX_BIGINT))
@@ -119,10 +121,12 @@ def create_app(
     app[HEALTH] = Health(health_checks, health_timeout)
     app[EXPOSITION] = exposition_registry(settings.APPLICATION_NAME)
     app.cleanup_ctx.append(_close_health)
-    # executions/{id} before {jobName}/executions: both have five segments
+    # executions/{id} before {jobName}/executions: both have five segments. No job is
+    # named `executions`: that path is the list of every job's executions (GET only).
     app.router.add_routes(
         [
-            web.post("/api/v1/jobs/{jobName}", launch_job),
+            web.get("/api/v1/jobs/executions", list_recent_executions),
+            web.post("/api/v1/jobs/{jobName:(?!executions$)[^/]+}", launch_job),
             web.get("/api/v1/jobs/executions/{id}", get_execution),
             web.get("/api/v1/jobs/{jobName}/executions", list_executions),
             web.get("/actuator/health", health),
@@ -130,6 +134,7 @@ def create_app(
             web.get("/actuator/health/readiness", readiness),
             web.get("/actuator/prometheus", prometheus),
             web.get("/v3/api-docs", api_docs),
+            *console_routes(),
         ]
     )
     return app
@@ -226,20 +231,42 @@ async def get_execution(request: web.Request) -> web.Response:
     return web.json_response(_execution_view(execution, launcher.running.get(execution.id)))
 
 
-async def list_executions(request: web.Request) -> web.Response:
-    """The job's most recent executions, newest first."""
-    launcher = request.app[LAUNCHER]
-    spec = _job(request)
-    raw = request.query.get("limit", str(LIST_LIMIT_DEFAULT))
+def _limit(request: web.Request, default: int) -> int:
+    raw = request.query.get("limit", str(default))
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= LIST_LIMIT_MAX):
         raise ApiError(
             400,
             "INVALID_PARAMETER",
             f"limit: must be an integer from 1 to {LIST_LIMIT_MAX}, got {raw[:40]!r}",
         )
-    executions = await launcher.repository.list_executions(spec.name, int(raw))
+    return int(raw)
+
+
+async def list_executions(request: web.Request) -> web.Response:
+    """The job's most recent executions, newest first."""
+    launcher = request.app[LAUNCHER]
+    spec = _job(request)
+    limit = _limit(request, LIST_LIMIT_DEFAULT)
+    executions = await launcher.repository.list_executions(spec.name, limit)
     views = [_execution_view(e, launcher.running.get(e.id)) for e in executions]
     return web.json_response({"jobName": spec.name, "executions": views})
+
+
+async def list_recent_executions(request: web.Request) -> web.Response:
+    """The most recent executions of every job, newest first; `status` filters."""
+    launcher = request.app[LAUNCHER]
+    status = request.query.get("status")
+    known = [s.value for s in Status]
+    if status is not None and status not in known:
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER",
+            f"status: must be one of {', '.join(known)}, got {status[:40]!r}",
+        )
+    limit = _limit(request, RECENT_LIMIT_DEFAULT)
+    executions = await launcher.repository.recent_executions(status, limit)
+    views = [_execution_view(e, launcher.running.get(e.id)) for e in executions]
+    return web.json_response({"executions": views})
 
 
 def _time(value: datetime | None) -> str | None:

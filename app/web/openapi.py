@@ -40,6 +40,7 @@ _COUNTS = {
     for name in ("readCount", "writeCount", "filterCount", "skipCount", "commitCount")
 }
 _TIME = {"type": "string", "format": "date-time", "nullable": True}
+_STATUSES = [status.value for status in Status]
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -101,6 +102,39 @@ OPENAPI: dict[str, Any] = {
                         " Location names the running execution"
                     ),
                     "503": _error("The service is shutting down (SHUTTING_DOWN)"),
+                },
+            }
+        },
+        "/api/v1/jobs/executions": {
+            "get": {
+                "summary": "The most recent executions of every job, newest first",
+                "operationId": "listRecentExecutions",
+                "security": [{"bearerAuth": []}],
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "description": "Only executions in this status",
+                        "schema": {"type": "string", "enum": _STATUSES},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "executions": {"type": "array", "items": _ref("Execution")},
+                            },
+                        },
+                        "The executions",
+                    ),
+                    "400": _error("An unknown status or a bad limit (INVALID_PARAMETER)"),
+                    **_AUTH_ERRORS,
                 },
             }
         },
@@ -243,7 +277,7 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "executionId": {"type": "integer", "format": "int64"},
                     "jobName": {"type": "string"},
-                    "status": {"type": "string", "enum": [s.value for s in Status]},
+                    "status": {"type": "string", "enum": _STATUSES},
                     "dryRun": {"type": "boolean"},
                     "exitCode": {
                         "type": "string",

@@ -21,7 +21,9 @@ from asyncmy.pool import Pool
 from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
-from app.runtime.launcher import Launcher
+from app.model import Status
+from app.repository import JobRepository
+from app.runtime.launcher import Launcher, find_job
 from app.runtime.resources import open_resources
 from app.web.app import LAUNCHER, create_app
 from tests.settings import TEST_JWT_KEY, make_settings
@@ -220,6 +222,10 @@ async def test_actuator_and_docs_need_no_token(client: Client) -> None:
         ("/api/v1/jobs/executions/-1", "id"),
         (f"{STATS}/executions?limit=0", "limit"),
         (f"{STATS}/executions?limit=x", "limit"),
+        ("/api/v1/jobs/executions?status=RUNNING", "status"),
+        ("/api/v1/jobs/executions?status=started", "status"),
+        ("/api/v1/jobs/executions?status=", "status"),
+        ("/api/v1/jobs/executions?limit=101", "limit"),
     ],
 )
 async def test_bad_input_is_400_naming_the_parameter(
@@ -252,6 +258,10 @@ async def test_unknown_routes_and_methods(client: Client) -> None:
     assert resp.status == 405
     assert resp.headers["Allow"] == "POST"
     assert_error(await resp.json(), "405 METHOD_NOT_ALLOWED", "METHOD_NOT_ALLOWED", STATS)
+
+    resp = await api.post("/api/v1/jobs/executions", headers=bearer())
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "GET,HEAD"
 
     resp = await api.get("/api/v1/jobs/executions/987654", headers=bearer())
     assert resp.status == 404
@@ -311,6 +321,55 @@ async def test_launch_runs_the_job_and_reports_it(client: Client, pool: Pool) ->
     assert [e["executionId"] for e in listed["executions"]] == [again, execution_id]
     resp = await api.get(f"{STATS}/executions?limit=1", headers=bearer())
     assert [e["executionId"] for e in (await resp.json())["executions"]] == [again]
+
+
+async def test_recent_executions_of_every_job_newest_first_by_status(
+    client: Client, pool: Pool
+) -> None:
+    api = await client()
+    repository = JobRepository(pool, abandon_after_seconds=120)
+    now = datetime(2025, 10, 26, 10, 0)
+
+    async def start(job: str, **raw: str) -> int:
+        spec = find_job(job)
+        execution = await repository.start_execution(
+            spec.name, spec.parse(raw, now), rerun_completed=True
+        )
+        return execution.id
+
+    completed = await start("coupon-usage-stats", runDate="2025-10-25")
+    await repository.finish_execution(completed, Status.COMPLETED)
+    running = await start("coupon-usage-stats-fcm-send", runDate=RUN_DATE, targetHour="10")
+    failed = await start("coupon-usage-stats", runDate=RUN_DATE)
+    await repository.finish_execution(failed, Status.FAILED, "boom <b>")
+
+    async def listed(query: str) -> list[tuple[int, str, str]]:
+        resp = await api.get(f"/api/v1/jobs/executions{query}", headers=bearer())
+        assert resp.status == 200
+        body = await resp.json()
+        assert set(body) == {"executions"}
+        return [(e["executionId"], e["jobName"], e["status"]) for e in body["executions"]]
+
+    assert await listed("") == [
+        (failed, "couponUsageStatsJob", "FAILED"),
+        (running, "couponUsageStatsFcmSendJob", "STARTED"),
+        (completed, "couponUsageStatsJob", "COMPLETED"),
+    ]
+    assert await listed("?limit=2") == [
+        (failed, "couponUsageStatsJob", "FAILED"),
+        (running, "couponUsageStatsFcmSendJob", "STARTED"),
+    ]
+    assert await listed("?status=STARTED") == [(running, "couponUsageStatsFcmSendJob", "STARTED")]
+    assert await listed("?status=COMPLETED&limit=1") == [
+        (completed, "couponUsageStatsJob", "COMPLETED")
+    ]
+    assert await listed("?status=STOPPED") == []
+    resp = await api.get("/api/v1/jobs/executions?status=FAILED", headers=bearer())
+    (view,) = (await resp.json())["executions"]
+    assert (view["exitMessage"], view["parameters"]) == ("boom <b>", {"runDate": RUN_DATE})
+
+    resp = await api.get("/api/v1/jobs/executions")
+    assert resp.status == 401
 
 
 async def test_second_launch_while_running_is_409(

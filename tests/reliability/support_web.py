@@ -54,16 +54,25 @@ class LiveApp:
 
 @contextmanager
 def live_app(
-    settings: Settings, stores: Mapping[int, str] | None = None, **overrides: object
+    settings: Settings,
+    stores: Mapping[int, str] | None = None,
+    *,
+    tokens: Mapping[int, list[str]] | None = None,
+    broker: bool = False,
+    **overrides: object,
 ) -> Iterator[LiveApp]:
     """The app on 127.0.0.1 (an ephemeral port) until exit; `overrides` are settings.
 
-    Tokens must be signed with TEST_JWT_KEY, the fake peers' too. No broker: the health
-    answer has the `db` component only. On exit, running jobs are asked to stop (as on
-    SIGTERM) and the thread ends.
+    Tokens must be signed with TEST_JWT_KEY, the fake peers' too. `tokens` are the push
+    tokens of members the fake notification service knows. Without `broker` (publishing
+    to RABBITMQ_VHOST) the health answer has the `db` component only. On exit, running
+    jobs are asked to stop (as on SIGTERM) and the thread ends.
     """
     started: Future[tuple[LiveApp, asyncio.Event]] = Future()
-    peer_data = {"stores": {str(k): v for k, v in (stores or {}).items()}, "tokens": {}}
+    peer_data = {
+        "stores": {str(k): v for k, v in (stores or {}).items()},
+        "tokens": {str(k): v for k, v in (tokens or {}).items()},
+    }
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -76,7 +85,7 @@ def live_app(
                     **overrides,
                 }
                 app_settings = make_settings(**values)
-                async with open_resources(app_settings, broker=False) as resources:
+                async with open_resources(app_settings, broker=broker) as resources:
                     launcher = Launcher(resources, JOBS)
                     runner = web.AppRunner(
                         create_app(launcher, resource_checks(resources)), access_log=None

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.web.app import create_app
+from app.web.console import CONSOLE_PATH
 from app.web.openapi import OPENAPI
 from tests.settings import make_settings
 
@@ -21,10 +22,13 @@ def app() -> web.Application:
 
 
 def routes(application: web.Application) -> set[tuple[str, str]]:
+    """The API's routes: the console's page is a client of the API, not part of it."""
     return {
         (route.method.lower(), route.resource.canonical)
         for route in application.router.routes()
-        if route.method != "HEAD" and route.resource is not None
+        if route.method != "HEAD"
+        and route.resource is not None
+        and not route.resource.canonical.startswith(CONSOLE_PATH)
     }
 
 

@@ -1,0 +1,565 @@
+// The operator's console: polls the admin API with the pasted token and draws what it
+// answers. Every value from the API is put in the page as text (textContent, DOM
+// properties), never parsed as HTML: exit messages and skipped ids can carry text from
+// a peer's answer. The token lives in this tab's sessionStorage only.
+
+const TOKEN_KEY = "couponpop-batch.adminToken";
+const API = "/api/v1/jobs";
+const REFRESH_MS = 2000;
+const REQUEST_TIMEOUT_MS = 10000;
+const LIST_LIMIT = 50;
+const RUNNING = new Set(["STARTING", "STARTED", "STOPPING"]);
+const ACTIONS = [
+  // [action, label, statuses where the API accepts it]
+  ["stop", "Stop", new Set(["STARTING", "STARTED"])],
+  ["restart", "Restart", new Set(["FAILED", "STOPPED"])],
+  ["abandon", "Abandon", new Set(["FAILED", "STOPPED"])],
+];
+const JOB_LABELS = {
+  couponUsageStatsJob: "usage stats",
+  couponUsageStatsFcmSendJob: "push fan-out",
+};
+
+const $ = (id) => document.getElementById(id);
+const numbers = new Intl.NumberFormat("en-US");
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// ---- DOM helpers: text only ------------------------------------------------------
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (name === "class") node.className = value;
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else node[name] = value;
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child)); // a string becomes a text node
+  }
+  return node;
+}
+
+function badgeClass(status) {
+  return `badge s-${/^[A-Z]+$/.test(status) ? status : "UNKNOWN"}`;
+}
+
+function statusBadge(status) {
+  return el("span", { class: badgeClass(status) }, status);
+}
+
+function count(value) {
+  return typeof value === "number" ? numbers.format(value) : "";
+}
+
+// ---- times ---------------------------------------------------------------------------
+
+// The API's times are ISO 8601, with microseconds, with or without an offset (without:
+// the service's local time, read here as the browser's).
+function parseTime(text) {
+  if (!text) return null;
+  const ms = Date.parse(text.replace(/(\.\d{3})\d+/, "$1"));
+  return Number.isNaN(ms) ? null : ms;
+}
+
+function showTime(text) {
+  return text ? text.slice(0, 19).replace("T", " ") : "";
+}
+
+function duration(execution) {
+  const start = parseTime(execution.startTime);
+  if (start === null) return "";
+  const end = RUNNING.has(execution.status) ? Date.now() : parseTime(execution.endTime);
+  if (end === null) return "";
+  const seconds = Math.max(0, Math.round((end - start) / 1000));
+  const h = Math.floor(seconds / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = seconds % 60;
+  if (h) return `${h}h ${String(m).padStart(2, "0")}m`;
+  if (m) return `${m}m ${String(s).padStart(2, "0")}s`;
+  return `${s}s`;
+}
+
+function isDryRun(execution) {
+  if (typeof execution.dryRun === "boolean") return execution.dryRun;
+  return execution.parameters?.dryRun === "true";
+}
+
+function parameterText(parameters) {
+  return Object.entries(parameters || {})
+    .filter(([name]) => name !== "dryRun")
+    .map(([name, value]) => `${name}=${value}`)
+    .join(" ");
+}
+
+// Live counts while the execution runs in the replica that answered; committed otherwise.
+function counts(execution) {
+  const p = execution.progress;
+  if (p) return [p.read, p.written, p.filtered, p.skipped];
+  return [execution.readCount, execution.writeCount, execution.filterCount, execution.skipCount];
+}
+
+// ---- the token -------------------------------------------------------------------------
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function claimsOf(jwt) {
+  try {
+    const payload = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const json = new TextDecoder().decode(Uint8Array.from(atob(payload), (c) => c.charCodeAt(0)));
+    const claims = JSON.parse(json);
+    return claims && typeof claims === "object" ? claims : {};
+  } catch {
+    return {};
+  }
+}
+
+function showTokenState() {
+  const jwt = token();
+  $("forget").disabled = !jwt;
+  if (!jwt) {
+    $("token-state").textContent = "no token";
+    return;
+  }
+  const claims = claimsOf(jwt);
+  const who = claims.username || claims.sub || "unknown";
+  const expires =
+    typeof claims.exp === "number" ? `, expires ${new Date(claims.exp * 1000).toLocaleString()}` : "";
+  $("token-state").textContent = `token set (${who}${expires})`;
+}
+
+function useToken(event) {
+  event.preventDefault();
+  const input = $("token");
+  const value = input.value.trim().replace(/^Bearer\s+/i, "");
+  input.value = "";
+  if (!/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(value)) {
+    say("that is not a JWT (three base64url parts separated by dots)", true);
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, value);
+  showTokenState();
+  say("token set for this tab");
+  refreshNow();
+}
+
+function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  showTokenState();
+  clearTimeout(timer);
+  rows.clear();
+  $("rows").replaceChildren();
+  closeDetails();
+  $("refreshed").textContent = "";
+  say("token forgotten");
+}
+
+// ---- the API -----------------------------------------------------------------------------
+
+async function api(method, path) {
+  const jwt = token();
+  if (!jwt) throw new ApiError("paste an admin token first", 0);
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: { Authorization: `Bearer ${jwt}`, Accept: "application/json" },
+      cache: "no-store",
+      credentials: "omit",
+      redirect: "error",
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
+  } catch (error) {
+    const why = error.name === "TimeoutError" ? `no answer in ${REQUEST_TIMEOUT_MS / 1000} s` : "network error";
+    throw new ApiError(`${method} ${path}: ${why}`, 0);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: reported below by status
+  }
+  if (!response.ok) {
+    const error = body && typeof body.error === "object" ? body.error : null;
+    const message = error ? `${error.status}: ${error.code}: ${error.message}` : `HTTP ${response.status}`;
+    throw new ApiError(`${method} ${path.split("?")[0]}: ${message}`, response.status);
+  }
+  return body;
+}
+
+// ---- the status line ------------------------------------------------------------------------
+
+function say(message, isError = false) {
+  const line = $("status");
+  line.textContent = `${new Date().toLocaleTimeString()} ${message}`;
+  line.className = isError ? "error" : "ok";
+}
+
+// ---- the executions table -------------------------------------------------------------------
+
+const rows = new Map(); // executionId -> {row, cells, status, values}
+let selected = null; // the execution id whose details are shown
+
+function actionButtons(execution) {
+  const buttons = ACTIONS.filter(([, , statuses]) => statuses.has(execution.status)).map(
+    ([action, label]) =>
+      el("button", { type: "button", class: `action ${action}`, dataset: { action, id: String(execution.executionId) } }, label),
+  );
+  return el("span", { class: "actions" }, ...buttons);
+}
+
+// A row's cells are made once and updated in place, each only when its value changed:
+// a refresh never replaces a button under the pointer, nor restarts a progress bar.
+const COLUMNS = ["id", "job", "status", "params", "start", "duration", "read", "written", "filtered", "skipped", "message", "actions"];
+const COLUMN_CLASSES = { id: "num id", start: "time", duration: "num duration", read: "num read", written: "num written", filtered: "num filtered", skipped: "num skipped" };
+
+function newRow(id) {
+  const row = el("tr", { tabIndex: 0, dataset: { id: String(id) } });
+  const cells = {};
+  for (const name of COLUMNS) row.append((cells[name] = el("td", { class: COLUMN_CLASSES[name] || name })));
+  const status = {
+    badge: el("span"),
+    live: el("div", { class: "live", hidden: true }),
+    bar: el("progress", { max: 1 }),
+    rate: el("small", { class: "rate" }),
+  };
+  status.live.append(status.bar, status.rate);
+  cells.status.append(status.badge, status.live);
+  return { row, cells, status, values: {} };
+}
+
+function update(entry, name, value, fill) {
+  if (entry.values[name] === value) return;
+  entry.values[name] = value;
+  fill(entry.cells[name], value);
+}
+
+function setText(cell, text) {
+  cell.textContent = text;
+}
+
+function updateStatus(entry, execution) {
+  const { badge, live, bar, rate } = entry.status;
+  badge.className = badgeClass(execution.status);
+  badge.textContent = execution.status;
+  const running = RUNNING.has(execution.status);
+  live.hidden = !running;
+  const p = execution.progress;
+  const fraction = p?.fraction;
+  if (running && typeof fraction === "number") {
+    bar.value = fraction;
+    bar.title = `${Math.round(fraction * 100)}%`;
+  } else {
+    bar.removeAttribute("value"); // indeterminate: how much is left is not known
+    bar.title = "";
+  }
+  rate.textContent = running && p ? `${numbers.format(p.itemsPerSecond)}/s` : "";
+}
+
+function renderRow(entry, execution) {
+  const [read, written, filtered, skipped] = counts(execution);
+  const message = execution.exitMessage || "";
+  const dry = isDryRun(execution);
+  const actions = ACTIONS.filter(([, , statuses]) => statuses.has(execution.status)).map(([a]) => a);
+  update(entry, "id", String(execution.executionId), setText);
+  update(entry, "job", execution.jobName, (cell, name) => {
+    cell.textContent = JOB_LABELS[name] || name;
+    cell.title = name;
+  });
+  update(entry, "params", `${parameterText(execution.parameters)}|${dry}`, (cell) => {
+    cell.replaceChildren(parameterText(execution.parameters));
+    if (dry) cell.append(" ", el("span", { class: "tag dry" }, "dry run"));
+  });
+  update(entry, "start", showTime(execution.startTime), setText);
+  update(entry, "duration", duration(execution), setText);
+  update(entry, "read", count(read), setText);
+  update(entry, "written", count(written), setText);
+  update(entry, "filtered", count(filtered), setText);
+  update(entry, "skipped", count(skipped), setText);
+  update(entry, "message", message, (cell) => {
+    cell.textContent = message;
+    cell.title = message;
+  });
+  update(entry, "actions", actions.join(","), (cell) => cell.replaceChildren(actionButtons(execution)));
+  updateStatus(entry, execution);
+}
+
+function renderTable(executions) {
+  const body = $("rows");
+  const seen = new Set();
+  let previous = null;
+  for (const execution of executions) {
+    const id = execution.executionId;
+    seen.add(id);
+    let entry = rows.get(id);
+    if (!entry) rows.set(id, (entry = newRow(id)));
+    renderRow(entry, execution);
+    entry.row.dataset.status = execution.status;
+    entry.row.classList.toggle("selected", id === selected);
+    // Move only what is out of place.
+    const expected = previous ? previous.nextSibling : body.firstChild;
+    if (expected !== entry.row) body.insertBefore(entry.row, expected);
+    previous = entry.row;
+  }
+  for (const [id, entry] of rows) {
+    if (!seen.has(id)) {
+      entry.row.remove();
+      rows.delete(id);
+    }
+  }
+  $("empty").hidden = executions.length > 0;
+}
+
+// ---- details ------------------------------------------------------------------------------
+
+let detailsKey = "";
+
+function field(name, ...value) {
+  return [el("dt", {}, name), el("dd", {}, ...value)];
+}
+
+function renderDetails(execution) {
+  const key = JSON.stringify(execution);
+  if (key === detailsKey && !RUNNING.has(execution.status)) return;
+  detailsKey = key;
+  $("details-title").textContent =
+    `Execution ${execution.executionId} · ${execution.jobName}${isDryRun(execution) ? " · dry run" : ""}`;
+  const actions = $("details-actions");
+  const actionKey = `${execution.executionId}:${execution.status}`;
+  if (actions.dataset.key !== actionKey) {
+    actions.dataset.key = actionKey; // replaced only when they change, as in the table
+    actions.replaceChildren(actionButtons(execution));
+  }
+  const p = execution.progress;
+  const times = [
+    ["created", execution.createTime],
+    ["started", execution.startTime],
+    ["ended", execution.endTime],
+    ["updated", execution.lastUpdated],
+  ];
+  const fields = [
+    ...field("Status", statusBadge(execution.status), execution.exitCode ? ` exit code ${execution.exitCode}` : ""),
+    ...field("Exit message", el("pre", { class: "exit-message" }, execution.exitMessage || "")),
+    ...field("Parameters", parameterText(execution.parameters) || "none"),
+    ...field("Times", times.map(([label, time]) => `${label} ${showTime(time) || "–"}`).join(" · ")),
+    ...field(
+      "Committed",
+      `read ${count(execution.readCount)} · written ${count(execution.writeCount)}` +
+        ` · filtered ${count(execution.filterCount)} · skipped ${count(execution.skipCount)}` +
+        ` · commits ${count(execution.commitCount)}`,
+    ),
+  ];
+  if (p) {
+    const fraction = typeof p.fraction === "number" ? ` · ${Math.round(p.fraction * 100)}%` : "";
+    fields.push(
+      ...field(
+        "Live",
+        `read ${count(p.read)} · written ${count(p.written)} · filtered ${count(p.filtered)}` +
+          ` · skipped ${count(p.skipped)} · ${numbers.format(p.itemsPerSecond)} items/s${fraction}`,
+      ),
+    );
+  }
+  if (execution.messages) {
+    fields.push(
+      ...field("Messages", `published ${count(execution.messages.published)} · confirmed ${count(execution.messages.confirmed)}`),
+    );
+  }
+  const skipped = execution.skippedItems;
+  if (skipped && skipped.count > 0) {
+    const ids = Array.isArray(skipped.ids) ? skipped.ids : [];
+    const shown = ids.length < skipped.count ? ` (first ${ids.length} shown)` : "";
+    fields.push(...field("Skipped items", `${count(skipped.count)}${shown}`, el("pre", { class: "skipped-ids" }, ids.join(", "))));
+  }
+  if (execution.dryRunOutput) {
+    fields.push(...field("Dry-run output", el("code", { class: "dry-run-output" }, execution.dryRunOutput)));
+  }
+  $("details-fields").replaceChildren(...fields);
+  $("steps").replaceChildren(
+    ...(execution.steps || []).map((step) =>
+      el(
+        "tr",
+        {},
+        el("td", {}, step.stepName),
+        el("td", {}, statusBadge(step.status)),
+        el("td", { class: "num" }, count(step.readCount)),
+        el("td", { class: "num" }, count(step.writeCount)),
+        el("td", { class: "num" }, count(step.filterCount)),
+        el("td", { class: "num" }, count(step.skipCount)),
+        el("td", { class: "num" }, count(step.commitCount)),
+        el("td", { class: "checkpoint" }, step.checkpoint === null || step.checkpoint === undefined ? "" : JSON.stringify(step.checkpoint)),
+        el("td", { class: "time" }, showTime(step.startTime)),
+        el("td", { class: "time" }, showTime(step.endTime)),
+        el("td", { class: "step-message" }, step.exitMessage || ""),
+      ),
+    ),
+  );
+  $("details").hidden = false;
+}
+
+function select(id) {
+  selected = id;
+  detailsKey = "";
+  for (const [rowId, entry] of rows) entry.row.classList.toggle("selected", rowId === id);
+  refreshNow();
+}
+
+function closeDetails() {
+  selected = null;
+  detailsKey = "";
+  $("details-actions").dataset.key = "";
+  $("details").hidden = true;
+  for (const entry of rows.values()) entry.row.classList.remove("selected");
+}
+
+// ---- polling ---------------------------------------------------------------------------------
+
+let timer = 0;
+let inflight = false;
+let again = false;
+let lastError = "";
+
+async function refresh() {
+  if (!token()) return;
+  const filter = $("filter").value;
+  const query = new URLSearchParams({ limit: String(LIST_LIMIT) });
+  if (filter) query.set("status", filter);
+  const wanted = selected;
+  const [list, details] = await Promise.all([
+    api("GET", `${API}/executions?${query}`),
+    wanted === null ? null : api("GET", `${API}/executions/${wanted}`),
+  ]);
+  if (!token()) return; // forgotten meanwhile
+  renderTable(list.executions);
+  if (details && selected === wanted) renderDetails(details);
+  $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+async function tick() {
+  clearTimeout(timer);
+  if (inflight) {
+    again = true;
+    return;
+  }
+  inflight = true;
+  let stop = false;
+  try {
+    await refresh();
+    if (lastError) say("connected again");
+    lastError = "";
+  } catch (error) {
+    if (error.message !== lastError) say(error.message, true);
+    lastError = error.message;
+    stop = error.status === 401; // a refused or expired token: wait for a new one
+  } finally {
+    inflight = false;
+  }
+  if (again) {
+    again = false;
+    tick();
+  } else if (!stop && token() && !document.hidden) {
+    timer = setTimeout(tick, REFRESH_MS);
+  }
+}
+
+function refreshNow() {
+  tick();
+}
+
+// ---- actions -------------------------------------------------------------------------------
+
+function launchQuery(form) {
+  const data = new FormData(form);
+  const query = new URLSearchParams({ runDate: data.get("runDate") });
+  if (data.has("targetHour")) query.set("targetHour", data.get("targetHour"));
+  if (data.get("dryRun")) query.set("dryRun", "true");
+  return query;
+}
+
+async function launch(event, job) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const query = launchQuery(form);
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const launched = await api("POST", `${API}/${job}?${query}`);
+    const dry = query.get("dryRun") ? " (dry run)" : "";
+    say(`launched execution ${launched.executionId}: ${launched.jobName} ${parameterText(launched.parameters)}${dry}`);
+    select(launched.executionId);
+  } catch (error) {
+    say(error.message, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function act(action, id) {
+  if (action === "abandon" && !confirm(`Abandon execution ${id}? It can never be restarted.`)) return;
+  try {
+    const answer = await api("POST", `${API}/executions/${id}/${action}`);
+    if (action === "restart" && answer && answer.executionId) {
+      say(`execution ${id} restarted as execution ${answer.executionId}`);
+      select(answer.executionId);
+      return;
+    }
+    say(action === "stop" ? `stop requested for execution ${id}` : `execution ${id} abandoned`);
+  } catch (error) {
+    say(error.message, true);
+  }
+  refreshNow();
+}
+
+function onTableClick(event) {
+  const button = event.target.closest("button[data-action]");
+  if (button) {
+    event.stopPropagation();
+    act(button.dataset.action, Number(button.dataset.id));
+    return;
+  }
+  const row = event.target.closest("tr[data-id]");
+  if (row) select(Number(row.dataset.id));
+}
+
+// ---- start -------------------------------------------------------------------------------
+
+function localDate(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
+}
+
+function start() {
+  const now = new Date();
+  for (const input of document.querySelectorAll("input[type=date]")) input.value = localDate(now);
+  const hours = document.querySelector("#launch-fanout select[name=targetHour]");
+  for (let h = 0; h < 24; h++) hours.append(el("option", { value: String(h), selected: h === now.getHours() }, String(h).padStart(2, "0")));
+
+  $("token-form").addEventListener("submit", useToken);
+  $("forget").addEventListener("click", forgetToken);
+  $("launch-stats").addEventListener("submit", (e) => launch(e, "coupon-usage-stats"));
+  $("launch-fanout").addEventListener("submit", (e) => launch(e, "coupon-usage-stats-fcm-send"));
+  $("filter").addEventListener("change", refreshNow);
+  $("rows").addEventListener("click", onTableClick);
+  $("rows").addEventListener("keydown", (e) => {
+    const row = e.target.closest("tr[data-id]");
+    if (e.key === "Enter" && row && e.target === row) select(Number(row.dataset.id));
+  });
+  $("details-actions").addEventListener("click", onTableClick);
+  $("details-close").addEventListener("click", closeDetails);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) refreshNow();
+  });
+
+  showTokenState();
+  if (token()) refreshNow();
+  else say("paste an admin token to start");
+}
+
+start();
