@@ -244,14 +244,15 @@ def api_launch(app: LiveApp, query: str) -> int:
 
 
 def test_the_page_lists_executions_under_its_policy(app: LiveApp, browser: WebDriver) -> None:
-    stats_id = api_launch(app, "coupon-usage-stats?runDate=2025-10-26")
+    # not the dry run's date: a stats run replaces every row of its date
+    stats_id = api_launch(app, "coupon-usage-stats?runDate=2025-10-27")
     open_console(browser, app)
 
     shown = row_when(browser, stats_id, ("COMPLETED",))
     assert shown == {
         "status": "COMPLETED",
         "job": "usage stats",
-        "params": "runDate=2025-10-26",
+        "params": "runDate=2025-10-27",
         "read": "4",
         "written": "3",
         "filtered": "1",

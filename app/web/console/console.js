@@ -91,9 +91,12 @@ function isDryRun(execution) {
   return execution.parameters?.dryRun === "true";
 }
 
+// dryRun shows as a tag; run.id only makes each dry run an instance of its own.
+const HIDDEN_PARAMETERS = new Set(["dryRun", "run.id"]);
+
 function parameterText(parameters) {
   return Object.entries(parameters || {})
-    .filter(([name]) => name !== "dryRun")
+    .filter(([name]) => !HIDDEN_PARAMETERS.has(name))
     .map(([name, value]) => `${name}=${value}`)
     .join(" ");
 }
