@@ -1,6 +1,7 @@
 """Fault 3: the broker connection closed mid-run (`rabbitmqctl close_connection`), and the
-broker stopped and started (`stop_app` / `start_app`) mid-run: no expected trace id is
-missing from the consumer's queue."""
+broker gone for a while mid-run (the test's own proxy in front of it resets every
+connection and refuses new ones; the shared RabbitMQ is never stopped): no expected trace
+id is missing from the consumer's queue."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from app.runtime.repository import JobExecution
 from app.runtime.resources import open_resources
 from tests.integration import rabbit
 from tests.integration.test_fcm_send_job import JOB, counts, job_settings
+from tests.proxy import FaultProxy, through
 from tests.reliability.support import (
     FANOUT_PARAMETERS,
     FanoutWorld,
     after_commits,
-    broker_stopped,
     drain,
     fanout_world,
     trace_ids_of,
@@ -48,9 +49,11 @@ async def run_fanout_while(
     settings: Settings,
     queue: str,
     disturb: Callable[[RunningJob], Awaitable[None]],
+    broker_proxy: FaultProxy | None = None,
 ) -> None:
-    """Run the fan-out job over 2,000 members, `disturb` the broker during the run, and
-    check that every expected trace id arrived."""
+    """Run the fan-out job over 2,000 members (reaching the broker through `broker_proxy`
+    if given), `disturb` the broker during the run, and check that every expected trace
+    id arrived."""
     world = fanout_world(2000)
     await world.load(pool)
     async with run_fake_peers(world.peers) as fake:
@@ -58,6 +61,7 @@ async def run_fanout_while(
         job = job_settings(
             settings, queue, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2, PUBLISH_WINDOW=20
         )
+        job = through(job, broker=broker_proxy)
         async with open_resources(job, broker=True) as resources:
             launcher = Launcher(resources)
             run = await launcher.launch(find_job(JOB), FANOUT_PARAMETERS, rerun=False)
@@ -85,14 +89,21 @@ async def test_broker_connection_closed_twice_mid_run(
     await run_fanout_while(pool, settings, queue, close_twice)
 
 
-async def test_broker_stopped_and_started_mid_run(
-    pool: Pool, settings: Settings, queue: str
+async def test_broker_gone_and_back_mid_run(
+    pool: Pool, settings: Settings, queue: str, broker_proxy: FaultProxy
 ) -> None:
-    async def stop_and_start(run: RunningJob) -> None:
+    before = 0  # connections the proxy accepted before the outage
+
+    async def gone_and_back(run: RunningJob) -> None:
+        nonlocal before
         assert run.task is not None
         await after_commits(run, 5)
-        async with broker_stopped():
-            await asyncio.sleep(3)  # the broker down for 3 s and its restart (~2 s)
+        assert broker_proxy.open_connections == 1  # the job's broker connection
+        before = broker_proxy.connections
+        async with broker_proxy.outage():
+            await asyncio.sleep(5)  # as long as the broker's own stop and start took
             assert not run.task.done()
+            assert broker_proxy.connections == before  # nothing got through meanwhile
 
-    await run_fanout_while(pool, settings, queue, stop_and_start)
+    await run_fanout_while(pool, settings, queue, gone_and_back, broker_proxy)
+    assert broker_proxy.connections > before  # the job connected again after it
