@@ -13,6 +13,7 @@ from app.config import Settings
 from app.edges.db import open_pool
 from app.schema.migrate import migrate
 from tests.integration import rabbit
+from tests.proxy import FaultProxy
 from tests.settings import make_settings
 
 DB_SERVER = os.environ.get("TEST_DB_SERVER", "mysql://127.0.0.1:3306")
@@ -82,3 +83,20 @@ async def queue(vhost: str) -> str:
     the vhost it lives in."""
     await rabbit.declare_consumer_queue(vhost)
     return vhost
+
+
+@pytest.fixture
+async def db_proxy(settings: Settings) -> AsyncIterator[FaultProxy]:
+    """A fault proxy of the test's own in front of the database server: the service gets
+    there with `through(settings, db=db_proxy)`."""
+    async with FaultProxy(settings.db.host, settings.db.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def broker_proxy() -> AsyncIterator[FaultProxy]:
+    """A fault proxy of the test's own in front of RabbitMQ: the service gets there with
+    `through(settings, broker=broker_proxy)`."""
+    broker = make_settings()
+    async with FaultProxy(broker.RABBITMQ_HOST, broker.RABBITMQ_PORT) as proxy:
+        yield proxy

@@ -450,21 +450,6 @@ class LoopLag:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
-# ---- the broker -------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def broker_stopped() -> AsyncIterator[None]:
-    """RabbitMQ's application stopped (`rabbitmqctl stop_app`) inside, and always started
-    again on the way out, back up before this returns."""
-    try:
-        await asyncio.to_thread(rabbit.rabbitmqctl, "stop_app")
-        yield
-    finally:
-        await asyncio.to_thread(rabbit.rabbitmqctl, "start_app")
-        await asyncio.to_thread(rabbit.rabbitmqctl, "await_startup")
-
-
 # ---- the log ----------------------------------------------------------------------
 
 

@@ -1,29 +1,42 @@
 """Fault 3: the broker connection closed mid-run (`rabbitmqctl close_connection`), and the
-broker stopped and started (`stop_app` / `start_app`) mid-run: no expected trace id is
-missing from the consumer's queue."""
+broker gone for a while mid-run (the test's own proxy in front of it resets every
+connection and refuses new ones; the shared RabbitMQ is never stopped): no expected trace
+id is missing from the consumer's queue.
+
+And the broker unreachable from the start (issue 12, finding 2): the run must fail,
+restartable, instead of skipping every chunk. That test uses `RETRY_BUDGET_SECONDS`,
+a setting issue 12 asks for and `load_settings` does not know yet (it ignores unknown
+names): an `xfail(strict=True)` until it lands; then remove the marker."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from asyncmy.pool import Pool
 
+from app.__main__ import EXIT_FAILED
 from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.model import JobExecution
+from app.repository import JobRepository
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.resources import open_resources
 from tests.integration import rabbit
-from tests.integration.test_fcm_send_job import JOB, counts, job_settings
+from tests.integration.test_fcm_send_job import JOB, counts, job_settings, queue_depth
+from tests.proxy import FaultProxy, through
 from tests.reliability.support import (
+    FANOUT_HOUR,
     FANOUT_PARAMETERS,
+    FANOUT_RUN_DATE,
     FanoutWorld,
     after_commits,
-    broker_stopped,
+    cli,
+    cli_environment,
     drain,
     fanout_world,
     trace_ids_of,
@@ -31,6 +44,8 @@ from tests.reliability.support import (
 )
 
 pytestmark = pytest.mark.slow
+
+JOB_NAME = find_job(JOBS, JOB).name
 
 
 def assert_all_delivered(execution: JobExecution, world: FanoutWorld, got: list) -> None:
@@ -50,9 +65,11 @@ async def run_fanout_while(
     settings: Settings,
     queue: str,
     disturb: Callable[[RunningJob], Awaitable[None]],
+    broker_proxy: FaultProxy | None = None,
 ) -> None:
-    """Run the fan-out job over 2,000 members, `disturb` the broker during the run, and
-    check that every expected trace id arrived."""
+    """Run the fan-out job over 2,000 members (reaching the broker through `broker_proxy`
+    if given), `disturb` the broker during the run, and check that every expected trace
+    id arrived."""
     world = fanout_world(2000)
     await world.load(pool)
     async with run_fake_peers(world.peers) as fake:
@@ -60,6 +77,7 @@ async def run_fanout_while(
         job = job_settings(
             settings, queue, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2, PUBLISH_WINDOW=20
         )
+        job = through(job, broker=broker_proxy)
         async with open_resources(job, broker=True) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False)
@@ -87,14 +105,74 @@ async def test_broker_connection_closed_twice_mid_run(
     await run_fanout_while(pool, settings, queue, close_twice)
 
 
-async def test_broker_stopped_and_started_mid_run(
-    pool: Pool, settings: Settings, queue: str
+async def test_broker_gone_and_back_mid_run(
+    pool: Pool, settings: Settings, queue: str, broker_proxy: FaultProxy
 ) -> None:
-    async def stop_and_start(run: RunningJob) -> None:
+    before = 0  # connections the proxy accepted before the outage
+
+    async def gone_and_back(run: RunningJob) -> None:
+        nonlocal before
         assert run.task is not None
         await after_commits(run, 5)
-        async with broker_stopped():
-            await asyncio.sleep(3)  # the broker down for 3 s and its restart (~2 s)
+        assert broker_proxy.open_connections == 1  # the job's broker connection
+        before = broker_proxy.connections
+        async with broker_proxy.outage():
+            await asyncio.sleep(5)  # as long as the broker's own stop and start took
             assert not run.task.done()
+            assert broker_proxy.connections == before  # nothing got through meanwhile
 
-    await run_fanout_while(pool, settings, queue, stop_and_start)
+    await run_fanout_while(pool, settings, queue, gone_and_back, broker_proxy)
+    assert broker_proxy.connections > before  # the job connected again after it
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 finding 2: with the broker unreachable from the start every chunk is"
+    " skipped; the run ends COMPLETED, exit 0",
+)
+async def test_broker_unreachable_from_the_start_fails_the_run_then_a_restart_delivers_all(
+    pool: Pool, settings: Settings, queue: str, broker_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    world = fanout_world(300)
+    await world.load(pool)
+    repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    args = [
+        "run", JOB, "--run-date", FANOUT_RUN_DATE, "--target-hour", str(FANOUT_HOUR), "--quiet",
+    ]  # fmt: skip
+    broker_proxy.refuse()  # connecting to the broker: ECONNREFUSED, from the process's start
+    async with run_fake_peers(world.peers) as fake:
+        env = cli_environment(
+            settings,
+            STORE_SERVICE_URL=fake.store_url,
+            NOTIFICATION_SERVICE_URL=fake.notification_url,
+            RABBITMQ_PORT=broker_proxy.port,
+            RABBITMQ_VHOST=queue,
+            CHUNK_SIZE=25,
+            RETRY_BUDGET_SECONDS=3,
+        )
+        async with cli(args, env, tmp_path / "unreachable.log") as first:
+            assert await first.wait(60) == EXIT_FAILED, first.log_text()
+        (failed,) = await repository.list_executions(JOB_NAME)
+        assert failed.status == "FAILED"
+        assert "broker" in failed.exit_message.lower(), failed.exit_message
+        assert f"execution {failed.id}: FAILED" in first.log_text()
+        assert failed.exit_message in first.log_text()
+        (step,) = failed.steps
+        assert step.status == "FAILED"
+        assert (step.write_count, step.skip_count) == (0, 0)  # nothing published, none skipped
+        assert await queue_depth(queue) == 0
+
+        await broker_proxy.accept()
+        async with cli(args, env, tmp_path / "restarted.log") as second:
+            assert await second.wait(60) == 0, second.log_text()
+    resumed, _ = await repository.list_executions(JOB_NAME)
+    assert resumed.instance_id == failed.instance_id
+    assert resumed.status == "COMPLETED", resumed.exit_message
+    assert counts(resumed) == {
+        "read": world.read - step.read_count,
+        "written": world.written,
+        "filtered": world.read - world.written - step.filter_count,
+        "skipped": 0,
+    }
+    got = await drain(queue)
+    assert sorted(m.body for m in got) == sorted(world.expected_bodies())
