@@ -56,13 +56,13 @@ class Settings:
     DB_USERNAME: str
     DB_PASSWORD: str = field(repr=False)
     DB_POOL_SIZE: int
+    DB_SSL_MODE: str
+    DB_SSL_CA: str
     RABBITMQ_HOST: str
     RABBITMQ_PORT: int
     RABBITMQ_USERNAME: str
     RABBITMQ_PASSWORD: str = field(repr=False)
     RABBITMQ_VHOST: str
-    DB_SSL_MODE: str
-    DB_SSL_CA: str
     JWT_SECRET_KEY: str = field(repr=False)
     STORE_SERVICE_URL: str
     NOTIFICATION_SERVICE_URL: str
@@ -157,7 +157,7 @@ def parse_db_url(
     except ValueError as exc:
         raise ValueError("the port is not a number") from exc
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    flags = {}
+    flags: dict[str, bool] = {}
     for name in ("useSSL", "requireSSL", "verifyServerCertificate", "allowPublicKeyRetrieval"):
         if name in options:
             try:
