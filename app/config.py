@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
@@ -29,6 +30,10 @@ class ConfigError(ValueError):
     """One or more settings are missing or invalid; the message names each of them."""
 
 
+# Connector/J's sslMode values, weakest first.
+SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
+
+
 @dataclass(frozen=True)
 class DbTarget:
     host: str
@@ -36,6 +41,14 @@ class DbTarget:
     database: str
     user: str
     password: str = field(repr=False)
+    # TLS as Connector/J: PREFERRED uses TLS when the server offers it; VERIFY_CA checks
+    # the server's certificate against `ssl_ca` (the system's CAs when empty);
+    # VERIFY_IDENTITY checks the host name too.
+    ssl_mode: str = "PREFERRED"
+    ssl_ca: str = ""
+    # Whether a login may ask the server for its RSA key (MySQL 8's caching_sha2_password
+    # full authentication without TLS): a man in the middle could hand out its own key.
+    allow_public_key_retrieval: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ class Settings:
     DB_USERNAME: str
     DB_PASSWORD: str = field(repr=False)
     DB_POOL_SIZE: int
+    DB_SSL_MODE: str
+    DB_SSL_CA: str
     RABBITMQ_HOST: str
     RABBITMQ_PORT: int
     RABBITMQ_USERNAME: str
@@ -119,7 +134,13 @@ class Settings:
 
     @property
     def database(self) -> DatabaseSettings:
-        target = parse_db_url(self.DB_URL, self.DB_USERNAME, self.DB_PASSWORD)
+        target = parse_db_url(
+            self.DB_URL,
+            self.DB_USERNAME,
+            self.DB_PASSWORD,
+            ssl_mode=self.DB_SSL_MODE,
+            ssl_ca=self.DB_SSL_CA,
+        )
         return DatabaseSettings(target=target, pool_size=self.DB_POOL_SIZE)
 
     @property
@@ -191,8 +212,16 @@ _POSITIVE = frozenset(
 _NON_NEGATIVE = frozenset({"AUTO_RESTART_ATTEMPTS", "FANOUT_MISFIRE_GRACE_MINUTES"})
 
 
-def parse_db_url(url: str, user: str, password: str) -> DbTarget:
-    """`jdbc:mysql://host:port/db?...` or `mysql://[user[:password]@]host[:port]/db`."""
+def parse_db_url(
+    url: str, user: str, password: str, *, ssl_mode: str = "", ssl_ca: str = ""
+) -> DbTarget:
+    """`jdbc:mysql://host:port/db?...` or `mysql://[user[:password]@]host[:port]/db?...`.
+
+    Of the URL's options, the TLS ones of Connector/J count (`sslMode`, or the older
+    `useSSL`, `requireSSL`, `verifyServerCertificate`) and `allowPublicKeyRetrieval`;
+    others (`serverTimezone`, ...) are ignored. A non-empty `ssl_mode` (DB_SSL_MODE)
+    wins over the URL's.
+    """
     raw = url.removeprefix("jdbc:")
     parts = urlsplit(raw)
     if parts.scheme not in ("mysql", "mariadb") or not parts.hostname:
@@ -204,13 +233,64 @@ def parse_db_url(url: str, user: str, password: str) -> DbTarget:
         port = parts.port or 3306
     except ValueError as exc:
         raise ValueError("the port is not a number") from exc
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    flags: dict[str, bool] = {}
+    for name in ("useSSL", "requireSSL", "verifyServerCertificate", "allowPublicKeyRetrieval"):
+        if name in options:
+            try:
+                flags[name] = _to_bool(options[name])
+            except ValueError:
+                raise ValueError(
+                    f"option {name} expected true or false (got {options[name]!r})"
+                ) from None
+    if ssl_mode:
+        mode = _ssl_mode(ssl_mode)
+    elif "sslMode" in options:
+        try:
+            mode = _ssl_mode(options["sslMode"])
+        except ValueError as exc:
+            raise ValueError(f"option sslMode {exc}") from None
+    else:
+        mode = _legacy_ssl_mode(flags)
     return DbTarget(
         host=parts.hostname,
         port=port,
         database=database,
         user=unquote(parts.username) if parts.username else user,
         password=unquote(parts.password) if parts.password is not None else password,
+        ssl_mode=mode,
+        ssl_ca=ssl_ca,
+        allow_public_key_retrieval=flags.get("allowPublicKeyRetrieval", False),
     )
+
+
+def _ssl_mode(value: str) -> str:
+    mode = value.strip().upper()
+    if mode not in SSL_MODES:
+        raise ValueError(f"expected one of {', '.join(SSL_MODES)} (got {value!r})")
+    return mode
+
+
+def _unusable_ca_file(path: str) -> str | None:
+    """Why `path` is no PEM file of CA certificates, or None; read once, at start-up."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except OSError as exc:  # ssl.SSLError is one too
+        if isinstance(exc, ssl.SSLError):
+            return f"holds no PEM certificate ({path})"
+        return f"cannot be read ({path}: {exc.strerror})"
+    return None
+
+
+def _legacy_ssl_mode(flags: Mapping[str, bool]) -> str:
+    """Connector/J 8's mapping of its older options; PREFERRED, its default, if none."""
+    if flags.get("useSSL") is False:
+        return "DISABLED"
+    if flags.get("verifyServerCertificate"):
+        return "VERIFY_CA"
+    if flags.get("requireSSL"):
+        return "REQUIRED"
+    return "PREFERRED"
 
 
 def _to_bool(value: Any) -> bool:
@@ -258,6 +338,13 @@ def _validate(name: str, value: Any) -> str | None:
             parse_db_url(value, "", "")
         except ValueError as exc:
             return str(exc)
+    if name == "DB_SSL_MODE" and value:
+        try:
+            _ssl_mode(value)
+        except ValueError as exc:
+            return str(exc)
+    if name == "DB_SSL_CA" and value:
+        return _unusable_ca_file(value)
     if name == "APP_TIMEZONE":
         try:
             ZoneInfo(value)

@@ -15,6 +15,7 @@ from asyncmy.pool import Pool
 
 from app.concurrency import gather_first_error
 from app.config import DatabaseSettings
+from app.edges.db_tls import tls_connect_args
 
 # A paused stream may sit for minutes while a peer is retried; the server must not
 # give up writing to it meanwhile (the default net_write_timeout is 60 s).
@@ -28,9 +29,11 @@ _STREAM_WRITE_TIMEOUT_SECONDS = 3600
 _ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
 
 
-def _connect_args(settings: DatabaseSettings, database: str | None = None) -> dict[str, Any]:
+async def _connect_args(settings: DatabaseSettings, database: str | None = None) -> dict[str, Any]:
+    """asyncmy.connect's arguments; a pool uses them for every connection it makes."""
     target = settings.target
     return {
+        **await tls_connect_args(target),
         "host": target.host,
         "port": target.port,
         "user": target.user,
@@ -47,7 +50,7 @@ async def open_pool(
     settings: DatabaseSettings, *, database: str | None = None
 ) -> AsyncIterator[Pool]:
     pool = await asyncmy.create_pool(
-        **_connect_args(settings, database),
+        **await _connect_args(settings, database),
         minsize=1,
         maxsize=settings.pool_size,
         pool_recycle=3600,
@@ -68,7 +71,7 @@ async def open_connection(settings: DatabaseSettings) -> AsyncIterator[Connectio
     pool would starve them (a few concurrent runs would hold every pool connection
     and wait on their own commits forever).
     """
-    conn = await asyncmy.connect(**_connect_args(settings))
+    conn = await asyncmy.connect(**await _connect_args(settings))
     try:
         yield conn
     finally:

@@ -19,7 +19,7 @@ from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
 from app.runtime.parameters import ParameterError
 from app.runtime.resources import Resources
 from app.web.console import console_routes
-from app.web.errors import ApiError, error_middleware
+from app.web.errors import ApiError, ServerLog, error_middleware
 from app.web.metrics import EXPOSITION, exposition_registry, metrics_middleware, prometheus
 from app.web.openapi import OPENAPI
 
@@ -115,7 +115,8 @@ def create_app(
             metrics_middleware,
             error_middleware(settings.timezone),
             _auth_middleware(settings.jwt_key),
-        ]
+        ],
+        handler_args={"logger": ServerLog()},
     )
     app[LAUNCHER] = launcher
     app[HEALTH] = Health(health_checks, health_timeout)

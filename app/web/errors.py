@@ -6,8 +6,11 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 from aiohttp.typedefs import Handler, Middleware
 
 from app.edges.auth import AuthError
@@ -84,3 +87,36 @@ def error_middleware(tz: tzinfo) -> Middleware:
         return web.json_response(body, status=error.status, headers=error.headers)
 
     return render_errors
+
+
+_MAX_SUMMARY_CHARS = 200
+
+
+class ServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger, for `web.Application(handler_args={"logger": ...})`.
+
+    aiohttp answers a request it cannot parse (an unknown method, a garbage request line,
+    a malformed header) with 400 before any middleware sees it, and logs it with a
+    traceback: at ERROR, except an unknown method as the first request of a connection
+    (DEBUG). Any client could flood the log so. Such a request is the client's error:
+    here it is one INFO line, whatever the case; every other record passes unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(server_logger, {})
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
+            where = str(msg) % args if args else str(msg)
+            self.logger.info("%s: %d %s", where, error.code, _summary(error))
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+def _summary(error: HttpProcessingError) -> str:
+    """aiohttp's message on one line, without its caret line: `Invalid method
+    encountered: b'BREW / HTTP/1.1'` (the request's bytes are in repr, so escaped)."""
+    parts = [p.strip() for p in error.message.splitlines() if p.strip() and p.strip() != "^"]
+    text = " ".join(parts)
+    return text if len(text) <= _MAX_SUMMARY_CHARS else text[: _MAX_SUMMARY_CHARS - 3] + "..."

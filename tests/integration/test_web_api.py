@@ -438,3 +438,47 @@ async def test_unexpected_error_is_a_generic_500_and_logged(
     )  # fmt: skip
     assert error["message"] == "an unexpected error occurred"
     assert any("hunter2" in (r.exc_text or "") for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("requests", "logged"),
+    [
+        (
+            [b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n"],
+            "Invalid method encountered: b'BREW / HTTP/1.1'",
+        ),
+        (
+            # after a good request on the same connection (aiohttp logged ERROR there)
+            [b"GET /v3/api-docs HTTP/1.1\r\nHost: x\r\n\r\n", b"BREW / HTTP/1.1\r\n\r\n"],
+            "Invalid method encountered: b'BREW / HTTP/1.1'",
+        ),
+        ([b"\x00\xffgarbage\r\n\r\n"], "Invalid method encountered: b'\\x00\\xffgarbage'"),
+        (
+            [b"GET /v3/api-docs HTTP/1.1\r\nBad Header\r\n\r\n"],
+            "Invalid header token: b'Bad Header'",
+        ),
+    ],
+)
+async def test_a_request_that_is_not_http_is_a_400_and_one_info_line(
+    client: Client, caplog: pytest.LogCaptureFixture, requests: list[bytes], logged: str
+) -> None:
+    server = (await client()).server
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        statuses = []
+        for request in requests:
+            writer.write(request)
+            status_line = await reader.readline()
+            statuses.append(status_line.split(b" ", 2)[1])
+            headers = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+            length = int(headers.split("content-length: ", 1)[1].split("\r\n", 1)[0])
+            await reader.readexactly(length)
+    finally:
+        writer.close()
+    assert statuses == [b"200"] * (len(requests) - 1) + [b"400"]
+    # (the daemon runs without aiohttp.access; the test server logs access lines)
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [(r.levelname, r.getMessage(), r.exc_info) for r in records] == [
+        ("INFO", f"Error handling request from 127.0.0.1: 400 {logged}", None)
+    ]

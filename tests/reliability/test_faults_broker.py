@@ -3,10 +3,9 @@ broker gone for a while mid-run (the test's own proxy in front of it resets ever
 connection and refuses new ones; the shared RabbitMQ is never stopped): no expected trace
 id is missing from the consumer's queue.
 
-And the broker unreachable from the start (issue 12, finding 2): the run must fail,
-restartable, instead of skipping every chunk. That test uses `RETRY_BUDGET_SECONDS`,
-a setting issue 12 asks for and `load_settings` does not know yet (it ignores unknown
-names): an `xfail(strict=True)` until it lands; then remove the marker."""
+And the broker unreachable from the start (issue 12, finding 2): the run fails after
+`RETRY_BUDGET_SECONDS`, restartable, instead of skipping every chunk (before: COMPLETED,
+every member skipped, exit 0)."""
 
 from __future__ import annotations
 
@@ -125,11 +124,6 @@ async def test_broker_gone_and_back_mid_run(
     assert broker_proxy.connections > before  # the job connected again after it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 finding 2: with the broker unreachable from the start every chunk is"
-    " skipped; the run ends COMPLETED, exit 0",
-)
 async def test_broker_unreachable_from_the_start_fails_the_run_then_a_restart_delivers_all(
     pool: Pool, settings: Settings, queue: str, broker_proxy: FaultProxy, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError, Settings, load_settings, parse_db_url
+from tests.certs import write_certificates
 from tests.settings import TEST_JWT_SECRET
 
 SECRET_PASSWORD = "s3cr3t-never-shown"
@@ -103,3 +104,75 @@ def test_log_format_is_text_by_default_and_json_or_text_only() -> None:
     with pytest.raises(ConfigError) as error:
         load({"LOG_FORMAT": "ecs"})
     assert str(error.value) == "invalid configuration: LOG_FORMAT expected text or json"
+
+
+@pytest.mark.parametrize(
+    ("options", "db_ssl_mode", "expected"),
+    [
+        ("", "", ("PREFERRED", False)),  # Connector/J's defaults
+        (
+            "useSSL=false&allowPublicKeyRetrieval=true&serverTimezone=Asia/Seoul",
+            "",
+            ("DISABLED", True),
+        ),
+        ("useSSL=true", "", ("PREFERRED", False)),
+        ("useSSL=true&requireSSL=true", "", ("REQUIRED", False)),
+        ("requireSSL=true&verifyServerCertificate=true", "", ("VERIFY_CA", False)),
+        ("useSSL=false&requireSSL=true", "", ("DISABLED", False)),
+        ("sslMode=verify_identity&useSSL=false", "", ("VERIFY_IDENTITY", False)),
+        ("sslMode=DISABLED&allowPublicKeyRetrieval=false", "Required", ("REQUIRED", False)),
+    ],
+)
+def test_db_tls_from_the_url_and_db_ssl_mode(
+    options: str, db_ssl_mode: str, expected: tuple[str, bool]
+) -> None:
+    settings = load(
+        {"DB_URL": f"jdbc:mysql://db:3306/coupon_db?{options}", "DB_SSL_MODE": db_ssl_mode}
+    )
+    assert (
+        settings.database.target.ssl_mode,
+        settings.database.target.allow_public_key_retrieval,
+    ) == expected
+    assert settings.database.target.ssl_ca == ""
+
+
+def test_db_ca_file_is_passed_on(tmp_path: Path) -> None:
+    ca = write_certificates(tmp_path)["ca.pem"]
+    settings = load({"DB_SSL_CA": str(ca), "DB_SSL_MODE": "VERIFY_CA"})
+    assert (settings.database.target.ssl_mode, settings.database.target.ssl_ca) == (
+        "VERIFY_CA",
+        str(ca),
+    )
+
+
+def test_bad_tls_settings_are_named_on_one_line(tmp_path: Path) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello", encoding="utf-8")
+    for env, expected in [
+        (
+            {"DB_URL": "mysql://h/d?sslMode=STRICT"},
+            "DB_URL option sslMode expected one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA,"
+            " VERIFY_IDENTITY (got 'STRICT')",
+        ),
+        (
+            {"DB_URL": "mysql://h/d?useSSL=maybe"},
+            "DB_URL option useSSL expected true or false (got 'maybe')",
+        ),
+        (
+            {"DB_URL": "mysql://h/d?allowPublicKeyRetrieval="},
+            "DB_URL option allowPublicKeyRetrieval expected true or false (got '')",
+        ),
+        (
+            {"DB_SSL_MODE": "on"},
+            "DB_SSL_MODE expected one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA,"
+            " VERIFY_IDENTITY (got 'on')",
+        ),
+        (
+            {"DB_SSL_CA": str(tmp_path / "missing.pem")},
+            f"DB_SSL_CA cannot be read ({tmp_path / 'missing.pem'}: No such file or directory)",
+        ),
+        ({"DB_SSL_CA": str(not_pem)}, f"DB_SSL_CA holds no PEM certificate ({not_pem})"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            load(env)
+        assert str(error.value) == f"invalid configuration: {expected}"
