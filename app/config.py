@@ -55,12 +55,20 @@ class DbTarget:
 class DatabaseSettings:
     target: DbTarget
     pool_size: int
+    stall_seconds: float  # the longest wait for an answer to one statement or transaction
 
 
 @dataclass(frozen=True)
 class BrokerSettings:
     url: str = field(repr=False)  # carries the password
     publish_window: int  # unconfirmed messages in flight at most
+    stall_seconds: float  # the longest wait for a confirmation or any other answer
+
+    @property
+    def address(self) -> str:
+        """host:port, for messages (the URL carries the password)."""
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port}"
 
 
 @dataclass(frozen=True)
@@ -97,11 +105,13 @@ class Settings:
     DB_POOL_SIZE: int
     DB_SSL_MODE: str
     DB_SSL_CA: str
+    DB_STALL_SECONDS: float
     RABBITMQ_HOST: str
     RABBITMQ_PORT: int
     RABBITMQ_USERNAME: str
     RABBITMQ_PASSWORD: str = field(repr=False)
     RABBITMQ_VHOST: str
+    BROKER_STALL_SECONDS: float
     JWT_SECRET_KEY: str = field(repr=False)
     STORE_SERVICE_URL: str
     NOTIFICATION_SERVICE_URL: str
@@ -141,7 +151,9 @@ class Settings:
             ssl_mode=self.DB_SSL_MODE,
             ssl_ca=self.DB_SSL_CA,
         )
-        return DatabaseSettings(target=target, pool_size=self.DB_POOL_SIZE)
+        return DatabaseSettings(
+            target=target, pool_size=self.DB_POOL_SIZE, stall_seconds=self.DB_STALL_SECONDS
+        )
 
     @property
     def broker(self) -> BrokerSettings:
@@ -151,6 +163,7 @@ class Settings:
         return BrokerSettings(
             url=f"amqp://{user}:{password}@{self.RABBITMQ_HOST}:{self.RABBITMQ_PORT}/{vhost}",
             publish_window=self.PUBLISH_WINDOW,
+            stall_seconds=self.BROKER_STALL_SECONDS,
         )
 
     @property
@@ -191,6 +204,8 @@ SECRETS = frozenset({"DB_PASSWORD", "RABBITMQ_PASSWORD", "JWT_SECRET_KEY"})
 _POSITIVE = frozenset(
     {
         "DB_POOL_SIZE",
+        "DB_STALL_SECONDS",
+        "BROKER_STALL_SECONDS",
         "CHUNK_SIZE",
         "STORE_LOOKUP_BATCH",
         "ENRICH_WORKERS",

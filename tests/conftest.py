@@ -89,7 +89,8 @@ async def queue(vhost: str) -> str:
 async def db_proxy(settings: Settings) -> AsyncIterator[FaultProxy]:
     """A fault proxy of the test's own in front of the database server: the service gets
     there with `through(settings, db=db_proxy)`."""
-    async with FaultProxy(settings.db.host, settings.db.port) as proxy:
+    target = settings.database.target
+    async with FaultProxy(target.host, target.port) as proxy:
         yield proxy
 
 

@@ -1,10 +1,20 @@
-"""MySQL/MariaDB: the pool, transactions, and streaming reads with backpressure to the socket."""
+"""MySQL/MariaDB: the pool, transactions, and streaming reads with backpressure to the socket.
+
+Every wait on the server is bounded by `DB_STALL_SECONDS`: a connect, a connection from
+the pool, a whole transaction with its COMMIT, a query, each fetch of a stream. A server
+that holds its answer longer (a stalled network, a hung server) raises DatabaseStalled,
+an availability fault, after one WARNING that names what stalled; the connection it
+stalled on is closed, never handed out again.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -16,10 +26,17 @@ from asyncmy.pool import Pool
 from app.concurrency import gather_first_error
 from app.config import DatabaseSettings
 from app.edges.db_tls import tls_connect_args
+from app.errors import AvailabilityError
+
+log = logging.getLogger(__name__)
 
 # A paused stream may sit for minutes while a peer is retried; the server must not
 # give up writing to it meanwhile (the default net_write_timeout is 60 s).
 _STREAM_WRITE_TIMEOUT_SECONDS = 3600
+
+# Closing the pool on shutdown: how long its connections may take to come back and say
+# QUIT before the pool closes them without a word.
+_POOL_CLOSE_SECONDS = 5.0
 
 
 # Every rule that must be serialized locks a row for it (a launch locks its job
@@ -27,6 +44,51 @@ _STREAM_WRITE_TIMEOUT_SECONDS = 3600
 # launches of different instances took gap locks on the same range of
 # BATCH_JOB_EXECUTION and deadlocked on each other's inserts.
 _ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
+
+
+class DatabaseStalled(AvailabilityError):
+    """The database did not answer within DB_STALL_SECONDS."""
+
+
+@dataclass(frozen=True)
+class StallDeadline:
+    """How long the database may keep silent about one operation, and where it is."""
+
+    seconds: float
+    address: str  # host:port, named in the WARNING
+
+    @classmethod
+    def of(cls, settings: DatabaseSettings) -> StallDeadline:
+        target = settings.target
+        return cls(settings.stall_seconds, f"{target.host}:{target.port}")
+
+    @asynccontextmanager
+    async def bound(self, what: str) -> AsyncIterator[None]:
+        """The body within the deadline, else DatabaseStalled naming `what` ("a query").
+
+        A TimeoutError of the body's own passes as it is: only this deadline is a stall.
+        """
+        deadline = asyncio.timeout(self.seconds)
+        try:
+            async with deadline:
+                yield
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            message = (
+                f"database stalled: no answer within {self.seconds:g} s (DB_STALL_SECONDS)"
+                f" to {what} on {self.address}"
+            )
+            log.warning(message)
+            raise DatabaseStalled(message) from None
+
+
+class DbPool(Pool):
+    """asyncmy's pool, with the deadline that its users' statements run under."""
+
+    def __init__(self, deadline: StallDeadline, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deadline = deadline
 
 
 async def _connect_args(settings: DatabaseSettings, database: str | None = None) -> dict[str, Any]:
@@ -42,24 +104,53 @@ async def _connect_args(settings: DatabaseSettings, database: str | None = None)
         "autocommit": True,
         "charset": "utf8mb4",
         "init_command": _ISOLATION,
+        # The TCP connect only; the handshake after it is under the deadline of its caller.
+        "connect_timeout": settings.stall_seconds,
     }
 
 
 @asynccontextmanager
 async def open_pool(
     settings: DatabaseSettings, *, database: str | None = None
-) -> AsyncIterator[Pool]:
-    pool = await asyncmy.create_pool(
-        **await _connect_args(settings, database),
+) -> AsyncIterator[DbPool]:
+    """A pool of at most DB_POOL_SIZE connections, the first one made now; closed on exit
+    within a few seconds, however the server fares."""
+    deadline = StallDeadline.of(settings)
+    pool = DbPool(
+        deadline,
         minsize=1,
         maxsize=settings.pool_size,
         pool_recycle=3600,
+        **await _connect_args(settings, database),
     )
     try:
+        async with deadline.bound("a new connection"), pool.cond:
+            await pool.fill_free_pool(False)
         yield pool
     finally:
-        pool.close()
-        await pool.wait_closed()
+        await _close_pool(pool)
+
+
+async def _close_pool(pool: DbPool) -> None:
+    """Close the pool: its connections say QUIT as they come back; those not back within
+    _POOL_CLOSE_SECONDS (stalled, or still held) are closed at once."""
+    pool.close()
+    try:
+        async with asyncio.timeout(_POOL_CLOSE_SECONDS):
+            await pool.wait_closed()
+        return
+    except TimeoutError:
+        log.warning(
+            "database pool on %s not closed within %g s; closing its connections at once",
+            pool.deadline.address,
+            _POOL_CLOSE_SECONDS,
+        )
+    pool.terminate()
+    try:
+        async with asyncio.timeout(_POOL_CLOSE_SECONDS):
+            await pool.wait_closed()
+    except TimeoutError:
+        log.warning("database pool on %s left unclosed", pool.deadline.address)
 
 
 @asynccontextmanager
@@ -71,38 +162,73 @@ async def open_connection(settings: DatabaseSettings) -> AsyncIterator[Connectio
     pool would starve them (a few concurrent runs would hold every pool connection
     and wait on their own commits forever).
     """
-    conn = await asyncmy.connect(**await _connect_args(settings))
+    deadline = StallDeadline.of(settings)
+    async with deadline.bound("a new connection"):
+        conn = await asyncmy.connect(**await _connect_args(settings))
     try:
         yield conn
     finally:
-        await conn.ensure_closed()
+        try:
+            async with deadline.bound("closing a connection"):
+                await conn.ensure_closed()
+        except DatabaseStalled:
+            conn.close()
 
 
 @asynccontextmanager
-async def transaction(pool: Pool) -> AsyncIterator[Connection]:
-    """A connection inside BEGIN..COMMIT; ROLLBACK (and a dropped connection) on any error."""
-    async with pool.acquire() as conn:
-        await conn.begin()
-        try:
-            yield conn
-        except BaseException:
+async def transaction(pool: DbPool) -> AsyncIterator[Connection]:
+    """A connection inside BEGIN..COMMIT; ROLLBACK (and a dropped connection) on any error.
+
+    The transaction, its body and its COMMIT included, is bounded by the pool's stall
+    deadline, and so is the wait for the connection. A stalled or cancelled transaction
+    is not rolled back (a ROLLBACK would wait on the same silence): its connection is
+    closed, and the server rolls back what it had. Whether a COMMIT that got no answer
+    took effect is unknown to this side.
+    """
+    deadline = pool.deadline
+    async with deadline.bound("a connection from the pool"):
+        conn = await pool.acquire()
+    try:
+        async with deadline.bound("a transaction"):
+            await conn.begin()
             try:
-                await conn.rollback()
-            except Exception:
-                # The connection is unusable; make sure the pool does not hand it out again.
+                yield conn
+            except asyncio.CancelledError:
                 conn.close()
+                raise
+            except BaseException:
+                try:
+                    await conn.rollback()
+                except Exception:
+                    # The connection is unusable; make sure the pool does not hand it out again.
+                    conn.close()
+                raise
+            await conn.commit()
+    except DatabaseStalled:
+        conn.close()
+        raise
+    finally:
+        await pool.release(conn)
+
+
+async def fetch_all(pool: DbPool, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+    """The rows of one query, on a connection of the pool, within the stall deadline."""
+    async with pool.deadline.bound("a query"), pool.acquire() as conn:
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(sql, args)
+                return list(await cur.fetchall())
+        except asyncio.CancelledError:
+            conn.close()  # mid-statement: never back into the pool
             raise
-        await conn.commit()
-
-
-async def fetch_all(pool: Pool, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
-    async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql, args)
-        return list(await cur.fetchall())
 
 
 async def stream_rows(
-    conn: Connection, sql: str, args: Sequence[Any], fetch_rows: int
+    conn: Connection,
+    sql: str,
+    args: Sequence[Any],
+    fetch_rows: int,
+    deadline: StallDeadline,
 ) -> AsyncIterator[list[tuple]]:
     """Yield the rows of `sql` in lists of up to `fetch_rows`, from a server-side cursor.
 
@@ -112,26 +238,37 @@ async def stream_rows(
     fetches; while the caller holds a batch (and awaits a full queue), reading is
     paused and TCP flow control stops the server.
 
+    Each fetch is bounded by `deadline`, the query's first one too (a large sorted
+    query sends its first rows only once sorted: seconds, within the deadline); the
+    time the caller holds a batch is not.
+
     Leave it early only through `contextlib.aclosing`: closing it closes the connection
     rather than drain the rest of the result set. Give it a connection of
     `open_connection`'s, not the pool's: the stream holds it for the whole step.
     """
     cur = conn.cursor(SSCursor)
     try:
-        await cur.execute(f"SET SESSION net_write_timeout = {_STREAM_WRITE_TIMEOUT_SECONDS}")
-        await cur.execute(sql, args)
-        while rows := await cur.fetchmany(fetch_rows):
+        async with deadline.bound("a statement of a streamed query"):
+            await cur.execute(f"SET SESSION net_write_timeout = {_STREAM_WRITE_TIMEOUT_SECONDS}")
+        async with deadline.bound("a streamed query"):
+            await cur.execute(sql, args)
+        while True:
+            async with deadline.bound("a fetch of a streamed query"):
+                rows = await cur.fetchmany(fetch_rows)
+            if not rows:
+                break
             _pause_reading(conn)
             try:
                 yield rows
             finally:
                 _resume_reading(conn)
+        async with deadline.bound("the end of a streamed query"):
+            await cur.close()
     except BaseException:
         # Abandon the rest of the result set instead of draining it: the pool
         # discards a closed connection.
         conn.close()
         raise
-    await cur.close()
 
 
 async def stream_merged(
@@ -145,11 +282,12 @@ async def stream_merged(
     the next list. Backpressure is `stream_rows`' on every connection.
     """
     key = itemgetter(0)
+    deadline = StallDeadline.of(settings)
     async with AsyncExitStack() as stack:
         streams = []
         for sql, args in queries:
             conn = await stack.enter_async_context(open_connection(settings))
-            stream = stream_rows(conn, sql, args, fetch_rows)
+            stream = stream_rows(conn, sql, args, fetch_rows, deadline)
             streams.append(await stack.enter_async_context(aclosing(stream)))
         pending: list[list[tuple]] = [[] for _ in streams]
         live = list(range(len(streams)))  # the streams not yet exhausted

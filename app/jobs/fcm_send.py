@@ -21,12 +21,10 @@ from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
 from typing import Any, NamedTuple
 
-from asyncmy.pool import Pool
-
 from app.concurrency import SharedLookup, SharedValue, gather_first_error
 from app.config import DatabaseSettings, StepPolicy
 from app.contracts import PushRequest
-from app.edges.db import open_connection, stream_rows
+from app.edges.db import DbPool, StallDeadline, fetch_all, open_connection, stream_rows
 from app.edges.peers import PeerClient
 from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
@@ -158,12 +156,14 @@ async def read_latest_stats(
     args.append(target_hour)
     sql = _LATEST_STATS.format(after=after)
     items: list[LatestStats] = []
+    deadline = StallDeadline.of(database)
     async with open_connection(database) as conn:
-        async with conn.cursor() as cur:
+        async with deadline.bound("a statement"), conn.cursor() as cur:
             await cur.execute(_WIDEN_TEMP_TABLES)
         # aclosing: when this reader is closed early, the stream closes the connection
         # at once rather than drain the rest of the result set.
-        async with aclosing(stream_rows(conn, sql, args, policy.fetch_rows)) as stream:
+        stream = stream_rows(conn, sql, args, policy.fetch_rows, deadline)
+        async with aclosing(stream):
             async for rows in stream:
                 for member_id, top_dong, top_hour, aggregated_at in rows:
                     items.append(
@@ -176,10 +176,9 @@ async def read_latest_stats(
         yield Chunk(items, items[-1].member_id)
 
 
-async def active_events_by_store(pool: Pool, at: datetime) -> dict[int, int]:
-    async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(_ACTIVE_EVENTS_BY_STORE, (at, at))
-        return {int(store_id): int(count) for store_id, count in await cur.fetchall()}
+async def active_events_by_store(pool: DbPool, at: datetime) -> dict[int, int]:
+    rows = await fetch_all(pool, _ACTIVE_EVENTS_BY_STORE, (at, at))
+    return {int(store_id): int(count) for store_id, count in rows}
 
 
 # --- per-run lookups, shared by the concurrent chunks ----------------------------------
@@ -189,7 +188,7 @@ class _RunLookups:
     """What every chunk of a run shares: each dong's stores (asked once per run), the
     active events per store (one query at the first need), each dong's event count."""
 
-    def __init__(self, peers: PeerClient, pool: Pool, at: datetime) -> None:
+    def __init__(self, peers: PeerClient, pool: DbPool, at: datetime) -> None:
         self.stores = SharedLookup(peers.stores_by_dong)
         self.events = SharedValue(lambda: active_events_by_store(pool, at))
         self._dong_events: dict[str, int] = {}

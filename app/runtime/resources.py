@@ -6,19 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from asyncmy.pool import Pool
-
 from app.config import Settings
 from app.edges.auth import SystemToken
 from app.edges.broker import Broker
-from app.edges.db import open_pool
+from app.edges.db import DbPool, open_pool
 from app.edges.peers import PeerClient
 
 
 @dataclass(frozen=True)
 class Resources:
     settings: Settings
-    pool: Pool
+    pool: DbPool
     peers: PeerClient
     broker: Broker | None  # None where nothing will be published (stats job, dry runs)
 

@@ -265,7 +265,11 @@ async def test_stream_rows_applies_backpressure_to_the_socket(pool: Pool) -> Non
     rows_seen = 0
     async with pool.acquire() as conn:
         async for rows in stream_rows(
-            conn, "SELECT id, member_id, store_id, created_at FROM coupon_histories", (), 1000
+            conn,
+            "SELECT id, member_id, store_id, created_at FROM coupon_histories",
+            (),
+            1000,
+            pool.deadline,
         ):
             rows_seen += len(rows)
             await asyncio.sleep(0.001)  # the consumer is slow; the loop keeps running

@@ -99,10 +99,6 @@ async def stats_run_with_a_db_stall(
     return execution, warned
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 finding 1: a database stall is waited out with no deadline and no WARNING",
-)
 async def test_a_database_stall_within_the_budget_is_named_then_the_run_completes(
     pool: Pool, settings: Settings, db_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -118,11 +114,6 @@ async def test_a_database_stall_within_the_budget_is_named_then_the_run_complete
     assert await stats(pool) == world.expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 finding 1: a database stall longer than any budget is waited out; the run"
-    " then completes instead of failing",
-)
 async def test_a_database_stall_beyond_the_budget_fails_the_run_then_a_restart_completes(
     pool: Pool, settings: Settings, db_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -152,10 +143,6 @@ async def test_a_database_stall_beyond_the_budget_fails_the_run_then_a_restart_c
     assert await stats(pool) == world.expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 finding 1: a broker stall is waited out with no deadline and no WARNING",
-)
 async def test_a_broker_stall_within_the_budget_is_named_then_every_trace_id_arrives(
     pool: Pool,
     settings: Settings,
