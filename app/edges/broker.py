@@ -2,7 +2,8 @@
 
 A message counts as sent only once the broker has confirmed it (Basic.Ack), so a
 lost connection can never lose one silently. `publish` tries each message once and
-hands back the ones whose answer was lost with the channel: the step runner, the one
+hands back the ones whose answer was lost with the channel, or did not come within
+`BROKER_STALL_SECONDS` (one WARNING names the stalled broker): the step runner, the one
 owner of retries, publishes them again. A message the broker returns (no queue bound)
 or nacks is a data fault of the chunk: it is not published again. A duplicate is
 harmless because the notification service drops a trace id it has already seen; a loss
@@ -15,7 +16,6 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from types import TracebackType
 
 import aio_pika
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # What a publish raises when its channel or connection went away before the broker
 # answered: the message may or may not have arrived, so it is published again.
 _LOST = (*CONNECTION_EXCEPTIONS, TimeoutError)
+
+# Closing the connection: how long to wait for the broker's Close-Ok at most (aiormq
+# waits 2 s for it, then closes the socket), so that a stalled broker delays no shutdown.
+_CLOSE_SECONDS = 5.0
 
 
 def _outcome(task: asyncio.Task[object]) -> str:
@@ -70,6 +74,8 @@ class Broker:
     MESSAGES counts each publish attempt as `published`, then as exactly one of
     `confirmed`, `nacked`, `returned` or `failed` (no answer: channel or connection
     lost, or no confirmation within `confirm_timeout`).
+
+    `confirm_timeout` and `reconnect_timeout` are BROKER_STALL_SECONDS unless given.
     """
 
     def __init__(
@@ -77,17 +83,18 @@ class Broker:
         settings: BrokerSettings,
         *,
         reconnect_interval: float = 1.0,
-        reconnect_timeout: float = 30.0,
-        confirm_timeout: float = 60.0,
+        reconnect_timeout: float | None = None,
+        confirm_timeout: float | None = None,
         check_timeout: float = 5.0,
     ) -> None:
         self._url = settings.url
+        self._address = settings.address
         self._window = asyncio.Semaphore(settings.publish_window)
         self._reconnect_interval = reconnect_interval
-        self._reconnect_timeout = reconnect_timeout
-        self._confirm_timeout = confirm_timeout
+        stall = settings.stall_seconds
+        self._reconnect_timeout = stall if reconnect_timeout is None else reconnect_timeout
+        self._confirm_timeout = stall if confirm_timeout is None else confirm_timeout
         self._check_timeout = check_timeout
-        self._stack = AsyncExitStack()
         self._opening = asyncio.Lock()
         self._connection: AbstractRobustConnection
         self._channel: AbstractRobustChannel
@@ -114,26 +121,24 @@ class Broker:
                     raise BrokerUnavailable(f"cannot connect to the broker: {exc!r}") from exc
 
     async def _connect(self) -> None:
-        async with AsyncExitStack() as stack:
-            self._connection = await stack.enter_async_context(
-                await aio_pika.connect_robust(
-                    self._url,
-                    reconnect_interval=self._reconnect_interval,
-                    timeout=self._reconnect_timeout,
-                )
-            )
-            self._channel = await stack.enter_async_context(
-                self._connection.channel(publisher_confirms=True, on_return_raises=True)
-            )
-            self._check_channel = await stack.enter_async_context(
-                self._connection.channel(publisher_confirms=False)
-            )
+        connection = await aio_pika.connect_robust(
+            self._url,
+            reconnect_interval=self._reconnect_interval,
+            timeout=self._reconnect_timeout,
+        )
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            check_channel = await connection.channel(publisher_confirms=False)
             # Declared here only if missing: the consumer's queue is the notification
             # service's to declare and bind, never ours.
-            self._exchange = await self._channel.declare_exchange(
+            exchange = await channel.declare_exchange(
                 EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
             )
-            self._stack = stack.pop_all()
+        except BaseException:
+            await self._close(connection)
+            raise
+        self._connection, self._channel, self._check_channel = connection, channel, check_channel
+        self._exchange = exchange
 
     async def __aexit__(
         self,
@@ -141,7 +146,25 @@ class Broker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._stack.aclose()
+        if self._exchange is not None:
+            await self._close(self._connection)
+
+    async def _close(self, connection: AbstractRobustConnection) -> None:
+        """Close the connection, its channels with it, without waiting on a stalled broker.
+
+        Closing each channel first would wait for each Close-Ok (up to a minute each
+        while the broker stalls); the connection's Connection.Close ends them all.
+        """
+        try:
+            async with asyncio.timeout(_CLOSE_SECONDS):
+                await connection.close()
+        except TimeoutError:
+            log.warning(
+                "broker stalled: no answer within %g s to closing the connection to %s;"
+                " left to close on its own",
+                _CLOSE_SECONDS,
+                self._address,
+            )
 
     async def publish(self, requests: Sequence[PushRequest]) -> list[PushRequest]:
         """Publish each request once, pipelined through the window, once the channel is
@@ -187,8 +210,11 @@ class Broker:
         tally: Counter[str] = Counter(published=len(sent))
         lost = list(requests[len(sent) :])
         bug: BaseException | None = None
+        unanswered = 0
         for task, req in sent.items():
             outcome = _outcome(task)
+            if not task.cancelled() and isinstance(task.exception(), TimeoutError):
+                unanswered += 1
             if outcome == "error":
                 bug = bug or task.exception()
                 outcome = "failed"
@@ -197,6 +223,15 @@ class Broker:
                 lost.append(req)
         for outcome, count in tally.items():
             MESSAGES.labels(outcome).inc(count)
+        if unanswered:
+            log.warning(
+                "broker stalled: no confirmation within %g s (BROKER_STALL_SECONDS) from %s"
+                " for %d of %d messages; counted as lost, to be published again",
+                self._confirm_timeout,
+                self._address,
+                unanswered,
+                len(sent),
+            )
         if bug is not None:
             raise bug
         if tally["returned"]:

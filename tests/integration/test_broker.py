@@ -10,6 +10,7 @@ from app.contracts import EXCHANGE, ROUTING_KEY, TYPE_ID, PushRequest, encode_bo
 from app.edges.broker import Broker, BrokerUnavailable, MessagesNacked, UnroutableError
 from app.metrics import REGISTRY
 from tests.integration import rabbit
+from tests.proxy import FaultProxy, through
 from tests.settings import make_settings
 
 
@@ -127,3 +128,32 @@ async def test_unreachable_broker_at_start_is_reported_not_fatal() -> None:
             await broker.check()
         with pytest.raises(BrokerUnavailable, match="cannot connect to the broker"):
             await broker.publish([])
+
+
+async def test_a_stalled_broker_loses_publishes_named_and_closes_within_seconds(
+    queue: str, broker_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The test's proxy holds every byte to and from RabbitMQ, connections open."""
+    settings = through(
+        make_settings(RABBITMQ_VHOST=queue, BROKER_STALL_SECONDS=1), broker=broker_proxy
+    )
+    first, held = requests(3), requests(5, start=3)
+    failed = counted("failed")
+    async with asyncio.timeout(30):  # before: a close during a stall waited 100 s and more
+        async with Broker(settings.broker) as broker:
+            assert await broker.publish(first) == []
+            broker_proxy.stall()
+            assert await broker.publish(held) == held  # unconfirmed: lost, to publish again
+            assert counted("failed") - failed == 5
+            broker_proxy.resume()
+            assert await broker.publish(held) == []
+            broker_proxy.stall()
+    assert [r.getMessage() for r in caplog.records if r.name == "app.edges.broker"] == [
+        "broker stalled: no confirmation within 1 s (BROKER_STALL_SECONDS) from"
+        f" 127.0.0.1:{broker_proxy.port} for 5 of 5 messages; counted as lost, to be published"
+        " again"
+    ]
+    broker_proxy.resume()
+    # The held publishes reached the broker once the bytes flowed: duplicates, no loss.
+    got = await rabbit.consume(queue, 13, idle=0.3)
+    assert sorted(m.body for m in got) == sorted(encode_body(r) for r in [*first, *held, *held])
