@@ -11,9 +11,17 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from asyncmy.errors import OperationalError
+
 from app.composition import JOBS, open_launcher, serve
-from app.config import ConfigError, Settings, load_settings
-from app.edges.db import open_pool
+from app.config import (
+    DATABASE_SETTINGS,
+    LOG_SETTINGS,
+    ConfigError,
+    Settings,
+    load_settings,
+)
+from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
 from app.model import COMPLETED_WITH_SKIPS, LaunchRefused, Status
 from app.pipeline.chunk import StepProgress
@@ -160,7 +168,9 @@ def _tune_gc() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings()
+        # migrate reaches the database only: it needs no JWT_SECRET_KEY, nor any other.
+        only = DATABASE_SETTINGS | LOG_SETTINGS if args.command == "migrate" else None
+        settings = load_settings(only=only)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -168,6 +178,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.LOG_LEVEL, settings.LOG_FORMAT, settings.APPLICATION_NAME, settings.timezone
     )
     _tune_gc()
+    try:
+        return _command(settings, args)
+    except (OperationalError, DatabaseStalled) as exc:
+        line = connect_error_line(exc, settings.database.target)
+        if line is None:
+            raise
+        _say(settings, f"error: {line}", logging.ERROR)
+        return EXIT_USAGE
+
+
+def _command(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "migrate":
         return asyncio.run(_migrate(settings, args.dev_schema))
     if args.command == "run":

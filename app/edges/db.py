@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
@@ -21,10 +22,11 @@ from typing import Any
 import asyncmy
 from asyncmy.connection import Connection
 from asyncmy.cursors import SSCursor
+from asyncmy.errors import OperationalError
 from asyncmy.pool import Pool
 
 from app.concurrency import gather_first_error
-from app.config import DatabaseSettings
+from app.config import DatabaseSettings, DbTarget
 from app.edges.db_tls import tls_connect_args
 from app.errors import AvailabilityError
 
@@ -46,8 +48,38 @@ _POOL_CLOSE_SECONDS = 5.0
 _ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
 
 
+# A login the server refused: access denied (to the server, to the database), a host not
+# allowed, an authentication method the client cannot complete.
+_REFUSED_CODES = frozenset({1044, 1045, 1698, 1130, 1251, 2059, 2061})
+_UNKNOWN_DATABASE = 1049
+# The server not reached, or gone during the handshake.
+_UNREACHABLE_CODES = frozenset({2002, 2003, 2005, 2006, 2013})
+
+
 class DatabaseStalled(AvailabilityError):
     """The database did not answer within DB_STALL_SECONDS."""
+
+
+def connect_error_line(exc: BaseException, target: DbTarget) -> str | None:
+    """One line saying why the database at `target` cannot be used, for an error of
+    connecting to it (unreachable, refused, unknown database, stalled); None otherwise."""
+    if isinstance(exc, DatabaseStalled):
+        return str(exc)
+    if not isinstance(exc, OperationalError) or not exc.args:
+        return None
+    code, message = exc.args[0], str(exc.args[-1])
+    if code in _UNREACHABLE_CODES:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
+            message = f"[Errno {cause.errno}] {os.strerror(cause.errno)}"
+        elif cause is not None:
+            message = str(cause) or type(cause).__name__
+        return f"cannot reach the database at {target.host}:{target.port}: {message}"
+    if code in _REFUSED_CODES:
+        return f"the database refused user {target.user!r}: {message}"
+    if code == _UNKNOWN_DATABASE:
+        return f"unknown database {target.database!r}"
+    return None
 
 
 @dataclass(frozen=True)

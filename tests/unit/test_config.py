@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, Settings, load_settings, parse_db_url
+from app.config import (
+    DATABASE_SETTINGS,
+    LOG_SETTINGS,
+    ConfigError,
+    Settings,
+    load_settings,
+    parse_db_url,
+)
 from tests.certs import write_certificates
 from tests.settings import TEST_JWT_SECRET
 
@@ -90,6 +97,36 @@ def test_missing_or_short_jwt_key_is_refused() -> None:
         load_settings({}, env_file=None)
     with pytest.raises(ConfigError, match="fewer than 32 bytes"):
         load_settings({"JWT_SECRET_KEY": "c2hvcnQ="}, env_file=None)
+
+
+def test_only_the_settings_asked_for_are_read_and_checked() -> None:
+    settings = load_settings(
+        {"DB_URL": "mysql://db.internal:3307/coupons", "DB_STALL_SECONDS": "5", "CHUNK_SIZE": "x"},
+        env_file=None,
+        only=DATABASE_SETTINGS | LOG_SETTINGS,
+    )
+    assert settings.database.target.host == "db.internal"
+    assert settings.database.stall_seconds == 5.0
+    assert settings.CHUNK_SIZE == 1000  # its default: not read, not checked
+    assert settings.JWT_SECRET_KEY == ""  # not required
+    with pytest.raises(ConfigError) as raised:
+        load_settings(
+            {"DB_POOL_SIZE": "0", "CHUNK_SIZE": "x"}, env_file=None, only=DATABASE_SETTINGS
+        )
+    assert str(raised.value) == "invalid configuration: DB_POOL_SIZE must be greater than 0"
+
+
+def test_stall_deadlines_reach_the_narrow_settings() -> None:
+    settings = load({"DB_STALL_SECONDS": "2.5", "BROKER_STALL_SECONDS": "4"})
+    assert (settings.database.stall_seconds, settings.broker.stall_seconds) == (2.5, 4.0)
+    assert settings.broker.address == "127.0.0.1:5672"
+    assert (load({}).database.stall_seconds, load({}).broker.stall_seconds) == (30.0, 30.0)
+    with pytest.raises(ConfigError) as raised:
+        load({"DB_STALL_SECONDS": "0", "BROKER_STALL_SECONDS": "-1"})
+    assert str(raised.value) == (
+        "invalid configuration: DB_STALL_SECONDS must be greater than 0;"
+        " BROKER_STALL_SECONDS must be greater than 0"
+    )
 
 
 def test_secrets_stay_out_of_repr() -> None:
