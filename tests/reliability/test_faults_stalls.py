@@ -194,7 +194,7 @@ async def test_a_broker_stall_within_the_budget_is_named_then_every_trace_id_arr
     for message in warned:
         match = confirms_stalled.fullmatch(message)
         assert match, message
-        assert 0 < int(match[1]) <= int(match[2]) <= 20  # PUBLISH_WINDOW
+        assert 0 < int(match[1]) <= int(match[2]), message
     assert execution is not None
     assert execution.status == "COMPLETED", execution.exit_message
     assert fanout.counts(execution)["skipped"] == 0
