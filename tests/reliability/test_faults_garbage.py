@@ -50,6 +50,11 @@ pytestmark = pytest.mark.slow
 STATS = stats_world(300)
 FANOUT = fanout_world(600)
 CHUNK = 25
+# The longest the job's loop may go without running the probe, its own doing only: LoopLag
+# subtracts the time its thread waited for a CPU, which a loaded machine adds at random
+# (0.118 s at load 4.7 on 2 cores failed this bound when it was measured in wall time).
+# What is left stays under 0.04 s up to load 6 on 2 cores, while the stall this guards
+# against, a multi-MB answer parsed on the loop, costs 0.1-0.5 s of the loop's own time.
 MAX_LAG_SECONDS = 0.1
 TIMEOUT_SECONDS = 1
 RETRY_BUDGET_SECONDS = 2
@@ -141,7 +146,7 @@ def assert_failed_clearly(
     step: str,
     expected: tuple[str, str],
 ) -> None:
-    assert lag.samples and lag.worst < MAX_LAG_SECONDS, f"loop stalled {lag.worst:.3f} s"
+    assert lag.samples and lag.worst < MAX_LAG_SECONDS, lag
     assert execution.status == "FAILED"
     if expected[0] == "PeerUnavailable":  # an availability fault: the step fails, no skip
         assert not skipped_items(records, step)
@@ -281,4 +286,4 @@ async def test_a_bulky_answer_is_refused_without_stalling_the_loop(
     assert execution.status == "COMPLETED", execution.exit_message
     assert execution.steps[0].skip_count == 50
     assert execution.steps[0].write_count == 0
-    assert lag.worst < MAX_LAG_SECONDS, f"loop stalled {lag.worst:.3f} s"
+    assert lag.samples and lag.worst < MAX_LAG_SECONDS, lag
