@@ -130,6 +130,7 @@ class Settings:
     SKIP_LIMIT: int
     PUBLISH_WINDOW: int
     JOB_ABANDON_AFTER_SECONDS: int
+    MAX_RUNNING_EXECUTIONS: int
     HEARTBEAT_SECONDS: float
 
     @property
@@ -203,6 +204,7 @@ _POSITIVE = frozenset(
         "PUBLISH_WINDOW",
         "JOB_ABANDON_AFTER_SECONDS",
         "HEARTBEAT_SECONDS",
+        "MAX_RUNNING_EXECUTIONS",
         "AUTO_RESTART_BACKOFF_SECONDS",
         "PEER_TIMEOUT_SECONDS",
         "PEER_MAX_BODY_BYTES",
