@@ -71,13 +71,13 @@ async def test_a_fanout_stopped_through_another_replica_then_restarted_delivers_
 ) -> None:
     """Spring's JobOperator across replicas: the stop request travels in the job
     repository; the runner reads it at a heartbeat, commits its chunks in flight and ends
-    STOPPED; the restart through the API resumes from the checkpoint."""
-    world = fanout_world(20_000)
+    STOPPED; the restart through the API resumes from the checkpoint. 150,000 messages."""
+    world = fanout_world(172_500)
+    assert sum(map(len, world.bodies.values())) >= 150_000
     await world.load(pool)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(run_fake_peers(world.peers))
-        store.control.latency_ms = 30  # each chunk's token lookup: the run lasts seconds
-        job = fanout_settings(settings, queue, store, **QUICK)
+        job = fanout_settings(settings, queue, store, **{**QUICK, "CHUNK_SIZE": 1000})
         a = await replica(stack, job, broker=True)
         b = await replica(stack, job, broker=True)
         run = await a.launcher.launch(FANOUT, FANOUT_PARAMETERS, rerun=False)
@@ -318,3 +318,46 @@ async def test_a_backfill_launches_each_date_as_its_own_instance(
             assert (await bad.json())["error"]["message"].startswith(f"{parameter}: "), query
     days = {row[3].isoformat() for row in await stats(pool)}
     assert days == {"2025-10-24", "2025-10-25", "2025-10-26"}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_30_date_backlog_runs_within_the_connection_bound(
+    pool: Pool, settings: Settings, db_proxy: FaultProxy
+) -> None:
+    """Before: 30 run dates launched at once held 49 connections (streams outside the
+    pool) and took RSS from 47 to 284 MB. Now MAX_RUNNING_EXECUTIONS run at once, the rest
+    wait STARTING, and the connections stay within MAX x READ_STREAMS + DB_POOL_SIZE."""
+    world = stats_world(3000)
+    await world.load(pool)
+    bound = {"MAX_RUNNING_EXECUTIONS": 4, "READ_STREAMS": 2, "DB_POOL_SIZE": 8}
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
+        job = through(stats_settings(settings, store, CHUNK_SIZE=200, **bound), db=db_proxy)
+        a = await replica(stack, job, broker=False)
+        idle = rss_mb()
+        peak_connections, peak_rss = 0, idle
+        resp = await a.api.post(
+            "/api/v1/jobs/coupon-usage-stats?from=2025-10-01&to=2025-10-30", headers=bearer()
+        )
+        assert resp.status == 202, await resp.text()
+        launched = (await resp.json())["executions"]
+        assert "STARTING" in [e["status"] for e in launched]  # a backlog: some waited
+        while a.launcher.running:
+            peak_connections = max(peak_connections, db_proxy.open_connections)
+            peak_rss = max(peak_rss, rss_mb())
+            await asyncio.sleep(0.01)
+        finished = [await a.launcher.repository.get_execution(e["executionId"]) for e in launched]
+        after = rss_mb()
+    assert [e.status for e in finished if e is not None] == ["COMPLETED"] * 30
+    assert peak_connections <= 4 * 2 + 8, peak_connections
+    print(
+        f"\n30-date backlog: peak {peak_connections} database connections (bound 16);"
+        f" RSS idle {idle:.0f} MB, peak {peak_rss:.0f} MB, after {after:.0f} MB"
+    )
