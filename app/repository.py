@@ -289,13 +289,8 @@ class JobRepository:
     async def finish_execution(
         self, execution_id: int, status: Status, message: str = "", exit_code: str | None = None
     ) -> None:
-        """Record the end (EXIT_CODE is the status unless said otherwise), unless another
-        replica has taken the execution over meanwhile."""
-        await self._execute(
-            "UPDATE BATCH_JOB_EXECUTION SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
-            " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
-            f" WHERE JOB_EXECUTION_ID = %s AND STATUS IN {_RUNNING_SQL}",
-            (status.value, exit_code or status.value, _clip(message), execution_id),
+        await self._finish(
+            "BATCH_JOB_EXECUTION", "JOB_EXECUTION_ID", execution_id, status, message, exit_code
         )
 
     async def set_execution_context(self, execution_id: int, context: dict[str, Any]) -> None:
@@ -385,13 +380,26 @@ class JobRepository:
     async def finish_step(
         self, step_id: int, status: Status, message: str = "", exit_code: str | None = None
     ) -> None:
+        await self._finish(
+            "BATCH_STEP_EXECUTION", "STEP_EXECUTION_ID", step_id, status, message, exit_code
+        )
+
+    async def _finish(
+        self,
+        table: str,
+        id_column: str,
+        row_id: int,
+        status: Status,
+        message: str,
+        exit_code: str | None,
+    ) -> None:
         """Record the end (EXIT_CODE is the status unless said otherwise), unless another
         replica has taken the execution over meanwhile."""
         await self._execute(
-            "UPDATE BATCH_STEP_EXECUTION SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
+            f"UPDATE {table} SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
             " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
-            f" WHERE STEP_EXECUTION_ID = %s AND STATUS IN {_RUNNING_SQL}",
-            (status.value, exit_code or status.value, _clip(message), step_id),
+            f" WHERE {id_column} = %s AND STATUS IN {_RUNNING_SQL}",
+            (status.value, exit_code or status.value, _clip(message), row_id),
         )
 
     async def get_execution(self, execution_id: int) -> JobExecution | None:

@@ -145,19 +145,15 @@ class Launcher:
         rerun: bool,
         dry_run_output: TextIO | None,
     ) -> RunningJob:
-        # A free slot is taken now, so that the execution is recorded as what it is:
-        # STARTED, or STARTING while it waits for one.
+        # Recorded as what it is: STARTED, or STARTING while it waits for a slot. Only a
+        # recorded execution takes a slot (launches refused by the launch rules never do).
         queued = self._slots.locked()
-        if not queued:
-            await self._slots.acquire()
-        try:
-            execution = await self.repository.start_execution(
-                spec.name, parameters, rerun_completed=rerun, queued=queued
-            )
-        except BaseException:
-            if not queued:
-                self._slots.release()
-            raise
+        execution = await self.repository.start_execution(
+            spec.name, parameters, rerun_completed=rerun, queued=queued
+        )
+        has_slot = not self._slots.locked()
+        if has_slot:
+            await self._slots.acquire()  # at once: it is free
         owned_output = None
         try:
             if execution.dry_run and dry_run_output is None:
@@ -169,7 +165,7 @@ class Launcher:
         except BaseException as exc:
             # Recorded but never run: say so, or it would block its instance until the
             # abandon limit.
-            if not queued:
+            if has_slot:
                 self._slots.release()
             message = f"not started: {type(exc).__name__}: {exc}"
             await self._record(
@@ -178,7 +174,9 @@ class Launcher:
             raise
         run = RunningJob(spec=spec, execution=execution)
         run.task = asyncio.create_task(
-            self._execute(run, dry_run_output or owned_output, owned_output, has_slot=not queued),
+            self._execute(
+                run, dry_run_output or owned_output, owned_output, queued=queued, has_slot=has_slot
+            ),
             name=f"{spec.name}#{execution.id}",
         )
         self.running[execution.id] = run
@@ -203,6 +201,7 @@ class Launcher:
         dry_run_output: TextIO | None,
         owned_output: TextIO | None,
         *,
+        queued: bool,
         has_slot: bool,
     ) -> None:
         spec, execution = run.spec, run.execution
@@ -215,7 +214,7 @@ class Launcher:
                 holding = holding or await self._take_slot(run)
                 if not holding:
                     outcome.status, outcome.message = Status.STOPPED, run.stop_reason
-                elif has_slot or await self.repository.mark_started(execution.id):
+                elif not queued or await self.repository.mark_started(execution.id):
                     with _job_metrics(spec.name, outcome):
                         await self._run_step(run, dry_run_output, outcome)
                 else:

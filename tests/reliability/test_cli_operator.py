@@ -44,9 +44,13 @@ async def test_backfill_then_list_stop_abandon_and_restart_from_the_command_line
             "2025-10-26",
         )  # fmt: skip
         assert code == 0, out
-        assert "couponUsageStatsJob backfill 2025-10-25..2025-10-26: 2 dates" in out
-        assert "  2025-10-25  execution 1 COMPLETED" in out
-        assert "  2025-10-26  execution 2 COMPLETED" in out
+        summary = out[out.index("couponUsageStatsJob backfill") :].splitlines()
+        assert summary[0] == "couponUsageStatsJob backfill 2025-10-25..2025-10-26: 2 dates"
+        first, second = (int(line.split()[2]) for line in summary[1:])
+        assert summary[1:] == [
+            f"  2025-10-25  execution {first} COMPLETED",
+            f"  2025-10-26  execution {second} COMPLETED",
+        ]
         assert {row[3].isoformat() for row in await stats(pool)} == {"2025-10-25", "2025-10-26"}
 
         code, out = await command(env, tmp_path, "executions", "--status", "COMPLETED")
@@ -54,18 +58,18 @@ async def test_backfill_then_list_stop_abandon_and_restart_from_the_command_line
         lines = out.splitlines()
         assert lines[0].split()[:4] == ["id", "job", "exit", "code"]
         assert [line.split()[:3] for line in lines[1:]] == [
-            ["2", "couponUsageStatsJob", "COMPLETED"],
-            ["1", "couponUsageStatsJob", "COMPLETED"],
+            [str(second), "couponUsageStatsJob", "COMPLETED"],
+            [str(first), "couponUsageStatsJob", "COMPLETED"],
         ]
         assert lines[1].endswith("runDate=2025-10-26")
 
-        assert await command(env, tmp_path, "stop", "1") == (
+        assert await command(env, tmp_path, "stop", str(first)) == (
             EXIT_REFUSED,
-            "not done: execution 1 is COMPLETED\n",
+            f"not done: execution {first} is COMPLETED\n",
         )
-        assert await command(env, tmp_path, "abandon", "999") == (
+        assert await command(env, tmp_path, "abandon", "9999999") == (
             EXIT_USAGE,
-            "error: no job execution 999\n",
+            "error: no job execution 9999999\n",
         )
 
         # a FAILED run (the store service down), then restarted from the command line
