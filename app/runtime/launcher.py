@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from app.errors import DataError, is_availability_fault
 from app.logs import bind_log_context
 from app.metrics import (
     EXECUTIONS_RUNNING,
@@ -23,8 +24,8 @@ from app.metrics import (
 )
 from app.model import COMPLETED_WITH_SKIPS, RUNNING, JobExecution, JobParameter, Status
 from app.pipeline.chunk import StepProgress
-from app.pipeline.step import StepRunner
-from app.repository import JobRepository
+from app.pipeline.step import SkipLimitExceeded, StepRunner
+from app.repository import JobRepository, LeaseLost
 from app.runtime.job import JobContext, JobSpec, find_job
 from app.runtime.parameters import now_in
 from app.runtime.resources import Resources
@@ -306,7 +307,15 @@ class Launcher:
                 outcome.message = run.stop_reason
         except Exception as exc:
             outcome.message = f"{type(exc).__name__}: {exc}"
-            log.exception("step failed: job=%s execution=%d", spec.name, execution.id)
+            if _expected(exc):  # its message says it all: no traceback in the log
+                log.error(
+                    "step failed: job=%s execution=%d error=%s",
+                    spec.name,
+                    execution.id,
+                    outcome.message,
+                )
+            else:
+                log.exception("step failed: job=%s execution=%d", spec.name, execution.id)
         except asyncio.CancelledError:
             outcome.status = Status.STOPPED
             outcome.message = "cancelled after the shutdown grace period"
@@ -431,6 +440,12 @@ class Launcher:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+def _expected(exc: BaseException) -> bool:
+    """A failure the policy foresees (an outage past its budget, the skip limit, a lost
+    lease), as opposed to a bug."""
+    return is_availability_fault(exc) or isinstance(exc, DataError | SkipLimitExceeded | LeaseLost)
 
 
 @contextmanager
