@@ -66,6 +66,8 @@ class Settings:
     QUEUE_SIZE: int
     FETCH_ROWS: int
     READ_STREAMS: int
+    STATS_READ: str
+    WINDOW_SLACK_MINUTES: int
     RETRY_ATTEMPTS: int
     RETRY_BASE_SECONDS: float
     SKIP_LIMIT: int
@@ -190,6 +192,10 @@ def _validate(name: str, value: Any) -> str | None:
             return "expected an http:// or https:// URL"
     if name in ("SERVER_PORT", "RABBITMQ_PORT") and not 0 <= value <= 65535:
         return "expected a port number 0..65535"
+    if name == "STATS_READ" and value not in ("window", "full"):
+        return "expected window or full"
+    if name == "WINDOW_SLACK_MINUTES" and value < 0:
+        return "must be 0 or more"
     if name == "LOG_LEVEL" and value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         return "expected DEBUG, INFO, WARNING or ERROR"
     return None
