@@ -95,3 +95,15 @@ def test_secrets_stay_out_of_repr() -> None:
     settings = load({"DB_PASSWORD": SECRET_PASSWORD, "RABBITMQ_PASSWORD": SECRET_PASSWORD})
     assert SECRET_PASSWORD not in repr(settings)
     assert TEST_JWT_SECRET not in repr(settings)
+
+
+def test_the_stats_read_settings() -> None:
+    settings = load({})
+    assert (settings.STATS_READ, settings.WINDOW_SLACK_MINUTES) == ("window", 60)
+    assert load({"STATS_READ": "full", "WINDOW_SLACK_MINUTES": "0"}).STATS_READ == "full"
+    with pytest.raises(ConfigError) as error:
+        load({"STATS_READ": "scan", "WINDOW_SLACK_MINUTES": "-1"})
+    assert str(error.value) == (
+        "invalid configuration: STATS_READ expected window or full;"
+        " WINDOW_SLACK_MINUTES must be 0 or more"
+    )
