@@ -83,7 +83,7 @@ def _ordered(rows: list[Found], slack: timedelta) -> bool:
     `slack` after a later one."""
     latest: datetime | None = None
     for _, at in sorted(set(rows)):
-        if latest is not None and latest > at + slack:
+        if latest is not None and latest - at > slack:
             return False
         if latest is None or at > latest:
             latest = at
@@ -106,7 +106,9 @@ async def search_span(
 
     for step in range(1, _SAMPLES):
         await look(first[0] + (last[0] - first[0]) * step // _SAMPLES)
-    earliest, latest = start - slack, end + slack
+    # the slack stops at the calendar's ends (a window may start on 0001-01-01)
+    earliest = start - min(slack, start - datetime.min)
+    latest = end + min(slack, datetime.max - end)
     low: int | None = None
     high: int | None = None
     below = first  # a row created before `latest`, to search the upper end from

@@ -79,6 +79,15 @@ async def test_windows_at_the_ends_of_the_table(
     assert (span.ids, span.bounds) == (ids, bounds)
 
 
+async def test_windows_on_the_ends_of_the_calendar() -> None:
+    first = datetime(1, 1, 1)
+    table = Table([(1, first), (2, first + HOUR), (3, first + 3 * HOUR)])
+    assert (await table.span(first, first + timedelta(minutes=1))).ids == (None, 3)
+    last = datetime(9999, 12, 31, 23, 59, 59)
+    table = Table([(1, last - 3 * HOUR), (2, last - HOUR), (3, last)])
+    assert (await table.span(last - timedelta(minutes=1), last)).ids == (2, None)
+
+
 async def test_one_row() -> None:
     table = Table([(7, T0)])
     assert (await table.span(T0, T0)).ids == (None, None)
