@@ -1,4 +1,5 @@
-"""Command line: `python -m app migrate | run <job> | serve`."""
+"""Command line: `python -m app migrate | run | serve | executions | stop | restart |
+abandon | backfill`."""
 
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from app.config import (
 )
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
-from app.model import COMPLETED_WITH_SKIPS, LaunchRefused, Status
+from app.model import COMPLETED_WITH_SKIPS, RUNNING, JobExecution, LaunchRefused, Status
 from app.pipeline.chunk import StepProgress
+from app.repository import JobRepository
 from app.runtime.job import find_job
-from app.runtime.launcher import Launcher
-from app.runtime.parameters import ParameterError
+from app.runtime.launcher import Launcher, NotRestartable, RunningJob
+from app.runtime.parameters import ParameterError, backfill_dates
 from app.schema.migrate import migrate
 
 log = logging.getLogger("app")
@@ -36,6 +38,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_SKIPPED = 4  # COMPLETED WITH SKIPS: the run ended, but some items were not done
+STOPPABLE = (Status.STARTING, Status.STARTED, Status.STOPPING)
+ABANDONABLE = (Status.STOPPED, Status.FAILED)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +67,27 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("serve", help="run the daemon: admin API, metrics, schedules")
+
+    listing = commands.add_parser("executions", help="recent executions of both jobs")
+    listing.add_argument("--status", choices=[status.value for status in Status])
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    for name, text in (
+        ("stop", "ask a running execution to stop (on whichever replica runs it)"),
+        ("abandon", "mark a STOPPED or FAILED execution ABANDONED (never restarted)"),
+        ("restart", "restart a FAILED or STOPPED execution from its checkpoint, here"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("execution", type=int, help="the execution id")
+        if name == "restart":
+            command.add_argument("--quiet", action="store_true", help="no live progress line")
+
+    backfill = commands.add_parser(
+        "backfill", help="run a job for every date of a range, each its own instance"
+    )
+    backfill.add_argument("job", choices=["coupon-usage-stats"])
+    backfill.add_argument("--from", dest="first", required=True, help="YYYY-MM-DD")
+    backfill.add_argument("--to", dest="last", required=True, help="YYYY-MM-DD (included)")
+    backfill.add_argument("--rerun", action="store_true", help="run completed dates again")
     return parser
 
 
@@ -111,46 +136,158 @@ async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | No
             hint = " (use --rerun to run it again)" if "completed" in str(exc) else ""
             _say(settings, f"not launched: {exc}{hint}", logging.WARNING)
             return EXIT_REFUSED
-        assert run.task is not None
-        progress = None
-        if not args.quiet and settings.LOG_FORMAT == "text":
-            progress = asyncio.create_task(_show_progress(run.progress, sys.stderr))
-        try:
-            await _until_done_or_signal(launcher, run.task, settings.SHUTDOWN_GRACE_SECONDS)
-        finally:
-            if progress is not None:
-                progress.cancel()
-                sys.stderr.write("\n")
-        final = await launcher.repository.get_execution(run.execution.id)
+        return await _follow(settings, launcher, run, quiet=args.quiet)
+
+
+async def _follow(settings: Settings, launcher: Launcher, run: RunningJob, *, quiet: bool) -> int:
+    """Wait for the run with live progress; its last line; its exit code."""
+    assert run.task is not None
+    progress = None
+    if not quiet and settings.LOG_FORMAT == "text":
+        progress = asyncio.create_task(_show_progress(run.progress, sys.stderr))
+    try:
+        await _until_done_or_signal(launcher, [run.task], settings.SHUTDOWN_GRACE_SECONDS)
+    finally:
+        if progress is not None:
+            progress.cancel()
+            sys.stderr.write("\n")
+    final = await launcher.repository.get_execution(run.execution.id)
     assert final is not None
     counts = run.progress
     kind = "dry run" if final.dry_run else "execution"
     _say(
         settings,
-        f"{spec.name} {kind} {final.id}: {final.exit_code}; read {counts.read:,}, "
+        f"{run.spec.name} {kind} {final.id}: {final.exit_code}; read {counts.read:,}, "
         f"written {counts.written:,}, filtered {counts.filtered:,}, skipped {counts.skipped:,}"
         + (f"; {final.exit_message}" if final.exit_message else ""),
         logging.INFO if final.status == Status.COMPLETED else logging.WARNING,
     )
-    if final.status != Status.COMPLETED:
+    return _exit_code(final)
+
+
+def _exit_code(execution: JobExecution) -> int:
+    if execution.status != Status.COMPLETED:
         return EXIT_FAILED
-    return EXIT_SKIPPED if final.exit_code == COMPLETED_WITH_SKIPS else 0
+    return EXIT_SKIPPED if execution.exit_code == COMPLETED_WITH_SKIPS else 0
 
 
-async def _until_done_or_signal(launcher: Launcher, task: asyncio.Task[None], grace: float) -> None:
-    """Wait for the job; on SIGINT/SIGTERM stop it after its chunks in flight (STOPPED)."""
+async def _restart(settings: Settings, execution_id: int, quiet: bool) -> int:
+    async with open_launcher(settings, broker=True) as launcher:
+        try:
+            run = await launcher.restart(execution_id)
+        except LookupError as exc:
+            _say(settings, f"error: {exc}", logging.ERROR)
+            return EXIT_USAGE
+        except (NotRestartable, LaunchRefused) as exc:
+            _say(settings, f"not restarted: {exc}", logging.WARNING)
+            return EXIT_REFUSED
+        return await _follow(settings, launcher, run, quiet=quiet)
+
+
+async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
+    """Every date its own instance, MAX_RUNNING_EXECUTIONS at a time; one summary."""
+    try:
+        days = backfill_dates(args.first, args.last)
+    except ParameterError as exc:
+        _say(settings, f"error: {exc}", logging.ERROR)
+        return EXIT_USAGE
+    spec = find_job(JOBS, args.job)
+    outcomes: list[tuple[str, str, int]] = []  # run date, what became of it, exit code
+    async with open_launcher(settings, broker=False) as launcher:
+        runs: list[tuple[str, RunningJob]] = []
+        for day in days:
+            try:
+                run = await launcher.launch(spec, {"runDate": day.isoformat()}, rerun=args.rerun)
+            except LaunchRefused as exc:
+                outcomes.append((day.isoformat(), f"not launched: {exc}", EXIT_REFUSED))
+                continue
+            runs.append((day.isoformat(), run))
+        tasks = [run.task for _, run in runs if run.task is not None]
+        await _until_done_or_signal(launcher, tasks, settings.SHUTDOWN_GRACE_SECONDS)
+        for day, run in runs:
+            final = await launcher.repository.get_execution(run.execution.id)
+            assert final is not None
+            line = f"execution {final.id} {final.exit_code}"
+            line += f"; {final.exit_message}" if final.exit_message else ""
+            outcomes.append((day, line, _exit_code(final)))
+    outcomes.sort()
+    print(f"{spec.name} backfill {args.first}..{args.last}: {len(days)} dates")
+    for day, line, _ in outcomes:
+        print(f"  {day}  {line}")
+    codes = {code for _, _, code in outcomes}
+    # the worst first: failed or stopped, not launched, completed with skips
+    return next((code for code in (EXIT_FAILED, EXIT_REFUSED, EXIT_SKIPPED) if code in codes), 0)
+
+
+async def _executions(settings: Settings, status: str | None, limit: int) -> int:
+    async with open_pool(settings.database) as pool:
+        repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+        executions = await repository.recent_executions(status, max(1, min(limit, 100)))
+    tz = settings.timezone
+    counts_title = "read/written/filtered/skipped"
+    print(
+        f"{'id':>7}  {'job':<27}  {'exit code':<20}  {'start':<19}  {counts_title:<29}  parameters"
+    )
+    for e in executions:
+        start = e.start_time.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if e.start_time else "-"
+        counts = "/".join(
+            str(sum(getattr(s, f"{what}_count") for s in e.steps))
+            for what in ("read", "write", "filter", "skip")
+        )
+        parameters = " ".join(
+            f"{k}={v}" for k, v in e.parameters.items() if k not in ("dryRun", "run.id")
+        )
+        exit_code = e.exit_code if e.status not in RUNNING else e.status.value
+        print(
+            f"{e.id:>7}  {e.job_name:<27}  {exit_code:<20}  {start:<19}  {counts:<29}  "
+            f"{parameters}{' (dry run)' if e.dry_run else ''}"
+            + (f"  {e.exit_message[:120]}" if e.exit_message else "")
+        )
+    return 0
+
+
+async def _operate(settings: Settings, action: str, execution_id: int) -> int:
+    """stop or abandon, through the job repository (any replica's runner obeys)."""
+    async with open_pool(settings.database) as pool:
+        repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+        if action == "stop":
+            found, allowed = await repository.request_stop(execution_id), STOPPABLE
+        else:
+            found, allowed = await repository.abandon(execution_id), ABANDONABLE
+    if found is None:
+        _say(settings, f"error: no job execution {execution_id}", logging.ERROR)
+        return EXIT_USAGE
+    if found not in allowed:
+        _say(settings, f"not done: execution {execution_id} is {found}", logging.WARNING)
+        return EXIT_REFUSED
+    if action == "stop":
+        _say(
+            settings,
+            f"stop requested: execution {execution_id} was {found}; it ends STOPPED"
+            " after its chunks in flight, within a few heartbeats",
+        )
+    else:
+        _say(settings, f"execution {execution_id} ABANDONED (was {found})")
+    return 0
+
+
+async def _until_done_or_signal(
+    launcher: Launcher, tasks: Sequence[asyncio.Task[None]], grace: float
+) -> None:
+    """Wait for the runs; on SIGINT/SIGTERM stop them after their chunks in flight."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
         waiter = asyncio.create_task(stopping.wait())
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        everything = asyncio.gather(*tasks)
+        await asyncio.wait({everything, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if stopping.is_set():
-            log.info("signal received: stopping the job after its chunks in flight")
+            log.info("signal received: stopping the runs after their chunks in flight")
             await launcher.shutdown(grace)
-        await task
+        await everything
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -198,8 +335,15 @@ def _command(settings: Settings, args: argparse.Namespace) -> int:
             return asyncio.run(_run(settings, args, sys.stdout))
         with open(args.output, "w", encoding="utf-8") as output:
             return asyncio.run(_run(settings, args, output))
-    asyncio.run(serve(settings))
-    return 0
+    if args.command == "executions":
+        return asyncio.run(_executions(settings, args.status, args.limit))
+    if args.command in ("stop", "abandon"):
+        return asyncio.run(_operate(settings, args.command, args.execution))
+    if args.command == "restart":
+        return asyncio.run(_restart(settings, args.execution, args.quiet))
+    if args.command == "backfill":
+        return asyncio.run(_backfill(settings, args))
+    return asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

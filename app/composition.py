@@ -45,9 +45,10 @@ async def open_launcher(settings: Settings, *, broker: bool) -> AsyncIterator[La
         yield Launcher(resources, JOBS)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
     """`python -m app serve`: the admin API and the schedules until SIGTERM/SIGINT, then
-    a graceful stop (running steps end STOPPED after their chunks in flight, restartable)."""
+    a graceful stop (running steps end STOPPED after their chunks in flight, restartable).
+    The exit code: 0, or 1 if an outcome could not be recorded (the database away)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in _SIGNALS:
@@ -82,7 +83,16 @@ async def serve(settings: Settings) -> None:
                 await scheduler.stop()
                 await launcher.shutdown(settings.SHUTDOWN_GRACE_SECONDS)
                 await runner.cleanup()
+            unrecorded = launcher.unrecorded
     finally:
         for sig in _SIGNALS:
             loop.remove_signal_handler(sig)
+    if unrecorded:
+        log.error(
+            "stopped; %d outcome(s) could not be recorded: the next launch of each instance"
+            " recovers it after JOB_ABANDON_AFTER_SECONDS",
+            unrecorded,
+        )
+        return 1
     log.info("stopped")
+    return 0

@@ -134,12 +134,15 @@ class Settings:
     QUEUE_SIZE: int
     FETCH_ROWS: int
     READ_STREAMS: int
+    STATS_READ: str
+    WINDOW_SLACK_MINUTES: int
     RETRY_BUDGET_SECONDS: float
     RETRY_BASE_SECONDS: float
     RETRY_MAX_WAIT_SECONDS: float
     SKIP_LIMIT: int
     PUBLISH_WINDOW: int
     JOB_ABANDON_AFTER_SECONDS: int
+    MAX_RUNNING_EXECUTIONS: int
     HEARTBEAT_SECONDS: float
 
     @property
@@ -232,13 +235,16 @@ _POSITIVE = frozenset(
         "PUBLISH_WINDOW",
         "JOB_ABANDON_AFTER_SECONDS",
         "HEARTBEAT_SECONDS",
+        "MAX_RUNNING_EXECUTIONS",
         "AUTO_RESTART_BACKOFF_SECONDS",
         "PEER_TIMEOUT_SECONDS",
         "PEER_MAX_BODY_BYTES",
     }
 )
 
-_NON_NEGATIVE = frozenset({"AUTO_RESTART_ATTEMPTS", "FANOUT_MISFIRE_GRACE_MINUTES"})
+_NON_NEGATIVE = frozenset(
+    {"AUTO_RESTART_ATTEMPTS", "FANOUT_MISFIRE_GRACE_MINUTES", "WINDOW_SLACK_MINUTES"}
+)
 
 
 def parse_db_url(
@@ -352,7 +358,7 @@ def _validate(name: str, value: Any) -> str | None:
     if name in _POSITIVE and value <= 0:
         return "must be greater than 0"
     if name in _NON_NEGATIVE and value < 0:
-        return "must not be negative"
+        return "must be 0 or more"
     if name == "JWT_SECRET_KEY":
         if not value:
             return "is required (base64 of at least 32 bytes)"
@@ -385,6 +391,8 @@ def _validate(name: str, value: Any) -> str | None:
             return "expected an http:// or https:// URL"
     if name in ("SERVER_PORT", "RABBITMQ_PORT") and not 0 <= value <= 65535:
         return "expected a port number 0..65535"
+    if name == "STATS_READ" and value not in ("window", "full"):
+        return "expected window or full"
     if name == "LOG_LEVEL" and value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         return "expected DEBUG, INFO, WARNING or ERROR"
     if name == "LOG_FORMAT" and value not in ("text", "json"):

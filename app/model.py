@@ -52,6 +52,7 @@ class StepExecution:
     start_time: datetime | None = None
     end_time: datetime | None = None
     exit_message: str = ""
+    context: dict[str, Any] = field(default_factory=dict)  # checkpoint, skipped ids, messages
 
 
 @dataclass
@@ -68,6 +69,7 @@ class JobExecution:
     exit_message: str = ""
     last_updated: datetime | None = None
     steps: list[StepExecution] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)  # where a dry run writes
 
     @property
     def dry_run(self) -> bool:

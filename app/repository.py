@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from asyncmy.connection import Connection
@@ -31,6 +32,12 @@ from app.model import (
 )
 
 _MESSAGE_LIMIT = 2500  # EXIT_MESSAGE and SHORT_CONTEXT are VARCHAR(2500)
+_RUNNING_SQL = "(" + ", ".join(f"'{status.value}'" for status in RUNNING) + ")"
+
+
+class LeaseLost(Exception):
+    """This runner's execution is no longer running: another replica found its heartbeat
+    stale and took the instance over. Nothing more may be committed for it."""
 
 
 def job_key(parameters: Sequence[JobParameter]) -> str:
@@ -54,7 +61,7 @@ async def _next_id(conn: Connection, sequence: str) -> int:
 
 _EXECUTION_COLUMNS = (
     "e.JOB_EXECUTION_ID, e.JOB_INSTANCE_ID, i.JOB_NAME, e.STATUS, e.CREATE_TIME, e.START_TIME,"
-    " e.END_TIME, e.EXIT_CODE, e.EXIT_MESSAGE, e.LAST_UPDATED"
+    " e.END_TIME, e.EXIT_CODE, e.EXIT_MESSAGE, e.LAST_UPDATED, x.SHORT_CONTEXT"
 )
 _STEP_COLUMNS = (
     "s.STEP_EXECUTION_ID, s.JOB_EXECUTION_ID, s.STEP_NAME, s.STATUS, c.SHORT_CONTEXT,"
@@ -62,6 +69,10 @@ _STEP_COLUMNS = (
     " s.READ_SKIP_COUNT + s.PROCESS_SKIP_COUNT + s.WRITE_SKIP_COUNT, s.COMMIT_COUNT,"
     " s.START_TIME, s.END_TIME, s.EXIT_MESSAGE"
 )
+
+
+def _on(clock: timezone, value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=clock) if value is not None else None
 
 
 def _step_from_row(row: tuple) -> StepExecution:
@@ -80,6 +91,7 @@ def _step_from_row(row: tuple) -> StepExecution:
         start_time=row[10],
         end_time=row[11],
         exit_message=row[12] or "",
+        context=context,
     )
 
 
@@ -87,17 +99,35 @@ class JobRepository:
     def __init__(self, pool: Pool, *, abandon_after_seconds: int) -> None:
         self.pool = pool
         self.abandon_after_seconds = abandon_after_seconds
+        self._clock: timezone | None = None
+
+    async def _database_clock(self) -> timezone:
+        """The offset of the database's NOW(6), which wrote every BATCH_* time: the times
+        read back carry it, so that every time the service shows has its offset."""
+        if self._clock is None:
+            [(seconds,)] = await fetch_all(
+                self.pool, "SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(6), NOW(6))"
+            )
+            self._clock = timezone(timedelta(minutes=round(int(seconds) / 60)))
+        return self._clock
 
     async def start_execution(
-        self, job_name: str, parameters: Sequence[JobParameter], *, rerun_completed: bool
+        self,
+        job_name: str,
+        parameters: Sequence[JobParameter],
+        *,
+        rerun_completed: bool,
+        queued: bool = False,
     ) -> JobExecution:
         """Apply the launch rules and record a STARTED execution, or raise LaunchRefused.
 
         A live STARTED execution refuses the launch; one whose heartbeat is older than
         the abandon limit is marked FAILED first. FAILED and STOPPED instances restart
         (their steps resume from the checkpoint); COMPLETED ones run again only when
-        `rerun_completed`.
+        `rerun_completed`. A `queued` execution is recorded STARTING (waiting for a slot of
+        the process's MAX_RUNNING_EXECUTIONS) until `mark_started`.
         """
+        status = Status.STARTING if queued else Status.STARTED
         instance_id = await self._instance_id(job_name, job_key(parameters))
         async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(
@@ -129,8 +159,8 @@ class JobRepository:
             await cur.execute(
                 "INSERT INTO BATCH_JOB_EXECUTION (JOB_EXECUTION_ID, VERSION, JOB_INSTANCE_ID,"
                 " CREATE_TIME, START_TIME, STATUS, EXIT_CODE, EXIT_MESSAGE, LAST_UPDATED)"
-                " VALUES (%s, 1, %s, NOW(6), NOW(6), %s, 'EXECUTING', '', NOW(6))",
-                (execution_id, instance_id, Status.STARTED.value),
+                " VALUES (%s, 1, %s, NOW(6), IF(%s, NULL, NOW(6)), %s, 'EXECUTING', '', NOW(6))",
+                (execution_id, instance_id, queued, status.value),
             )
             await cur.executemany(
                 "INSERT INTO BATCH_JOB_EXECUTION_PARAMS (JOB_EXECUTION_ID, PARAMETER_NAME,"
@@ -180,26 +210,104 @@ class JobRepository:
                     f"UPDATE {table} SET STATUS = 'FAILED', EXIT_CODE = 'FAILED',"
                     " EXIT_MESSAGE = %s, END_TIME = NOW(6), LAST_UPDATED = NOW(6),"
                     " VERSION = VERSION + 1"
-                    " WHERE JOB_EXECUTION_ID = %s AND STATUS IN ('STARTING', 'STARTED')",
+                    f" WHERE JOB_EXECUTION_ID = %s AND STATUS IN {_RUNNING_SQL}",
                     (message, execution_id),
                 )
 
-    async def heartbeat(self, execution_id: int) -> None:
-        await self._execute(
-            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) WHERE JOB_EXECUTION_ID = %s",
-            (execution_id,),
+    async def heartbeat(self, execution_id: int) -> Status:
+        """Renew the execution's lease (LAST_UPDATED) while it is alive; its status, in
+        which the runner reads a stop request (STOPPING) or a lost lease (anything not
+        running: another replica found the heartbeat stale and took the instance over)."""
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6)"
+                f" WHERE JOB_EXECUTION_ID = %s AND STATUS IN {_RUNNING_SQL}",
+                (execution_id,),
+            )
+            await cur.execute(
+                "SELECT STATUS FROM BATCH_JOB_EXECUTION WHERE JOB_EXECUTION_ID = %s",
+                (execution_id,),
+            )
+            (status,) = await cur.fetchone()
+            return Status(status)
+
+    async def mark_started(self, execution_id: int) -> bool:
+        """A queued (STARTING) execution got its slot: STARTED now. False if it was asked
+        to stop meanwhile."""
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "UPDATE BATCH_JOB_EXECUTION SET STATUS = 'STARTED', START_TIME = NOW(6),"
+                " LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
+                " WHERE JOB_EXECUTION_ID = %s AND STATUS = 'STARTING'",
+                (execution_id,),
+            )
+            return bool(cur.rowcount)
+
+    async def request_stop(self, execution_id: int) -> Status | None:
+        """Ask a running execution to stop: STOPPING, which its runner, on whichever
+        replica, reads at its next heartbeat. The status it had (None: no such execution);
+        only a STARTING or STARTED one changes."""
+        return await self._transition(
+            execution_id, (Status.STARTING, Status.STARTED), Status.STOPPING, steps=False
         )
+
+    async def abandon(self, execution_id: int) -> Status | None:
+        """Spring Batch's abandon: a STOPPED or FAILED execution becomes ABANDONED, never
+        restarted; the next launch of its instance starts from scratch. The status it had
+        (None: no such execution)."""
+        return await self._transition(
+            execution_id, (Status.STOPPED, Status.FAILED), Status.ABANDONED, steps=True
+        )
+
+    async def _transition(
+        self, execution_id: int, allowed: tuple[Status, ...], to: Status, *, steps: bool
+    ) -> Status | None:
+        async with transaction(self.pool) as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT STATUS FROM BATCH_JOB_EXECUTION WHERE JOB_EXECUTION_ID = %s FOR UPDATE",
+                (execution_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            status = Status(row[0])
+            if status in allowed:
+                tables = ["BATCH_JOB_EXECUTION"] + (["BATCH_STEP_EXECUTION"] if steps else [])
+                # An abandoned execution's exit code says so; a stopping one's stays
+                # EXECUTING until its runner records the end.
+                also_exit_code = to == Status.ABANDONED
+                for table in tables:
+                    await cur.execute(
+                        f"UPDATE {table} SET STATUS = %s"
+                        + (", EXIT_CODE = STATUS" if also_exit_code else "")
+                        + ", VERSION = VERSION + 1, LAST_UPDATED = NOW(6)"
+                        " WHERE JOB_EXECUTION_ID = %s",
+                        (to.value, execution_id),
+                    )
+            return status
 
     async def finish_execution(
         self, execution_id: int, status: Status, message: str = "", exit_code: str | None = None
     ) -> None:
-        """Record the end: EXIT_CODE is the status unless said otherwise."""
-        await self._execute(
-            "UPDATE BATCH_JOB_EXECUTION SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
-            " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
-            " WHERE JOB_EXECUTION_ID = %s",
-            (status.value, exit_code or status.value, _clip(message), execution_id),
+        await self._finish(
+            "BATCH_JOB_EXECUTION", "JOB_EXECUTION_ID", execution_id, status, message, exit_code
         )
+
+    async def set_execution_context(self, execution_id: int, context: dict[str, Any]) -> None:
+        await self._execute(
+            "UPDATE BATCH_JOB_EXECUTION_CONTEXT SET SHORT_CONTEXT = %s WHERE JOB_EXECUTION_ID = %s",
+            (_clip(json.dumps(context, ensure_ascii=False)), execution_id),
+        )
+
+    async def get_parameters(self, execution_id: int) -> list[JobParameter]:
+        """The execution's parameters as recorded, with their types: what a restart uses."""
+        rows = await fetch_all(
+            self.pool,
+            "SELECT PARAMETER_NAME, PARAMETER_TYPE, PARAMETER_VALUE, IDENTIFYING"
+            " FROM BATCH_JOB_EXECUTION_PARAMS WHERE JOB_EXECUTION_ID = %s",
+            (execution_id,),
+        )
+        return [JobParameter(name, kind, value, flag == "Y") for name, kind, value, flag in rows]
 
     async def start_step(self, execution: JobExecution, step_name: str) -> StepExecution:
         """Record a step execution; it resumes from the checkpoint of this instance's last
@@ -215,7 +323,7 @@ class JobRepository:
         )
         previous = _step_from_row(rows[0]) if rows else None
         checkpoint = None
-        if previous is not None and previous.status != Status.COMPLETED:
+        if previous is not None and previous.status in (Status.FAILED, Status.STOPPED):
             checkpoint = previous.checkpoint
         context = json.dumps({"checkpoint": checkpoint})
         async with transaction(self.pool) as conn, conn.cursor() as cur:
@@ -243,32 +351,55 @@ class JobRepository:
         )
 
     async def commit_chunk(
-        self, conn: Connection, step_id: int, counts: ChunkCounts, checkpoint: Any
+        self, conn: Connection, step_id: int, counts: ChunkCounts, context: dict[str, Any]
     ) -> None:
-        """Record a chunk's counts and checkpoint inside the caller's (the chunk's) transaction."""
+        """Record a chunk's counts and the step's context (its checkpoint) inside the
+        caller's (the chunk's) transaction. The step's STARTED status is the fence: once
+        another replica has taken the execution over, this raises LeaseLost and the
+        chunk's transaction rolls back, its writes with it."""
         async with conn.cursor() as cur:
             await cur.execute(
                 "UPDATE BATCH_STEP_EXECUTION SET READ_COUNT = READ_COUNT + %s,"
                 " WRITE_COUNT = WRITE_COUNT + %s, FILTER_COUNT = FILTER_COUNT + %s,"
                 " PROCESS_SKIP_COUNT = PROCESS_SKIP_COUNT + %s, COMMIT_COUNT = COMMIT_COUNT + 1,"
-                " VERSION = VERSION + 1, LAST_UPDATED = NOW(6) WHERE STEP_EXECUTION_ID = %s",
+                " VERSION = VERSION + 1, LAST_UPDATED = NOW(6)"
+                " WHERE STEP_EXECUTION_ID = %s AND STATUS = 'STARTED'",
                 (counts.read, counts.written, counts.filtered, counts.skipped, step_id),
             )
+            if not cur.rowcount:
+                raise LeaseLost(
+                    f"step execution {step_id} is no longer STARTED here: another replica took"
+                    " its execution over (no heartbeat for JOB_ABANDON_AFTER_SECONDS)"
+                )
             await cur.execute(
                 "UPDATE BATCH_STEP_EXECUTION_CONTEXT SET SHORT_CONTEXT = %s"
                 " WHERE STEP_EXECUTION_ID = %s",
-                (json.dumps({"checkpoint": checkpoint}), step_id),
+                (_clip(json.dumps(context, ensure_ascii=False)), step_id),
             )
 
     async def finish_step(
         self, step_id: int, status: Status, message: str = "", exit_code: str | None = None
     ) -> None:
-        """Record the end: EXIT_CODE is the status unless said otherwise."""
+        await self._finish(
+            "BATCH_STEP_EXECUTION", "STEP_EXECUTION_ID", step_id, status, message, exit_code
+        )
+
+    async def _finish(
+        self,
+        table: str,
+        id_column: str,
+        row_id: int,
+        status: Status,
+        message: str,
+        exit_code: str | None,
+    ) -> None:
+        """Record the end (EXIT_CODE is the status unless said otherwise), unless another
+        replica has taken the execution over meanwhile."""
         await self._execute(
-            "UPDATE BATCH_STEP_EXECUTION SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
+            f"UPDATE {table} SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
             " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
-            " WHERE STEP_EXECUTION_ID = %s",
-            (status.value, exit_code or status.value, _clip(message), step_id),
+            f" WHERE {id_column} = %s AND STATUS IN {_RUNNING_SQL}",
+            (status.value, exit_code or status.value, _clip(message), row_id),
         )
 
     async def get_execution(self, execution_id: int) -> JobExecution | None:
@@ -289,9 +420,11 @@ class JobRepository:
             self.pool,
             f"SELECT {_EXECUTION_COLUMNS} FROM BATCH_JOB_EXECUTION e"
             " JOIN BATCH_JOB_INSTANCE i ON i.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID"
+            " LEFT JOIN BATCH_JOB_EXECUTION_CONTEXT x ON x.JOB_EXECUTION_ID = e.JOB_EXECUTION_ID"
             f" WHERE {where} ORDER BY e.JOB_EXECUTION_ID DESC LIMIT {int(limit)}",
             args,
         )
+        clock = await self._database_clock()
         executions = {
             row[0]: JobExecution(
                 id=row[0],
@@ -299,12 +432,13 @@ class JobRepository:
                 job_name=row[2],
                 status=Status(row[3]),
                 parameters={},
-                create_time=row[4],
-                start_time=row[5],
-                end_time=row[6],
+                create_time=_on(clock, row[4]),
+                start_time=_on(clock, row[5]),
+                end_time=_on(clock, row[6]),
                 exit_code=row[7] or "",
                 exit_message=row[8] or "",
-                last_updated=row[9],
+                last_updated=_on(clock, row[9]),
+                context=json.loads(row[10]) if row[10] else {},
             )
             for row in rows
         }
@@ -327,6 +461,8 @@ class JobRepository:
             ids,
         ):
             step = _step_from_row(row)
+            step.start_time = _on(clock, step.start_time)
+            step.end_time = _on(clock, step.end_time)
             executions[step.job_execution_id].steps.append(step)
         return list(executions.values())
 

@@ -1,10 +1,15 @@
-"""The benchmarks of issue 6 in one run: each job through its CLI against its floor.
+"""The benchmarks of issues 6 and 14 in one run: each job through its CLI against its floor.
 
 Run through `scripts/bench` (which prepares .venv and the local services first):
 
-    scripts/bench [--repeat 3] [--growth] [--only stats|fanout]
+    scripts/bench [--repeat 3] [--only stats|growth|month|fanout ...]
 
-1. Generates the data set if missing (`scripts/gen_data.py`, database couponpop_bench).
+1. Generates the data sets if missing (`scripts/gen_data.py`): couponpop_bench, the
+   production shape (--histories over --history-days, ids in time order up to 5
+   minutes, the window the newest rows; a year of daily coupon_usage_stats rows);
+   for the growth cases, the same window under a fifth of the history
+   (couponpop_bench_short) and five times the window in the same rows
+   (couponpop_bench_wide); the month shape of issue 6 (couponpop_bench_month).
 2. Starts the fake peers as a process on free ports, serving the generated stores and
    push tokens and checking the system token's signature.
 3. Makes the RabbitMQ vhost `couponpop-bench` with the consumer queue declared and
@@ -12,15 +17,23 @@ Run through `scripts/bench` (which prepares .venv and the local services first):
    before each run and at the end.
 4. Measures, each `--repeat` times, floors and jobs alternated so that a busy moment
    of the machine does not favour either, then prints the medians:
-   (a) stats floor: `mysql --quick` streaming the window's USED rows, ordered by member;
+   (a) stats floor: `mysql --quick` over TCP, as the job connects, streaming the
+       window's USED rows ordered by member, bounded to the window's ids;
    (b) the stats job (`run coupon-usage-stats --rerun --quiet`), the run date's rows
-       deleted first, so that every run is the daily first run;
+       deleted first, so that every run is the daily first run; (b full) the same with
+       STATS_READ=full, the read of issue 6, whose rows the others must equal;
+   (h) history growth: (a) and (b) on a fifth of the history, the same window;
+   (w) window growth: (a) and (b) with five times the window's rows;
+   (m) the month shape: (a) and (b);
    (c) fan-out floor: a bare aiormq confirm-mode publisher (`bench_publish.py --floor`),
        the same message count, body size and properties, the same window;
    (d) the fan-out job; (e) the same with the fake peers answering after 20 ms;
-   (f) with --growth: the stats floor and job at 5x the rows, in couponpop_bench_x5.
-   Peak RSS is the child's own ru_maxrss (os.wait4). Each run is checked: exit 0,
-   one row per eligible member, as many messages in the queue as tokens expected.
+   (g) the fan-out job without the index of migration V003 (dropped, then rebuilt).
+   Peak RSS is the child's own ru_maxrss (os.wait4). Rows examined: the server's
+   Handler_read_rnd_next + Handler_read_next, GLOBAL status before and after the
+   child (this machine's server is otherwise idle; what other clients do meanwhile
+   counts too). Each run is checked: exit 0, one row per eligible member and the same
+   rows as the full read, as many messages in the queue as tokens expected.
 
 Every child's output goes to var/bench/logs/; the results also to var/bench/results.json.
 """
@@ -44,7 +57,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +66,12 @@ import aio_pika
 from app.config import Settings
 from app.contracts import CONSUMER_QUEUE, CONSUMER_QUEUE_ARGUMENTS, EXCHANGE, ROUTING_KEY
 from app.devtools.fake_peers import CONTROL_PATH
-from app.edges.db import fetch_all, open_pool
+from app.edges.db import StallDeadline, fetch_all, open_connection, open_pool, stream_rows
+from app.jobs.fcm_send import _LATEST_STATS, stats_window
+from app.jobs.history_window import window_span
+from app.jobs.usage_stats import UsageStatsStep
+from app.runtime.job import JobContext
+from app.runtime.resources import open_resources
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_data import bench_settings
@@ -62,18 +80,24 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench"
 LOGS = OUT / "logs"
 PYTHON = sys.executable
+PARTS = ("stats", "growth", "month", "fanout")
 VHOST = "couponpop-bench"
 GROWTH_FACTOR = 5
 JWT_KEY = b"couponpop-bench-key-of-32-bytes!"
 BROKER_OUTAGE = ("Connect call failed", "Reconnecting after", "Connection reset by peer")
 
-# The targets of issue 6.
-STATS_MAX_RATIO = 2.5
+# The targets of issues 6 and 14.
+STATS_MAX_RATIO = 3.0  # production shape, to the bounded floor
+STATS_MAX_EXAMINED = 1.5  # rows examined to the window's rows
 STATS_MAX_RSS_MB = 150
+MONTH_MAX_RATIO = 2.5
+HISTORY_GROWTH_MAX_TIME = 1.2
+WINDOW_GROWTH_MAX_TIME = 5.5
+GROWTH_MAX_RSS = 1.2
 FANOUT_MIN_RATIO = 0.7
 LATENCY_MAX_DROP = 0.15
-GROWTH_MAX_TIME = 5.5
-GROWTH_MAX_RSS = 1.2
+HANDLER_READS = ("Handler_read_rnd_next", "Handler_read_next")
+V003_INDEX = "idx_coupon_usage_stats_date_member"
 
 
 def say(message: str) -> None:
@@ -90,6 +114,8 @@ class Run:
     cpu: float  # the child's CPU seconds, user + system
     job: float | None = None  # seconds by the job's own record (BATCH_JOB_EXECUTION)
     rate: float | None = None  # rows or messages a second
+    examined: int | None = None  # rows the server read meanwhile (see the module)
+    digest: tuple[int, int] | None = None  # the stats job's rows: count, sum of CRC32s
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. the broker went away meanwhile
 
@@ -134,6 +160,8 @@ class Bench:
         self.settings = bench_settings()
         self.peers_process: subprocess.Popen[bytes] | None = None
         self.store_url = self.notification_url = ""
+        self.status_cost: int | None = None
+        self.peers_data: Path | None = None
 
     def settings_for(self, database: str) -> Settings:
         return bench_settings(database)
@@ -160,12 +188,65 @@ class Bench:
 
         return asyncio.run(go())
 
-    def generate(self, database: str, histories: int) -> dict[str, Any]:
+    def generate(self, database: str, options: Sequence[str]) -> dict[str, Any]:
         argv = [PYTHON, str(ROOT / "scripts" / "gen_data.py"), "--database", database]
-        argv += ["--histories", str(histories)]
-        say(f"data: {database} ({histories:,} histories), generated if missing")
-        done = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, check=True)
+        say(f"data: {database} ({' '.join(options)}), generated if missing")
+        done = subprocess.run([*argv, *options], cwd=ROOT, stdout=subprocess.PIPE, check=True)
         return json.loads(done.stdout)
+
+    def replay_read(self, database: str, expected: dict[str, Any], read: str) -> str:
+        """The stats job's read queries, as its step builds them, run one after the other
+        on one session: the rows the server examined for them alone (SESSION status)."""
+        settings = dataclasses.replace(self.settings_for(database), STATS_READ=read)
+        start, end = (datetime.fromisoformat(t) for t in expected["window"])
+
+        async def handler_reads(conn: Any) -> int:
+            async with conn.cursor() as cur:
+                await cur.execute("SHOW SESSION STATUS LIKE 'Handler_read%%'")
+                return sum(int(v) for k, v in await cur.fetchall() if k in HANDLER_READS)
+
+        async def go() -> str:
+            async with open_resources(settings, broker=False) as resources:
+                step = UsageStatsStep(JobContext(resources, 0, {"runDate": expected["run_date"]}))
+                queries = [step._query(bounds, None) for bounds in await step.shares()]
+                slack = timedelta(minutes=settings.WINDOW_SLACK_MINUTES)
+                span = await window_span(resources.pool, start, end, slack)
+                deadline = StallDeadline.of(settings.database)
+                async with open_connection(settings.database) as conn:
+                    cost = -(await handler_reads(conn) - await handler_reads(conn))
+                    before = await handler_reads(conn)
+                    for sql, args in queries:
+                        rows = stream_rows(conn, sql, args, settings.FETCH_ROWS, deadline)
+                        async for _ in rows:
+                            pass
+                    examined = await handler_reads(conn) - before - cost
+            found = "not used" if span is None else f"{span.lookups} rows looked up"
+            return (
+                f"its read alone on one session: examined {examined:,}"
+                f" ({examined / expected['window_all_rows']:.2f}x), the id search: {found}"
+            )
+
+        return asyncio.run(go())
+
+    def handler_reads(self) -> int:
+        rows = self.sql(
+            "information_schema",
+            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+            f" WHERE VARIABLE_NAME IN ({', '.join(['%s'] * len(HANDLER_READS))})",
+            [name.upper() for name in HANDLER_READS],
+        )
+        return sum(int(value) for (value,) in rows)
+
+    def examining(self, take: Callable[[], Run]) -> Run:
+        """`take()`, with the rows the server examined meanwhile (less what reading the
+        counters itself costs: the status table is read row by row too)."""
+        if self.status_cost is None:
+            first = self.handler_reads()
+            self.status_cost = self.handler_reads() - first
+        before = self.handler_reads()
+        run = take()
+        run.examined = self.handler_reads() - before - self.status_cost
+        return run
 
     # -- broker
     def rabbitmqctl(self, *args: str) -> str:
@@ -232,6 +313,14 @@ class Bench:
                     raise RuntimeError("the fake peers did not start: see its log") from exc
                 time.sleep(0.2)
 
+    def serve(self, record: dict[str, Any]) -> None:
+        """The fake peers with the stores and tokens of the generated data set."""
+        data = Path(record["peers_file"])
+        if data != self.peers_data:
+            self.stop_peers()
+            self.start_peers(data)
+            self.peers_data = data
+
     def control(self, **changes: Any) -> dict[str, Any]:
         url = self.store_url + CONTROL_PATH
         request = urllib.request.Request(url)
@@ -271,34 +360,41 @@ class Bench:
 
     # -- the measured things
     def stats_floor(self, database: str, expected: dict[str, Any], label: str) -> Run:
+        """The window's USED rows in member order, bounded to the window's ids, over TCP."""
         start, end = expected["window"]
+        first, last = expected["window_ids"]
         query = (
             "SELECT member_id, store_id, created_at FROM coupon_histories"
-            f" WHERE coupon_status = 'USED' AND created_at BETWEEN '{start}' AND '{end}'"
-            " ORDER BY member_id"
+            f" WHERE coupon_status = 'USED' AND id BETWEEN {first} AND {last}"
+            f" AND created_at BETWEEN '{start}' AND '{end}' ORDER BY member_id"
         )
         target = self.settings.database.target
-        argv = ["mysql", "--quick", "-h", target.host, "-P", str(target.port)]
+        argv = ["mysql", "--quick", "--protocol=TCP", "-h", target.host, "-P", str(target.port)]
         argv += ["-u", target.user, database, "-e", query]
         env = {**os.environ, "MYSQL_PWD": target.password}
-        run = measure(label, argv, env, None)
+        run = self.examining(lambda: measure(label, argv, env, None))
         run.rate = expected["window_rows"] / run.wall
         return run
 
-    def stats_job(self, database: str, expected: dict[str, Any], label: str) -> Run:
+    def stats_job(
+        self, database: str, expected: dict[str, Any], label: str, read: str = "window"
+    ) -> Run:
         day = expected["run_date"]
         self.sql(database, "DELETE FROM coupon_usage_stats WHERE aggregated_at = %s", (day,))
         self.wait_for_purge(database)
         argv = [PYTHON, "-m", "app", "run", "coupon-usage-stats", "--run-date", day]
-        run = measure(label, [*argv, "--rerun", "--quiet"], self.job_env(database), None)
+        env = {**self.job_env(database), "STATS_READ": read}
+        run = self.examining(lambda: measure(label, [*argv, "--rerun", "--quiet"], env, None))
         run.rate = expected["window_rows"] / run.wall
         run.job = self.job_seconds(database, execution_of(label))
-        ((rows, members),) = self.sql(
+        ((rows, members, digest),) = self.sql(
             database,
-            "SELECT COUNT(*), COUNT(DISTINCT member_id) FROM coupon_usage_stats"
+            "SELECT COUNT(*), COUNT(DISTINCT member_id),"
+            " SUM(CRC32(CONCAT_WS(',', member_id, top_dong, top_hour))) FROM coupon_usage_stats"
             " WHERE aggregated_at = %s",
             (day,),
         )
+        run.digest = (int(rows), int(digest or 0))
         if rows != expected["eligible_members"] or members != rows:
             run.problems.append(
                 f"{rows:,} rows for {members:,} members, expected one for each of "
@@ -324,7 +420,8 @@ class Bench:
         self.purge(label)
         argv = [PYTHON, "-m", "app", "run", "coupon-usage-stats-fcm-send"]
         argv += ["--run-date", expected["run_date"], "--target-hour", str(expected["target_hour"])]
-        run = measure(label, [*argv, "--rerun", "--quiet"], self.job_env(database), None)
+        env = self.job_env(database)
+        run = self.examining(lambda: measure(label, [*argv, "--rerun", "--quiet"], env, None))
         run.rate = expected["messages"] / run.wall
         run.job = self.job_seconds(database, execution_of(label))
         self.check_queue(run, expected["messages"])
@@ -401,6 +498,8 @@ class Row:
     ratio: float | None = None
     target: str = ""
     met: bool | None = None
+    window: int | None = None  # the window's rows: stats, all statuses; fan-out, the 3 days'
+    detail: str = ""  # printed below the table
 
     def median(self, pick: Callable[[Run], float | None]) -> float | None:
         """Of the runs the broker did not disturb, if there are any."""
@@ -421,6 +520,10 @@ class Row:
         return self.median(lambda r: r.rate) or 0.0
 
     @property
+    def examined(self) -> float:
+        return self.median(lambda r: r.examined) or 0.0
+
+    @property
     def problems(self) -> list[str]:
         return [p for r in self.runs for p in r.problems]
 
@@ -431,8 +534,8 @@ def print_table(rows: list[Row], header: list[str]) -> None:
         print(line)
     print()
     print(
-        f"{'':<44} {'wall s':>7} {'own s':>7} {'CPU s':>6} {'rate':>15} {'peak RSS':>9}"
-        f" {'ratio':>6}  {'target':<34} {'checks'}"
+        f"{'':<52} {'wall s':>7} {'own s':>7} {'CPU s':>6} {'rate':>15} {'peak RSS':>9}"
+        f" {'examined':>11} {'x':>6} {'ratio':>6}  {'target':<34} {'checks'}"
     )
     for row in rows:
         own = row.median(lambda r: r.job)
@@ -442,20 +545,28 @@ def print_table(rows: list[Row], header: list[str]) -> None:
         disturbed = sum(1 for r in row.runs if r.notes)
         if disturbed:
             checks += f" ({disturbed} run(s) with a broker outage: see below)"
+        examined = row.median(lambda r: r.examined)
+        times = f"{examined / row.window:.2f}" if examined is not None and row.window else ""
         print(
-            f"{row.case:<44} {row.wall:>7.2f} {'' if own is None else f'{own:.2f}':>7}"
+            f"{row.case:<52} {row.wall:>7.2f} {'' if own is None else f'{own:.2f}':>7}"
             f" {row.median(lambda r: r.cpu) or 0:>6.1f}"
-            f" {row.rate:>9,.0f} {row.unit:<5} {row.rss:>6.0f} MB {ratio:>6}"
+            f" {row.rate:>9,.0f} {row.unit:<5} {row.rss:>6.0f} MB"
+            f" {'' if examined is None else f'{examined:,.0f}':>11} {times:>6} {ratio:>6}"
             f"  {(row.target + met):<34} {checks}"
         )
     print()
     for row in rows:
         walls = ", ".join(f"{r.wall:.2f}" for r in row.runs)
         rss = ", ".join(f"{r.rss_mb:.0f}" for r in row.runs)
+        examined = ", ".join(f"{r.examined:,}" for r in row.runs if r.examined is not None)
         notes = "; ".join(
             f"run {i + 1}: {', '.join(r.notes)}" for i, r in enumerate(row.runs) if r.notes
         )
-        print(f"  {row.case}: wall {walls} s; RSS {rss} MB" + (f"; {notes}" if notes else ""))
+        print(
+            f"  {row.case}: wall {walls} s; RSS {rss} MB; examined {examined}"
+            + (f"; {row.detail}" if row.detail else "")
+            + (f"; {notes}" if notes else "")
+        )
 
 
 def load() -> str:
@@ -483,62 +594,71 @@ def database_server(bench: Bench) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", default="couponpop_bench")
-    parser.add_argument("--histories", type=int, default=2_000_000)
+    parser.add_argument("--histories", type=int, default=10_000_000)
+    parser.add_argument("--history-days", type=int, default=400)
+    parser.add_argument("--month-histories", type=int, default=2_000_000)
+    parser.add_argument(
+        "--fanout-members", type=int, default=60_000, help="the publishing benchmark's"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians reported")
-    parser.add_argument("--growth", action="store_true", help="also the stats job at 5x rows")
-    parser.add_argument("--only", choices=("stats", "fanout"), help="one job only")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run this part (repeatable); default: all of them",
+    )
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--window", type=int, default=1000, help="unconfirmed messages")
     args = parser.parse_args()
     if shutil.which("mysql") is None:
         parser.error("the mysql command-line client is needed for the stats floor")
+    if args.history_days % GROWTH_FACTOR or args.history_days // GROWTH_FACTOR <= 20:
+        parser.error(f"--history-days must be a multiple of {GROWTH_FACTOR}, over 100")
+    parts = args.only or list(PARTS)
 
     bench = Bench(args)
-    record = bench.generate(args.database, args.histories)
+    started = time.monotonic()
+    year = ["--histories", str(args.histories), "--history-days", str(args.history_days)]
+    record = bench.generate(args.database, year)
     plan, expected = record["plan"], record["expected"]
     stats, fanout = expected["stats"], expected["fanout"]
     loads = [f"start {load()}"]
     rows: list[Row] = []
-    bench.start_peers(Path(record["peers_file"]))
+    bench.serve(record)
     try:
         bench.prepare_vhost()
-        if args.only != "fanout":
-            a, b = [], []
-            for i in range(args.repeat):
-                say(f"stats: run {i + 1} of {args.repeat}")
-                a.append(bench.stats_floor(args.database, stats, f"stats-floor-{i}"))
-                b.append(bench.stats_job(args.database, stats, f"stats-job-{i}"))
+        if "stats" in parts:
+            rows += stats_rows(bench, args, stats)
             loads.append(f"after stats {load()}")
-            floor = Row(
-                f"(a) stats floor: mysql --quick, {stats['window_rows']:,} rows", a, "row/s"
-            )
-            floor.ratio = 1.0
-            job = Row("(b) stats job (CLI)", b, "row/s")
-            job.ratio = job.wall / floor.wall
-            job.target = f"<= {STATS_MAX_RATIO}x, <= {STATS_MAX_RSS_MB} MB"
-            job.met = job.ratio <= STATS_MAX_RATIO and job.rss <= STATS_MAX_RSS_MB
-            rows += [floor, job]
-        if args.only != "stats":
-            rows += fanout_rows(bench, args, fanout)
-            loads.append(f"after fan-out {load()}")
-        if args.growth and args.only != "fanout":
+        if "growth" in parts:
             rows += growth_rows(bench, args, rows)
             loads.append(f"after growth {load()}")
+        if "month" in parts:
+            rows += month_rows(bench, args)
+            loads.append(f"after month {load()}")
+        if "fanout" in parts:
+            rows += fanout_rows(bench, args, record)
+            loads.append(f"after fan-out {load()}")
     finally:
         bench.stop_peers()
         bench.purge("the end")
 
     header = [
         f"couponpop-batch benchmarks, {datetime.now():%Y-%m-%d %H:%M}, {machine()}",
-        f"data: {plan['histories']:,} histories, {plan['members']:,} members, "
-        f"{plan['stores']:,} stores, {plan['dongs']} dongs; fan-out "
-        f"{fanout['target_members']:,} members at {fanout['run_date']} "
-        f"{fanout['target_hour']:02d}:00 -> {fanout['messages']:,} messages of "
-        f"~{fanout['mean_body_bytes']} bytes; medians of {args.repeat}",
+        f"data: {plan['histories']:,} histories over {plan['history_days']} days (ids in time"
+        f" order +-5 min), {plan['members']:,} members, {plan['stores']:,} stores, "
+        f"{plan['dongs']} dongs; the window: {stats['window_all_rows']:,} rows, "
+        f"{stats['window_rows']:,} USED; fan-out (y) (g): {fanout['stats_rows']:,}"
+        f" coupon_usage_stats rows, daily for {plan['stats_days']} days before the window,"
+        f" {fanout['target_members']:,} members at {fanout['run_date']}"
+        f" {fanout['target_hour']:02d}:00 -> {fanout['messages']:,} messages;"
+        f" (c) (d) (e): the month data set's fan-out; medians of {args.repeat};"
+        f" {time.monotonic() - started:.0f} s in all",
         "load average (1/5/15 min): " + "; ".join(loads),
         database_server(bench),
         "own s: the job's START..END in BATCH_JOB_EXECUTION (floor (c): publishing alone);"
-        " CPU s: the child's user+system; ratios use wall s (rates: (c) own s, (d) (e) wall s)",
+        " CPU s: the child's user+system; ratios use wall s (rates: (c) own s, (d) (e) wall s);"
+        " examined: Handler_read_rnd_next + Handler_read_next (GLOBAL), x: to the window's rows",
     ]
     print_table(rows, header)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -553,6 +673,7 @@ def main() -> None:
                         "own": r.median(lambda x: x.job),
                         "rate": r.rate,
                         "rss_mb": r.rss,
+                        "examined": r.examined,
                         "ratio": r.ratio,
                         "target": r.target,
                         "met": r.met,
@@ -569,9 +690,129 @@ def main() -> None:
         sys.exit(1)
 
 
-def fanout_rows(bench: Bench, args: argparse.Namespace, fanout: dict[str, Any]) -> list[Row]:
+def same_rows(reference: Row, *others: Row) -> None:
+    """Every stats run wrote the same rows as the first run of `reference`."""
+    digests = [r.digest for r in reference.runs if r.digest is not None]
+    for row in others:
+        for run in row.runs:
+            if digests and run.digest is not None and run.digest != digests[0]:
+                run.problems.append(f"rows differ from {reference.case}: {run.digest}")
+
+
+def stats_rows(bench: Bench, args: argparse.Namespace, stats: dict[str, Any]) -> list[Row]:
+    a, b, full = [], [], []
+    for i in range(args.repeat):
+        say(f"stats: run {i + 1} of {args.repeat}")
+        a.append(bench.stats_floor(args.database, stats, f"stats-floor-{i}"))
+        b.append(bench.stats_job(args.database, stats, f"stats-job-{i}"))
+        full.append(bench.stats_job(args.database, stats, f"stats-job-full-{i}", read="full"))
+    window = stats["window_all_rows"]
+    floor = Row(f"(a) stats floor: mysql --quick, {stats['window_rows']:,} rows", a, "row/s")
+    floor.ratio, floor.window = 1.0, window
+    job = Row("(b) stats job (CLI)", b, "row/s", window=window)
+    job.ratio = job.wall / floor.wall
+    examined = job.examined / window
+    job.target = (
+        f"<= {STATS_MAX_RATIO}x, examined {examined:.2f}x <= {STATS_MAX_EXAMINED}x,"
+        f" <= {STATS_MAX_RSS_MB} MB"
+    )
+    job.met = (
+        job.ratio <= STATS_MAX_RATIO
+        and examined <= STATS_MAX_EXAMINED
+        and job.rss <= STATS_MAX_RSS_MB
+    )
+    job.detail = bench.replay_read(args.database, stats, "window")
+    scan = Row("(b full) stats job, STATS_READ=full", full, "row/s", window=window)
+    scan.detail = bench.replay_read(args.database, stats, "full")
+    scan.ratio = scan.wall / floor.wall
+    scan.target = "the same rows as (b)"
+    same_rows(scan, job)
+    return [floor, job, scan]
+
+
+def growth_rows(bench: Bench, args: argparse.Namespace, rows: list[Row]) -> list[Row]:
+    """History growth: (b) against the same window under a fifth of the history. Window
+    growth: five times the window's rows in as many rows as (b)'s, against (b)."""
+    base = next((r for r in rows if r.case.startswith("(b) ")), None)
+    base_floor = next((r for r in rows if r.case.startswith("(a) ")), None)
+    if base is None:
+        raise SystemExit("--only growth needs --only stats too: it compares with (b)")
+    days, histories = args.history_days, args.histories
+    out = []
+    cases = (
+        ("h", "short", histories // GROWTH_FACTOR, "a fifth of the history, the same window"),
+        ("w", "wide", histories, f"{GROWTH_FACTOR}x the window's rows"),
+    )
+    for key, suffix, count, what in cases:
+        database = f"{args.database}_{suffix}"
+        options = ["--histories", str(count), "--history-days", str(days // GROWTH_FACTOR)]
+        stats = bench.generate(database, [*options, "--fanout-members", "0"])["expected"]["stats"]
+        a, b = [], []
+        for i in range(args.repeat):
+            say(f"growth ({suffix}): run {i + 1} of {args.repeat}")
+            a.append(bench.stats_floor(database, stats, f"{suffix}-floor-{i}"))
+            b.append(bench.stats_job(database, stats, f"{suffix}-job-{i}"))
+        window = stats["window_all_rows"]
+        floor = Row(f"({key}) floor, {what}: {stats['window_rows']:,} rows", a, "row/s")
+        floor.window = window
+        job = Row(f"({key}) stats job, {what}", b, "row/s", window=window)
+        job.detail = bench.replay_read(database, stats, "window")
+        rss = job.rss / base.rss
+        if key == "h":  # (b) has five times this history
+            job.ratio = base.wall / job.wall
+            job.target = f"(b) / this <= {HISTORY_GROWTH_MAX_TIME}x, RSS x{1 / rss:.2f}"
+            job.met = job.ratio <= HISTORY_GROWTH_MAX_TIME and 1 / rss <= GROWTH_MAX_RSS
+        else:
+            job.ratio = job.wall / base.wall
+            job.target = f"this / (b) <= {WINDOW_GROWTH_MAX_TIME}x, RSS x{rss:.2f}"
+            job.met = job.ratio <= WINDOW_GROWTH_MAX_TIME and rss <= GROWTH_MAX_RSS
+        if base_floor is not None:  # the server's share: the floor's own growth
+            floor.ratio = (base_floor.wall if key == "h" else floor.wall) / (
+                floor.wall if key == "h" else base_floor.wall
+            )
+        out += [floor, job]
+    return out
+
+
+def month_record(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """The month shape of issue 6: every row in or near the window, ids in no order; its
+    fan-out window for the publishing benchmark."""
+    options = ["--shape", "month", "--histories", str(args.month_histories)]
+    options += ["--fanout-members", str(args.fanout_members)]
+    return bench.generate(f"{args.database}_month", options)
+
+
+def month_rows(bench: Bench, args: argparse.Namespace) -> list[Row]:
+    database = f"{args.database}_month"
+    record = month_record(bench, args)
+    bench.serve(record)
+    stats = record["expected"]["stats"]
+    a, b, full = [], [], []
+    for i in range(args.repeat):
+        say(f"month: run {i + 1} of {args.repeat}")
+        a.append(bench.stats_floor(database, stats, f"month-floor-{i}"))
+        b.append(bench.stats_job(database, stats, f"month-job-{i}"))
+    full.append(bench.stats_job(database, stats, "month-job-full", read="full"))
+    window = stats["window_all_rows"]
+    floor = Row(f"(m) floor, month shape: {stats['window_rows']:,} rows", a, "row/s")
+    floor.ratio, floor.window = 1.0, window
+    job = Row("(m) stats job, month shape", b, "row/s", window=window)
+    job.detail = bench.replay_read(database, stats, "window")
+    job.ratio = job.wall / floor.wall
+    job.target = f"<= {MONTH_MAX_RATIO}x, the same rows as STATS_READ=full"
+    job.met = job.ratio <= MONTH_MAX_RATIO
+    same_rows(Row("STATS_READ=full", full, "row/s"), job)
+    return [floor, job]
+
+
+def fanout_rows(bench: Bench, args: argparse.Namespace, year: dict[str, Any]) -> list[Row]:
+    """(c) (d) (e): the publishing of issue 6, on the month data set's fan-out window (the
+    most messages); (y) (g): the job on a year of daily rows, with and without V003."""
+    record = month_record(bench, args)
+    database, fanout = f"{args.database}_month", record["expected"]["fanout"]
+    bench.serve(record)
     found = bench.sql(
-        args.database,
+        database,
         "SELECT COUNT(*) FROM coupon_usage_stats WHERE aggregated_at BETWEEN"
         " DATE_SUB(%s, INTERVAL 2 DAY) AND %s",
         (fanout["run_date"], fanout["run_date"]),
@@ -586,15 +827,16 @@ def fanout_rows(bench: Bench, args: argparse.Namespace, fanout: dict[str, Any]) 
         say(f"fan-out: run {i + 1} of {args.repeat}")
         c.append(bench.fanout_floor(fanout, f"fanout-floor-{i}"))
         bench.control(latency_ms=0)
-        d.append(bench.fanout_job(args.database, fanout, f"fanout-job-{i}"))
+        d.append(bench.fanout_job(database, fanout, f"fanout-job-{i}"))
         bench.control(latency_ms=args.latency_ms)
         try:
-            e.append(bench.fanout_job(args.database, fanout, f"fanout-job-latency-{i}"))
+            e.append(bench.fanout_job(database, fanout, f"fanout-job-latency-{i}"))
         finally:
             bench.control(latency_ms=0)
-    floor = Row("(c) fan-out floor: bare aiormq publisher", c, "msg/s")
+    messages = f"{fanout['messages']:,} messages"
+    floor = Row(f"(c) fan-out floor: bare aiormq, {messages}", c, "msg/s")
     floor.ratio = 1.0
-    job = Row("(d) fan-out job (CLI)", d, "msg/s")
+    job = Row("(d) fan-out job (CLI)", d, "msg/s", window=fanout["window_rows"])
     job.ratio = job.rate / floor.rate
     job.target = f">= {FANOUT_MIN_RATIO}x floor rate"
     job.met = job.ratio >= FANOUT_MIN_RATIO
@@ -603,31 +845,65 @@ def fanout_rows(bench: Bench, args: argparse.Namespace, fanout: dict[str, Any]) 
     drop = 1 - slow.rate / job.rate
     slow.target = f"drop {drop:.0%} < {LATENCY_MAX_DROP:.0%}"
     slow.met = drop < LATENCY_MAX_DROP
-    return [floor, job, slow]
+    return [floor, job, slow, *year_fanout_rows(bench, args, year)]
 
 
-def growth_rows(bench: Bench, args: argparse.Namespace, rows: list[Row]) -> list[Row]:
-    database = f"{args.database}_x{GROWTH_FACTOR}"
-    record = bench.generate(database, args.histories * GROWTH_FACTOR)
-    stats = record["expected"]["stats"]
-    a, f = [], []
+def fanout_read_alone(bench: Bench, database: str, fanout: dict[str, Any], label: str) -> str:
+    """The fan-out job's read query alone, streamed by `mysql --quick`: wall s, examined."""
+    start, end = stats_window(datetime.fromisoformat(fanout["run_date"]).date())
+    literals = (f"'{start.isoformat()}'", f"'{end.isoformat()}'", str(fanout["target_hour"]))
+    query = _LATEST_STATS.format(after="").replace("%s", "{}").format(*literals)
+    target = bench.settings.database.target
+    argv = ["mysql", "--quick", "--protocol=TCP", "-h", target.host, "-P", str(target.port)]
+    argv += ["-u", target.user, database, "-e", query]
+    env = {**os.environ, "MYSQL_PWD": target.password}
+    run = bench.examining(lambda: measure(label, argv, env, None))
+    return f"its read alone (mysql --quick): {run.wall:.2f} s, examined {run.examined:,}"
+
+
+def explain_fanout_read(bench: Bench, database: str, fanout: dict[str, Any]) -> str:
+    """How the server reads coupon_usage_stats for the fan-out job's window."""
+    start, end = stats_window(datetime.fromisoformat(fanout["run_date"]).date())
+    sql = _LATEST_STATS.format(after="")
+    plan = bench.sql(database, "EXPLAIN " + sql, (start, end, fanout["target_hour"]))
+    inner = [row for row in plan if row[2] == "coupon_usage_stats" and row[3] != "eq_ref"]
+    return "; ".join(f"type {r[3]}, key {r[5]}, rows ~{int(r[8]):,}" for r in inner)
+
+
+def year_fanout_rows(bench: Bench, args: argparse.Namespace, record: dict[str, Any]) -> list[Row]:
+    """(y): the fan-out job on a year of daily coupon_usage_stats rows; (g): the same
+    without migration V003's index (production's database may lack it), then rebuilt."""
+    database, fanout = args.database, record["expected"]["fanout"]
+    bench.serve(record)
+    y, g = [], []
+    with_index = explain_fanout_read(bench, database, fanout)
+    alone = fanout_read_alone(bench, database, fanout, "fanout-year-read")
     for i in range(args.repeat):
-        say(f"growth: run {i + 1} of {args.repeat}")
-        a.append(bench.stats_floor(database, stats, f"growth-floor-{i}"))
-        f.append(bench.stats_job(database, stats, f"growth-job-{i}"))
-    floor = Row(f"(f) stats floor at {GROWTH_FACTOR}x: {stats['window_rows']:,} rows", a, "row/s")
-    base = next((r for r in rows if r.case.startswith("(a)")), None)
-    floor.ratio = floor.wall / base.wall if base else None
-    job = Row(f"(f) stats job at {GROWTH_FACTOR}x (ratio to (b))", f, "row/s")
-    stats_job = next((r for r in rows if r.case.startswith("(b)")), None)
-    if stats_job is not None:
-        job.ratio = job.wall / stats_job.wall
-        rss = job.rss / stats_job.rss
-        job.target = f"<= {GROWTH_MAX_TIME}x, RSS x{rss:.2f} <= {GROWTH_MAX_RSS}"
-        if floor.ratio is not None:  # the server's share: the floor's own growth
-            job.target += f" (floor x{floor.ratio:.2f})"
-        job.met = job.ratio <= GROWTH_MAX_TIME and rss <= GROWTH_MAX_RSS
-    return [floor, job]
+        say(f"fan-out on a year of rows: run {i + 1} of {args.repeat}")
+        y.append(bench.fanout_job(database, fanout, f"fanout-year-{i}"))
+    bench.sql(database, f"ALTER TABLE coupon_usage_stats DROP INDEX {V003_INDEX}")
+    try:
+        without = explain_fanout_read(bench, database, fanout)
+        alone_without = fanout_read_alone(bench, database, fanout, "fanout-year-read-noindex")
+        for i in range(args.repeat):
+            say(f"fan-out on a year of rows without the index: run {i + 1} of {args.repeat}")
+            g.append(bench.fanout_job(database, fanout, f"fanout-year-noindex-{i}"))
+    finally:
+        started = time.perf_counter()
+        bench.sql(
+            database,
+            f"ALTER TABLE coupon_usage_stats ADD INDEX {V003_INDEX} (aggregated_at, member_id)",
+        )
+        rebuilt = time.perf_counter() - started
+    rows = f"{fanout['stats_rows'] / 1e6:.1f}M rows"
+    job = Row(f"(y) fan-out job, a year: {rows}", y, "msg/s", window=fanout["window_rows"])
+    job.target = f"EXPLAIN {with_index}"
+    job.detail = alone
+    bare = Row("(g) (y) without the V003 index", g, "msg/s", window=fanout["window_rows"])
+    bare.ratio = bare.wall / job.wall
+    bare.target = f"(g) / (y); EXPLAIN {without}; index rebuilt in {rebuilt:.0f} s"
+    bare.detail = alone_without
+    return [job, bare]
 
 
 if __name__ == "__main__":

@@ -131,6 +131,10 @@ async def main() -> None:
         print("couponpop-batch demo")
         print(f"  database {DATABASE}: migrated, sample rows of the old service loaded")
         print(f"  fake peers: {env['STORE_SERVICE_URL']} {env['NOTIFICATION_SERVICE_URL']}\n")
+        # The fan-out first: it reads the old service's sample rows of coupon_usage_stats,
+        # which the stats run of 2025-10-26 then replaces with what it computes.
+        for args in FANOUT_RUNS:
+            print(f"$ python -m app run {' '.join(args)}\n  {await run_job(env, args)}\n")
         print(f"$ python -m app run {' '.join(STATS_RUN)}\n  {await run_job(env, STATS_RUN)}")
         async with open_pool(settings.database) as pool:
             rows = await fetch_all(
@@ -138,11 +142,9 @@ async def main() -> None:
                 "SELECT member_id, top_dong, top_hour, aggregated_at FROM coupon_usage_stats"
                 " WHERE aggregated_at = '2025-10-26' ORDER BY member_id",
             )
-        print("  coupon_usage_stats for 2025-10-26 (member 101: a sample row of its own):")
+        print("  coupon_usage_stats for 2025-10-26 (the date's rows replaced: exactly these):")
         for member_id, dong, hour, _ in rows:
             print(f"    member {member_id:>3}  top_dong {dong}  top_hour {hour:>2}")
-        for args in FANOUT_RUNS:
-            print(f"\n$ python -m app run {' '.join(args)}\n  {await run_job(env, args)}")
         print("\nmessages a consumer of the routing key received:")
         while (message := await tap.get(no_ack=True, fail=False)) is not None:
             body = json.loads(message.body)

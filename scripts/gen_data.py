@@ -1,16 +1,26 @@
 """Fill a database with realistic synthetic data for the benchmarks, fast and repeatably.
 
-    .venv/bin/python scripts/gen_data.py [--database couponpop_bench] [--histories 2000000]
+    .venv/bin/python scripts/gen_data.py [--database couponpop_bench] [--shape year|month]
+        [--histories 10000000] [--history-days 400]
 
 Rows are made by the server (INSERT ... SELECT over a 100,000-row counting table
 joined to itself; portable to MySQL 8), in parallel chunks with explicit ids, from
 CRC32 hashes of a fixed seed: the same options give the same rows, byte for byte.
 
-- `coupon_histories`: N rows, ~80% USED (then ISSUED, CANCELED), over the 21 days of
-  the stats window of --run-date (a few rows just outside, a few exactly on its two
-  ends). Member `1 + hash % members`; each member has 2-4 stores (mostly in one dong,
-  some in a neighbouring one) and a favourite hour; 0.5% of the rows name one of 10
-  stores the store service does not know (ids after --stores).
+- `coupon_histories`, shape `year` (production's, the default): N rows over
+  --history-days days up to 01:00 after --run-date (when the nightly run starts), ids
+  in time order but each row's time off its place by up to 5 minutes either way (a
+  row whose place is within 5 minutes of an end of the stats window lands exactly on
+  that end or across it): the window holds the newest rows, 21 days' worth.
+  Members: by default one per 10 rows of the window. At 11:00-20:59, 90% of the rows
+  go to members whose favourite hour it is (member m: 11 + (m - 1) % 10).
+- `coupon_histories`, shape `month` (the benchmarks of issue 6): N rows over the 21
+  days of the stats window in random time order (a few rows just outside, a few
+  exactly on its two ends); members: one per 10 rows; member `1 + hash % members`,
+  each with a favourite hour.
+- Both: ~80% USED (then ISSUED, CANCELED); each member has 2-4 stores (mostly in one
+  dong, some in a neighbouring one); 0.5% of the rows name one of 10 stores the store
+  service does not know (ids after --stores).
 - `coupon_events`: 4 per store, 1-21 days each, ~15% sold out; every store of one
   dong in 60 has only past events (its members are filtered for NO_ACTIVE_EVENT).
 - `coupon_usage_stats` for the fan-out job (--fanout-date, --target-hour), 2 x
@@ -20,7 +30,8 @@ CRC32 hashes of a fixed seed: the same options give the same rows, byte for byte
   on the same date, or the target hour only before the window. Every member has older
   rows too. 1% of the odd ids name a dong without stores, 2% have no push token.
   The fan-out date defaults to a week after --run-date, clear of the stats job's
-  writes at --run-date.
+  writes at --run-date. Shape `year`: before the window, --stats-days days of daily
+  rows, one a member a day (what a year of nightly runs leaves), oldest first.
 - The fake peers' data file (`var/bench/<database>.peers.json`): the stores' dongs
   (5,000 stores over 300 Hangul dongs such as 상도1동) and 1-3 FCM tokens (~1.55 on
   average, 163 characters like real ones) for every member the fan-out job may ask for.
@@ -43,6 +54,7 @@ import os
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -57,13 +69,14 @@ from app.edges.db import open_pool
 from app.schema.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERATOR_VERSION = 1  # bump when the generated rows change for the same options
+GENERATOR_VERSION = 2  # bump when the generated rows change for the same options
 MARKER_TABLE = "bench_generated"
 SEQ_TABLE = "bench_seq"  # 0..99,999
 DONG_TABLE = "bench_dongs"  # idx -> dong name
 SEQ_BLOCK = 100_000
 CHUNK_BLOCKS = 5  # 500,000 rows a statement
 WINDOW_DAYS = 20  # the stats window: run-date - 20 days 00:00:00 .. run-date 23:59:59
+JITTER_SECONDS = 300  # shape year: a row's time is off its place in id order by up to this
 FANOUT_LOOKBACK_DAYS = 2
 EVENTS_PER_STORE = 4
 UNKNOWN_STORES = 10  # store ids after --stores, unknown to the store service
@@ -90,7 +103,10 @@ def dong_names(count: int) -> list[str]:
 class Plan:
     """What to generate: the options, all of them. Its JSON identifies a data set."""
 
+    shape: str  # year | month
     histories: int
+    history_days: int  # year: days of history; month: the window's 21
+    stats_days: int  # year: days of daily coupon_usage_stats rows before the fan-out window
     members: int
     stores: int
     dongs: int
@@ -109,6 +125,13 @@ class Plan:
     def window(self) -> tuple[datetime, datetime]:
         start = datetime.combine(self.run_date - timedelta(days=WINDOW_DAYS), datetime.min.time())
         return start, datetime.combine(self.run_date, datetime.max.time().replace(microsecond=0))
+
+    @property
+    def history(self) -> tuple[datetime, int]:
+        """Shape year: the place in time of the first row, and the seconds to the last."""
+        end = datetime.combine(self.run_date + timedelta(days=1), datetime.min.time())
+        end += timedelta(hours=1)
+        return end - timedelta(days=self.history_days), self.history_days * 86400
 
     @property
     def fanout_window(self) -> tuple[date, date]:
@@ -158,7 +181,33 @@ def _numbers(lo: int, hi: int) -> str:
 
 def _histories_sql(plan: Plan, lo: int, hi: int) -> str:
     n = f"(blk.n * {SEQ_BLOCK} + s.n)"
-    m = f"(1 + {_h(plan, 'm', n)} % {plan.members})"
+    if plan.shape == "month":
+        m = f"(1 + {_h(plan, 'm', n)} % {plan.members})"
+        created = _month_created(plan, n, m)
+    else:
+        first, seconds = plan.history
+        place = f"({n} * {seconds} DIV {plan.histories})"  # seconds after `first`
+        hour = f"((3600 * {first.hour} + {place}) % 86400 DIV 3600)"
+        hm = _h(plan, "m", n)
+        favourite = (
+            f"(1 + ({hour} - 11 + 10 * ({hm} DIV 100 % GREATEST(1, {plan.members} DIV 10)))"
+            f" % {plan.members})"
+        )
+        m = (
+            f"(CASE WHEN {hour} BETWEEN 11 AND 20 AND {hm} % 100 < 90 THEN {favourite}"
+            f" ELSE 1 + {hm} % {plan.members} END)"
+        )
+        start, end = (round((t - first).total_seconds()) for t in plan.window)
+        he, jitter = _h(plan, "e", n), JITTER_SECONDS
+        # Near an end of the window: exactly on it, or across it from the row's place.
+        off = ["(CASE"]
+        for edge in (start, end):
+            near = f"ABS({place} - {edge}) <= {jitter}"
+            off.append(f" WHEN {near} AND {he} % 2 = 0 THEN {edge}")
+            off.append(f" WHEN {near} THEN {place} + IF({place} < {edge}, {jitter}, -{jitter})")
+        off.append(f" ELSE {place} + CAST({he} DIV 2 % {2 * jitter + 1} AS SIGNED) - {jitter} END)")
+        off = "".join(off)
+        created = f"({_ts(first)} + INTERVAL {off} SECOND)"
     # The member's stores: 2-4 of base, base+D (same dong), base+1 (next dong), base+2D.
     k = f"({_h(plan, 'k', n)} % (2 + {_h(plan, 'n', m)} % 3))"
     own_store = f"1 + ({_h(plan, 'b', m)} + ELT(1 + {k}, 0, {plan.dongs}, 1, {2 * plan.dongs}))"
@@ -175,6 +224,16 @@ def _histories_sql(plan: Plan, lo: int, hi: int) -> str:
         f"(CASE WHEN {hs} % 100 < 80 THEN 'USED' WHEN {hs} % 100 < 92 THEN 'ISSUED'"
         " ELSE 'CANCELED' END)"
     )
+    return (
+        "INSERT INTO coupon_histories"
+        " (id, member_id, coupon_id, store_id, coupon_event_id, coupon_status, created_at)"
+        f" SELECT {n} + 1, {m}, {n} + 1, {store}, {event}, {status}, {created} " + _numbers(lo, hi)
+    )
+
+
+def _month_created(plan: Plan, n: str, m: str) -> str:
+    """Shape month: a time in the window, at the member's favourite hour more than half
+    the time, or just outside the window, or exactly on one of its ends."""
     start, end = plan.window
     ht, hh = _h(plan, "t", n), _h(plan, "h", n)
     hour = (
@@ -182,18 +241,13 @@ def _histories_sql(plan: Plan, lo: int, hi: int) -> str:
         f" ELSE 8 + {hh} DIV 100 % 15 END)"
     )
     days = WINDOW_DAYS + 1
-    created = (
+    return (
         f"(CASE WHEN {n} % 100003 = 0 THEN {_ts(start)}"
         f" WHEN {n} % 100019 = 0 THEN {_ts(end)}"
         f" WHEN {ht} % 1000 < 7 THEN {_ts(start)} - INTERVAL (1 + {ht} DIV 1000 % 604800) SECOND"
         f" WHEN {ht} % 1000 < 10 THEN {_ts(end)} + INTERVAL (1 + {ht} DIV 1000 % 86400) SECOND"
         f" ELSE {_ts(start)} + INTERVAL ({ht} DIV 1000 % {days} * 86400 + {hour} * 3600"
         f" + {ht} DIV {1000 * days} % 3600) SECOND END)"
-    )
-    return (
-        "INSERT INTO coupon_histories"
-        " (id, member_id, coupon_id, store_id, coupon_event_id, coupon_status, created_at)"
-        f" SELECT {n} + 1, {m}, {n} + 1, {store}, {event}, {status}, {created} " + _numbers(lo, hi)
     )
 
 
@@ -255,12 +309,30 @@ def _fanout_sql(plan: Plan) -> list[str]:
         f"{population} AND ({m} % 2 = 0 AND {c} IN (1, 3)"
         f" OR {m} % 2 = 1 AND {_h(plan, 'g', m)} % 2 = 0) ORDER BY 1"
     )
+    if plan.shape == "year":
+        return [main, second]  # the daily rows come first (_daily_stats_sql)
     older = (
         f"{insert} SELECT {m}, {dong('d')}, {_h(plan, 'r', m)} % 24,"
         f" {_day(d0)} - INTERVAL (4 + {_h(plan, 'w', m)} % 14) DAY "
         f"{population} ORDER BY 1"
     )
     return [main, second, older]
+
+
+def _daily_stats_sql(plan: Plan, lo: int, hi: int) -> str:
+    """Shape year: row n (lo <= n < hi) of the daily rows before the fan-out window, day
+    by day from the oldest, every member each day; explicit ids n + 1, so that the ids
+    follow the dates as the nightly runs leave them."""
+    n = f"(blk.n * {SEQ_BLOCK} + s.n)"
+    members = 2 * plan.fanout_members
+    m = f"(1 + {n} % {members})"
+    back = f"({plan.stats_days + FANOUT_LOOKBACK_DAYS} - {n} DIV {members})"
+    h = _h(plan, "y", n)
+    return (
+        "INSERT INTO coupon_usage_stats (id, member_id, top_dong, top_hour, aggregated_at)"
+        f" SELECT {n} + 1, {m}, (SELECT name FROM {DONG_TABLE} WHERE idx = {h} % {plan.dongs}),"
+        f" {h} DIV 1000 % 24, {_day(plan.fanout_date)} - INTERVAL {back} DAY " + _numbers(lo, hi)
+    )
 
 
 # ---- the fake peers' data (Python: it never touches the database) --------------------
@@ -345,25 +417,32 @@ async def _generate(pool: Pool, plan: Plan, jobs: int) -> None:
     await _counting_tables(pool, plan)
 
     started = time.perf_counter()
-    chunk = CHUNK_BLOCKS * SEQ_BLOCK
-    ranges = [(lo, min(lo + chunk, plan.histories)) for lo in range(0, plan.histories, chunk)]
-    queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
-    for item in ranges:
-        queue.put_nowait(item)
-
-    async def worker() -> None:
-        while not queue.empty():
-            lo, hi = queue.get_nowait()
-            await _execute(pool, _histories_sql(plan, lo, hi))
-
-    await asyncio.gather(*(worker() for _ in range(jobs)))
+    await _in_chunks(pool, plan.histories, lambda lo, hi: _histories_sql(plan, lo, hi), jobs)
     log(f"coupon_histories: {plan.histories:,} rows in {time.perf_counter() - started:.1f}s")
 
     started = time.perf_counter()
     await _execute(pool, _events_sql(plan))
+    if plan.shape == "year":
+        daily = plan.stats_days * 2 * plan.fanout_members
+        await _in_chunks(pool, daily, lambda lo, hi: _daily_stats_sql(plan, lo, hi), jobs)
     for statement in _fanout_sql(plan):
         await _execute(pool, statement)
     log(f"coupon_events, coupon_usage_stats: {time.perf_counter() - started:.1f}s")
+
+
+async def _in_chunks(pool: Pool, rows: int, sql: Callable[[int, int], str], jobs: int) -> None:
+    """The statements `sql(lo, hi)` over 0..rows in chunks, `jobs` of them at a time."""
+    chunk = CHUNK_BLOCKS * SEQ_BLOCK
+    queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+    for lo in range(0, rows, chunk):
+        queue.put_nowait((lo, min(lo + chunk, rows)))
+
+    async def worker() -> None:
+        while not queue.empty():
+            lo, hi = queue.get_nowait()
+            await _execute(pool, sql(lo, hi))
+
+    await asyncio.gather(*(worker() for _ in range(jobs)))
 
 
 async def _expectations(pool: Pool, plan: Plan, peers: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +452,13 @@ async def _expectations(pool: Pool, plan: Plan, peers: dict[str, Any]) -> dict[s
     window = "coupon_status = 'USED' AND created_at BETWEEN %s AND %s"
     ((window_rows,),) = await _fetch(
         pool, f"SELECT COUNT(*) FROM coupon_histories WHERE {window}", (start, end)
+    )
+    # Every row of the window, whatever its status, and the span of their ids
+    ((window_all, first_id, last_id),) = await _fetch(
+        pool,
+        "SELECT COUNT(*), MIN(id), MAX(id) FROM coupon_histories"
+        " WHERE created_at BETWEEN %s AND %s",
+        (start, end),
     )
     # Every store up to --stores has a dong; the unknown ones' rows are dropped.
     ((eligible,),) = await _fetch(
@@ -446,6 +532,9 @@ async def _expectations(pool: Pool, plan: Plan, peers: dict[str, Any]) -> dict[s
             "run_date": plan.run_date.isoformat(),
             "window": [f"{start:%Y-%m-%d %H:%M:%S}", f"{end:%Y-%m-%d %H:%M:%S}"],
             "window_rows": window_rows,
+            "window_all_rows": window_all,
+            "window_ids": [first_id, last_id],
+            "histories": plan.histories,
             "eligible_members": eligible,
         },
         "fanout": {
@@ -553,12 +642,19 @@ def bench_settings(database: str | None = None) -> Settings:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", default="couponpop_bench")
-    parser.add_argument("--histories", type=int, default=2_000_000)
-    parser.add_argument("--members", type=int, help="default: histories / 10")
+    parser.add_argument("--shape", choices=("year", "month"), default="year")
+    parser.add_argument("--histories", type=int, help="default: 10,000,000 (month: 2,000,000)")
+    parser.add_argument("--history-days", type=int, default=400, help="shape year only")
+    parser.add_argument(
+        "--members", type=int, help="default: a tenth of the window's rows (month: of all)"
+    )
     parser.add_argument("--stores", type=int, default=5000)
     parser.add_argument("--dongs", type=int, default=300)
     parser.add_argument("--run-date", type=date.fromisoformat, default=date(2025, 10, 31))
-    parser.add_argument("--fanout-members", type=int, default=240_000)
+    parser.add_argument("--fanout-members", type=int, help="default: 10,000 (month: 240,000)")
+    parser.add_argument(
+        "--stats-days", type=int, default=362, help="shape year: daily rows before the window"
+    )
     parser.add_argument("--fanout-date", type=date.fromisoformat, help="default: run-date + 7")
     parser.add_argument("--target-hour", type=int, default=18)
     parser.add_argument("--seed", type=int, default=20251031)
@@ -566,17 +662,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="concurrent INSERT statements")
     parser.add_argument("--force", action="store_true", help="generate even if already there")
     args = parser.parse_args(argv)
+    month = args.shape == "month"
+    if args.histories is None:
+        args.histories = 2_000_000 if month else 10_000_000
+    if args.fanout_members is None:
+        args.fanout_members = 240_000 if month else 10_000
     if args.histories < 1 or args.stores < 1 or args.dongs < 1 or args.fanout_members < 0:
         parser.error("counts must be positive")
+    if args.history_days <= WINDOW_DAYS or args.stats_days < 0:
+        parser.error(f"--history-days must be over {WINDOW_DAYS}, --stats-days at least 0")
     if not 0 <= args.target_hour <= 23:
         parser.error("--target-hour must be 0..23")
     return args
 
 
 def plan_of(args: argparse.Namespace) -> Plan:
+    month = args.shape == "month"
+    days = WINDOW_DAYS + 1 if month else args.history_days
+    window_rows = args.histories * (WINDOW_DAYS + 1) // days
     return Plan(
+        shape=args.shape,
         histories=args.histories,
-        members=args.members or max(1, args.histories // 10),
+        history_days=days,
+        stats_days=0 if month else args.stats_days,
+        members=args.members or max(1, window_rows // 10),
         stores=args.stores,
         dongs=args.dongs,
         run_date=args.run_date,

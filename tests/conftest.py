@@ -89,8 +89,7 @@ async def queue(vhost: str) -> str:
 async def db_proxy(settings: Settings) -> AsyncIterator[FaultProxy]:
     """A fault proxy of the test's own in front of the database server: the service gets
     there with `through(settings, db=db_proxy)`."""
-    target = settings.database.target
-    async with FaultProxy(target.host, target.port) as proxy:
+    async with FaultProxy(settings.database.target.host, settings.database.target.port) as proxy:
         yield proxy
 
 

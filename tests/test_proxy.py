@@ -229,6 +229,10 @@ def test_through_points_the_service_at_the_proxies() -> None:
     settings = make_settings(DB_URL="jdbc:mysql://u:p@127.0.0.1:3306/shop?useSSL=false")
     moved = through(settings, db=db, broker=broker)
     assert moved.DB_URL == "mysql://u:p@127.0.0.1:41000/shop?useSSL=false"
-    assert (moved.db.user, moved.db.password, moved.db.database) == ("u", "p", "shop")
-    assert moved.rabbitmq_url == "amqp://guest:guest@127.0.0.1:41001/%2F"
+    assert (
+        moved.database.target.user,
+        moved.database.target.password,
+        moved.database.target.database,
+    ) == ("u", "p", "shop")
+    assert moved.broker.url == "amqp://guest:guest@127.0.0.1:41001/%2F"
     assert through(settings) == settings

@@ -1,10 +1,14 @@
 """couponUsageStatsJob: each regular member's favourite dong and hour (issue 4).
 
 Rows: the USED `coupon_histories` of the window in member order, read as READ_STREAMS
-queries over ranges of ids that the server scans and sorts at the same time, merged
-here (the table has no index but its primary key). A chunk is up to CHUNK_SIZE whole
-members. Processing looks the chunk's stores up (once per run each) and computes each
-member's favourite; writing replaces the runDate's rows of the chunk's member-id range
+queries that the server scans and sorts at the same time, merged here. The table has
+no index but its primary key, and its ids follow time: the queries share the window's
+span of ids, found by a binary search over ids (`history_window`); where an index
+starts with `created_at`, they share the window's time instead and the server ranges
+over that index; with STATS_READ=full, they share the table's ids. A chunk is up to
+CHUNK_SIZE whole members. Processing looks the chunk's stores up (once per run each)
+and computes each member's favourite; writing replaces the runDate's rows of the
+chunk's member-id range
 (after the previous checkpoint, up to this one; the last chunk's range is open), so a
 rerun or a restart leaves exactly the rows a first run writes, members who no longer
 qualify or no longer appear at all included.
@@ -12,6 +16,7 @@ qualify or no longer appear at all included.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
@@ -23,6 +28,7 @@ from asyncmy.connection import Connection
 
 from app.concurrency import SharedLookup, in_slices
 from app.edges.db import fetch_all, stream_merged
+from app.jobs.history_window import IdRange, created_at_index, window_span
 from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.pipeline.writers import DatabaseWriter
@@ -44,7 +50,8 @@ Member = tuple[int, list[Row]]  # (member_id, its rows in the window)
 Favourite = tuple[int, str, int]  # (member_id, top_dong, top_hour)
 # The chunk's member-id range (after, up to; None: open) and the eligible members' rows
 Output = tuple[int | None, int | None, list[Favourite]]
-IdRange = tuple[int | None, int | None]  # ids from (included) .. to (excluded); None: open
+TimeRange = tuple[datetime | None, datetime | None]  # from (included) .. to (excluded)
+Bounds = list[tuple[str, Any]]  # conditions of one query beside the window's, their values
 _member = itemgetter(0)  # of a Row
 _store = itemgetter(1)  # of a Row
 _rows = itemgetter(1)  # of a Member
@@ -62,6 +69,8 @@ _INSERT_ROWS = 1000  # rows per INSERT statement: well under max_allowed_packet
 # CPU, so that the sink's round trips are not held up behind a whole chunk (5 ms).
 _MEMBERS_PER_SLICE = 100
 
+log = logging.getLogger(__name__)
+
 
 # ---- the rules (pure) ------------------------------------------------------------
 
@@ -74,11 +83,26 @@ def window(day: date) -> tuple[datetime, datetime]:
     )
 
 
-def id_ranges(low: int, high: int, parts: int) -> list[IdRange]:
+def id_ranges(low: int, high: int, parts: int, ends: IdRange = (None, None)) -> list[IdRange]:
     """Up to `parts` ranges of about equal width over the ids low..high that cover every
-    id: the first and the last are open, so a row added meanwhile is not lost."""
+    id from ends[0] to ends[1]; open ends (None) let no row added meanwhile be lost."""
+    first, last = ends
     cuts = sorted({low + (high - low + 1) * part // parts for part in range(1, parts)})
-    return list(pairwise([None, *cuts, None]))
+    cuts = [c for c in cuts if (first is None or c > first) and (last is None or c < last)]
+    return list(pairwise([first, *cuts, last]))
+
+
+def time_ranges(start: datetime, end: datetime, parts: int) -> list[TimeRange]:
+    """Up to `parts` ranges of about equal length over start..end, to the second; the
+    first and the last are open (the window's own condition closes them)."""
+    step = (end - start) / parts
+    cuts = sorted({(start + step * part).replace(microsecond=0) for part in range(1, parts)})
+    return list(pairwise([None, *[c for c in cuts if c > start], None]))
+
+
+def _bounds(column: str, first: Any, last: Any) -> Bounds:
+    found = [(f" AND {column} >= %s", first), (f" AND {column} < %s", last)]
+    return [(condition, value) for condition, value in found if value is not None]
 
 
 def hour_of(seconds: int) -> int:
@@ -153,6 +177,8 @@ class UsageStatsStep:
         resources = context.resources
         self.day = date.fromisoformat(context.parameters["runDate"])
         self.pool = resources.pool
+        self.read_mode = resources.settings.STATS_READ
+        self.slack_minutes = resources.settings.WINDOW_SLACK_MINUTES
         self.database = resources.settings.database
         self.policy = resources.settings.step
         # storeId -> dong (None: no dong), each store asked once per run
@@ -177,12 +203,10 @@ class UsageStatsStep:
         yield last
 
     async def _chunks(self, checkpoint: Any) -> AsyncIterator[Chunk[Member]]:
-        [(low, high)] = await fetch_all(self.pool, _ID_SPAN)
-        if low is None:
+        queries = [self._query(bounds, checkpoint) for bounds in await self.shares()]
+        if not queries:
             return
         policy = self.policy
-        ranges = id_ranges(low, high, policy.read_streams)
-        queries = [self._query(ids, checkpoint) for ids in ranges]
         chunk_size = policy.chunk_size
         members: list[Member] = []
         stream = stream_merged(self.database, queries, policy.fetch_rows)
@@ -196,17 +220,47 @@ class UsageStatsStep:
         if members:
             yield Chunk(items=members, checkpoint=members[-1][0])
 
-    def _query(self, ids: IdRange, checkpoint: Any) -> tuple[str, list[Any]]:
-        """The window's rows of one id range, of the members after the checkpoint."""
+    async def shares(self) -> list[Bounds]:
+        """The bounds of each read query beside the window's condition (see the module)."""
+        pool, parts = self.pool, self.policy.read_streams
+        start, end = window(self.day)
+        if self.read_mode == "window":
+            index = await created_at_index(pool)
+            if index is not None:
+                log.info("stats read: the window's time over index %s", index)
+                return [_bounds("created_at", *times) for times in time_ranges(start, end, parts)]
+            slack = timedelta(minutes=self.slack_minutes)
+            span = await window_span(pool, start, end, slack)
+            if span is not None:
+                bounds = span.bounds
+                log.info(
+                    "stats read: ids %s of coupon_histories (%d rows looked up)",
+                    "none" if bounds is None else f"{bounds[0]}..{bounds[1]}",
+                    span.lookups,
+                )
+                if bounds is None:  # nothing yet; an open end still reads what comes
+                    return [] if span.ids[1] is not None else [_bounds("id", *span.ids)]
+                ranges = id_ranges(*bounds, parts, span.ids)
+                return [_bounds("id", *ids) for ids in ranges]
+            log.warning(
+                "stats read: ids of coupon_histories do not follow created_at within"
+                " WINDOW_SLACK_MINUTES=%d; reading the whole table",
+                self.slack_minutes,
+            )
+        [(low, high)] = await fetch_all(pool, _ID_SPAN)
+        if low is None:
+            return []
+        return [_bounds("id", *ids) for ids in id_ranges(low, high, parts)]
+
+    def _query(self, bounds: Bounds, checkpoint: Any) -> tuple[str, list[Any]]:
+        """The window's rows within `bounds`, of the members after the checkpoint."""
         sql, args = [_READ], list(window(self.day))
-        for condition, value in (
-            (" AND id >= %s", ids[0]),
-            (" AND id < %s", ids[1]),
-            (" AND member_id > %s", checkpoint),
-        ):
-            if value is not None:
-                sql.append(condition)
-                args.append(int(value))
+        for condition, value in bounds:
+            sql.append(condition)
+            args.append(value)
+        if checkpoint is not None:
+            sql.append(" AND member_id > %s")
+            args.append(int(checkpoint))
         sql.append(" ORDER BY member_id")
         return "".join(sql), args
 

@@ -25,6 +25,11 @@ from app.repository import JobRepository
 log = logging.getLogger(__name__)
 
 
+# Skipped items named in the step's context (and so in the execution resource); the
+# count is the step's skip count. SHORT_CONTEXT holds 2,500 characters.
+SKIPPED_KEYS_KEPT = 50
+
+
 class SkipLimitExceeded(Exception):
     pass
 
@@ -52,6 +57,7 @@ class StepRunner:
         self.policy = policy
         self.progress = progress if progress is not None else StepProgress()
         self.stop = stop if stop is not None else asyncio.Event()
+        self._skipped_keys: list[object] = []
         self._commit_with_retry = retrying(
             self._commit_once, policy, f"step {definition.name}: a commit"
         )
@@ -126,6 +132,8 @@ class StepRunner:
                     f"skip limit exceeded: {progress.skipped + size} items skipped"
                     f" (SKIP_LIMIT={limit}); last error: {result.error!r}"
                 )
+            room = SKIPPED_KEYS_KEPT - len(self._skipped_keys)
+            self._skipped_keys += keys[: max(room, 0)]
             counts, output = ChunkCounts(read=size, written=0, filtered=0, skipped=size), None
         else:
             written = size - result.filtered
@@ -147,7 +155,18 @@ class StepRunner:
             # earlier run of the same instance wrote for them. Not for a skipped chunk.
             if processed is not None:
                 await self.definition.writer.write(conn, processed.output)
-            await self.repository.commit_chunk(conn, step_id, counts, chunk.checkpoint)
+            await self.repository.commit_chunk(conn, step_id, counts, self._context(chunk))
+
+    def _context(self, chunk: Chunk[Any]) -> dict[str, Any]:
+        """The step's context as of this chunk: its checkpoint, the first skipped items'
+        keys, what the writer reports."""
+        context: dict[str, Any] = {"checkpoint": chunk.checkpoint}
+        if self._skipped_keys:
+            context["skipped"] = self._skipped_keys
+        report = self.definition.writer.report()
+        if report:
+            context["messages"] = report
+        return context
 
 
 @contextmanager

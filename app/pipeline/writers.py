@@ -27,6 +27,10 @@ class Writer(Protocol[OutT_contra]):
 
     async def write(self, conn: Connection, output: OutT_contra) -> None: ...
 
+    def report(self) -> dict[str, int]:
+        """What it has done so far, kept in the step's context (empty: nothing to say)."""
+        ...
+
 
 @dataclass(frozen=True)
 class DatabaseWriter(Generic[OutT]):
@@ -41,25 +45,38 @@ class DatabaseWriter(Generic[OutT]):
     async def write(self, conn: Connection, output: OutT) -> None:
         await self.write_rows(conn, output)
 
+    def report(self) -> dict[str, int]:
+        return {}
 
-@dataclass(frozen=True)
+
+@dataclass
 class PublishingWriter:
     """The chunk's push requests, published with confirms: the checkpoint commits once
     the broker has confirmed every one. What the broker confirmed leaves the list, so a
     retry of the chunk publishes only the rest."""
 
     broker: Broker
+    published: int = 0  # publishes tried, republished ones included
+    confirmed: int = 0
 
     async def deliver(self, output: list[PushRequest]) -> None:
         if not output:
             return
         total = len(output)
-        output[:] = await self.broker.publish(output)
-        if output:
-            raise BrokerUnavailable(f"{len(output)} of {total} messages unconfirmed")
+        self.published += total
+        lost = await self.broker.publish(output)
+        self.confirmed += total - len(lost)
+        output[:] = lost
+        if lost:
+            raise BrokerUnavailable(
+                f"broker: {len(lost)} of {total} messages lost their confirmation"
+            )
 
     async def write(self, conn: Connection, output: list[PushRequest]) -> None:
         return None
+
+    def report(self) -> dict[str, int]:
+        return {"published": self.published, "confirmed": self.confirmed}
 
 
 @dataclass(frozen=True)
@@ -80,3 +97,6 @@ class DryRunWriter:
     def _append(self, text: str) -> None:
         self.output.write(text)
         self.output.flush()
+
+    def report(self) -> dict[str, int]:
+        return {}

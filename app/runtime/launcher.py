@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from app.errors import DataError, is_availability_fault
 from app.logs import bind_log_context
 from app.metrics import (
     EXECUTIONS_RUNNING,
@@ -21,15 +22,18 @@ from app.metrics import (
     JOB_OUTCOMES,
     STEP_DURATION,
 )
-from app.model import COMPLETED_WITH_SKIPS, JobExecution, Status
+from app.model import COMPLETED_WITH_SKIPS, RUNNING, JobExecution, JobParameter, Status
 from app.pipeline.chunk import StepProgress
-from app.pipeline.step import StepRunner
-from app.repository import JobRepository
+from app.pipeline.step import SkipLimitExceeded, StepRunner
+from app.repository import JobRepository, LeaseLost
 from app.runtime.job import JobContext, JobSpec, find_job
 from app.runtime.parameters import now_in
 from app.runtime.resources import Resources
 
 log = logging.getLogger(__name__)
+
+# Once the shutdown's grace is over, recording what the runs came to may take this long.
+_RECORD_AFTER_GRACE_SECONDS = 5.0
 
 
 class ShuttingDown(RuntimeError):
@@ -43,6 +47,17 @@ class RunningJob:
     progress: StepProgress = field(default_factory=StepProgress)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # Why `stop` was set: on shutdown (the default), by request, or the lease lost.
+    stop_reason: str = "stopped on shutdown; restartable from the checkpoint"
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+
+
+class NotRestartable(Exception):
+    """Only a FAILED or STOPPED execution restarts."""
 
 
 @dataclass
@@ -72,6 +87,11 @@ class Launcher:
         )
         self.running: dict[int, RunningJob] = {}
         self._accepting = True
+        self._record_deadline: float | None = None  # monotonic; set by shutdown
+        # Executions this process runs at once; later launches wait in order (STARTING).
+        self._slots = asyncio.Semaphore(self.settings.MAX_RUNNING_EXECUTIONS)
+        # Outcomes this process could not record (the database away past the deadline).
+        self.unrecorded = 0
 
     @property
     def accepting(self) -> bool:
@@ -98,28 +118,73 @@ class Launcher:
         if not self._accepting:
             raise ShuttingDown("the service is shutting down and launches no more jobs")
         parameters = spec.parse(raw_parameters, now_in(self.settings.timezone))
+        return await self._start(spec, parameters, rerun=rerun, dry_run_output=dry_run_output)
+
+    async def restart(self, execution_id: int) -> RunningJob:
+        """JobOperator's restart: a FAILED or STOPPED execution's instance runs again with
+        the same parameters, from its checkpoint. Raises LookupError (no such execution),
+        NotRestartable, LaunchRefused or ShuttingDown."""
+        if not self._accepting:
+            raise ShuttingDown("the service is shutting down and launches no more jobs")
+        execution = await self.repository.get_execution(execution_id)
+        if execution is None:
+            raise LookupError(f"no job execution {execution_id}")
+        if execution.status not in (Status.FAILED, Status.STOPPED):
+            raise NotRestartable(
+                f"execution {execution_id} is {execution.status}: only a FAILED or STOPPED"
+                " execution restarts"
+            )
+        spec = self.find(execution.job_name)
+        parameters = await self.repository.get_parameters(execution_id)
+        return await self._start(spec, parameters, rerun=False, dry_run_output=None)
+
+    async def _start(
+        self,
+        spec: JobSpec,
+        parameters: Sequence[JobParameter],
+        *,
+        rerun: bool,
+        dry_run_output: TextIO | None,
+    ) -> RunningJob:
+        # Recorded as what it is: STARTED, or STARTING while it waits for a slot. Only a
+        # recorded execution takes a slot (launches refused by the launch rules never do).
+        queued = self._slots.locked()
         execution = await self.repository.start_execution(
-            spec.name, parameters, rerun_completed=rerun
+            spec.name, parameters, rerun_completed=rerun, queued=queued
         )
+        has_slot = not self._slots.locked()
+        if has_slot:
+            await self._slots.acquire()  # at once: it is free
         owned_output = None
         try:
-            if execution.parameters.get("dryRun") == "true" and dry_run_output is None:
+            if execution.dry_run and dry_run_output is None:
                 owned_output = await asyncio.to_thread(self._dry_run_file, spec, execution.id)
+                await self.repository.set_execution_context(
+                    execution.id, {"dryRunOutput": owned_output.name}
+                )
+                execution.context["dryRunOutput"] = owned_output.name
         except BaseException as exc:
-            # Recorded STARTED but never run: say so, or it would block its instance
-            # until the abandon limit.
+            # Recorded but never run: say so, or it would block its instance until the
+            # abandon limit.
+            if has_slot:
+                self._slots.release()
             message = f"not started: {type(exc).__name__}: {exc}"
-            await _recorded(self.repository.finish_execution(execution.id, Status.FAILED, message))
+            await self._record(
+                lambda: self.repository.finish_execution(execution.id, Status.FAILED, message)
+            )
             raise
         run = RunningJob(spec=spec, execution=execution)
         run.task = asyncio.create_task(
-            self._execute(run, dry_run_output or owned_output, owned_output),
+            self._execute(
+                run, dry_run_output or owned_output, owned_output, queued=queued, has_slot=has_slot
+            ),
             name=f"{spec.name}#{execution.id}",
         )
         self.running[execution.id] = run
         run.task.add_done_callback(lambda _: self.running.pop(execution.id, None))
         log.info(
-            "job launched: job=%s execution=%d parameters=%s",
+            "job %s: job=%s execution=%d parameters=%s",
+            "queued" if queued else "launched",
             spec.name,
             execution.id,
             execution.parameters,
@@ -132,24 +197,38 @@ class Launcher:
         return (folder / f"{spec.path}-{execution_id}.jsonl").open("w", encoding="utf-8")
 
     async def _execute(
-        self, run: RunningJob, dry_run_output: TextIO | None, owned_output: TextIO | None
+        self,
+        run: RunningJob,
+        dry_run_output: TextIO | None,
+        owned_output: TextIO | None,
+        *,
+        queued: bool,
+        has_slot: bool,
     ) -> None:
         spec, execution = run.spec, run.execution
         bind_log_context(jobName=spec.name, executionId=execution.id)  # this task's lines
         outcome = _Outcome()
         started = time.monotonic()
+        holding = has_slot  # the slot is held until the outcome is recorded
         try:
-            with _job_metrics(spec.name, outcome):
-                async with _heartbeat(
-                    self.repository, execution.id, self.settings.HEARTBEAT_SECONDS
-                ):
-                    await self._run_step(run, dry_run_output, outcome)
+            async with self._lease(run):
+                holding = holding or await self._take_slot(run)
+                if not holding:
+                    outcome.status, outcome.message = Status.STOPPED, run.stop_reason
+                elif not queued or await self.repository.mark_started(execution.id):
+                    with _job_metrics(spec.name, outcome):
+                        await self._run_step(run, dry_run_output, outcome)
+                else:
+                    outcome.status = Status.STOPPED
+                    outcome.message = "stopped on request before it started"
         finally:
-            await _recorded(
-                self.repository.finish_execution(
+            await self._record(
+                lambda: self.repository.finish_execution(
                     execution.id, outcome.status, outcome.message, outcome.exit_code
                 )
             )
+            if holding:
+                self._slots.release()
             if owned_output is not None:
                 await asyncio.to_thread(owned_output.close)
             counts = run.progress
@@ -167,6 +246,22 @@ class Launcher:
                 time.monotonic() - started,
                 f" message={outcome.message!r}" if outcome.message else "",
             )
+
+    async def _take_slot(self, run: RunningJob) -> bool:
+        """Wait in order for a slot, unless the run is stopped first; True with the slot."""
+        acquiring = asyncio.ensure_future(self._slots.acquire())
+        stopping = asyncio.ensure_future(run.stop.wait())
+        try:
+            await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            acquiring.cancel()  # nothing if it has the slot already
+        if not acquiring.done() or acquiring.cancelled():
+            return False
+        if run.stop.is_set():
+            self._slots.release()
+            return False
+        return True
 
     async def _run_step(
         self, run: RunningJob, dry_run_output: TextIO | None, outcome: _Outcome
@@ -209,24 +304,109 @@ class Launcher:
             finished = await runner.run(step)
             outcome.status = Status.COMPLETED if finished else Status.STOPPED
             if not finished:
-                outcome.message = "stopped on shutdown; restartable from the checkpoint"
+                outcome.message = run.stop_reason
         except Exception as exc:
             outcome.message = f"{type(exc).__name__}: {exc}"
-            log.exception("step failed: job=%s execution=%d", spec.name, execution.id)
+            if _expected(exc):  # its message says it all: no traceback in the log
+                log.error(
+                    "step failed: job=%s execution=%d error=%s",
+                    spec.name,
+                    execution.id,
+                    outcome.message,
+                )
+            else:
+                log.exception("step failed: job=%s execution=%d", spec.name, execution.id)
         except asyncio.CancelledError:
             outcome.status = Status.STOPPED
             outcome.message = "cancelled after the shutdown grace period"
             raise
         finally:
             outcome.skipped = run.progress.skipped
-            await _recorded(
-                self.repository.finish_step(
+            await self._record(
+                lambda: self.repository.finish_step(
                     step.id, outcome.status, outcome.message, outcome.exit_code
                 )
             )
             STEP_DURATION.labels(spec.name, step.name, outcome.status.value).observe(
                 time.monotonic() - step_started
             )
+
+    @asynccontextmanager
+    async def _lease(self, run: RunningJob) -> AsyncIterator[None]:
+        """The heartbeat as a lease, while the body runs. Each beat renews it and reads the
+        execution's status: STOPPING stops the step after its chunks in flight (a stop
+        requested through any replica); a status no longer running, or no renewal for
+        half of JOB_ABANDON_AFTER_SECONDS, means another replica may take (or took) the
+        instance over: the step stops, and the repository's fence lets it commit nothing
+        more."""
+        every = self.settings.HEARTBEAT_SECONDS
+        lease = self.settings.JOB_ABANDON_AFTER_SECONDS / 2
+        execution_id = run.execution.id
+
+        async def beat() -> None:
+            renewed = time.monotonic()
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    async with asyncio.timeout(max(lease - (time.monotonic() - renewed), 0.1)):
+                        status = await self.repository.heartbeat(execution_id)
+                except Exception as exc:
+                    log.warning("heartbeat failed: execution=%d error=%r", execution_id, exc)
+                    if time.monotonic() - renewed >= lease:
+                        log.error(
+                            "lease lost: execution=%d not renewed for %.0f s; stopping its step",
+                            execution_id,
+                            time.monotonic() - renewed,
+                        )
+                        run.request_stop("lease lost: the heartbeat could not be renewed")
+                    continue
+                renewed = time.monotonic()
+                if status == Status.STOPPING:
+                    run.request_stop("stopped on request; restartable from the checkpoint")
+                elif status not in RUNNING:
+                    log.error(
+                        "lease lost: execution=%d is %s in the job repository (taken over);"
+                        " stopping its step",
+                        execution_id,
+                        status,
+                    )
+                    run.request_stop(f"lease lost: the execution was marked {status}")
+                    return
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _record(self, update: Callable[[], Awaitable[None]]) -> None:
+        """Record an outcome, retried with backoff while the database does not answer:
+        for up to half of JOB_ABANDON_AFTER_SECONDS (the lease), or once shutting down,
+        until the shutdown's deadline. Past it, say so: the next launch of the instance
+        recovers by the lease (the abandon rule)."""
+        deadline = self._record_deadline or (
+            time.monotonic() + self.settings.JOB_ABANDON_AFTER_SECONDS / 2
+        )
+        delay = 0.2
+        while True:
+            try:
+                left = deadline - time.monotonic()
+                async with asyncio.timeout(max(left, 0.1)):
+                    await asyncio.shield(update())
+                return
+            except Exception as exc:
+                if time.monotonic() + delay >= deadline:
+                    self.unrecorded += 1
+                    log.error(
+                        "could not record the outcome in the job repository: %r; the next"
+                        " launch of the instance recovers it after JOB_ABANDON_AFTER_SECONDS",
+                        exc,
+                    )
+                    return
+                log.warning("recording the outcome failed, retrying in %.1f s: %r", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def run(
         self,
@@ -248,9 +428,10 @@ class Launcher:
         """Launch nothing more; ask running steps to stop after their chunks in flight;
         cancel what has not stopped within the grace period."""
         self._accepting = False
+        self._record_deadline = time.monotonic() + grace_seconds + _RECORD_AFTER_GRACE_SECONDS
         runs = list(self.running.values())
         for run in runs:
-            run.stop.set()
+            run.request_stop("stopped on shutdown; restartable from the checkpoint")
         tasks = [run.task for run in runs if run.task is not None]
         if not tasks:
             return
@@ -259,6 +440,12 @@ class Launcher:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+def _expected(exc: BaseException) -> bool:
+    """A failure the policy foresees (an outage past its budget, the skip limit, a lost
+    lease), as opposed to a bug."""
+    return is_availability_fault(exc) or isinstance(exc, DataError | SkipLimitExceeded | LeaseLost)
 
 
 @contextmanager
@@ -275,35 +462,3 @@ def _job_metrics(job_name: str, outcome: _Outcome) -> Iterator[None]:
         if outcome.status == Status.COMPLETED:
             JOB_LAST_SUCCESS.labels(job_name).set_to_current_time()
         JOB_DURATION.labels(job_name, outcome.status.value).observe(time.monotonic() - started)
-
-
-@asynccontextmanager
-async def _heartbeat(
-    repository: JobRepository, execution_id: int, every: float
-) -> AsyncIterator[None]:
-    """Keep the execution's LAST_UPDATED fresh while the body runs, so that no other
-    launch takes it for abandoned."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await repository.heartbeat(execution_id)
-            except Exception as exc:
-                log.warning("heartbeat failed: execution=%d error=%r", execution_id, exc)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def _recorded(update: Awaitable[None]) -> None:
-    """Record an outcome; if the database is gone, say so: the heartbeat rule will
-    mark the execution abandoned later."""
-    try:
-        await asyncio.shield(update)
-    except Exception as exc:
-        log.error("could not record the outcome in the job repository: %r", exc)

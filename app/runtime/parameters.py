@@ -34,16 +34,36 @@ def run_date(
         if default is None:
             raise ParameterError("runDate", "is required, as YYYY-MM-DD")
         return JobParameter("runDate", LOCAL_DATE, default.isoformat())
+    parsed = iso_date("runDate", value)
+    earliest = date.min + timedelta(days=lookback_days)
+    if parsed < earliest:
+        raise ParameterError("runDate", f"must be {earliest.isoformat()} or later")
+    return JobParameter("runDate", LOCAL_DATE, parsed.isoformat())
+
+
+def iso_date(name: str, value: str) -> date:
+    """`value` as a YYYY-MM-DD date, or a ParameterError naming `name`."""
     try:
         parsed = date.fromisoformat(value)
     except ValueError:
         parsed = None
     if parsed is None or len(value) != 10:
-        raise ParameterError("runDate", f"must be a date as YYYY-MM-DD, got {value[:40]!r}")
-    earliest = date.min + timedelta(days=lookback_days)
-    if parsed < earliest:
-        raise ParameterError("runDate", f"must be {earliest.isoformat()} or later")
-    return JobParameter("runDate", LOCAL_DATE, parsed.isoformat())
+        raise ParameterError(name, f"must be a date as YYYY-MM-DD, got {value[:40]!r}")
+    return parsed
+
+
+MAX_BACKFILL_DAYS = 366
+
+
+def backfill_dates(first: str, last: str) -> list[date]:
+    """The run dates `first` to `last`, both included (a backfill's `from` and `to`)."""
+    start, end = iso_date("from", first), iso_date("to", last)
+    if end < start:
+        raise ParameterError("to", f"must not be before from ({start.isoformat()})")
+    days = (end - start).days + 1
+    if days > MAX_BACKFILL_DAYS:
+        raise ParameterError("to", f"a backfill covers at most {MAX_BACKFILL_DAYS} days")
+    return [start + timedelta(days=n) for n in range(days)]
 
 
 def target_hour(raw: Mapping[str, str], *, default: int) -> JobParameter:

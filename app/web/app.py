@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from aiohttp import web
@@ -13,10 +13,10 @@ from aiohttp.typedefs import Handler, Middleware
 from asyncmy.pool import Pool
 
 from app.edges.auth import verify_admin_token
-from app.model import AlreadyRunning, JobExecution, Status
+from app.model import AlreadyComplete, AlreadyRunning, JobExecution, LaunchRefused, Status
 from app.runtime.job import JobSpec, UnknownJob
-from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
-from app.runtime.parameters import ParameterError
+from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
+from app.runtime.parameters import ParameterError, backfill_dates
 from app.runtime.resources import Resources
 from app.web.console import console_routes
 from app.web.errors import ApiError, ServerLog, error_middleware
@@ -129,6 +129,9 @@ def create_app(
             web.get("/api/v1/jobs/executions", list_recent_executions),
             web.post("/api/v1/jobs/{jobName:(?!executions$)[^/]+}", launch_job),
             web.get("/api/v1/jobs/executions/{id}", get_execution),
+            web.post("/api/v1/jobs/executions/{id}/stop", stop_execution),
+            web.post("/api/v1/jobs/executions/{id}/restart", restart_execution),
+            web.post("/api/v1/jobs/executions/{id}/abandon", abandon_execution),
             web.get("/api/v1/jobs/{jobName}/executions", list_executions),
             web.get("/actuator/health", health),
             web.get("/actuator/health/liveness", liveness),
@@ -180,56 +183,173 @@ def _job(request: web.Request) -> JobSpec:
 
 async def launch_job(request: web.Request) -> web.Response:
     """Start the job in the background; a completed instance runs again (that is what
-    operators call the API for)."""
+    operators call the API for). `from` and `to` instead of `runDate` launch a backfill:
+    each date its own instance, queued behind MAX_RUNNING_EXECUTIONS."""
     launcher = request.app[LAUNCHER]
     spec = _job(request)
     raw = {name: request.query[name] for name in request.query}  # the first of repeats
+    if "from" in raw or "to" in raw:
+        return await _backfill(request, spec, raw)
+    run = await _launched(request, "launch", lambda: launcher.launch(spec, raw, rerun=True))
+    return _accepted(run)
+
+
+async def _backfill(request: web.Request, spec: JobSpec, raw: dict[str, str]) -> web.Response:
+    launcher = request.app[LAUNCHER]
     try:
-        run = await launcher.launch(spec, raw, rerun=True)
+        days = backfill_dates(raw.pop("from", ""), raw.pop("to", ""))
     except ParameterError as exc:
         raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
-    except AlreadyRunning as exc:
+    if "runDate" in raw:
+        raise ApiError(400, "INVALID_PARAMETER", "runDate: give either runDate or from/to")
+    launched, refused = [], []
+    for day in days:
+        try:
+            run = await launcher.launch(spec, {**raw, "runDate": day.isoformat()}, rerun=True)
+        except LaunchRefused as exc:
+            refused.append({"runDate": day.isoformat(), "message": str(exc)})
+            continue
+        except ParameterError as exc:
+            raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
+        except ShuttingDown as exc:
+            raise ApiError(503, "SHUTTING_DOWN", str(exc)) from None
+        launched.append(_launch_body(run.execution))
+    log.info(
+        "backfill requested through the API: job=%s dates=%d launched=%d refused=%d by=%s",
+        spec.name,
+        len(days),
+        len(launched),
+        len(refused),
+        _who(request),
+    )
+    return web.json_response({"executions": launched, "refused": refused}, status=202)
+
+
+async def _launched(
+    request: web.Request, what: str, start: Callable[[], Awaitable[RunningJob]]
+) -> RunningJob:
+    """A launch or a restart, its refusals as the API's errors."""
+    try:
+        run = await start()
+    except ParameterError as exc:
+        raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
+    except (AlreadyRunning, AlreadyComplete) as exc:
+        code = "JOB_ALREADY_RUNNING" if isinstance(exc, AlreadyRunning) else "JOB_ALREADY_COMPLETE"
         raise ApiError(
             409,
-            "JOB_ALREADY_RUNNING",
+            code,
             f"{exc}; see {execution_url(exc.execution_id)}",
             {"Location": execution_url(exc.execution_id)},
         ) from None
     except ShuttingDown as exc:
         raise ApiError(503, "SHUTTING_DOWN", str(exc)) from None
-    execution = run.execution
-    claims = request[CLAIMS]
     log.info(
-        "launch requested through the API: execution=%d by=%s",
-        execution.id,
-        claims.get("username") or claims.get("sub"),
+        "%s requested through the API: execution=%d by=%s", what, run.execution.id, _who(request)
     )
+    return run
+
+
+def _who(request: web.Request) -> str:
+    claims = request[CLAIMS]
+    return str(claims.get("username") or claims.get("sub"))
+
+
+def _launch_body(execution: JobExecution) -> dict[str, Any]:
+    return {
+        "executionId": execution.id,
+        "jobName": execution.job_name,
+        "status": execution.status,
+        "parameters": execution.parameters,
+    }
+
+
+def _accepted(run: RunningJob) -> web.Response:
+    execution = run.execution
     return web.json_response(
-        {
-            "executionId": execution.id,
-            "jobName": execution.job_name,
-            "status": execution.status,
-            "parameters": execution.parameters,
-        },
-        status=202,
-        headers={"Location": execution_url(execution.id)},
+        _launch_body(execution), status=202, headers={"Location": execution_url(execution.id)}
     )
 
 
-async def get_execution(request: web.Request) -> web.Response:
-    launcher = request.app[LAUNCHER]
+def _execution_id(request: web.Request) -> int | None:
+    """The path's execution id; None where no execution can have it (past BIGINT)."""
     raw = request.match_info["id"]
     if not raw.isascii() or not raw.isdigit():
         raise ApiError(
             400, "INVALID_PARAMETER", f"id: must be an execution id (digits), got {raw[:40]!r}"
         )
-    execution = None
     # Past BIGINT no execution can exist (and int() refuses over 4,300 digits).
     if len(raw) <= _BIGINT_DIGITS and int(raw) <= _MAX_BIGINT:
-        execution = await launcher.repository.get_execution(int(raw))
+        return int(raw)
+    return None
+
+
+def _not_found(request: web.Request) -> ApiError:
+    return ApiError(404, "EXECUTION_NOT_FOUND", f"no job execution {request.match_info['id'][:40]}")
+
+
+async def get_execution(request: web.Request) -> web.Response:
+    launcher = request.app[LAUNCHER]
+    execution_id = _execution_id(request)
+    execution = None
+    if execution_id is not None:
+        execution = await launcher.repository.get_execution(execution_id)
     if execution is None:
-        raise ApiError(404, "EXECUTION_NOT_FOUND", f"no job execution {raw[:40]}")
-    return web.json_response(_execution_view(execution, launcher.running.get(execution.id)))
+        raise _not_found(request)
+    return web.json_response(_view(request, execution))
+
+
+async def stop_execution(request: web.Request) -> web.Response:
+    """JobOperator's stop: STOPPING now; the runner, on whichever replica, stops after its
+    chunks in flight (STOPPED, restartable) at its next heartbeat."""
+    repository = request.app[LAUNCHER].repository
+    execution_id = _execution_id(request)
+    found = None if execution_id is None else await repository.request_stop(execution_id)
+    if found is None or execution_id is None:
+        raise _not_found(request)
+    if found not in (Status.STARTING, Status.STARTED, Status.STOPPING):
+        raise ApiError(409, "JOB_NOT_RUNNING", f"execution {execution_id} is {found}, not running")
+    log.info("stop requested through the API: execution=%d by=%s", execution_id, _who(request))
+    execution = await repository.get_execution(execution_id)
+    assert execution is not None
+    return web.json_response(
+        _view(request, execution), status=202, headers={"Location": execution_url(execution_id)}
+    )
+
+
+async def restart_execution(request: web.Request) -> web.Response:
+    """JobOperator's restart: a FAILED or STOPPED execution's instance runs again, from
+    its checkpoint, as a new execution."""
+    launcher = request.app[LAUNCHER]
+    execution_id = _execution_id(request)
+    if execution_id is None:
+        raise _not_found(request)
+    try:
+        run = await _launched(request, "restart", lambda: launcher.restart(execution_id))
+    except LookupError:
+        raise _not_found(request) from None
+    except NotRestartable as exc:
+        raise ApiError(409, "JOB_NOT_RESTARTABLE", str(exc)) from None
+    return _accepted(run)
+
+
+async def abandon_execution(request: web.Request) -> web.Response:
+    """JobOperator's abandon: a STOPPED or FAILED execution becomes ABANDONED; it is never
+    restarted, and the next launch of its instance starts from scratch."""
+    repository = request.app[LAUNCHER].repository
+    execution_id = _execution_id(request)
+    found = None if execution_id is None else await repository.abandon(execution_id)
+    if found is None or execution_id is None:
+        raise _not_found(request)
+    if found not in (Status.STOPPED, Status.FAILED):
+        raise ApiError(
+            409,
+            "JOB_NOT_ABANDONABLE",
+            f"execution {execution_id} is {found}: only a STOPPED or FAILED execution is abandoned",
+        )
+    log.info("abandoned through the API: execution=%d by=%s", execution_id, _who(request))
+    execution = await repository.get_execution(execution_id)
+    assert execution is not None
+    return web.json_response(_view(request, execution))
 
 
 def _limit(request: web.Request, default: int) -> int:
@@ -249,7 +369,7 @@ async def list_executions(request: web.Request) -> web.Response:
     spec = _job(request)
     limit = _limit(request, LIST_LIMIT_DEFAULT)
     executions = await launcher.repository.list_executions(spec.name, limit)
-    views = [_execution_view(e, launcher.running.get(e.id)) for e in executions]
+    views = [_view(request, e) for e in executions]
     return web.json_response({"jobName": spec.name, "executions": views})
 
 
@@ -266,35 +386,47 @@ async def list_recent_executions(request: web.Request) -> web.Response:
         )
     limit = _limit(request, RECENT_LIMIT_DEFAULT)
     executions = await launcher.repository.recent_executions(status, limit)
-    views = [_execution_view(e, launcher.running.get(e.id)) for e in executions]
-    return web.json_response({"executions": views})
+    return web.json_response({"executions": [_view(request, e) for e in executions]})
 
 
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+def _view(request: web.Request, execution: JobExecution) -> dict[str, Any]:
+    launcher = request.app[LAUNCHER]
+    return execution_view(execution, launcher.running.get(execution.id), launcher.settings.timezone)
 
 
-def _execution_view(execution: JobExecution, running: RunningJob | None) -> dict[str, Any]:
+def execution_view(
+    execution: JobExecution, running: RunningJob | None, tz: tzinfo
+) -> dict[str, Any]:
     """Counts are the committed ones (summed over the steps); `progress` holds the live
-    counts while the execution runs in this process, else null."""
+    counts while the execution runs in this process, else null. Times are in APP_TIMEZONE,
+    with their offset."""
+
+    def time(value: datetime | None) -> str | None:
+        return value.astimezone(tz).isoformat() if value is not None else None
+
     steps = execution.steps
+    skipped = [key for s in steps for key in s.context.get("skipped", [])]
+    messages = [s.context["messages"] for s in steps if "messages" in s.context]
     return {
         "executionId": execution.id,
         "jobName": execution.job_name,
         "status": execution.status,
         "dryRun": execution.dry_run,
+        "dryRunOutput": execution.context.get("dryRunOutput"),
         "exitCode": execution.exit_code,
         "exitMessage": execution.exit_message,
         "parameters": execution.parameters,
-        "createTime": _time(execution.create_time),
-        "startTime": _time(execution.start_time),
-        "endTime": _time(execution.end_time),
-        "lastUpdated": _time(execution.last_updated),
+        "createTime": time(execution.create_time),
+        "startTime": time(execution.start_time),
+        "endTime": time(execution.end_time),
+        "lastUpdated": time(execution.last_updated),
         "readCount": sum(s.read_count for s in steps),
         "writeCount": sum(s.write_count for s in steps),
         "filterCount": sum(s.filter_count for s in steps),
         "skipCount": sum(s.skip_count for s in steps),
         "commitCount": sum(s.commit_count for s in steps),
+        "skippedItems": {"count": sum(s.skip_count for s in steps), "ids": skipped},
+        "messages": messages[0] if messages else None,
         "steps": [
             {
                 "stepName": s.name,
@@ -305,8 +437,8 @@ def _execution_view(execution: JobExecution, running: RunningJob | None) -> dict
                 "skipCount": s.skip_count,
                 "commitCount": s.commit_count,
                 "checkpoint": s.checkpoint,
-                "startTime": _time(s.start_time),
-                "endTime": _time(s.end_time),
+                "startTime": time(s.start_time),
+                "endTime": time(s.end_time),
                 "exitMessage": s.exit_message,
             }
             for s in steps

@@ -20,6 +20,14 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+_ID = [
+    {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "format": "int64"},
+    }
+]
 _AUTH_ERRORS = {
     "401": _error(
         "No token, a malformed or badly signed token (INVALID_TOKEN), or an expired"
@@ -77,9 +85,23 @@ OPENAPI: dict[str, Any] = {
                         "name": "dryRun",
                         "in": "query",
                         "description": "coupon-usage-stats-fcm-send only: write the messages"
-                        " to DRY_RUN_DIR instead of publishing them. Does not identify the"
-                        " instance.",
+                        " to DRY_RUN_DIR instead of publishing them. A dry run is an instance"
+                        " of its own (dryRun=true and a fresh run.id).",
                         "schema": {"type": "boolean", "default": False},
+                    },
+                    {
+                        "name": "from",
+                        "in": "query",
+                        "description": "A backfill, with `to` instead of runDate: every date"
+                        " from..to (both included, at most 366) is launched as its own"
+                        " instance; the answer lists the executions and the refusals.",
+                        "schema": {"type": "string", "format": "date"},
+                    },
+                    {
+                        "name": "to",
+                        "in": "query",
+                        "description": "The last date of a backfill (with `from`)",
+                        "schema": {"type": "string", "format": "date"},
                     },
                 ],
                 "responses": {
@@ -143,19 +165,65 @@ OPENAPI: dict[str, Any] = {
                 "summary": "One job execution, with live progress while it runs here",
                 "operationId": "getExecution",
                 "security": [{"bearerAuth": []}],
-                "parameters": [
-                    {
-                        "name": "id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "integer", "format": "int64"},
-                    }
-                ],
+                "parameters": _ID,
                 "responses": {
                     "200": _json(_ref("Execution"), "The execution"),
                     "400": _error("The id is not a number (INVALID_PARAMETER)"),
                     **_AUTH_ERRORS,
                     "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
+                },
+            }
+        },
+        "/api/v1/jobs/executions/{id}/stop": {
+            "post": {
+                "summary": "Stop a running execution (JobOperator.stop)",
+                "description": "STOPPING now; the runner, on whichever replica, commits its"
+                " chunks in flight and ends STOPPED (restartable) within a few heartbeats.",
+                "operationId": "stopExecution",
+                "security": [{"bearerAuth": []}],
+                "parameters": _ID,
+                "responses": {
+                    "202": _json(_ref("Execution"), "Stopping"),
+                    "400": _error("The id is not a number (INVALID_PARAMETER)"),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
+                    "409": _error("The execution is not running (JOB_NOT_RUNNING)"),
+                },
+            }
+        },
+        "/api/v1/jobs/executions/{id}/restart": {
+            "post": {
+                "summary": "Restart a FAILED or STOPPED execution from its checkpoint",
+                "operationId": "restartExecution",
+                "security": [{"bearerAuth": []}],
+                "parameters": _ID,
+                "responses": {
+                    "202": _json(_ref("LaunchAccepted"), "The new execution"),
+                    "400": _error("The id is not a number (INVALID_PARAMETER)"),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
+                    "409": _error(
+                        "Not FAILED or STOPPED (JOB_NOT_RESTARTABLE), or its instance runs"
+                        " or completed meanwhile (JOB_ALREADY_RUNNING, JOB_ALREADY_COMPLETE)"
+                    ),
+                    "503": _error("The service is shutting down (SHUTTING_DOWN)"),
+                },
+            }
+        },
+        "/api/v1/jobs/executions/{id}/abandon": {
+            "post": {
+                "summary": "Abandon a STOPPED or FAILED execution (JobOperator.abandon)",
+                "description": "ABANDONED is never restarted; the next launch of the instance"
+                " starts from scratch.",
+                "operationId": "abandonExecution",
+                "security": [{"bearerAuth": []}],
+                "parameters": _ID,
+                "responses": {
+                    "200": _json(_ref("Execution"), "The abandoned execution"),
+                    "400": _error("The id is not a number (INVALID_PARAMETER)"),
+                    **_AUTH_ERRORS,
+                    "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
+                    "409": _error("Not STOPPED or FAILED (JOB_NOT_ABANDONABLE)"),
                 },
             }
         },
@@ -279,6 +347,23 @@ OPENAPI: dict[str, Any] = {
                     "jobName": {"type": "string"},
                     "status": {"type": "string", "enum": _STATUSES},
                     "dryRun": {"type": "boolean"},
+                    "dryRunOutput": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "where a dry run launched through the API writes",
+                    },
+                    "skippedItems": {
+                        "type": "object",
+                        "properties": {
+                            "count": {"type": "integer"},
+                            "ids": {"type": "array", "description": "the first 50 skipped"},
+                        },
+                    },
+                    "messages": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "the fan-out's messages published and confirmed",
+                    },
                     "exitCode": {
                         "type": "string",
                         "description": "the status, or COMPLETED WITH SKIPS",

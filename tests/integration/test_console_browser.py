@@ -357,7 +357,6 @@ def test_a_hostile_dong_name_shows_as_text_and_never_runs(app: LiveApp, browser:
     assert browser.save_screenshot(str(SCREENSHOT))
 
 
-@pytest.mark.xfail(strict=False, reason="needs the stop endpoint")
 def test_a_running_fan_out_stopped_from_the_page_ends_stopped(
     app: LiveApp, browser: WebDriver
 ) -> None:

@@ -10,10 +10,12 @@ from datetime import date
 import pytest
 from asyncmy.errors import OperationalError
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.edges.db import fetch_all, open_connection, open_pool
-from app.runtime.launcher import Launcher, find_job
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from app.schema.migrate import migrate
 from tests.conftest import DB_SERVER
@@ -86,8 +88,8 @@ async def test_migrate_and_the_stats_job_run_over_tls(server: TlsServer) -> None
             NOTIFICATION_SERVICE_URL=fake.notification_url,
         )
         async with open_resources(job_settings, broker=False) as resources:
-            execution = await Launcher(resources).run(
-                find_job("coupon-usage-stats"), {"runDate": "2025-10-26"}, rerun=False
+            execution = await Launcher(resources, JOBS).run(
+                find_job(JOBS, "coupon-usage-stats"), {"runDate": "2025-10-26"}, rerun=False
             )
     assert execution.status == "COMPLETED", execution.exit_message
     (step,) = execution.steps

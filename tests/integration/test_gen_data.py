@@ -1,4 +1,7 @@
-"""scripts/gen_data.py at a tiny scale: the shapes and counts it promises, run by its CLI."""
+"""scripts/gen_data.py at a tiny scale: the shapes and counts it promises, run by its CLI.
+
+The month shape (the benchmarks of issue 6) first, then the year shape (production's:
+ids in time order up to a jitter, the window the newest rows; issue 14)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Any:
     database = f"cpb_gen_{os.getpid()}"
     peers = tmp_path_factory.mktemp("gen") / "peers.json"
     try:
-        record = generate(database, peers)
+        record = generate(database, peers, "--shape", "month")
         yield database, peers, record
     finally:
         query("information_schema", f"DROP DATABASE IF EXISTS {database}")
@@ -169,11 +172,109 @@ def test_second_run_only_checks_and_rewrites_a_missing_file(generated: Any) -> N
     before = peers.read_bytes()
     checksums = query(database, "CHECKSUM TABLE coupon_histories, coupon_events")
     peers.unlink()
-    again = generate(database, peers)
+    again = generate(database, peers, "--shape", "month")
     assert again["generated"] is False
     assert again["expected"] == record["expected"]
     assert peers.read_bytes() == before
     # forced: the same rows again, byte for byte
-    forced = generate(database, peers, "--force")
+    forced = generate(database, peers, "--shape", "month", "--force")
     assert forced["generated"] is True and forced["expected"] == record["expected"]
     assert query(database, "CHECKSUM TABLE coupon_histories, coupon_events") == checksums
+
+
+# ---- shape year ---------------------------------------------------------------------
+
+YEAR_DAYS, STATS_DAYS = 25, 30  # 800 rows a day: a few within 5 minutes of every second
+FIRST_PLACE = datetime(2025, 10, 7, 1)  # 25 days before 01:00 after the run date
+SECONDS = YEAR_DAYS * 86400
+YEAR_MEMBERS = 10 * HISTORIES * 21 // YEAR_DAYS // 10  # a tenth of the window's rows
+
+
+@pytest.fixture(scope="module")
+def year(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    database = f"cpb_gen_year_{os.getpid()}"
+    peers = tmp_path_factory.mktemp("gen") / "peers.json"
+    extra = ["--histories", str(10 * HISTORIES), "--history-days", str(YEAR_DAYS)]
+    try:
+        record = generate(database, peers, *extra, "--stats-days", str(STATS_DAYS))
+        rows = query(
+            database,
+            "SELECT id, member_id, store_id, coupon_status, created_at FROM coupon_histories"
+            " ORDER BY id",
+        )
+        yield database, record, rows
+    finally:
+        query("information_schema", f"DROP DATABASE IF EXISTS {database}")
+
+
+def test_year_ids_follow_time_up_to_five_minutes(year: Any) -> None:
+    _, record, rows = year
+    count = 10 * HISTORIES
+    assert [r[0] for r in rows] == list(range(1, count + 1))
+    places = [FIRST_PLACE + timedelta(seconds=n * SECONDS // count) for n in range(count)]
+    offsets = [(r[4] - place).total_seconds() for r, place in zip(rows, places, strict=True)]
+    assert max(map(abs, offsets)) <= 300
+    assert min(offsets) < -250 and max(offsets) > 250  # the jitter spans both ways
+    # out of id order, at most twice the jitter
+    latest, behind = rows[0][4], []
+    for r in rows:
+        if r[4] < latest:
+            behind.append((latest - r[4]).total_seconds())
+        latest = max(latest, r[4])
+    assert len(behind) > count // 10 and max(behind) <= 600
+    assert record["plan"]["members"] == YEAR_MEMBERS
+    assert {r[1] for r in rows} == set(range(1, YEAR_MEMBERS + 1))
+
+
+def test_year_window_is_the_newest_rows_with_jitter_at_both_ends(year: Any) -> None:
+    _, record, rows = year
+    start, end = WINDOW
+    inside = [r for r in rows if start <= r[4] <= end]
+    after = [r for r in rows if r[4] > end]
+    # the window, then the hour up to 01:00 when the nightly run starts
+    assert all(r[4] <= end + timedelta(hours=1, minutes=5) for r in after)
+    assert 0 < len(after) < 60 and min(r[0] for r in after) > min(r[0] for r in inside)
+    # rows exactly on both ends; ids out of order across both
+    assert [r[4] for r in rows].count(start) >= 1 and [r[4] for r in rows].count(end) >= 1
+    assert min(r[0] for r in inside) < max(r[0] for r in rows if r[4] < start)
+    assert min(r[0] for r in after) < max(r[0] for r in inside)
+    stats = record["expected"]["stats"]
+    assert stats["window_all_rows"] == len(inside)
+    assert stats["window_ids"] == [min(r[0] for r in inside), max(r[0] for r in inside)]
+    assert stats["window_rows"] == sum(1 for r in inside if r[3] == "USED")
+    assert abs(len(inside) - 10 * HISTORIES * 21 / YEAR_DAYS) < 10 * HISTORIES / YEAR_DAYS / 12
+
+
+def test_year_members_favourite_hours_and_eligibility(year: Any) -> None:
+    _, record, rows = year
+    start, end = WINDOW
+    used = [r for r in rows if r[3] == "USED" and start <= r[4] <= end]
+    per_member = Counter(r[1] for r in used if r[2] <= STORES)
+    eligible = sum(1 for count in per_member.values() if count >= 5)
+    assert record["expected"]["stats"]["eligible_members"] == eligible
+    assert 0.5 < eligible / YEAR_MEMBERS < 1
+    hours: dict[int, Counter[int]] = {}
+    for r in used:
+        hours.setdefault(r[1], Counter())[r[4].hour] += 1
+    top = [m for m, c in hours.items() if c.total() >= 10]
+    favourite = [m for m in top if hours[m].most_common(1)[0][0] == 11 + (m - 1) % 10]
+    assert len(favourite) > 0.8 * len(top)
+
+
+def test_year_daily_stats_rows(year: Any) -> None:
+    database, record, _ = year
+    rows = query(
+        database,
+        "SELECT id, member_id, aggregated_at FROM coupon_usage_stats"
+        " WHERE aggregated_at < %s ORDER BY id",
+        (date(2025, 11, 5),),
+    )
+    members = range(1, 2 * FANOUT + 1)
+    days = [date(2025, 11, 4) - timedelta(days=k) for k in range(STATS_DAYS)]
+    daily = [r for r in rows if r[2] < days[-1] or r[0] <= STATS_DAYS * len(members)]
+    # one row a member a day, day after day in id order, from id 1
+    assert [(r[0], r[1], r[2]) for r in daily] == [
+        (i + 1, m, day)
+        for i, (day, m) in enumerate((day, m) for day in reversed(days) for m in members)
+    ]
+    assert record["expected"]["fanout"]["target_members"] == FANOUT

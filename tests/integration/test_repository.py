@@ -69,7 +69,7 @@ async def test_failed_execution_restarts_from_the_step_checkpoint(pool: Pool) ->
     step = await repository.start_step(first, "couponUsageStatsStep")
     assert step.checkpoint is None
     async with pool.acquire() as conn:
-        await repository.commit_chunk(conn, step.id, ChunkCounts(10, 7, 2, 1), 4242)
+        await repository.commit_chunk(conn, step.id, ChunkCounts(10, 7, 2, 1), {"checkpoint": 4242})
     await repository.finish_step(step.id, Status.FAILED, "boom")
     await repository.finish_execution(first.id, Status.FAILED, "boom")
 
@@ -95,7 +95,7 @@ async def test_rerun_after_completion_starts_from_scratch(pool: Pool) -> None:
     first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
     step = await repository.start_step(first, "couponUsageStatsStep")
     async with pool.acquire() as conn:
-        await repository.commit_chunk(conn, step.id, ChunkCounts(1, 1, 0, 0), 99)
+        await repository.commit_chunk(conn, step.id, ChunkCounts(1, 1, 0, 0), {"checkpoint": 99})
     await repository.finish_step(step.id, Status.COMPLETED)
     await repository.finish_execution(first.id, Status.COMPLETED)
 
@@ -108,7 +108,7 @@ async def test_stale_heartbeat_is_abandoned_then_restarted(pool: Pool) -> None:
     first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
     step = await repository.start_step(first, "couponUsageStatsStep")
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await repository.commit_chunk(conn, step.id, ChunkCounts(5, 5, 0, 0), 17)
+        await repository.commit_chunk(conn, step.id, ChunkCounts(5, 5, 0, 0), {"checkpoint": 17})
         await cur.execute(
             "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 121 SECOND"
             " WHERE JOB_EXECUTION_ID = %s",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import AsyncIterator, Iterable
-from datetime import date
+from datetime import date, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,9 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.edges.peers import REGIONS
+from app.jobs.usage_stats import UsageStatsStep
 from app.model import JobExecution
-from app.runtime.job import find_job
+from app.runtime.job import JobContext, find_job
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from tests.samples import SAMPLE_STORES
@@ -542,3 +546,180 @@ async def test_a_rerun_over_an_empty_window_removes_the_dates_rows(
     assert rerun.status == "COMPLETED", rerun.exit_message
     assert counts(rerun) == {"read": 0, "written": 0, "filtered": 0, "skipped": 0}
     assert await stats(pool) == []
+
+
+# ---- the window's ids (issue 14) ---------------------------------------------------
+
+# Slack: WINDOW_SLACK_MINUTES, 60 by default; the window of RUN_DATE is
+# 2025-10-06 00:00:00 .. 2025-10-26 23:59:59.
+HISTORY_FROM, HISTORY_TO = datetime(2025, 8, 1), datetime(2025, 10, 28)
+JITTER = timedelta(minutes=5)
+
+
+def history() -> list[tuple[datetime, tuple]]:
+    """(place in id order, row) for a log whose ids follow created_at, some rows up to
+    5 minutes out of id order, and ISSUED rows every 20 minutes around them (never read).
+
+    - member 1: 10-06 00:00:00 (the window's first second) placed at 10-05 23:55:01, so
+      before rows created at 10-05 23:57; and 4 more rows: 5 rows, hour 0 three times:
+      (1, 노량진동, 0).
+    - member 2: 4 rows, and 10-05 23:57:00 placed after rows created at 10-06 00:00: 4
+      rows in the window, not eligible.
+    - member 3: 10-26 23:59:59 (the window's last second) placed at 10-27 00:04:58, after
+      rows created at 10-27 00:00; and 4 more: (3, 상도동, 23).
+    - member 4: 4 rows, and 10-27 00:00:00 placed at 10-26 23:55:01, before rows created
+      at 10-26 23:59:59: not eligible.
+    - member 5: 5 rows in the window in place, hour 14: (5, 대방동, 14).
+    """
+    later, earlier = JITTER - timedelta(seconds=2), -JITTER + timedelta(seconds=1)
+    rows: list[tuple[datetime, tuple]] = []
+    at = HISTORY_FROM
+    while at < HISTORY_TO:
+        rows.append((at, (999, 1, at, "ISSUED")))
+        at += timedelta(minutes=20)
+
+    def add(member: int, store: int, when: str, shift: timedelta = timedelta()) -> None:
+        created = datetime.fromisoformat(when)
+        rows.append((created + shift, (member, store, created, "USED")))
+
+    add(1, 1, "2025-10-06 00:00:00", earlier)
+    for day, hour in ((10, 0), (11, 0), (12, 9), (13, 9)):
+        add(1, 1, f"2025-10-{day} {hour:02d}:30:00")
+    add(2, 2, "2025-10-05 23:57:00", 4 * JITTER / 5)
+    for day in range(10, 14):
+        add(2, 2, f"2025-10-{day} 12:00:00")
+    add(3, 3, "2025-10-26 23:59:59", later)
+    for day in range(20, 24):
+        add(3, 3, f"2025-10-{day} 23:10:00")
+    add(4, 4, "2025-10-27 00:00:00", earlier)
+    for day in range(20, 24):
+        add(4, 4, f"2025-10-{day} 08:00:00")
+    for day in range(15, 20):
+        add(5, 5, f"2025-10-{day} 14:00:00")
+    return rows
+
+
+HISTORY_EXPECTED = [(1, "노량진동", 0, DAY), (3, "상도동", 23, DAY), (5, "대방동", 14, DAY)]
+
+
+async def add_history(pool: Pool, rows: list[tuple[datetime, tuple]]) -> list[tuple]:
+    """Insert in order of place, so the ids follow it; the rows with their ids."""
+    ordered = [row for _, row in sorted(rows, key=itemgetter(0))]
+    await add_histories(pool, ordered)
+    ids = await fetch_all(pool, "SELECT id, created_at FROM coupon_histories ORDER BY id")
+    assert [at for _, at in ids] == [row[2] for row in ordered]
+    return [(row_id, *row) for (row_id, _), row in zip(ids, ordered, strict=True)]
+
+
+def expected_span(rows: list[tuple]) -> tuple[int, int]:
+    """The ids the window's read should cover: from after the last row created before
+    the window's start - slack to before the first row created after its end + slack."""
+    earliest, latest = datetime(2025, 10, 5, 23), datetime(2025, 10, 27, 0, 59, 59)
+    below = max(row_id for row_id, _, _, at, _ in rows if at < earliest)
+    above = min(row_id for row_id, _, _, at, _ in rows if at > latest)
+    return below + 1, above - 1
+
+
+@pytest.mark.parametrize("read", ["window", "full"])
+@pytest.mark.parametrize("streams", [1, 2])
+async def test_members_in_the_jitter_of_both_ends_of_the_window(
+    pool: Pool,
+    settings: Settings,
+    fake: FakePeers,
+    caplog: pytest.LogCaptureFixture,
+    read: str,
+    streams: int,
+) -> None:
+    rows = await add_history(pool, history())
+    id_of = {(member, at): row_id for row_id, member, _, at, _ in rows if member != 999}
+    # out of id order across both ends of the window
+    assert id_of[1, datetime(2025, 10, 6)] < id_of[2, datetime(2025, 10, 5, 23, 57)]
+    assert id_of[4, datetime(2025, 10, 27)] < id_of[3, datetime(2025, 10, 26, 23, 59, 59)]
+    caplog.set_level(logging.INFO, logger="app.jobs.usage_stats")
+    execution = await run_job(job_settings(settings, fake, STATS_READ=read, READ_STREAMS=streams))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == HISTORY_EXPECTED
+    assert counts(execution) == {"read": 5, "written": 3, "filtered": 2, "skipped": 0}
+    reads = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stats read")]
+    if read == "window":
+        low, high = expected_span(rows)
+        assert high - low < 1600  # 3 weeks of rows every 20 minutes, and 2 hours
+        (message,) = reads
+        pattern = rf"stats read: ids {low}\.\.{high} of coupon_histories \(\d+ rows looked up\)"
+        assert re.fullmatch(pattern, message), message
+    else:
+        assert reads == []
+
+
+async def test_a_row_out_of_place_beyond_the_slack_is_read_by_the_full_scan_only(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """The window's read reads the window's ids and nothing else: a row created in the
+    window among the oldest ids (a backfill) is not read; STATS_READ=full reads it."""
+    rows = history()
+    rows.append((datetime(2025, 8, 2), (6, 6, datetime(2025, 10, 15, 7), "USED")))
+    rows += [(at, (6, 6, at, "USED")) for at in (datetime(2025, 10, d, 7) for d in range(16, 20))]
+    await add_history(pool, rows)
+    window_run = await run_job(job_settings(settings, fake))
+    assert window_run.status == "COMPLETED", window_run.exit_message
+    assert await stats(pool) == HISTORY_EXPECTED  # member 6: 4 rows read
+    full_run = await run_job(job_settings(settings, fake, STATS_READ="full"))
+    assert full_run.status == "COMPLETED", full_run.exit_message
+    assert await stats(pool) == [*HISTORY_EXPECTED, (6, "신대방동", 7, DAY)]
+
+
+async def read_plan(settings: Settings) -> list[tuple[str, str | None, list]]:
+    """The stats step's read queries from the first member on: (EXPLAIN's access type,
+    its key, the query's arguments beside the window's)."""
+    async with open_resources(settings, broker=False) as resources:
+        step = UsageStatsStep(JobContext(resources, 0, {"runDate": RUN_DATE}))
+        plan = []
+        for bounds in await step.shares():
+            sql, args = step._query(bounds, None)
+            [explained] = await fetch_all(resources.pool, "EXPLAIN " + sql, args)
+            plan.append((explained[3], explained[5], args[2:]))
+        return plan
+
+
+async def test_the_window_is_read_over_the_primary_key(pool: Pool, settings: Settings) -> None:
+    rows = await add_history(pool, history())
+    low, high = expected_span(rows)
+    cut = low + (high - low + 1) // 2
+    job = make_settings(DB_URL=settings.DB_URL, READ_STREAMS=2)
+    assert await read_plan(job) == [
+        ("range", "PRIMARY", [low, cut]),
+        ("range", "PRIMARY", [cut, high + 1]),
+    ]
+
+
+async def test_an_index_on_created_at_is_used(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """Ids in no order of time at all: with an index on created_at, the window's time is
+    shared between the streams and the server ranges over the index."""
+    rows = history()
+    # a whole year of older rows, so that the index is worth its lookups to the server
+    rows += [
+        (at, (999, 1, at, "ISSUED"))
+        for at in (HISTORY_FROM - timedelta(hours=h) for h in range(1, 8760))
+    ]
+    shuffled = [
+        (datetime(2000, 1, 1) + timedelta(seconds=(k * 7919) % len(rows)), row)
+        for k, (_, row) in enumerate(sorted(rows, key=itemgetter(0)))
+    ]
+    await add_history(pool, shuffled)
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("ALTER TABLE coupon_histories ADD INDEX by_time (created_at)")
+        try:
+            await cur.execute("ANALYZE TABLE coupon_histories")
+            job = make_settings(DB_URL=settings.DB_URL, READ_STREAMS=2)
+            middle = datetime(2025, 10, 16, 11, 59, 59)
+            assert await read_plan(job) == [
+                ("range", "by_time", [middle]),
+                ("range", "by_time", [middle]),
+            ]
+            execution = await run_job(job_settings(settings, fake, READ_STREAMS=2))
+            assert execution.status == "COMPLETED", execution.exit_message
+            assert await stats(pool) == HISTORY_EXPECTED
+        finally:
+            await cur.execute("ALTER TABLE coupon_histories DROP INDEX by_time")

@@ -23,7 +23,8 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.model import Status
 from app.repository import JobRepository
-from app.runtime.launcher import Launcher, find_job
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from app.web.app import LAUNCHER, create_app
 from tests.settings import TEST_JWT_KEY, make_settings
@@ -331,7 +332,7 @@ async def test_recent_executions_of_every_job_newest_first_by_status(
     now = datetime(2025, 10, 26, 10, 0)
 
     async def start(job: str, **raw: str) -> int:
-        spec = find_job(job)
+        spec = find_job(JOBS, job)
         execution = await repository.start_execution(
             spec.name, spec.parse(raw, now), rerun_completed=True
         )

@@ -213,3 +213,15 @@ def test_bad_tls_settings_are_named_on_one_line(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as error:
             load(env)
         assert str(error.value) == f"invalid configuration: {expected}"
+
+
+def test_the_stats_read_settings() -> None:
+    settings = load({})
+    assert (settings.STATS_READ, settings.WINDOW_SLACK_MINUTES) == ("window", 60)
+    assert load({"STATS_READ": "full", "WINDOW_SLACK_MINUTES": "0"}).STATS_READ == "full"
+    with pytest.raises(ConfigError) as error:
+        load({"STATS_READ": "scan", "WINDOW_SLACK_MINUTES": "-1"})
+    assert str(error.value) == (
+        "invalid configuration: STATS_READ expected window or full;"
+        " WINDOW_SLACK_MINUTES must be 0 or more"
+    )

@@ -12,6 +12,7 @@ from app.jobs.usage_stats import (
     hour_of,
     id_ranges,
     parse,
+    time_ranges,
     window,
 )
 from app.runtime.parameters import ParameterError
@@ -286,3 +287,29 @@ def test_id_ranges_cover_every_id_once(
     low: int, high: int, parts: int, expected: list[tuple[int | None, int | None]]
 ) -> None:
     assert id_ranges(low, high, parts) == expected
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "parts", "ends", "expected"),
+    [
+        (40, 99, 2, (40, None), [(40, 70), (70, None)]),
+        (40, 99, 3, (40, 100), [(40, 60), (60, 80), (80, 100)]),
+        (40, 40, 3, (40, 41), [(40, 41)]),
+        (40, 41, 3, (40, 42), [(40, 41), (41, 42)]),
+    ],
+)
+def test_id_ranges_of_a_span_start_and_end_on_its_ends(
+    low: int, high: int, parts: int, ends: tuple, expected: list[tuple]
+) -> None:
+    assert id_ranges(low, high, parts, ends) == expected
+
+
+def test_time_ranges_split_the_window_to_the_second() -> None:
+    start, end = datetime(2025, 10, 6), datetime(2025, 10, 26, 23, 59, 59)
+    assert time_ranges(start, end, 1) == [(None, None)]
+    assert time_ranges(start, end, 2) == [
+        (None, datetime(2025, 10, 16, 11, 59, 59)),
+        (datetime(2025, 10, 16, 11, 59, 59), None),
+    ]
+    assert len(time_ranges(start, end, 3)) == 3
+    assert time_ranges(start, start, 3) == [(None, None)]
