@@ -17,9 +17,8 @@ from typing import Any
 
 from asyncmy.connection import Connection
 from asyncmy.errors import IntegrityError
-from asyncmy.pool import Pool
 
-from app.edges.db import fetch_all, transaction
+from app.edges.db import DbPool, fetch_all, transaction
 from app.model import (
     RUNNING,
     AlreadyComplete,
@@ -33,6 +32,11 @@ from app.model import (
 
 _MESSAGE_LIMIT = 2500  # EXIT_MESSAGE and SHORT_CONTEXT are VARCHAR(2500)
 _RUNNING_SQL = "(" + ", ".join(f"'{status.value}'" for status in RUNNING) + ")"
+
+
+class AlreadyCommitted(Exception):
+    """This chunk's commit took effect already: an earlier attempt's COMMIT applied though
+    its answer was lost (a stall). The retry's transaction rolls back, its writes with it."""
 
 
 class LeaseLost(Exception):
@@ -96,7 +100,7 @@ def _step_from_row(row: tuple) -> StepExecution:
 
 
 class JobRepository:
-    def __init__(self, pool: Pool, *, abandon_after_seconds: int) -> None:
+    def __init__(self, pool: DbPool, *, abandon_after_seconds: int) -> None:
         self.pool = pool
         self.abandon_after_seconds = abandon_after_seconds
         self._clock: timezone | None = None
@@ -218,7 +222,7 @@ class JobRepository:
         """Renew the execution's lease (LAST_UPDATED) while it is alive; its status, in
         which the runner reads a stop request (STOPPING) or a lost lease (anything not
         running: another replica found the heartbeat stale and took the instance over)."""
-        async with self.pool.acquire() as conn, conn.cursor() as cur:
+        async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(
                 "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6)"
                 f" WHERE JOB_EXECUTION_ID = %s AND STATUS IN {_RUNNING_SQL}",
@@ -234,7 +238,7 @@ class JobRepository:
     async def mark_started(self, execution_id: int) -> bool:
         """A queued (STARTING) execution got its slot: STARTED now. False if it was asked
         to stop meanwhile."""
-        async with self.pool.acquire() as conn, conn.cursor() as cur:
+        async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(
                 "UPDATE BATCH_JOB_EXECUTION SET STATUS = 'STARTED', START_TIME = NOW(6),"
                 " LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
@@ -351,22 +355,44 @@ class JobRepository:
         )
 
     async def commit_chunk(
-        self, conn: Connection, step_id: int, counts: ChunkCounts, context: dict[str, Any]
+        self,
+        conn: Connection,
+        step_id: int,
+        counts: ChunkCounts,
+        context: dict[str, Any],
+        commits_before: int,
     ) -> None:
         """Record a chunk's counts and the step's context (its checkpoint) inside the
-        caller's (the chunk's) transaction. The step's STARTED status is the fence: once
-        another replica has taken the execution over, this raises LeaseLost and the
-        chunk's transaction rolls back, its writes with it."""
+        caller's (the chunk's) transaction. Two fences: the step still STARTED (once
+        another replica has taken the execution over, LeaseLost), and its COMMIT_COUNT
+        still `commits_before` (an attempt whose answer was lost may have committed the
+        chunk already: AlreadyCommitted). Either way the chunk's transaction rolls back,
+        its writes with it, so a chunk counts and writes once."""
         async with conn.cursor() as cur:
             await cur.execute(
                 "UPDATE BATCH_STEP_EXECUTION SET READ_COUNT = READ_COUNT + %s,"
                 " WRITE_COUNT = WRITE_COUNT + %s, FILTER_COUNT = FILTER_COUNT + %s,"
                 " PROCESS_SKIP_COUNT = PROCESS_SKIP_COUNT + %s, COMMIT_COUNT = COMMIT_COUNT + 1,"
                 " VERSION = VERSION + 1, LAST_UPDATED = NOW(6)"
-                " WHERE STEP_EXECUTION_ID = %s AND STATUS = 'STARTED'",
-                (counts.read, counts.written, counts.filtered, counts.skipped, step_id),
+                " WHERE STEP_EXECUTION_ID = %s AND STATUS = 'STARTED' AND COMMIT_COUNT = %s",
+                (
+                    counts.read,
+                    counts.written,
+                    counts.filtered,
+                    counts.skipped,
+                    step_id,
+                    commits_before,
+                ),
             )
             if not cur.rowcount:
+                await cur.execute(
+                    "SELECT STATUS, COMMIT_COUNT FROM BATCH_STEP_EXECUTION"
+                    " WHERE STEP_EXECUTION_ID = %s",
+                    (step_id,),
+                )
+                status, commits = await cur.fetchone()
+                if status == Status.STARTED and commits > commits_before:
+                    raise AlreadyCommitted(f"step execution {step_id}: commit {commits} exists")
                 raise LeaseLost(
                     f"step execution {step_id} is no longer STARTED here: another replica took"
                     " its execution over (no heartbeat for JOB_ABANDON_AFTER_SECONDS)"
@@ -467,5 +493,5 @@ class JobRepository:
         return list(executions.values())
 
     async def _execute(self, sql: str, args: tuple) -> None:
-        async with self.pool.acquire() as conn, conn.cursor() as cur:
+        async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(sql, args)

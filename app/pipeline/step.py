@@ -9,10 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from asyncmy.pool import Pool
-
 from app.config import StepPolicy
-from app.edges.db import transaction
+from app.edges.db import DbPool, transaction
 from app.metrics import ITEMS, QUEUE_DEPTH
 from app.model import ChunkCounts, StepExecution
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
@@ -20,7 +18,7 @@ from app.pipeline.enrich import Skipped, enrich
 from app.pipeline.retry import retrying
 from app.pipeline.sink import commit_in_order
 from app.pipeline.source import Entry, feed
-from app.repository import JobRepository
+from app.repository import AlreadyCommitted, JobRepository
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ class StepRunner:
         *,
         job_name: str,
         repository: JobRepository,
-        pool: Pool,
+        pool: DbPool,
         policy: StepPolicy,
         progress: StepProgress | None = None,
         stop: asyncio.Event | None = None,
@@ -150,12 +148,22 @@ class StepRunner:
     async def _commit_once(
         self, step_id: int, chunk: Chunk[Any], processed: Processed[Any] | None, counts: ChunkCounts
     ) -> None:
-        async with transaction(self.pool) as conn:
-            # Even when every item was filtered: a writer may have to remove what an
-            # earlier run of the same instance wrote for them. Not for a skipped chunk.
-            if processed is not None:
-                await self.definition.writer.write(conn, processed.output)
-            await self.repository.commit_chunk(conn, step_id, counts, self._context(chunk))
+        try:
+            async with transaction(self.pool) as conn:
+                # Even when every item was filtered: a writer may have to remove what an
+                # earlier run of the same instance wrote for them. Not for a skipped chunk.
+                if processed is not None:
+                    await self.definition.writer.write(conn, processed.output)
+                await self.repository.commit_chunk(
+                    conn, step_id, counts, self._context(chunk), self.progress.commits
+                )
+        except AlreadyCommitted:
+            log.warning(
+                "step %s: the chunk up to checkpoint %s had committed already (its answer was"
+                " lost); not committed again",
+                self.definition.name,
+                chunk.checkpoint,
+            )
 
     def _context(self, chunk: Chunk[Any]) -> dict[str, Any]:
         """The step's context as of this chunk: its checkpoint, the first skipped items'

@@ -10,9 +10,9 @@ import pytest
 from asyncmy.pool import Pool
 
 from app.config import Settings
-from app.edges.db import fetch_all, open_pool
+from app.edges.db import fetch_all, open_pool, transaction
 from app.model import AlreadyComplete, AlreadyRunning, ChunkCounts, JobParameter, Status
-from app.repository import JobRepository, job_key
+from app.repository import AlreadyCommitted, JobRepository, job_key
 
 JOB = "couponUsageStatsJob"
 PARAMS = [JobParameter("runDate", "java.time.LocalDate", "2025-10-31")]
@@ -69,7 +69,9 @@ async def test_failed_execution_restarts_from_the_step_checkpoint(pool: Pool) ->
     step = await repository.start_step(first, "couponUsageStatsStep")
     assert step.checkpoint is None
     async with pool.acquire() as conn:
-        await repository.commit_chunk(conn, step.id, ChunkCounts(10, 7, 2, 1), {"checkpoint": 4242})
+        await repository.commit_chunk(
+            conn, step.id, ChunkCounts(10, 7, 2, 1), {"checkpoint": 4242}, 0
+        )
     await repository.finish_step(step.id, Status.FAILED, "boom")
     await repository.finish_execution(first.id, Status.FAILED, "boom")
 
@@ -95,7 +97,7 @@ async def test_rerun_after_completion_starts_from_scratch(pool: Pool) -> None:
     first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
     step = await repository.start_step(first, "couponUsageStatsStep")
     async with pool.acquire() as conn:
-        await repository.commit_chunk(conn, step.id, ChunkCounts(1, 1, 0, 0), {"checkpoint": 99})
+        await repository.commit_chunk(conn, step.id, ChunkCounts(1, 1, 0, 0), {"checkpoint": 99}, 0)
     await repository.finish_step(step.id, Status.COMPLETED)
     await repository.finish_execution(first.id, Status.COMPLETED)
 
@@ -108,7 +110,7 @@ async def test_stale_heartbeat_is_abandoned_then_restarted(pool: Pool) -> None:
     first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
     step = await repository.start_step(first, "couponUsageStatsStep")
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await repository.commit_chunk(conn, step.id, ChunkCounts(5, 5, 0, 0), {"checkpoint": 17})
+        await repository.commit_chunk(conn, step.id, ChunkCounts(5, 5, 0, 0), {"checkpoint": 17}, 0)
         await cur.execute(
             "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 121 SECOND"
             " WHERE JOB_EXECUTION_ID = %s",
@@ -176,3 +178,28 @@ async def test_concurrent_launches_of_different_instances_all_start(pool: Pool) 
         pool, "SELECT COUNT(*), COUNT(DISTINCT JOB_INSTANCE_ID) FROM BATCH_JOB_EXECUTION"
     )
     assert rows == [(40, 20)]
+
+
+async def test_a_chunk_whose_commit_applied_unseen_is_not_committed_twice(pool: Pool) -> None:
+    """A COMMIT whose answer a stall swallowed may still have applied: the retry finds
+    COMMIT_COUNT past what it expects, and its transaction (its writes too) rolls back."""
+    repository = repo(pool)
+    execution = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    step = await repository.start_step(execution, "couponUsageStatsStep")
+    insert = (
+        "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at)"
+        " VALUES (1, 'x', 1, '2025-10-31')"
+    )
+    for attempt in range(2):
+        try:
+            async with transaction(pool) as conn, conn.cursor() as cur:
+                await cur.execute(insert)
+                await repository.commit_chunk(
+                    conn, step.id, ChunkCounts(3, 1, 2, 0), {"checkpoint": 3}, 0
+                )
+        except AlreadyCommitted:
+            assert attempt == 1
+    [(rows,)] = await fetch_all(pool, "SELECT COUNT(*) FROM coupon_usage_stats")
+    assert rows == 1
+    [recorded] = (await repository.get_execution(execution.id)).steps  # type: ignore[union-attr]
+    assert (recorded.read_count, recorded.commit_count, recorded.checkpoint) == (3, 1, 3)

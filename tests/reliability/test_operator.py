@@ -200,7 +200,7 @@ async def test_the_lease_fences_a_runner_whose_instance_was_taken_over(pool: Poo
                 " VALUES (1, 'x', 1, %s)",
                 (STATS_RUN_DATE,),
             )
-            await old.commit_chunk(conn, step.id, ChunkCounts(1, 1, 0, 0), {"checkpoint": 1})
+            await old.commit_chunk(conn, step.id, ChunkCounts(1, 1, 0, 0), {"checkpoint": 1}, 0)
     assert await stats(pool) == []
     await old.finish_execution(execution.id, Status.COMPLETED)  # not over the takeover's
     assert await status_of(pool, execution.id) == "FAILED"
