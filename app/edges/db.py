@@ -38,7 +38,8 @@ _STREAM_WRITE_TIMEOUT_SECONDS = 3600
 
 # Closing the pool on shutdown: how long its connections may take to come back and say
 # QUIT before the pool closes them without a word.
-_POOL_CLOSE_SECONDS = 5.0
+_POOL_CLOSE_SECONDS = 2.0
+_POOL_TERMINATE_SECONDS = 1.0
 
 
 # Every rule that must be serialized locks a row for it (a launch locks its job
@@ -179,7 +180,7 @@ async def _close_pool(pool: DbPool) -> None:
         )
     pool.terminate()
     try:
-        async with asyncio.timeout(_POOL_CLOSE_SECONDS):
+        async with asyncio.timeout(_POOL_TERMINATE_SECONDS):
             await pool.wait_closed()
     except TimeoutError:
         log.warning("database pool on %s left unclosed", pool.deadline.address)

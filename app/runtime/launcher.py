@@ -33,7 +33,7 @@ from app.runtime.resources import Resources
 log = logging.getLogger(__name__)
 
 # Once the shutdown's grace is over, recording what the runs came to may take this long.
-_RECORD_AFTER_GRACE_SECONDS = 5.0
+_RECORD_AFTER_GRACE_SECONDS = 3.0
 
 
 class ShuttingDown(RuntimeError):
@@ -359,6 +359,7 @@ class Launcher:
                             time.monotonic() - renewed,
                         )
                         run.request_stop("lease lost: the heartbeat could not be renewed")
+                        return
                     continue
                 renewed = time.monotonic()
                 if status == Status.STOPPING:

@@ -22,6 +22,7 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.repository import JobRepository
+from tests.proxy import FaultProxy, through
 from tests.settings import TEST_JWT_KEY, TEST_JWT_SECRET
 
 RUN_DATE = "2025-10-26"
@@ -199,6 +200,88 @@ async def test_sigterm_during_a_run_stops_it_restartably_and_a_later_launch_resu
     assert resumed["status"] == "COMPLETED"
     # it read only what the stopped execution had not committed
     assert resumed["readCount"] == len(MEMBERS) - step.read_count
+    written = await fetch_all(
+        pool,
+        "SELECT COUNT(*), COUNT(DISTINCT member_id) FROM coupon_usage_stats"
+        " WHERE aggregated_at = %s",
+        (RUN_DATE,),
+    )
+    assert tuple(written[0]) == (len(MEMBERS), len(MEMBERS))
+
+
+async def test_sigterm_during_a_database_stall_exits_within_the_grace_and_says_so(
+    settings: Settings,
+    pool: Pool,
+    fake: FakePeers,
+    vhost: str,
+    tmp_path: Path,
+    db_proxy: FaultProxy,
+) -> None:
+    """Before: the process lived 61 s past a 10 s grace (recording the outcome had no
+    deadline) and never exited if the stall never ended. Now: the grace, 5 s to record,
+    the pool's bounded close; it says what it could not record and exits 1, and the next
+    launch recovers the instance by the lease."""
+    await add_members(pool)
+    fake.control.latency_ms = 200
+    env = {
+        "SCHEDULER_ENABLED": "false",
+        "CHUNK_SIZE": "2",
+        "ENRICH_WORKERS": "1",
+        "QUEUE_SIZE": "1",
+        "SHUTDOWN_GRACE_SECONDS": "3",
+        "DB_STALL_SECONDS": "30",
+        "JOB_ABANDON_AFTER_SECONDS": "4",
+        "HEARTBEAT_SECONDS": "0.5",
+    }
+    through_proxy = through(settings, db=db_proxy)
+    async with (
+        serve(through_proxy, fake, vhost, tmp_path / "stalled.log", **env) as daemon,
+        aiohttp.ClientSession(daemon.url, headers=admin_headers()) as http,
+    ):
+        async with http.post(f"{STATS}?runDate={RUN_DATE}") as resp:
+            assert resp.status == 202
+            execution_id = (await resp.json())["executionId"]
+        async with asyncio.timeout(20):
+            while True:
+                async with http.get(f"/api/v1/jobs/executions/{execution_id}") as resp:
+                    if (await resp.json())["commitCount"] >= 1:
+                        break
+                await asyncio.sleep(0.05)
+        db_proxy.stall()
+        started = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            code = await daemon.process.wait()
+        lived = time.monotonic() - started
+    log = daemon.log_text()
+    assert code == 1, log
+    assert lived < 3 + 3 + 3 + 3, f"lived {lived:.1f} s after SIGTERM"  # grace, record, close
+    assert "outcome(s) could not be recorded" in log
+    db_proxy.resume()
+
+    await asyncio.sleep(4)  # past JOB_ABANDON_AFTER_SECONDS: the lease has run out
+    repository = JobRepository(pool, abandon_after_seconds=4)
+    stale = await repository.get_execution(execution_id)
+    assert stale is not None and stale.status == "STARTED"  # what the stall left
+    fake.control.latency_ms = 0
+    async with (
+        serve(settings, fake, vhost, tmp_path / "recovered.log", **env) as daemon,
+        aiohttp.ClientSession(daemon.url, headers=admin_headers()) as http,
+    ):
+        async with http.post(f"{STATS}?runDate={RUN_DATE}") as resp:
+            assert resp.status == 202, await resp.text()
+            recovered_id = (await resp.json())["executionId"]
+        async with asyncio.timeout(20):
+            while True:
+                async with http.get(f"/api/v1/jobs/executions/{recovered_id}") as resp:
+                    recovered = await resp.json()
+                if recovered["status"] not in ("STARTING", "STARTED"):
+                    break
+                await asyncio.sleep(0.05)
+    assert recovered["status"] == "COMPLETED"
+    abandoned = await repository.get_execution(execution_id)
+    assert abandoned is not None and abandoned.status == "FAILED"
+    assert abandoned.exit_message.startswith("abandoned: no heartbeat for")
     written = await fetch_all(
         pool,
         "SELECT COUNT(*), COUNT(DISTINCT member_id) FROM coupon_usage_stats"

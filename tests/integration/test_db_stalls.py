@@ -186,7 +186,7 @@ async def test_closing_the_pool_during_a_stall_closes_even_a_connection_still_he
     assert not held.connected
     assert (pool.size, pool.freesize) == (0, 0)
     assert warnings_of(caplog) == [
-        f"database pool on 127.0.0.1:{db_proxy.port} not closed within 5 s;"
+        f"database pool on 127.0.0.1:{db_proxy.port} not closed within 2 s;"
         " closing its connections at once"
     ]
 
