@@ -361,3 +361,28 @@ async def test_a_30_date_backlog_runs_within_the_connection_bound(
         f"\n30-date backlog: peak {peak_connections} database connections (bound 16);"
         f" RSS idle {idle:.0f} MB, peak {peak_rss:.0f} MB, after {after:.0f} MB"
     )
+
+
+async def test_an_outcome_is_recorded_once_the_database_answers_again(
+    pool: Pool, settings: Settings, db_proxy: FaultProxy
+) -> None:
+    """Before: after a database drop the run logged FAILED but its row stayed STARTED,
+    and every launch was refused as running for minutes. Now the outcome is recorded with
+    retries while the database is away (within the lease)."""
+    world = stats_world(200)
+    await world.load(pool)
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
+        store.control.latency_ms = 20
+        job = stats_settings(settings, store, CHUNK_SIZE=20, RETRY_BUDGET_SECONDS=0.5)
+        a = await replica(stack, through(job, db=db_proxy), broker=False)
+        run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
+        assert run.task is not None
+        await after_commits(run, 2)
+        async with db_proxy.outage():  # the database away: every connection reset, refused
+            store.control.update({"fail_status": 503, "fail_times": -1})  # the step fails
+            await asyncio.sleep(3)
+            assert not run.task.done()  # still trying to record its outcome
+        await run.task
+    assert a.launcher.unrecorded == 0
+    assert await status_of(pool, run.execution.id) == "FAILED"
