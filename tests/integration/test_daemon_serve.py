@@ -111,6 +111,37 @@ async def serve(
                 await process.wait()
 
 
+async def until_committed(http: aiohttp.ClientSession, execution_id: int) -> None:
+    """Until a chunk is committed: there is a checkpoint to resume from."""
+    async with asyncio.timeout(20):
+        while True:
+            async with http.get(f"/api/v1/jobs/executions/{execution_id}") as resp:
+                if (await resp.json())["commitCount"] >= 1:
+                    return
+            await asyncio.sleep(0.05)
+
+
+async def until_finished(http: aiohttp.ClientSession, execution_id: int) -> dict:
+    async with asyncio.timeout(20):
+        while True:
+            async with http.get(f"/api/v1/jobs/executions/{execution_id}") as resp:
+                execution = await resp.json()
+            if execution["status"] not in ("STARTING", "STARTED"):
+                return execution
+            await asyncio.sleep(0.05)
+
+
+async def rows_of_the_date(pool: Pool) -> tuple[int, int]:
+    """Rows of RUN_DATE in coupon_usage_stats, and distinct members among them."""
+    [(rows, members)] = await fetch_all(
+        pool,
+        "SELECT COUNT(*), COUNT(DISTINCT member_id) FROM coupon_usage_stats"
+        " WHERE aggregated_at = %s",
+        (RUN_DATE,),
+    )
+    return rows, members
+
+
 async def add_members(pool: Pool) -> None:
     rows = [(m, STORE_OF[m], f"2025-10-2{i} 1{m % 10}:00:00") for m in MEMBERS for i in range(5)]
     async with pool.acquire() as conn, conn.cursor() as cur:
@@ -162,12 +193,7 @@ async def test_sigterm_during_a_run_stops_it_restartably_and_a_later_launch_resu
         async with http.post(f"{STATS}?runDate={RUN_DATE}") as resp:
             assert resp.status == 202
             first_id = (await resp.json())["executionId"]
-        async with asyncio.timeout(20):
-            while True:  # until a chunk is committed: there is a checkpoint to resume from
-                async with http.get(f"/api/v1/jobs/executions/{first_id}") as resp:
-                    if (await resp.json())["commitCount"] >= 1:
-                        break
-                await asyncio.sleep(0.05)
+        await until_committed(http, first_id)
         assert await daemon.stop() == 0
     assert "scheduler disabled" in daemon.log_text()
 
@@ -188,25 +214,13 @@ async def test_sigterm_during_a_run_stops_it_restartably_and_a_later_launch_resu
         async with http.post(f"{STATS}?runDate={RUN_DATE}") as resp:
             assert resp.status == 202
             second_id = (await resp.json())["executionId"]
-        async with asyncio.timeout(20):
-            while True:
-                async with http.get(f"/api/v1/jobs/executions/{second_id}") as resp:
-                    resumed = await resp.json()
-                if resumed["status"] != "STARTED":
-                    break
-                await asyncio.sleep(0.05)
+        resumed = await until_finished(http, second_id)
         assert await daemon.stop() == 0
 
     assert resumed["status"] == "COMPLETED"
     # it read only what the stopped execution had not committed
     assert resumed["readCount"] == len(MEMBERS) - step.read_count
-    written = await fetch_all(
-        pool,
-        "SELECT COUNT(*), COUNT(DISTINCT member_id) FROM coupon_usage_stats"
-        " WHERE aggregated_at = %s",
-        (RUN_DATE,),
-    )
-    assert tuple(written[0]) == (len(MEMBERS), len(MEMBERS))
+    assert await rows_of_the_date(pool) == (len(MEMBERS), len(MEMBERS))
 
 
 async def test_sigterm_during_a_database_stall_exits_within_the_grace_and_says_so(
@@ -218,7 +232,7 @@ async def test_sigterm_during_a_database_stall_exits_within_the_grace_and_says_s
     db_proxy: FaultProxy,
 ) -> None:
     """Before: the process lived 61 s past a 10 s grace (recording the outcome had no
-    deadline) and never exited if the stall never ended. Now: the grace, 5 s to record,
+    deadline) and never exited if the stall never ended. Now: the grace, 3 s to record,
     the pool's bounded close; it says what it could not record and exits 1, and the next
     launch recovers the instance by the lease."""
     await add_members(pool)
@@ -241,12 +255,7 @@ async def test_sigterm_during_a_database_stall_exits_within_the_grace_and_says_s
         async with http.post(f"{STATS}?runDate={RUN_DATE}") as resp:
             assert resp.status == 202
             execution_id = (await resp.json())["executionId"]
-        async with asyncio.timeout(20):
-            while True:
-                async with http.get(f"/api/v1/jobs/executions/{execution_id}") as resp:
-                    if (await resp.json())["commitCount"] >= 1:
-                        break
-                await asyncio.sleep(0.05)
+        await until_committed(http, execution_id)
         db_proxy.stall()
         started = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
@@ -271,21 +280,9 @@ async def test_sigterm_during_a_database_stall_exits_within_the_grace_and_says_s
         async with http.post(f"{STATS}?runDate={RUN_DATE}") as resp:
             assert resp.status == 202, await resp.text()
             recovered_id = (await resp.json())["executionId"]
-        async with asyncio.timeout(20):
-            while True:
-                async with http.get(f"/api/v1/jobs/executions/{recovered_id}") as resp:
-                    recovered = await resp.json()
-                if recovered["status"] not in ("STARTING", "STARTED"):
-                    break
-                await asyncio.sleep(0.05)
+        recovered = await until_finished(http, recovered_id)
     assert recovered["status"] == "COMPLETED"
     abandoned = await repository.get_execution(execution_id)
     assert abandoned is not None and abandoned.status == "FAILED"
     assert abandoned.exit_message.startswith("abandoned: no heartbeat for")
-    written = await fetch_all(
-        pool,
-        "SELECT COUNT(*), COUNT(DISTINCT member_id) FROM coupon_usage_stats"
-        " WHERE aggregated_at = %s",
-        (RUN_DATE,),
-    )
-    assert tuple(written[0]) == (len(MEMBERS), len(MEMBERS))
+    assert await rows_of_the_date(pool) == (len(MEMBERS), len(MEMBERS))
