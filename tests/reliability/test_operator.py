@@ -13,7 +13,7 @@ from asyncmy.pool import Pool
 
 from app.composition import JOBS
 from app.config import Settings
-from app.devtools.fake_peers import run_fake_peers
+from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all, transaction
 from app.model import ChunkCounts, JobParameter, Status
 from app.repository import JobRepository, LeaseLost
@@ -29,6 +29,7 @@ from tests.proxy import FaultProxy, through
 from tests.reliability.support import (
     FANOUT_PARAMETERS,
     STATS_RUN_DATE,
+    StatsWorld,
     after_commits,
     drain,
     fanout_world,
@@ -57,6 +58,30 @@ async def replica(stack: AsyncExitStack, settings: Settings, *, broker: bool) ->
     stack.push_async_callback(launcher.shutdown, 10)
     api = await stack.enter_async_context(TestClient(TestServer(create_app(launcher, {}))))
     return Replica(launcher, api)
+
+
+@dataclass
+class StatsSetup:
+    world: StatsWorld
+    store: FakePeers
+    job: Settings  # the stats job's settings over the world's store service
+
+
+async def stats_setup(
+    stack: AsyncExitStack,
+    pool: Pool,
+    settings: Settings,
+    members: int,
+    *,
+    latency_ms: float = 0,
+    **overrides: object,
+) -> StatsSetup:
+    """A stats world loaded, its fake store service answering in `latency_ms`."""
+    world = stats_world(members)
+    await world.load(pool)
+    store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
+    store.control.latency_ms = latency_ms
+    return StatsSetup(world, store, stats_settings(settings, store, **overrides))
 
 
 async def status_of(pool: Pool, execution_id: int) -> str:
@@ -121,11 +146,9 @@ async def test_a_fanout_stopped_through_another_replica_then_restarted_delivers_
 async def test_restart_stop_and_abandon_refuse_what_does_not_apply(
     pool: Pool, settings: Settings
 ) -> None:
-    world = stats_world(30)
-    await world.load(pool)
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
-        a = await replica(stack, stats_settings(settings, store), broker=False)
+        setup = await stats_setup(stack, pool, settings, 30)
+        a = await replica(stack, setup.job, broker=False)
         done = await a.launcher.run(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
         assert done.status == "COMPLETED"
         url = f"/api/v1/jobs/executions/{done.id}"
@@ -147,17 +170,15 @@ async def test_restart_stop_and_abandon_refuse_what_does_not_apply(
 async def test_an_abandoned_execution_is_never_restarted_and_its_instance_starts_over(
     pool: Pool, settings: Settings
 ) -> None:
-    world = stats_world(300)
-    await world.load(pool)
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
-        store.control.latency_ms = 20
-        job = stats_settings(settings, store, CHUNK_SIZE=25, RETRY_BUDGET_SECONDS=0.3)
-        a = await replica(stack, job, broker=False)
+        setup = await stats_setup(
+            stack, pool, settings, 300, latency_ms=20, CHUNK_SIZE=25, RETRY_BUDGET_SECONDS=0.3
+        )
+        a = await replica(stack, setup.job, broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
         assert run.task is not None
         await after_commits(run, 3)
-        store.control.update({"fail_status": 503, "fail_times": -1})
+        setup.store.control.update({"fail_status": 503, "fail_times": -1})
         await run.task
         failed = await a.launcher.repository.get_execution(run.execution.id)
         assert failed is not None and failed.status == "FAILED"
@@ -174,11 +195,11 @@ async def test_an_abandoned_execution_is_never_restarted_and_its_instance_starts
         )
         assert (await a.api.post(f"{url}/restart", headers=bearer())).status == 409
 
-        store.control.update({"fail_status": None})
+        setup.store.control.update({"fail_status": None})
         fresh = await a.launcher.run(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
     assert fresh.status == "COMPLETED" and fresh.instance_id == failed.instance_id
-    assert fresh.steps[0].read_count == world.members  # from scratch, not the checkpoint
-    assert await stats(pool) == world.expected
+    assert fresh.steps[0].read_count == setup.world.members  # from scratch, not the checkpoint
+    assert await stats(pool) == setup.world.expected
 
 
 async def test_the_lease_fences_a_runner_whose_instance_was_taken_over(pool: Pool) -> None:
@@ -213,15 +234,11 @@ async def test_a_stalled_runner_loses_its_lease_and_writes_nothing_after_the_tak
     """Replica A reaches the database through a proxy that stalls; replica B finds A's
     heartbeat stale, takes the instance over and completes it; when A's bytes flow again,
     A commits nothing more."""
-    world = stats_world(400)
-    await world.load(pool)
     lease = {"JOB_ABANDON_AFTER_SECONDS": 2, "HEARTBEAT_SECONDS": 0.2, "CHUNK_SIZE": 20}
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
-        store.control.latency_ms = 20
-        job = stats_settings(settings, store, **lease)
-        a = await replica(stack, through(job, db=db_proxy), broker=False)
-        b = await replica(stack, job, broker=False)
+        setup = await stats_setup(stack, pool, settings, 400, latency_ms=20, **lease)
+        a = await replica(stack, through(setup.job, db=db_proxy), broker=False)
+        b = await replica(stack, setup.job, broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
         assert run.task is not None
         await after_commits(run, 3)
@@ -245,19 +262,17 @@ async def test_a_stalled_runner_loses_its_lease_and_writes_nothing_after_the_tak
         )
     assert commits_after == commits_at_takeover  # A wrote nothing after the takeover
     assert await status_of(pool, run.execution.id) == "FAILED"  # nor over B's records
-    assert await stats(pool) == world.expected
+    assert await stats(pool) == setup.world.expected
 
 
 async def test_launches_beyond_max_running_executions_wait_in_order_as_starting(
     pool: Pool, settings: Settings
 ) -> None:
-    world = stats_world(200)
-    await world.load(pool)
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
-        store.control.latency_ms = 20
-        job = stats_settings(settings, store, MAX_RUNNING_EXECUTIONS=1, CHUNK_SIZE=20)
-        a = await replica(stack, job, broker=False)
+        setup = await stats_setup(
+            stack, pool, settings, 200, latency_ms=20, MAX_RUNNING_EXECUTIONS=1, CHUNK_SIZE=20
+        )
+        a = await replica(stack, setup.job, broker=False)
         days = ["2025-10-24", "2025-10-25", "2025-10-26"]
         runs = [await a.launcher.launch(STATS, {"runDate": day}, rerun=True) for day in days]
         assert [r.execution.status for r in runs] == ["STARTED", "STARTING", "STARTING"]
@@ -281,13 +296,9 @@ async def test_launches_beyond_max_running_executions_wait_in_order_as_starting(
 async def test_a_backfill_launches_each_date_as_its_own_instance(
     pool: Pool, settings: Settings
 ) -> None:
-    world = stats_world(50)
-    await world.load(pool)
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
-        a = await replica(
-            stack, stats_settings(settings, store, MAX_RUNNING_EXECUTIONS=2), broker=False
-        )
+        setup = await stats_setup(stack, pool, settings, 50, MAX_RUNNING_EXECUTIONS=2)
+        a = await replica(stack, setup.job, broker=False)
         resp = await a.api.post(
             "/api/v1/jobs/coupon-usage-stats?from=2025-10-24&to=2025-10-26", headers=bearer()
         )
@@ -334,13 +345,10 @@ async def test_a_30_date_backlog_runs_within_the_connection_bound(
     """Before: 30 run dates launched at once held 49 connections (streams outside the
     pool) and took RSS from 47 to 284 MB. Now MAX_RUNNING_EXECUTIONS run at once, the rest
     wait STARTING, and the connections stay within MAX x READ_STREAMS + DB_POOL_SIZE."""
-    world = stats_world(3000)
-    await world.load(pool)
     bound = {"MAX_RUNNING_EXECUTIONS": 4, "READ_STREAMS": 2, "DB_POOL_SIZE": 8}
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
-        job = through(stats_settings(settings, store, CHUNK_SIZE=200, **bound), db=db_proxy)
-        a = await replica(stack, job, broker=False)
+        setup = await stats_setup(stack, pool, settings, 3000, CHUNK_SIZE=200, **bound)
+        a = await replica(stack, through(setup.job, db=db_proxy), broker=False)
         idle = rss_mb()
         peak_connections, peak_rss = 0, idle
         resp = await a.api.post(
@@ -369,18 +377,16 @@ async def test_an_outcome_is_recorded_once_the_database_answers_again(
     """Before: after a database drop the run logged FAILED but its row stayed STARTED,
     and every launch was refused as running for minutes. Now the outcome is recorded with
     retries while the database is away (within the lease)."""
-    world = stats_world(200)
-    await world.load(pool)
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(run_fake_peers(world.peer_data()))
-        store.control.latency_ms = 20
-        job = stats_settings(settings, store, CHUNK_SIZE=20, RETRY_BUDGET_SECONDS=0.5)
-        a = await replica(stack, through(job, db=db_proxy), broker=False)
+        setup = await stats_setup(
+            stack, pool, settings, 200, latency_ms=20, CHUNK_SIZE=20, RETRY_BUDGET_SECONDS=0.5
+        )
+        a = await replica(stack, through(setup.job, db=db_proxy), broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
         assert run.task is not None
         await after_commits(run, 2)
         async with db_proxy.outage():  # the database away: every connection reset, refused
-            store.control.update({"fail_status": 503, "fail_times": -1})  # the step fails
+            setup.store.control.update({"fail_status": 503, "fail_times": -1})  # the step fails
             await asyncio.sleep(3)
             assert not run.task.done()  # still trying to record its outcome
         await run.task
