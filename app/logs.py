@@ -12,8 +12,7 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import datetime, tzinfo
 from types import MappingProxyType
@@ -24,17 +23,6 @@ ECS_VERSION = "8.11"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 _context: ContextVar[Mapping[str, Any]] = ContextVar("log_context", default=MappingProxyType({}))
-
-
-@contextmanager
-def log_context(**fields: Any) -> Iterator[None]:
-    """Add `fields` (None values left out) to every line logged inside the block, and in
-    the tasks created inside it."""
-    token = _context.set({**_context.get(), **_present(fields)})
-    try:
-        yield
-    finally:
-        _context.reset(token)
 
 
 def bind_log_context(**fields: Any) -> None:

@@ -20,7 +20,6 @@ from app.logs import (
     TextFormatter,
     bind_log_context,
     configure_logging,
-    log_context,
 )
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -70,11 +69,14 @@ def test_an_ecs_line_has_the_spring_keys_in_the_service_zone() -> None:
     assert next(iter(json.loads(line))) == "@timestamp"
 
 
-def test_the_context_is_on_every_line_inside_it_and_gone_after() -> None:
-    with log_context(jobName="couponUsageStatsJob", executionId=7):
+async def test_the_context_is_on_every_line_of_its_task_and_gone_after() -> None:
+    async def run() -> tuple[dict, dict]:
+        bind_log_context(jobName="couponUsageStatsJob", executionId=7)
         outer = ecs(record())
-        with log_context(stepName="couponUsageStatsStep", ignored=None):
-            inner = ecs(record())
+        bind_log_context(stepName="couponUsageStatsStep", ignored=None)
+        return outer, ecs(record())
+
+    outer, inner = await asyncio.create_task(run())
     after = ecs(record())
     assert (outer["jobName"], outer["executionId"], "stepName" in outer) == (
         "couponUsageStatsJob",
@@ -90,9 +92,12 @@ def test_the_context_is_on_every_line_inside_it_and_gone_after() -> None:
     assert not {"jobName", "executionId", "stepName"} & set(after)
 
 
-def test_a_context_field_never_replaces_an_ecs_field() -> None:
-    with log_context(message="spoofed", executionId=1):
-        line = ecs(record())
+async def test_a_context_field_never_replaces_an_ecs_field() -> None:
+    async def run() -> dict:
+        bind_log_context(message="spoofed", executionId=1)
+        return ecs(record())
+
+    line = await asyncio.create_task(run())
     assert (line["message"], line["executionId"]) == ("job finished: read=3", 1)
 
 
