@@ -24,7 +24,14 @@ from app.config import (
 )
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
-from app.model import COMPLETED_WITH_SKIPS, RUNNING, JobExecution, LaunchRefused, Status
+from app.model import (
+    COMPLETED_WITH_SKIPS,
+    RESTARTABLE,
+    RUNNING,
+    JobExecution,
+    LaunchRefused,
+    Status,
+)
 from app.pipeline.chunk import StepProgress
 from app.repository import JobRepository
 from app.runtime.job import find_job
@@ -38,8 +45,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_SKIPPED = 4  # COMPLETED WITH SKIPS: the run ended, but some items were not done
-STOPPABLE = (Status.STARTING, Status.STARTED, Status.STOPPING)
-ABANDONABLE = (Status.STOPPED, Status.FAILED)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -251,9 +256,9 @@ async def _operate(settings: Settings, action: str, execution_id: int) -> int:
     async with open_pool(settings.database) as pool:
         repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
         if action == "stop":
-            found, allowed = await repository.request_stop(execution_id), STOPPABLE
+            found, allowed = await repository.request_stop(execution_id), RUNNING
         else:
-            found, allowed = await repository.abandon(execution_id), ABANDONABLE
+            found, allowed = await repository.abandon(execution_id), RESTARTABLE
     if found is None:
         _say(settings, f"error: no job execution {execution_id}", logging.ERROR)
         return EXIT_USAGE

@@ -24,6 +24,8 @@ class Status(StrEnum):
 
 # An execution in one of these is alive (or was, until its heartbeat stopped).
 RUNNING = (Status.STARTING, Status.STARTED, Status.STOPPING)
+# An execution in one of these may restart from its checkpoint, or be abandoned.
+RESTARTABLE = (Status.FAILED, Status.STOPPED)
 # A COMPLETED execution whose step skipped items: Spring Batch's own example of an exit code
 # of its own beside the status.
 COMPLETED_WITH_SKIPS = "COMPLETED WITH SKIPS"

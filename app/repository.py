@@ -20,6 +20,7 @@ from asyncmy.errors import IntegrityError
 
 from app.edges.db import DbPool, fetch_all, transaction
 from app.model import (
+    RESTARTABLE,
     RUNNING,
     AlreadyComplete,
     AlreadyRunning,
@@ -250,18 +251,14 @@ class JobRepository:
     async def request_stop(self, execution_id: int) -> Status | None:
         """Ask a running execution to stop: STOPPING, which its runner, on whichever
         replica, reads at its next heartbeat. The status it had (None: no such execution);
-        only a STARTING or STARTED one changes."""
-        return await self._transition(
-            execution_id, (Status.STARTING, Status.STARTED), Status.STOPPING, steps=False
-        )
+        only a running one changes (a STOPPING one stays so)."""
+        return await self._transition(execution_id, RUNNING, Status.STOPPING, steps=False)
 
     async def abandon(self, execution_id: int) -> Status | None:
         """Spring Batch's abandon: a STOPPED or FAILED execution becomes ABANDONED, never
         restarted; the next launch of its instance starts from scratch. The status it had
         (None: no such execution)."""
-        return await self._transition(
-            execution_id, (Status.STOPPED, Status.FAILED), Status.ABANDONED, steps=True
-        )
+        return await self._transition(execution_id, RESTARTABLE, Status.ABANDONED, steps=True)
 
     async def _transition(
         self, execution_id: int, allowed: tuple[Status, ...], to: Status, *, steps: bool
@@ -327,7 +324,7 @@ class JobRepository:
         )
         previous = _step_from_row(rows[0]) if rows else None
         checkpoint = None
-        if previous is not None and previous.status in (Status.FAILED, Status.STOPPED):
+        if previous is not None and previous.status in RESTARTABLE:
             checkpoint = previous.checkpoint
         context = json.dumps({"checkpoint": checkpoint})
         async with transaction(self.pool) as conn, conn.cursor() as cur:

@@ -22,7 +22,7 @@ from app.metrics import (
     JOB_OUTCOMES,
     STEP_DURATION,
 )
-from app.model import COMPLETED_WITH_SKIPS, RUNNING, JobExecution, JobParameter, Status
+from app.model import COMPLETED_WITH_SKIPS, RESTARTABLE, RUNNING, JobExecution, JobParameter, Status
 from app.pipeline.chunk import StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.repository import JobRepository, LeaseLost
@@ -129,7 +129,7 @@ class Launcher:
         execution = await self.repository.get_execution(execution_id)
         if execution is None:
             raise LookupError(f"no job execution {execution_id}")
-        if execution.status not in (Status.FAILED, Status.STOPPED):
+        if execution.status not in RESTARTABLE:
             raise NotRestartable(
                 f"execution {execution_id} is {execution.status}: only a FAILED or STOPPED"
                 " execution restarts"

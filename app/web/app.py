@@ -13,7 +13,15 @@ from aiohttp.typedefs import Handler, Middleware
 from asyncmy.pool import Pool
 
 from app.edges.auth import verify_admin_token
-from app.model import AlreadyComplete, AlreadyRunning, JobExecution, LaunchRefused, Status
+from app.model import (
+    RESTARTABLE,
+    RUNNING,
+    AlreadyComplete,
+    AlreadyRunning,
+    JobExecution,
+    LaunchRefused,
+    Status,
+)
 from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
 from app.runtime.parameters import ParameterError, backfill_dates
@@ -306,7 +314,7 @@ async def stop_execution(request: web.Request) -> web.Response:
     found = None if execution_id is None else await repository.request_stop(execution_id)
     if found is None or execution_id is None:
         raise _not_found(request)
-    if found not in (Status.STARTING, Status.STARTED, Status.STOPPING):
+    if found not in RUNNING:
         raise ApiError(409, "JOB_NOT_RUNNING", f"execution {execution_id} is {found}, not running")
     log.info("stop requested through the API: execution=%d by=%s", execution_id, _who(request))
     execution = await repository.get_execution(execution_id)
@@ -340,7 +348,7 @@ async def abandon_execution(request: web.Request) -> web.Response:
     found = None if execution_id is None else await repository.abandon(execution_id)
     if found is None or execution_id is None:
         raise _not_found(request)
-    if found not in (Status.STOPPED, Status.FAILED):
+    if found not in RESTARTABLE:
         raise ApiError(
             409,
             "JOB_NOT_ABANDONABLE",
