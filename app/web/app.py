@@ -413,6 +413,7 @@ def execution_view(
         return value.astimezone(tz).isoformat() if value is not None else None
 
     steps = execution.steps
+    skip_count = sum(s.skip_count for s in steps)
     skipped = [key for s in steps for key in s.context.get("skipped", [])]
     messages = [s.context["messages"] for s in steps if "messages" in s.context]
     return {
@@ -431,9 +432,9 @@ def execution_view(
         "readCount": sum(s.read_count for s in steps),
         "writeCount": sum(s.write_count for s in steps),
         "filterCount": sum(s.filter_count for s in steps),
-        "skipCount": sum(s.skip_count for s in steps),
+        "skipCount": skip_count,
         "commitCount": sum(s.commit_count for s in steps),
-        "skippedItems": {"count": sum(s.skip_count for s in steps), "ids": skipped},
+        "skippedItems": {"count": skip_count, "ids": skipped},
         "messages": messages[0] if messages else None,
         "steps": [
             {
