@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
@@ -46,7 +47,13 @@ _POOL_TERMINATE_SECONDS = 1.0
 # instance), so the gap locks of MariaDB's default REPEATABLE READ only cost: two
 # launches of different instances took gap locks on the same range of
 # BATCH_JOB_EXECUTION and deadlocked on each other's inserts.
-_ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
+# As variables, to share one SET with wait_timeout (SET TRANSACTION stands alone), and
+# named per server: MariaDB runs only /*M! */, MySQL 8 only /*!80000 */ (MariaDB skips
+# the executable comments of MySQL 5.7 and later).
+_READ_COMMITTED = (
+    "/*M! SESSION tx_isolation = 'READ-COMMITTED' */"
+    " /*!80000 SESSION transaction_isolation = 'READ-COMMITTED' */"
+)
 
 
 # A login the server refused: access denied (to the server, to the database), a host not
@@ -124,9 +131,26 @@ class DbPool(Pool):
         self.deadline = deadline
 
 
-async def _connect_args(settings: DatabaseSettings, database: str | None = None) -> dict[str, Any]:
-    """asyncmy.connect's arguments; a pool uses them for every connection it makes."""
+def _server_wait_timeout(settings: DatabaseSettings) -> int:
+    """How long the server keeps a pool connection that says nothing (its wait_timeout):
+    a little longer than this side waits for any answer.
+
+    A replica cut off mid-transaction (a partition, a stalled proxy) leaves its session
+    open on the server, locks and all, until the server drops it; only then does the
+    rollback free the rows for the replica that takes the execution over. A client that
+    went silent had given up on the transaction DB_STALL_SECONDS in, so the server gives
+    up a second later, within the deadline of whoever waits on those locks.
+    """
+    return math.ceil(settings.stall_seconds) + 1
+
+
+async def _connect_args(
+    settings: DatabaseSettings, database: str | None = None, *, wait_timeout: int | None = None
+) -> dict[str, Any]:
+    """asyncmy.connect's arguments; a pool uses them for every connection it makes. With
+    `wait_timeout`, the server drops the connection after that long without a word."""
     target = settings.target
+    timeout = "" if wait_timeout is None else f"SESSION wait_timeout = {wait_timeout}, "
     return {
         **await tls_connect_args(target),
         "host": target.host,
@@ -136,7 +160,7 @@ async def _connect_args(settings: DatabaseSettings, database: str | None = None)
         "db": database or target.database,
         "autocommit": True,
         "charset": "utf8mb4",
-        "init_command": _ISOLATION,
+        "init_command": f"SET {timeout}{_READ_COMMITTED}",
         # The TCP connect only; the handshake after it is under the deadline of its caller.
         "connect_timeout": settings.stall_seconds,
     }
@@ -149,12 +173,15 @@ async def open_pool(
     """A pool of at most DB_POOL_SIZE connections, the first one made now; closed on exit
     within a few seconds, however the server fares."""
     deadline = StallDeadline.of(settings)
+    wait_timeout = _server_wait_timeout(settings)
     pool = DbPool(
         deadline,
         minsize=1,
         maxsize=settings.pool_size,
-        pool_recycle=3600,
-        **await _connect_args(settings, database),
+        # Idle connections are closed here before the server drops them: asyncmy's idea
+        # of the last use is a cursor's creation, never later than the server's.
+        pool_recycle=wait_timeout - 1,
+        **await _connect_args(settings, database, wait_timeout=wait_timeout),
     )
     try:
         async with deadline.bound("a new connection"), pool.cond:

@@ -1,7 +1,9 @@
-"""The database edge: several ordered streams merged into one order."""
+"""The database edge: the sessions it opens, and several ordered streams merged into one
+order."""
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import aclosing
 
 import pytest
@@ -9,7 +11,7 @@ from asyncmy.errors import OperationalError
 from asyncmy.pool import Pool
 
 from app.config import Settings
-from app.edges.db import fetch_all, stream_merged
+from app.edges.db import fetch_all, open_connection, open_pool, stream_merged
 from tests.reliability.support import until
 
 ROWS = 600
@@ -29,6 +31,20 @@ async def merge_rows(pool: Pool) -> Pool:
 
 def queries(*wheres: str) -> list[tuple[str, list[object]]]:
     return [(ORDERED.format(where=where), []) for where in wheres]
+
+
+async def test_sessions_read_committed_and_the_pool_s_dropped_by_the_server_when_silent(
+    settings: Settings,
+) -> None:
+    database = dataclasses.replace(settings, DB_STALL_SECONDS=2.5).database
+    sql = "SELECT @@tx_isolation, @@wait_timeout, @@GLOBAL.wait_timeout"
+    async with open_pool(database) as pool:
+        [(isolation, timeout, server_default)] = await fetch_all(pool, sql)
+    assert (isolation, timeout) == ("READ-COMMITTED", 4)  # ceil(DB_STALL_SECONDS) + 1
+    async with open_connection(database) as conn, conn.cursor() as cur:
+        await cur.execute(sql)
+        # A stream's connection sits idle while the other streams of a merge go on.
+        assert await cur.fetchall() == (("READ-COMMITTED", server_default, server_default),)
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,32 @@ async def test_a_commit_that_stalled_may_still_take_effect_when_the_bytes_flow(
     await until(committed, within=10, what="the held COMMIT applied")
 
 
+async def test_the_server_drops_a_transaction_cut_off_mid_way_and_frees_its_locks(
+    scratch: None, pool: Pool, settings: Settings, stalling_pool: DbPool, db_proxy: FaultProxy
+) -> None:
+    """A replica cut off mid-transaction leaves its session open on the server, row locks
+    and all. The server drops it a second after this side gave up (its wait_timeout), so
+    whoever waits on those rows (the replica that takes an execution over) gets them
+    within its own deadline instead of stalling behind a session nobody will end."""
+    await insert(stalling_pool, 1)
+    with pytest.raises(DatabaseStalled, match="to a transaction"):
+        async with transaction(stalling_pool) as conn, conn.cursor() as cur:
+            await cur.execute("UPDATE stall_items SET item = 2 WHERE item = 1")
+            db_proxy.stall()  # the next statement never reaches the server
+            await cur.execute("SELECT 1")
+
+    waiting = dataclasses.replace(settings, DB_STALL_SECONDS=STALL_SECONDS + 4)
+    async with (
+        open_pool(waiting.database) as direct,
+        transaction(direct) as conn,
+        conn.cursor() as cur,
+    ):
+        # Waits on the row lock of the session the proxy holds open.
+        updated = await cur.execute("UPDATE stall_items SET item = 3 WHERE item = 1")
+    assert updated == 1  # the cut-off UPDATE was rolled back
+    assert await items(pool) == [3]
+
+
 async def test_a_stalled_query_raises_and_the_pool_works_on(
     scratch: None,
     stalling_pool: DbPool,
@@ -144,11 +170,11 @@ async def test_no_connection_within_the_deadline_is_a_stall(
         db_proxy.stall()
         with pytest.raises(DatabaseStalled) as raised:
             await fetch_all(stalling_pool, "SELECT 1")
-    assert str(raised.value) == stalled("a query", db_proxy)
-    with pytest.raises(DatabaseStalled) as raised:
-        async with stalling_pool.acquire(), transaction(stalling_pool):
-            pass
-    assert str(raised.value) == stalled("a connection from the pool", db_proxy)
+        assert str(raised.value) == stalled("a query", db_proxy)
+        with pytest.raises(DatabaseStalled) as raised:
+            async with transaction(stalling_pool):
+                pass
+        assert str(raised.value) == stalled("a connection from the pool", db_proxy)
     assert warnings_of(caplog) == [
         stalled("a query", db_proxy),
         stalled("a connection from the pool", db_proxy),

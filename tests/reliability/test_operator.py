@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -233,11 +233,13 @@ async def test_a_stalled_runner_loses_its_lease_and_writes_nothing_after_the_tak
 ) -> None:
     """Replica A reaches the database through a proxy that stalls; replica B finds A's
     heartbeat stale, takes the instance over and completes it; when A's bytes flow again,
-    A commits nothing more."""
+    A commits nothing more. A may be cut off mid-transaction, holding row locks that B
+    needs: the server drops A's silent session DB_STALL_SECONDS + 1 s in."""
     lease = {"JOB_ABANDON_AFTER_SECONDS": 2, "HEARTBEAT_SECONDS": 0.2, "CHUNK_SIZE": 20}
     async with AsyncExitStack() as stack:
         setup = await stats_setup(stack, pool, settings, 400, latency_ms=20, **lease)
-        a = await replica(stack, through(setup.job, db=db_proxy), broker=False)
+        cut_off = through(replace(setup.job, DB_STALL_SECONDS=1), db=db_proxy)
+        a = await replica(stack, cut_off, broker=False)
         b = await replica(stack, setup.job, broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
         assert run.task is not None
