@@ -392,9 +392,7 @@ class Launcher:
         delay = 0.2
         while True:
             try:
-                left = deadline - time.monotonic()
-                async with asyncio.timeout(max(left, 0.1)):
-                    await asyncio.shield(update())
+                await _settle(update(), max(deadline, time.monotonic() + 0.1))
                 return
             except Exception as exc:
                 if time.monotonic() + delay >= deadline:
@@ -441,6 +439,30 @@ class Launcher:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+async def _settle(update: Awaitable[None], deadline: float) -> None:
+    """Await `update` until the monotonic `deadline`, then cancel it and raise TimeoutError.
+
+    A cancellation of the caller meanwhile (the shutdown cancels the runs that outlast
+    its grace period) does not interrupt the update, which records their outcome: it is
+    raised once the update has ended. The update is never left running unawaited.
+    """
+    task = asyncio.ensure_future(update)
+    cancelled = False
+    while not task.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=left if left > 0 else None)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    if task.cancelled():
+        raise TimeoutError
+    task.result()
 
 
 def _expected(exc: BaseException) -> bool:
