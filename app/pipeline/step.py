@@ -94,6 +94,8 @@ class StepRunner:
                     )
             except BaseExceptionGroup as group:
                 raise _first_cause(group) from None
+            finally:
+                _discard_uncommitted(commits)
         return reader.result()
 
     async def _process_and_deliver(self, chunk: Chunk[Any]) -> Processed[Any]:
@@ -175,6 +177,21 @@ class StepRunner:
         if report:
             context["messages"] = report
         return context
+
+
+def _discard_uncommitted(commits: asyncio.Queue[Entry | None]) -> None:
+    """Drop the chunks a failed step never committed: each future is cancelled, or its
+    outcome read (another worker's fault, after the one that failed the step), so that
+    asyncio reports none of them as never retrieved."""
+    while not commits.empty():
+        entry = commits.get_nowait()
+        if entry is None:
+            continue
+        future = entry[1]
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -170,6 +171,34 @@ async def test_an_outage_past_the_retry_budget_fails_the_step_never_skips(
     assert await items_written(scratch) == [1]
     gave_up = [r for r in caplog.records if "RETRY_BUDGET_SECONDS=0.5" in r.getMessage()]
     assert len(gave_up) == 1 and gave_up[0].levelno == logging.ERROR
+
+
+async def test_a_failed_step_leaves_no_chunk_s_outcome_unread(
+    scratch: Pool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker meets the outage; the first chunk in read order fails the step, and
+    the later ones, already failed, are read and dropped: no 'Future exception was never
+    retrieved' from asyncio (an ERROR with a traceback for each)."""
+
+    async def down_from_three(items: list[int]) -> Processed[list[int]]:
+        if items[0] == 3:
+            await asyncio.sleep(0.6)  # fails last: the others have given up by then
+        if items[0] >= 3:
+            raise AvailabilityError("store service 503")
+        return await keep_odd(items)
+
+    # The retry's log records would keep the futures alive, through their arguments.
+    monkeypatch.setattr(logging.getLogger("app.pipeline.retry"), "disabled", True)
+    outcome, step, _ = await run(
+        scratch,
+        make_settings(RETRY_BUDGET_SECONDS=0.3, ENRICH_WORKERS=4),
+        definition(down_from_three),
+    )
+    assert isinstance(outcome, AvailabilityError)
+    assert step.checkpoint == 2
+    del outcome  # its traceback holds the step's frames, and so the chunks' futures
+    gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 async def test_a_data_fault_skips_the_chunk_at_once_and_names_its_items(
