@@ -13,10 +13,20 @@ from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
 
 import hypothesis
+
+# The plugins' modules the fuzz imports lazily, imported here instead: pytest rewrites
+# them on import (ast.parse), and CPython 3.11's AST state is shared between threads,
+# so a parse in the middle of the run, while the live app's thread formats a traceback
+# (which parses too), failed with "SystemError: AST constructor recursion depth mismatch".
+import hypothesis.internal.conjecture.optimiser
+import hypothesis.strategies._internal.random
 import jwt
 import pytest
 import requests
 import schemathesis
+import schemathesis.generation.dictionaries
+import schemathesis.specs.openapi.object_authorization
+import schemathesis.wfc.escalation
 from aiohttp import web
 from asyncmy.pool import Pool
 from schemathesis import Case, checks
