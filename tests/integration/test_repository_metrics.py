@@ -6,17 +6,21 @@ the scrape answering at once with the last figures read."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient
 from asyncmy.pool import Pool
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.__main__ import EXIT_FAILED
 from app.config import Settings
+from app.devtools.fake_peers import run_fake_peers
 from app.model import JobExecution, JobParameter, Status
 from app.repository import JobRepository
 from tests.integration.test_web_health_metrics import serving
 from tests.proxy import FaultProxy, through
-from tests.reliability.support import until
+from tests.reliability.support import cli, cli_environment, stats_world, until
 
 STATS = "couponUsageStatsJob"
 FANOUT = "couponUsageStatsFcmSendJob"
@@ -134,6 +138,58 @@ async def test_executions_of_another_process_are_scraped(settings: Settings, poo
             "batch_job_last_start_timestamp_seconds": {
                 (("job", STATS),): restarted.start_time.timestamp(),
                 (("job", FANOUT),): running.start_time.timestamp(),
+            },
+            "batch_job_last_success_timestamp_seconds": {
+                (("job", STATS),): restarted.end_time.timestamp(),
+            },
+        }
+
+
+@pytest.mark.slow
+async def test_a_night_failed_and_restarted_from_the_command_line_is_scraped(
+    settings: Settings, pool: Pool, tmp_path: Path
+) -> None:
+    """Issue 18's finding: the CLI's runs, in a process of their own, are what the
+    daemon's scrape shows; the restart clears the instance left FAILED."""
+    world = stats_world(20)
+    await world.load(pool)
+    repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    async with (
+        run_fake_peers(world.peer_data()) as peers,
+        serving(settings, broker=False, metrics_ttl=0) as client,
+    ):
+        env = cli_environment(
+            settings,
+            STORE_SERVICE_URL=peers.store_url,
+            NOTIFICATION_SERVICE_URL=peers.notification_url,
+            RETRY_BUDGET_SECONDS=0.2,
+        )
+        peers.control.update({"fail_status": 503, "fail_times": -1})  # the store service down
+        args = ["run", "coupon-usage-stats", "--run-date", "2025-10-26", "--quiet"]
+        async with cli(args, env, tmp_path / "run.log") as night:
+            assert await night.wait(60) == EXIT_FAILED, night.log_text()
+        (failed,) = await repository.list_executions(STATS)
+        assert failed.status == Status.FAILED and failed.start_time is not None
+        assert repository_figures(await scrape(client)) == {
+            "batch_job_repository_executions": executions(STATS, FAILED=1),
+            "batch_job_unrecovered_instances": unrecovered(STATS, failed=1, stopped=0),
+            "batch_job_last_start_timestamp_seconds": {
+                (("job", STATS),): failed.start_time.timestamp(),
+            },
+        }
+
+        peers.control.update({"fail_status": None})
+        args = ["restart", str(failed.id), "--quiet"]
+        async with cli(args, env, tmp_path / "restart.log") as restart:
+            assert await restart.wait(60) == 0, restart.log_text()
+        restarted, _ = await repository.list_executions(STATS)
+        assert restarted.status == Status.COMPLETED
+        assert restarted.start_time is not None and restarted.end_time is not None
+        assert repository_figures(await scrape(client)) == {
+            "batch_job_repository_executions": executions(STATS, FAILED=1, COMPLETED=1),
+            "batch_job_unrecovered_instances": unrecovered(STATS, failed=0, stopped=0),
+            "batch_job_last_start_timestamp_seconds": {
+                (("job", STATS),): restarted.start_time.timestamp(),
             },
             "batch_job_last_success_timestamp_seconds": {
                 (("job", STATS),): restarted.end_time.timestamp(),
