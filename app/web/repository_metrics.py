@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from app.errors import is_availability_fault
 from app.model import RESTARTABLE, JobTally, Status
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,13 @@ class RepositoryMetrics(Collector):
     async def _read_snapshot(self) -> None:
         try:
             tallies = await self._read()
-        except Exception as exc:  # the database down or stalled: the last figures stay
-            if not self._failing:
-                log.warning("the job repository's metrics could not be read: %s", exc)
+        except Exception as exc:  # the last figures stay
+            if not self._failing:  # once, until a read succeeds; a bug with its traceback
+                log.warning(
+                    "the job repository's metrics could not be read: %s",
+                    exc,
+                    exc_info=not is_availability_fault(exc),
+                )
             self._failing = True
         else:
             self._snapshot = _Snapshot(tallies, time.time())

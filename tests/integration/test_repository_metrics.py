@@ -210,7 +210,7 @@ async def test_a_scrape_storm_reads_once_within_the_ttl(settings: Settings, pool
 
 
 async def test_a_stalled_or_gone_database_leaves_the_scrape_with_the_last_figures(
-    settings: Settings, pool: Pool, db_proxy: FaultProxy
+    settings: Settings, pool: Pool, db_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
     await ended(other, STATS, "2025-10-25", Status.COMPLETED)
@@ -248,4 +248,8 @@ async def test_a_stalled_or_gone_database_leaves_the_scrape_with_the_last_figure
             gone = await scrape(client)
             assert repository_figures(gone) == repository_figures(fresh)
             assert gone[read_at] == fresh[read_at]
+        # Said once for the three failed reads, in a line (an outage is no bug)
+        (warning,) = [r for r in caplog.records if r.name == "app.web.repository_metrics"]
+        assert warning.levelname == "WARNING" and not warning.exc_info
+        assert warning.getMessage().startswith("the job repository's metrics could not be read")
         await db_proxy.accept()  # the pool's shutdown says QUIT to its connections
