@@ -37,25 +37,9 @@ JOB_OUTCOMES = Counter(
     ["job", "status"],
     registry=REGISTRY,
 )
-EXECUTIONS_RUNNING = Gauge(
-    "batch_job_executions_running",
-    "Job executions running in this process",
-    ["job"],
-    registry=REGISTRY,
-)
-# For alerts on time: a gauge holds its last value, so `time() - gauge` is the age.
-JOB_LAST_START = Gauge(
-    "batch_job_last_start_timestamp_seconds",
-    "When this process last started an execution of the job (Unix time)",
-    ["job"],
-    registry=REGISTRY,
-)
-JOB_LAST_SUCCESS = Gauge(
-    "batch_job_last_success_timestamp_seconds",
-    "When an execution of the job last ended COMPLETED in this process (Unix time)",
-    ["job"],
-    registry=REGISTRY,
-)
+# What runs, when a job last started and last COMPLETED, and what is left FAILED or STOPPED
+# are read from the job repository at scrape time (app.web.repository_metrics): every
+# process's executions, the CLI's too, not only this process's.
 SCHEDULER_ENABLED = Gauge(
     "batch_scheduler_enabled",
     "1 while this process runs the job schedules, else 0",

@@ -98,3 +98,17 @@ class AlreadyRunning(LaunchRefused):
 
 class AlreadyComplete(LaunchRefused):
     """The instance completed and the launch did not ask for a rerun."""
+
+
+@dataclass(frozen=True)
+class JobTally:
+    """One job's executions as the job repository holds them: every process's, the CLI's
+    and every replica's."""
+
+    job_name: str
+    executions: dict[Status, int]  # by status
+    # Instances whose latest execution is FAILED or STOPPED (restartable, not yet
+    # restarted or abandoned), by that status.
+    unrecovered: dict[Status, int]
+    last_start: datetime | None
+    last_success: datetime | None  # the end of the latest COMPLETED execution

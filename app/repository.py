@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from itertools import groupby
 from typing import Any
 
 from asyncmy.connection import Connection
@@ -27,6 +28,7 @@ from app.model import (
     ChunkCounts,
     JobExecution,
     JobParameter,
+    JobTally,
     Status,
     StepExecution,
 )
@@ -78,6 +80,19 @@ _STEP_COLUMNS = (
 
 def _on(clock: timezone, value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=clock) if value is not None else None
+
+
+def _tally(job_name: str, rows: list[tuple], clock: timezone) -> JobTally:
+    """A job's tally from its rows of `job_tallies`' read, one per status."""
+    starts = [row[4] for row in rows if row[4] is not None]
+    successes = [row[5] for row in rows if row[1] == Status.COMPLETED]
+    return JobTally(
+        job_name=job_name,
+        executions={Status(row[1]): int(row[2]) for row in rows},
+        unrecovered={Status(row[1]): int(row[3]) for row in rows if row[1] in RESTARTABLE},
+        last_start=_on(clock, max(starts, default=None)),
+        last_success=_on(clock, successes[0] if successes else None),
+    )
 
 
 def _step_from_row(row: tuple) -> StepExecution:
@@ -492,3 +507,22 @@ class JobRepository:
     async def _execute(self, sql: str, args: tuple) -> None:
         async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(sql, args)
+
+    async def job_tallies(self) -> list[JobTally]:
+        """Every job's executions by status, its instances not recovered from a FAILED or
+        STOPPED execution, and when an execution last started and last COMPLETED: one
+        grouped read (what the metrics expose, whichever process ran the executions)."""
+        rows = await fetch_all(
+            self.pool,
+            "SELECT i.JOB_NAME, e.STATUS, COUNT(*), COUNT(latest.ID), MAX(e.START_TIME),"
+            " MAX(e.END_TIME) FROM BATCH_JOB_EXECUTION e"
+            " JOIN BATCH_JOB_INSTANCE i ON i.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID"
+            " LEFT JOIN (SELECT MAX(JOB_EXECUTION_ID) AS ID FROM BATCH_JOB_EXECUTION"
+            " GROUP BY JOB_INSTANCE_ID) latest ON latest.ID = e.JOB_EXECUTION_ID"
+            " GROUP BY i.JOB_NAME, e.STATUS ORDER BY i.JOB_NAME",
+        )
+        clock = await self._database_clock()
+        return [
+            _tally(name, list(job_rows), clock)
+            for name, job_rows in groupby(rows, key=lambda row: row[0])
+        ]

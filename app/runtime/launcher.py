@@ -14,14 +14,7 @@ from typing import TextIO
 
 from app.errors import DataError, is_availability_fault
 from app.logs import bind_log_context
-from app.metrics import (
-    EXECUTIONS_RUNNING,
-    JOB_DURATION,
-    JOB_LAST_START,
-    JOB_LAST_SUCCESS,
-    JOB_OUTCOMES,
-    STEP_DURATION,
-)
+from app.metrics import JOB_DURATION, JOB_OUTCOMES, STEP_DURATION
 from app.model import COMPLETED_WITH_SKIPS, RESTARTABLE, RUNNING, JobExecution, JobParameter, Status
 from app.pipeline.chunk import StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
@@ -473,15 +466,10 @@ def _expected(exc: BaseException) -> bool:
 
 @contextmanager
 def _job_metrics(job_name: str, outcome: _Outcome) -> Iterator[None]:
-    """The running gauge while the body runs; the outcome and the duration after."""
+    """The outcome and the duration once the body has run."""
     started = time.monotonic()
-    EXECUTIONS_RUNNING.labels(job_name).inc()
-    JOB_LAST_START.labels(job_name).set_to_current_time()
     try:
         yield
     finally:
-        EXECUTIONS_RUNNING.labels(job_name).dec()
         JOB_OUTCOMES.labels(job_name, outcome.exit_code).inc()
-        if outcome.status == Status.COMPLETED:
-            JOB_LAST_SUCCESS.labels(job_name).set_to_current_time()
         JOB_DURATION.labels(job_name, outcome.status.value).observe(time.monotonic() - started)

@@ -28,8 +28,15 @@ from app.runtime.parameters import ParameterError, backfill_dates
 from app.runtime.resources import Resources
 from app.web.console import console_routes
 from app.web.errors import ApiError, ServerLog, error_middleware
-from app.web.metrics import EXPOSITION, exposition_registry, metrics_middleware, prometheus
+from app.web.metrics import (
+    EXPOSITION,
+    REPOSITORY_METRICS,
+    exposition_registry,
+    metrics_middleware,
+    prometheus,
+)
 from app.web.openapi import OPENAPI
+from app.web.repository_metrics import READ_TIMEOUT_SECONDS, READ_TTL_SECONDS, RepositoryMetrics
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +123,8 @@ def create_app(
     health_checks: Mapping[str, HealthCheck],
     *,
     health_timeout: float = HEALTH_TIMEOUT_SECONDS,
+    metrics_ttl: float = READ_TTL_SECONDS,
+    metrics_timeout: float = READ_TIMEOUT_SECONDS,
 ) -> web.Application:
     settings = launcher.settings
     app = web.Application(
@@ -128,8 +137,12 @@ def create_app(
     )
     app[LAUNCHER] = launcher
     app[HEALTH] = Health(health_checks, health_timeout)
-    app[EXPOSITION] = exposition_registry(settings.APPLICATION_NAME)
+    app[REPOSITORY_METRICS] = RepositoryMetrics(
+        lambda: launcher.repository.job_tallies(), ttl=metrics_ttl, timeout=metrics_timeout
+    )
+    app[EXPOSITION] = exposition_registry(settings.APPLICATION_NAME, app[REPOSITORY_METRICS])
     app.cleanup_ctx.append(_close_health)
+    app.cleanup_ctx.append(_close_repository_metrics)
     # executions/{id} before {jobName}/executions: both have five segments. No job is
     # named `executions`: that path is the list of every job's executions (GET only).
     app.router.add_routes(
@@ -155,6 +168,11 @@ def create_app(
 async def _close_health(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[HEALTH].close()
+
+
+async def _close_repository_metrics(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[REPOSITORY_METRICS].close()
 
 
 def _auth_middleware(key: bytes) -> Middleware:

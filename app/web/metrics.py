@@ -19,8 +19,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from app.metrics import HTTP_SERVER_REQUESTS, REGISTRY
+from app.web.repository_metrics import RepositoryMetrics
 
 EXPOSITION = web.AppKey("exposition", CollectorRegistry)
+REPOSITORY_METRICS = web.AppKey("repository_metrics", RepositoryMetrics)
 
 
 class _Labelled(Collector):
@@ -41,19 +43,23 @@ class _Labelled(Collector):
                 yield labelled
 
 
-def exposition_registry(application: str) -> CollectorRegistry:
-    """What `/actuator/prometheus` exposes: app.metrics.REGISTRY and the process metrics
-    (kept out of prometheus_client's global registry), all with `application=...`."""
-    process = CollectorRegistry()
-    ProcessCollector(registry=process)
-    PlatformCollector(registry=process)
-    GCCollector(registry=process)
+def exposition_registry(application: str, *collectors: Collector) -> CollectorRegistry:
+    """What `/actuator/prometheus` exposes: app.metrics.REGISTRY, the process metrics
+    (kept out of prometheus_client's global registry) and `collectors`, all with
+    `application=...`."""
+    local = CollectorRegistry()
+    ProcessCollector(registry=local)
+    PlatformCollector(registry=local)
+    GCCollector(registry=local)
+    for collector in collectors:
+        local.register(collector)
     exposed = CollectorRegistry(auto_describe=False)
-    exposed.register(_Labelled((REGISTRY, process), {"application": application}))
+    exposed.register(_Labelled((REGISTRY, local), {"application": application}))
     return exposed
 
 
 async def prometheus(request: web.Request) -> web.Response:
+    await request.app[REPOSITORY_METRICS].refresh()
     body = generate_latest(request.app[EXPOSITION])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -104,7 +104,7 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: run scripts/bootstrap (Debian package prometheus)"
     queries = dashboard_queries()
-    assert len(queries) == 18
+    assert len(queries) == 19
     rules = {
         "groups": [
             {
@@ -245,7 +245,9 @@ async def test_every_dashboard_metric_is_exposed(
         "batch_peer_request_seconds_bucket",
         "batch_peer_errors_total",
         "batch_messages_total",
-        "batch_job_executions_running",
+        "batch_job_repository_executions",
+        "batch_job_unrecovered_instances",
+        "batch_job_last_success_timestamp_seconds",
         "process_resident_memory_bytes",
     } <= used_metrics
 

@@ -64,14 +64,19 @@ async def relay(port: int) -> AsyncIterator[tuple[int, Callable[[], Awaitable[No
 
 @asynccontextmanager
 async def serving(
-    settings: Settings, *, broker: bool, extra: dict[str, HealthCheck] | None = None
+    settings: Settings,
+    *,
+    broker: bool,
+    extra: dict[str, HealthCheck] | None = None,
+    **app_options: float,
 ) -> AsyncIterator[TestClient]:
     async with AsyncExitStack() as stack:
         resources = await stack.enter_async_context(open_resources(settings, broker=broker))
         launcher = Launcher(resources, JOBS)
         stack.push_async_callback(launcher.shutdown, 5)
         checks = {**resource_checks(resources), **(extra or {})}
-        yield await stack.enter_async_context(TestClient(TestServer(create_app(launcher, checks))))
+        app = create_app(launcher, checks, **app_options)
+        yield await stack.enter_async_context(TestClient(TestServer(app)))
 
 
 async def timed_health(client: TestClient) -> tuple[float, int, dict]:
@@ -189,7 +194,11 @@ async def test_prometheus_exposition(settings: Settings, pool: Pool) -> None:
         "batch_job_duration_seconds",
         "batch_step_duration_seconds",
         "batch_job_executions",
-        "batch_job_executions_running",
+        "batch_job_repository_executions",
+        "batch_job_unrecovered_instances",
+        "batch_job_last_start_timestamp_seconds",
+        "batch_job_last_success_timestamp_seconds",
+        "batch_job_repository_read_timestamp_seconds",
         "batch_items",
         "batch_pipeline_queue_depth",
         "batch_peer_request_seconds",

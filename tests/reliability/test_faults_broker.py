@@ -89,19 +89,30 @@ async def run_fanout_while(
 
 
 async def test_broker_connection_closed_twice_mid_run(
-    pool: Pool, settings: Settings, queue: str
+    pool: Pool, settings: Settings, queue: str, broker_proxy: FaultProxy
 ) -> None:
     async def close_twice(run: RunningJob) -> None:
-        async def close() -> int:
-            return await asyncio.to_thread(rabbit.close_connections, queue)
-
         for commits in (5, 25):
             await after_commits(run, commits)
-            # The client may be between two connections (RabbitMQ lists one once its
-            # handshake is done): close the next one it opens.
-            assert await until(close, within=30, what="a connection to close") == 1
+            # Held: the run reaches the broker through the proxy, which holds every byte
+            # meanwhile, so however long rabbitmqctl takes (seconds on a loaded machine)
+            # the run cannot publish, commit or end before the close.
+            assert await until(lambda: close_while_held(broker_proxy, queue), within=60) == 1
 
-    await run_fanout_while(pool, settings, queue, close_twice)
+    await run_fanout_while(pool, settings, queue, close_twice, broker_proxy)
+
+
+async def close_while_held(proxy: FaultProxy, vhost: str) -> int:
+    """Close the connections to `vhost` (`rabbitmqctl close_connection`) while `proxy`
+    holds the traffic; how many were closed. None may be listed: the client is between
+    two connections (RabbitMQ lists one once its handshake is done), and a held handshake
+    never ends, so the caller lets the traffic flow a moment and tries again."""
+    proxy.stall()
+    try:
+        return await asyncio.to_thread(rabbit.close_connections, vhost)
+    finally:
+        proxy.resume()
+        await asyncio.sleep(0.05)  # the handshake's next frames, if it was between two
 
 
 async def test_broker_gone_and_back_mid_run(

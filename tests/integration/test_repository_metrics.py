@@ -1,0 +1,255 @@
+"""`/actuator/prometheus` reads the job repository at scrape time: executions written by
+another process (here: a JobRepository of the test's own, as the CLI or another replica
+writes them) change the scraped figures, and a database that stalls or goes away leaves
+the scrape answering at once with the last figures read."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+from asyncmy.pool import Pool
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.__main__ import EXIT_FAILED
+from app.config import Settings
+from app.devtools.fake_peers import run_fake_peers
+from app.model import JobExecution, JobParameter, Status
+from app.repository import JobRepository
+from tests.integration.test_web_health_metrics import serving
+from tests.proxy import FaultProxy, through
+from tests.reliability.support import cli, cli_environment, stats_world, until
+
+STATS = "couponUsageStatsJob"
+FANOUT = "couponUsageStatsFcmSendJob"
+# The figures of every scrape below: a hang of the scrape fails the test, not a slow one
+SCRAPE_WITHIN = 30
+
+
+def run_date(day: str) -> list[JobParameter]:
+    return [JobParameter("runDate", "java.time.LocalDate", day)]
+
+
+async def ended(
+    repository: JobRepository, job: str, day: str, status: Status | None
+) -> JobExecution:
+    """An execution of `job` for `day` as another process records it: started, then ended
+    `status` (None: still running)."""
+    execution = await repository.start_execution(job, run_date(day), rerun_completed=False)
+    if status is not None:
+        await repository.finish_execution(execution.id, status, f"ended {status}")
+    found = await repository.get_execution(execution.id)
+    assert found is not None
+    return found
+
+
+async def scrape(client: TestClient) -> dict[tuple[str, frozenset], float]:
+    """The scraped samples, (name, labels without `application`) -> value; every one
+    labelled application="batch-service"."""
+    async with asyncio.timeout(SCRAPE_WITHIN):
+        resp = await client.get("/actuator/prometheus")
+        assert resp.status == 200
+        text = await resp.text()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = dict(s.labels)
+            assert labels.pop("application") == "batch-service", s
+            values[s.name, frozenset(labels.items())] = s.value
+    return values
+
+
+FIGURES = (
+    "batch_job_repository_executions",
+    "batch_job_unrecovered_instances",
+    "batch_job_last_start_timestamp_seconds",
+    "batch_job_last_success_timestamp_seconds",
+)
+
+
+def repository_figures(values: dict[tuple[str, frozenset], float]) -> dict[str, dict]:
+    """The job repository's figures of a scrape (the time of the read aside), by metric
+    name then labels."""
+    figures: dict[str, dict] = {}
+    for (name, labels), value in values.items():
+        if name in FIGURES:
+            figures.setdefault(name, {})[tuple(sorted(labels))] = value
+    return figures
+
+
+def executions(job: str, **counts: int) -> dict[tuple, float]:
+    return {
+        (("job", job), ("status", status.value)): counts.get(status.value, 0) for status in Status
+    }
+
+
+def unrecovered(job: str, failed: int, stopped: int) -> dict[tuple, float]:
+    return {
+        (("job", job), ("status", "FAILED")): failed,
+        (("job", job), ("status", "STOPPED")): stopped,
+    }
+
+
+async def test_executions_of_another_process_are_scraped(settings: Settings, pool: Pool) -> None:
+    other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    async with serving(settings, broker=False, metrics_ttl=0) as client:
+        assert repository_figures(await scrape(client)) == {}  # nothing has run
+
+        failed = await ended(other, STATS, "2025-10-25", Status.FAILED)
+        completed = await ended(other, STATS, "2025-10-26", Status.COMPLETED)
+        stopped = await ended(other, FANOUT, "2025-10-25", Status.STOPPED)
+        running = await ended(other, FANOUT, "2025-10-26", None)
+        assert completed.end_time is not None and running.start_time is not None
+        assert repository_figures(await scrape(client)) == {
+            "batch_job_repository_executions": {
+                **executions(STATS, FAILED=1, COMPLETED=1),
+                **executions(FANOUT, STOPPED=1, STARTED=1),
+            },
+            "batch_job_unrecovered_instances": {
+                **unrecovered(STATS, failed=1, stopped=0),
+                **unrecovered(FANOUT, failed=0, stopped=1),
+            },
+            "batch_job_last_start_timestamp_seconds": {
+                (("job", STATS),): completed.start_time.timestamp(),
+                (("job", FANOUT),): running.start_time.timestamp(),
+            },
+            "batch_job_last_success_timestamp_seconds": {
+                (("job", STATS),): completed.end_time.timestamp(),
+            },
+        }
+
+        # The night's FAILED instance restarted by `python -m app restart` and COMPLETED,
+        # the STOPPED fan-out abandoned: nothing is left to recover.
+        restarted = await ended(other, STATS, "2025-10-25", Status.COMPLETED)
+        assert restarted.instance_id == failed.instance_id
+        assert await other.abandon(stopped.id) == Status.STOPPED
+        assert restarted.end_time is not None and restarted.start_time is not None
+        assert repository_figures(await scrape(client)) == {
+            "batch_job_repository_executions": {
+                **executions(STATS, FAILED=1, COMPLETED=2),
+                **executions(FANOUT, ABANDONED=1, STARTED=1),
+            },
+            "batch_job_unrecovered_instances": {
+                **unrecovered(STATS, failed=0, stopped=0),
+                **unrecovered(FANOUT, failed=0, stopped=0),
+            },
+            "batch_job_last_start_timestamp_seconds": {
+                (("job", STATS),): restarted.start_time.timestamp(),
+                (("job", FANOUT),): running.start_time.timestamp(),
+            },
+            "batch_job_last_success_timestamp_seconds": {
+                (("job", STATS),): restarted.end_time.timestamp(),
+            },
+        }
+
+
+@pytest.mark.slow
+async def test_a_night_failed_and_restarted_from_the_command_line_is_scraped(
+    settings: Settings, pool: Pool, tmp_path: Path
+) -> None:
+    """Issue 18's finding: the CLI's runs, in a process of their own, are what the
+    daemon's scrape shows; the restart clears the instance left FAILED."""
+    world = stats_world(20)
+    await world.load(pool)
+    repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    async with (
+        run_fake_peers(world.peer_data()) as peers,
+        serving(settings, broker=False, metrics_ttl=0) as client,
+    ):
+        env = cli_environment(
+            settings,
+            STORE_SERVICE_URL=peers.store_url,
+            NOTIFICATION_SERVICE_URL=peers.notification_url,
+            RETRY_BUDGET_SECONDS=0.2,
+        )
+        peers.control.update({"fail_status": 503, "fail_times": -1})  # the store service down
+        args = ["run", "coupon-usage-stats", "--run-date", "2025-10-26", "--quiet"]
+        async with cli(args, env, tmp_path / "run.log") as night:
+            assert await night.wait(60) == EXIT_FAILED, night.log_text()
+        (failed,) = await repository.list_executions(STATS)
+        assert failed.status == Status.FAILED and failed.start_time is not None
+        assert repository_figures(await scrape(client)) == {
+            "batch_job_repository_executions": executions(STATS, FAILED=1),
+            "batch_job_unrecovered_instances": unrecovered(STATS, failed=1, stopped=0),
+            "batch_job_last_start_timestamp_seconds": {
+                (("job", STATS),): failed.start_time.timestamp(),
+            },
+        }
+
+        peers.control.update({"fail_status": None})
+        args = ["restart", str(failed.id), "--quiet"]
+        async with cli(args, env, tmp_path / "restart.log") as restart:
+            assert await restart.wait(60) == 0, restart.log_text()
+        restarted, _ = await repository.list_executions(STATS)
+        assert restarted.status == Status.COMPLETED
+        assert restarted.start_time is not None and restarted.end_time is not None
+        assert repository_figures(await scrape(client)) == {
+            "batch_job_repository_executions": executions(STATS, FAILED=1, COMPLETED=1),
+            "batch_job_unrecovered_instances": unrecovered(STATS, failed=0, stopped=0),
+            "batch_job_last_start_timestamp_seconds": {
+                (("job", STATS),): restarted.start_time.timestamp(),
+            },
+            "batch_job_last_success_timestamp_seconds": {
+                (("job", STATS),): restarted.end_time.timestamp(),
+            },
+        }
+
+
+async def test_a_scrape_storm_reads_once_within_the_ttl(settings: Settings, pool: Pool) -> None:
+    other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    await ended(other, STATS, "2025-10-25", Status.COMPLETED)
+    async with serving(settings, broker=False, metrics_ttl=3600) as client:
+        first = await scrape(client)
+        await ended(other, STATS, "2025-10-26", Status.FAILED)
+        storm = await asyncio.gather(*(scrape(client) for _ in range(20)))
+    assert all(repository_figures(values) == repository_figures(first) for values in storm)
+    read_at = ("batch_job_repository_read_timestamp_seconds", frozenset())
+    assert {values[read_at] for values in storm} == {first[read_at]}
+
+
+async def test_a_stalled_or_gone_database_leaves_the_scrape_with_the_last_figures(
+    settings: Settings, pool: Pool, db_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    await ended(other, STATS, "2025-10-25", Status.COMPLETED)
+    read_at = ("batch_job_repository_read_timestamp_seconds", frozenset())
+    served = through(settings, db=db_proxy)
+    async with serving(served, broker=False, metrics_ttl=0, metrics_timeout=0.5) as client:
+        first = await scrape(client)
+        figures = repository_figures(first)
+        assert figures["batch_job_repository_executions"] == executions(STATS, COMPLETED=1)
+
+        await ended(other, STATS, "2025-10-26", Status.FAILED)  # not through the proxy
+        db_proxy.stall()  # the app's database holds every answer
+        for _ in range(3):
+            stalled = await scrape(client)
+            assert repository_figures(stalled) == figures
+            assert stalled[read_at] == first[read_at]
+            # The rest is served as ever: the scrape itself is counted
+            assert any(name == "http_server_requests_seconds_count" for name, _ in stalled)
+
+        db_proxy.resume()
+
+        async def read_again() -> dict[tuple[str, frozenset], float] | None:
+            values = await scrape(client)
+            return values if values[read_at] > first[read_at] else None
+
+        fresh = await until(read_again, within=SCRAPE_WITHIN, what="a read after the stall")
+        assert repository_figures(fresh)["batch_job_repository_executions"] == executions(
+            STATS, COMPLETED=1, FAILED=1
+        )
+
+        db_proxy.refuse()  # the database gone: connections reset, new ones refused
+        db_proxy.drop()
+        await ended(other, STATS, "2025-10-27", Status.FAILED)
+        for _ in range(3):
+            gone = await scrape(client)
+            assert repository_figures(gone) == repository_figures(fresh)
+            assert gone[read_at] == fresh[read_at]
+        # Said once for the three failed reads, in a line (an outage is no bug)
+        (warning,) = [r for r in caplog.records if r.name == "app.web.repository_metrics"]
+        assert warning.levelname == "WARNING" and not warning.exc_info
+        assert warning.getMessage().startswith("the job repository's metrics could not be read")
+        await db_proxy.accept()  # the pool's shutdown says QUIT to its connections
