@@ -19,7 +19,8 @@ from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.model import ChunkCounts, JobParameter, Status
 from app.repository import JobRepository
-from app.spring_format import UNDECODABLE, decode_context, job_key
+from app.schema.migrate import migrate
+from app.spring_format import UNDECODABLE, decode_context, job_key, legacy_job_key
 from tests.integration.test_cli_database_errors import cli
 from tests.integration.test_web_api import Client, bearer, client, until_finished
 from tests.reliability.support import cli_environment
@@ -244,6 +245,44 @@ async def test_an_instance_under_this_services_legacy_key_resumes_its_json_check
     second = await repository.start_execution(STATS, params, rerun_completed=False)
     assert second.instance_id == first.instance_id
     assert (await repository.start_step(second, "couponUsageStatsStep")).checkpoint == 4242
+
+
+async def test_v004_gives_instances_under_the_former_key_springs_key(pool: Pool) -> None:
+    repository = JobRepository(pool, abandon_after_seconds=120)
+    stats = [JobParameter("runDate", "java.time.LocalDate", "2025-10-30")]
+    fanout = [
+        JobParameter("runDate", "java.time.LocalDate", "2025-10-25"),
+        JobParameter("targetHour", "java.lang.Integer", "10"),
+        JobParameter("dryRun", "java.lang.Boolean", "false", identifying=False),
+    ]
+    taken = [JobParameter("runDate", "java.time.LocalDate", "2025-10-29")]
+    ids = {}
+    for job, params in ((STATS, stats), (FANOUT, fanout), (STATS, taken)):
+        execution = await repository.start_execution(job, params, rerun_completed=False)
+        ids[execution.instance_id] = params
+    async with pool.acquire() as conn, conn.cursor() as cur:  # as the service wrote them before
+        for instance_id, params in ids.items():
+            await cur.execute(
+                "UPDATE BATCH_JOB_INSTANCE SET JOB_KEY = %s WHERE JOB_INSTANCE_ID = %s",
+                (legacy_job_key(params), instance_id),
+            )
+        await cur.execute(  # another instance holds the third one's Spring key already
+            "INSERT INTO BATCH_JOB_INSTANCE (JOB_INSTANCE_ID, VERSION, JOB_NAME, JOB_KEY)"
+            " VALUES (99, 0, %s, %s)",
+            (STATS, job_key(taken)),
+        )
+        await cur.execute("DELETE FROM batch_service_schema_history WHERE version = 4")
+        await conn.commit()
+    assert await migrate(pool) == ["V004__spring_batch_job_keys"]
+    first, second, third = ids
+    assert await fetch_all(
+        pool, "SELECT JOB_INSTANCE_ID, JOB_KEY, VERSION FROM BATCH_JOB_INSTANCE ORDER BY 1"
+    ) == [
+        (first, job_key(stats), 1),
+        (second, "3e8b9023c2d1676364fe03291bbdb688", 1),
+        (third, legacy_job_key(taken), 0),
+        (99, job_key(taken), 0),
+    ]
 
 
 async def test_an_undecodable_context_is_shown_as_such_and_never_a_500(
