@@ -193,11 +193,12 @@ async def test_the_old_services_rows_are_listed_and_its_failed_instance_resumed(
     ) == [(4,)]
 
 
-async def test_the_cli_lists_the_old_services_rows(
-    pool: Pool, settings: Settings, tmp_path: Path
+async def test_the_cli_lists_and_restarts_the_old_services_rows(
+    pool: Pool, settings: Settings, fake: FakePeers, tmp_path: Path
 ) -> None:
     await insert_old_service_rows(pool)
-    env = cli_environment(settings)
+    peers = {"STORE_SERVICE_URL": fake.store_url, "NOTIFICATION_SERVICE_URL": fake.notification_url}
+    env = cli_environment(settings, **peers)
     code, out, err = await cli(["executions"], env, tmp_path)
     assert (code, err) == (0, "")
     lines = out.splitlines()
@@ -205,6 +206,13 @@ async def test_the_cli_lists_the_old_services_rows(
     assert lines[2].split()[:3] == [str(FAILED_EXECUTION), STATS, "FAILED"]
     code, out, err = await cli(["executions", "--status", "UNKNOWN"], env, tmp_path)
     assert (code, len(out.splitlines()), err) == (0, 2, "")
+    code, _, err = await cli(["restart", str(FAILED_EXECUTION), "--quiet"], env, tmp_path)
+    assert code == 0, err
+    assert await fetch_all(
+        pool,
+        "SELECT JOB_INSTANCE_ID, STATUS FROM BATCH_JOB_EXECUTION WHERE JOB_EXECUTION_ID > %s",
+        (UNKNOWN_EXECUTION,),
+    ) == [(1, "COMPLETED")]
 
 
 async def test_a_launch_finds_the_instance_under_the_old_services_types(pool: Pool) -> None:
