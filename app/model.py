@@ -21,7 +21,7 @@ class Status(StrEnum):
     STOPPED = "STOPPED"
     ABANDONED = "ABANDONED"
     # Spring's: an execution whose end could not be recorded (a failed rollback). Neither
-    # running nor restartable here: the next launch of its instance starts from scratch.
+    # running nor restartable here: the next launch of its instance runs a new execution.
     UNKNOWN = "UNKNOWN"
 
 

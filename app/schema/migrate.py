@@ -28,12 +28,11 @@ _NO_SUCH_TABLE = 1146
 _DENIED_CODES = frozenset({1044, 1142, 1143, 1227})
 _DENIED_PRIVILEGE = re.compile(r"(\w+(?: \w+)?) command denied")
 
+_VERSIONED = re.compile(r"^V(\d+)__(\w+)\.sql$")
+
 
 class MigrationDenied(Exception):
     """A pending migration needs a privilege the database user lacks."""
-
-
-_VERSIONED = re.compile(r"^V(\d+)__(\w+)\.sql$")
 
 
 def _statements(sql: str) -> list[str]:
