@@ -24,4 +24,7 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
 # SIGTERM stops launches, lets running steps commit their chunks in flight (STOPPED,
 # restartable), closes the pools and exits 0 within SHUTDOWN_GRACE_SECONDS.
 STOPSIGNAL SIGTERM
+# `migrate` issues DDL only for a pending migration: run as the service's user (SELECT,
+# INSERT, UPDATE, DELETE) it checks that the schema is up to date, and a pending migration
+# stops the start (exit 2) until the privileged migration step has run (README).
 CMD ["sh", "-c", "python -m app migrate && exec python -m app serve"]

@@ -37,7 +37,7 @@ from app.repository import JobRepository
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob
 from app.runtime.parameters import ParameterError, backfill_dates
-from app.schema.migrate import migrate
+from app.schema.migrate import MigrationDenied, migrate
 
 log = logging.getLogger("app")
 
@@ -107,7 +107,11 @@ def _say(settings: Settings, text: str, level: int = logging.INFO) -> None:
 
 async def _migrate(settings: Settings, dev_schema: bool) -> int:
     async with open_pool(settings.database) as pool:
-        applied = await migrate(pool, dev_schema=dev_schema)
+        try:
+            applied = await migrate(pool, dev_schema=dev_schema)
+        except MigrationDenied as exc:
+            _say(settings, f"error: {exc}", logging.ERROR)
+            return EXIT_USAGE
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     return 0
 

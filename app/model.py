@@ -20,6 +20,9 @@ class Status(StrEnum):
     FAILED = "FAILED"
     STOPPED = "STOPPED"
     ABANDONED = "ABANDONED"
+    # Spring's: an execution whose end could not be recorded (a failed rollback). Neither
+    # running nor restartable here: the next launch of its instance runs a new execution.
+    UNKNOWN = "UNKNOWN"
 
 
 # An execution in one of these is alive (or was, until its heartbeat stopped).

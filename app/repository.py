@@ -9,8 +9,6 @@ the database clock, so replicas with skewed clocks agree on heartbeats.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from itertools import groupby
@@ -32,8 +30,9 @@ from app.model import (
     Status,
     StepExecution,
 )
+from app.spring_format import decode_context, encode_context, instance_keys
 
-_MESSAGE_LIMIT = 2500  # EXIT_MESSAGE and SHORT_CONTEXT are VARCHAR(2500)
+_MESSAGE_LIMIT = 2500  # EXIT_MESSAGE is VARCHAR(2500)
 _RUNNING_SQL = "(" + ", ".join(f"'{status.value}'" for status in RUNNING) + ")"
 
 
@@ -47,20 +46,17 @@ class LeaseLost(Exception):
     stale and took the instance over. Nothing more may be committed for it."""
 
 
-def job_key(parameters: Sequence[JobParameter]) -> str:
-    """MD5 of the identifying parameters, `name=value;` in name order (Spring's key)."""
-    ordered = sorted(parameters, key=lambda p: p.name)
-    text = "".join(f"{p.name}={p.value};" for p in ordered if p.identifying)
-    return hashlib.md5(text.encode("utf-8")).hexdigest()
-
-
 def _clip(text: str) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
-async def _next_id(conn: Connection, sequence: str) -> int:
-    async with conn.cursor() as cur:
-        await cur.execute(f"UPDATE {sequence} SET ID = LAST_INSERT_ID(ID + 1)")
+async def _next_id(pool: DbPool, sequence: str) -> int:
+    """Spring's MySQLMaxValueIncrementer: its own transaction, committed at once, so the
+    sequence row is locked for a moment, not for the caller's transaction (both services
+    draw from the same sequences). Taken before the caller's transaction opens, so a
+    caller never holds two pool connections; an id a refused launch drew is left unused."""
+    async with transaction(pool) as conn, conn.cursor() as cur:
+        await cur.execute(f"UPDATE {sequence} SET ID = LAST_INSERT_ID(ID + 1) LIMIT 1")
         await cur.execute("SELECT LAST_INSERT_ID()")
         (value,) = await cur.fetchone()
         return int(value)
@@ -68,13 +64,14 @@ async def _next_id(conn: Connection, sequence: str) -> int:
 
 _EXECUTION_COLUMNS = (
     "e.JOB_EXECUTION_ID, e.JOB_INSTANCE_ID, i.JOB_NAME, e.STATUS, e.CREATE_TIME, e.START_TIME,"
-    " e.END_TIME, e.EXIT_CODE, e.EXIT_MESSAGE, e.LAST_UPDATED, x.SHORT_CONTEXT"
+    " e.END_TIME, e.EXIT_CODE, e.EXIT_MESSAGE, e.LAST_UPDATED, x.SHORT_CONTEXT,"
+    " x.SERIALIZED_CONTEXT"
 )
 _STEP_COLUMNS = (
     "s.STEP_EXECUTION_ID, s.JOB_EXECUTION_ID, s.STEP_NAME, s.STATUS, c.SHORT_CONTEXT,"
     " s.READ_COUNT, s.WRITE_COUNT, s.FILTER_COUNT,"
     " s.READ_SKIP_COUNT + s.PROCESS_SKIP_COUNT + s.WRITE_SKIP_COUNT, s.COMMIT_COUNT,"
-    " s.START_TIME, s.END_TIME, s.EXIT_MESSAGE"
+    " s.START_TIME, s.END_TIME, s.EXIT_MESSAGE, c.SERIALIZED_CONTEXT"
 )
 
 
@@ -96,7 +93,7 @@ def _tally(job_name: str, rows: list[tuple], clock: timezone) -> JobTally:
 
 
 def _step_from_row(row: tuple) -> StepExecution:
-    context = json.loads(row[4]) if row[4] else {}
+    context = decode_context(row[4], row[13])
     return StepExecution(
         id=row[0],
         job_execution_id=row[1],
@@ -148,7 +145,8 @@ class JobRepository:
         the process's MAX_RUNNING_EXECUTIONS) until `mark_started`.
         """
         status = Status.STARTING if queued else Status.STARTED
-        instance_id = await self._instance_id(job_name, job_key(parameters))
+        instance_id = await self._instance_id(job_name, parameters)
+        execution_id = await _next_id(self.pool, "BATCH_JOB_EXECUTION_SEQ")
         async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(
                 "SELECT JOB_INSTANCE_ID FROM BATCH_JOB_INSTANCE"
@@ -175,11 +173,10 @@ class JobRepository:
                     raise AlreadyComplete(
                         f"{job_name} already completed as execution {last_id}", last_id
                     )
-            execution_id = await _next_id(conn, "BATCH_JOB_EXECUTION_SEQ")
             await cur.execute(
                 "INSERT INTO BATCH_JOB_EXECUTION (JOB_EXECUTION_ID, VERSION, JOB_INSTANCE_ID,"
                 " CREATE_TIME, START_TIME, STATUS, EXIT_CODE, EXIT_MESSAGE, LAST_UPDATED)"
-                " VALUES (%s, 1, %s, NOW(6), IF(%s, NULL, NOW(6)), %s, 'EXECUTING', '', NOW(6))",
+                " VALUES (%s, 0, %s, NOW(6), IF(%s, NULL, NOW(6)), %s, 'UNKNOWN', '', NOW(6))",
                 (execution_id, instance_id, queued, status.value),
             )
             await cur.executemany(
@@ -191,33 +188,44 @@ class JobRepository:
                 ],
             )
             await cur.execute(
-                "INSERT INTO BATCH_JOB_EXECUTION_CONTEXT (JOB_EXECUTION_ID, SHORT_CONTEXT)"
-                " VALUES (%s, '{}')",
-                (execution_id,),
+                "INSERT INTO BATCH_JOB_EXECUTION_CONTEXT"
+                " (JOB_EXECUTION_ID, SHORT_CONTEXT, SERIALIZED_CONTEXT) VALUES (%s, %s, %s)",
+                (execution_id, *encode_context({})),
             )
         execution = await self.get_execution(execution_id)
         assert execution is not None
         return execution
 
-    async def _instance_id(self, job_name: str, key: str) -> int:
+    async def _instance_id(self, job_name: str, parameters: Sequence[JobParameter]) -> int:
+        """The instance under the first of its keys found (the old Spring service's, with
+        the parameter types it may have used, or this service's legacy key), else a new
+        one under this service's own key."""
+        keys = instance_keys(parameters)
         select = (
-            "SELECT JOB_INSTANCE_ID FROM BATCH_JOB_INSTANCE WHERE JOB_NAME = %s AND JOB_KEY = %s"
+            "SELECT JOB_KEY, JOB_INSTANCE_ID FROM BATCH_JOB_INSTANCE WHERE JOB_NAME = %s"
+            f" AND JOB_KEY IN ({', '.join(['%s'] * len(keys))})"
         )
-        rows = await fetch_all(self.pool, select, (job_name, key))
-        if rows:
-            return int(rows[0][0])
+
+        async def existing() -> int | None:
+            found = dict(await fetch_all(self.pool, select, (job_name, *keys)))
+            return next((int(found[key]) for key in keys if key in found), None)
+
+        instance_id = await existing()
+        if instance_id is not None:
+            return instance_id
+        instance_id = await _next_id(self.pool, "BATCH_JOB_SEQ")
         try:
             async with transaction(self.pool) as conn, conn.cursor() as cur:
-                instance_id = await _next_id(conn, "BATCH_JOB_SEQ")
                 await cur.execute(
                     "INSERT INTO BATCH_JOB_INSTANCE (JOB_INSTANCE_ID, VERSION, JOB_NAME, JOB_KEY)"
                     " VALUES (%s, 0, %s, %s)",
-                    (instance_id, job_name, key),
+                    (instance_id, job_name, keys[0]),
                 )
                 return instance_id
         except IntegrityError:  # another process created it a moment ago
-            rows = await fetch_all(self.pool, select, (job_name, key))
-            return int(rows[0][0])
+            raced = await existing()
+            assert raced is not None
+            return raced
 
     async def _mark_abandoned(self, conn: Connection, execution_id: int, idle: float) -> None:
         message = (
@@ -240,7 +248,7 @@ class JobRepository:
         running: another replica found the heartbeat stale and took the instance over)."""
         async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(
-                "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6)"
+                "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
                 f" WHERE JOB_EXECUTION_ID = %s AND STATUS IN {_RUNNING_SQL}",
                 (execution_id,),
             )
@@ -311,8 +319,9 @@ class JobRepository:
 
     async def set_execution_context(self, execution_id: int, context: dict[str, Any]) -> None:
         await self._execute(
-            "UPDATE BATCH_JOB_EXECUTION_CONTEXT SET SHORT_CONTEXT = %s WHERE JOB_EXECUTION_ID = %s",
-            (_clip(json.dumps(context, ensure_ascii=False)), execution_id),
+            "UPDATE BATCH_JOB_EXECUTION_CONTEXT SET SHORT_CONTEXT = %s, SERIALIZED_CONTEXT = %s"
+            " WHERE JOB_EXECUTION_ID = %s",
+            (*encode_context(context), execution_id),
         )
 
     async def get_parameters(self, execution_id: int) -> list[JobParameter]:
@@ -341,22 +350,21 @@ class JobRepository:
         checkpoint = None
         if previous is not None and previous.status in RESTARTABLE:
             checkpoint = previous.checkpoint
-        context = json.dumps({"checkpoint": checkpoint})
+        step_id = await _next_id(self.pool, "BATCH_STEP_EXECUTION_SEQ")
         async with transaction(self.pool) as conn, conn.cursor() as cur:
-            step_id = await _next_id(conn, "BATCH_STEP_EXECUTION_SEQ")
             await cur.execute(
                 "INSERT INTO BATCH_STEP_EXECUTION (STEP_EXECUTION_ID, VERSION, STEP_NAME,"
                 " JOB_EXECUTION_ID, CREATE_TIME, START_TIME, STATUS, COMMIT_COUNT, READ_COUNT,"
                 " FILTER_COUNT, WRITE_COUNT, READ_SKIP_COUNT, WRITE_SKIP_COUNT,"
                 " PROCESS_SKIP_COUNT, ROLLBACK_COUNT, EXIT_CODE, EXIT_MESSAGE, LAST_UPDATED)"
-                " VALUES (%s, 1, %s, %s, NOW(6), NOW(6), 'STARTED', 0, 0, 0, 0, 0, 0, 0, 0,"
+                " VALUES (%s, 0, %s, %s, NOW(6), NOW(6), 'STARTED', 0, 0, 0, 0, 0, 0, 0, 0,"
                 " 'EXECUTING', '', NOW(6))",
                 (step_id, step_name, execution.id),
             )
             await cur.execute(
-                "INSERT INTO BATCH_STEP_EXECUTION_CONTEXT (STEP_EXECUTION_ID, SHORT_CONTEXT)"
-                " VALUES (%s, %s)",
-                (step_id, context),
+                "INSERT INTO BATCH_STEP_EXECUTION_CONTEXT"
+                " (STEP_EXECUTION_ID, SHORT_CONTEXT, SERIALIZED_CONTEXT) VALUES (%s, %s, %s)",
+                (step_id, *encode_context({"checkpoint": checkpoint})),
             )
         return StepExecution(
             id=step_id,
@@ -410,9 +418,9 @@ class JobRepository:
                     " its execution over (no heartbeat for JOB_ABANDON_AFTER_SECONDS)"
                 )
             await cur.execute(
-                "UPDATE BATCH_STEP_EXECUTION_CONTEXT SET SHORT_CONTEXT = %s"
-                " WHERE STEP_EXECUTION_ID = %s",
-                (_clip(json.dumps(context, ensure_ascii=False)), step_id),
+                "UPDATE BATCH_STEP_EXECUTION_CONTEXT SET SHORT_CONTEXT = %s,"
+                " SERIALIZED_CONTEXT = %s WHERE STEP_EXECUTION_ID = %s",
+                (*encode_context(context), step_id),
             )
 
     async def finish_step(
@@ -476,7 +484,7 @@ class JobRepository:
                 exit_code=row[7] or "",
                 exit_message=row[8] or "",
                 last_updated=_on(clock, row[9]),
-                context=json.loads(row[10]) if row[10] else {},
+                context=decode_context(row[10], row[11]),
             )
             for row in rows
         }

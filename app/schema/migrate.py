@@ -1,4 +1,9 @@
-"""Versioned SQL migrations, applied once each, safe to run from several replicas at once."""
+"""Versioned SQL migrations, applied once each, safe to run from several replicas at once.
+
+The history is read first: an up-to-date schema needs no DDL, so a user with only SELECT,
+INSERT, UPDATE and DELETE (as the service runs) migrates it; a pending migration needs a
+user with the DDL privileges (README, "Migrations as a privileged step").
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,17 @@ _LOCK_NAME = "couponpop-batch.migrate"
 _LOCK_WAIT_SECONDS = 60
 # Already there (a table, a column, an index): a database that predates the history.
 _ALREADY_APPLIED_CODES = frozenset({1050, 1060, 1061})
+_NO_SUCH_TABLE = 1146
+# The user lacks a privilege: on a database (1044), a table (1142), a column (1143), or a
+# global one (1227).
+_DENIED_CODES = frozenset({1044, 1142, 1143, 1227})
+_DENIED_PRIVILEGE = re.compile(r"(\w+(?: \w+)?) command denied")
+
 _VERSIONED = re.compile(r"^V(\d+)__(\w+)\.sql$")
+
+
+class MigrationDenied(Exception):
+    """A pending migration needs a privilege the database user lacks."""
 
 
 def _statements(sql: str) -> list[str]:
@@ -46,23 +61,20 @@ async def migrate(pool: Pool, *, dev_schema: bool = False) -> list[str]:
             raise RuntimeError(f"another process holds the migration lock {_LOCK_NAME!r}")
         try:
             await cur.execute("SET SESSION sql_notes = 0")  # "already exists" is expected
-            await cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} ("
-                " version INT NOT NULL PRIMARY KEY, name VARCHAR(200) NOT NULL,"
-                " applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB"
-            )
-            await cur.execute(f"SELECT version FROM {HISTORY_TABLE}")
-            done = {row[0] for row in await cur.fetchall()}
-            for version, name, sql in _migrations():
-                if version in done:
-                    continue
+            done = await _history(cur)
+            pending = [m for m in _migrations() if m[0] not in (done or ())]
+            for version, name, sql in pending:
+                label = f"V{version:03d}__{name}"
+                if done is None:  # the history's table comes with the first migration
+                    await _guarded(cur, f"migration {label}", _CREATE_HISTORY)
+                    done = set()
                 for statement in _statements(sql):
-                    await _execute_tolerating_existing(cur, statement)
+                    await _guarded(cur, f"migration {label}", statement)
                 await cur.execute(
                     f"INSERT INTO {HISTORY_TABLE} (version, name) VALUES (%s, %s)", (version, name)
                 )
-                applied.append(f"V{version:03d}__{name}")
-                log.info("migration applied: V%03d__%s", version, name)
+                applied.append(label)
+                log.info("migration applied: %s", label)
             if dev_schema:
                 sql = (resources.files("app.schema") / "dev" / "peer_tables.sql").read_text("utf-8")
                 for statement in _statements(sql):
@@ -72,11 +84,39 @@ async def migrate(pool: Pool, *, dev_schema: bool = False) -> list[str]:
     return applied
 
 
-async def _execute_tolerating_existing(cur: Cursor, statement: str) -> None:
+_CREATE_HISTORY = (
+    f"CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} ("
+    " version INT NOT NULL PRIMARY KEY, name VARCHAR(200) NOT NULL,"
+    " applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB"
+)
+
+
+async def _history(cur: Cursor) -> set[int] | None:
+    """The versions applied; None when there is no history table yet."""
+    try:
+        await cur.execute(f"SELECT version FROM {HISTORY_TABLE}")
+    except MySQLError as exc:
+        if exc.args and exc.args[0] == _NO_SUCH_TABLE:
+            return None
+        raise
+    return {row[0] for row in await cur.fetchall()}
+
+
+async def _guarded(cur: Cursor, what: str, statement: str) -> None:
+    """Run a migration's statement: an object already there is tolerated (a database that
+    predates the history); a missing privilege is MigrationDenied, naming it and `what`."""
     try:
         await cur.execute(statement)
     except MySQLError as exc:
-        if exc.args and exc.args[0] in _ALREADY_APPLIED_CODES:
-            log.info("migration statement found its object already there: %s", exc.args[1])
+        code, message = (*exc.args, None, "")[:2]
+        if code in _ALREADY_APPLIED_CODES:
+            log.info("migration statement found its object already there: %s", message)
             return
+        if code in _DENIED_CODES:
+            found = _DENIED_PRIVILEGE.search(str(message))
+            privilege = f"the {found.group(1)} privilege" if found else "a privilege"
+            raise MigrationDenied(
+                f"{what} needs {privilege}, which this database user lacks ({message});"
+                " run `migrate` as a user with DDL privileges"
+            ) from None
         raise

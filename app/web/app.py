@@ -26,6 +26,7 @@ from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
 from app.runtime.parameters import ParameterError, backfill_dates
 from app.runtime.resources import Resources
+from app.spring_format import UNDECODABLE
 from app.web.console import console_routes
 from app.web.errors import ApiError, ServerLog, error_middleware
 from app.web.metrics import (
@@ -464,6 +465,7 @@ def execution_view(
                 "skipCount": s.skip_count,
                 "commitCount": s.commit_count,
                 "checkpoint": s.checkpoint,
+                "contextError": s.context.get(UNDECODABLE),
                 "startTime": time(s.start_time),
                 "endTime": time(s.end_time),
                 "exitMessage": s.exit_message,

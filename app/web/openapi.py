@@ -384,6 +384,12 @@ OPENAPI: dict[str, Any] = {
                                 "status": {"type": "string"},
                                 **_COUNTS,
                                 "checkpoint": {"nullable": True},
+                                "contextError": {
+                                    "type": "string",
+                                    "nullable": True,
+                                    "description": "Why the step's context could not be"
+                                    " read (then it has no checkpoint); null when it was",
+                                },
                                 "startTime": _TIME,
                                 "endTime": _TIME,
                                 "exitMessage": {"type": "string"},

@@ -17,6 +17,7 @@ ALL = [
     "V001__spring_batch_metadata",
     "V002__coupon_usage_stats",
     "V003__coupon_usage_stats_by_date",
+    "V004__spring_batch_job_keys",
 ]
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 
 import pytest
 from asyncmy.pool import Pool
@@ -12,7 +10,8 @@ from asyncmy.pool import Pool
 from app.config import Settings
 from app.edges.db import fetch_all, open_pool, transaction
 from app.model import AlreadyComplete, AlreadyRunning, ChunkCounts, JobParameter, Status
-from app.repository import AlreadyCommitted, JobRepository, job_key
+from app.repository import AlreadyCommitted, JobRepository
+from app.spring_format import decode_context, job_key
 
 JOB = "couponUsageStatsJob"
 PARAMS = [JobParameter("runDate", "java.time.LocalDate", "2025-10-31")]
@@ -20,15 +19,6 @@ PARAMS = [JobParameter("runDate", "java.time.LocalDate", "2025-10-31")]
 
 def repo(pool: Pool, abandon_after: int = 120) -> JobRepository:
     return JobRepository(pool, abandon_after_seconds=abandon_after)
-
-
-def test_job_key_is_md5_of_identifying_parameters_in_name_order() -> None:
-    params = [
-        JobParameter("targetHour", "java.lang.Integer", "10"),
-        JobParameter("runDate", "java.time.LocalDate", "2025-10-25"),
-        JobParameter("dryRun", "java.lang.Boolean", "true", identifying=False),
-    ]
-    assert job_key(params) == hashlib.md5(b"runDate=2025-10-25;targetHour=10;").hexdigest()
 
 
 async def test_first_launch_records_instance_execution_and_parameters(pool: Pool) -> None:
@@ -44,6 +34,7 @@ async def test_first_launch_records_instance_execution_and_parameters(pool: Pool
     assert rows == [("runDate", "java.time.LocalDate", "2025-10-31", "Y")]
     instances = await fetch_all(pool, "SELECT JOB_NAME, JOB_KEY FROM BATCH_JOB_INSTANCE")
     assert instances == [(JOB, job_key(PARAMS))]
+    assert job_key(PARAMS) == "85e04c2961a946d5d9c8b33fd48a65ab"  # Spring Batch 5.2's
 
 
 async def test_live_execution_blocks_a_second_launch(pool: Pool) -> None:
@@ -84,12 +75,14 @@ async def test_failed_execution_restarts_from_the_step_checkpoint(pool: Pool) ->
     (old_step,) = recorded.steps
     assert (old_step.read_count, old_step.write_count, old_step.filter_count) == (10, 7, 2)
     assert (old_step.skip_count, old_step.commit_count, old_step.status) == (1, 1, "FAILED")
-    context = await fetch_all(
+    [(short, serialized)] = await fetch_all(
         pool,
-        "SELECT SHORT_CONTEXT FROM BATCH_STEP_EXECUTION_CONTEXT WHERE STEP_EXECUTION_ID = %s",
+        "SELECT SHORT_CONTEXT, SERIALIZED_CONTEXT FROM BATCH_STEP_EXECUTION_CONTEXT"
+        " WHERE STEP_EXECUTION_ID = %s",
         (step.id,),
     )
-    assert json.loads(context[0][0]) == {"checkpoint": 4242}
+    assert short.startswith("rO0AB") and serialized is None  # a Java-serialized HashMap
+    assert decode_context(short, serialized) == {"checkpoint": 4242}
 
 
 async def test_rerun_after_completion_starts_from_scratch(pool: Pool) -> None:

@@ -18,8 +18,8 @@ from app.jobs.fcm_send import (
     stats_window,
 )
 from app.model import JobParameter
-from app.repository import job_key
 from app.runtime.parameters import ParameterError
+from app.spring_format import job_key
 
 SEOUL = ZoneInfo("Asia/Seoul")
 

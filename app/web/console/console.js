@@ -397,7 +397,9 @@ function renderDetails(execution) {
         el("td", { class: "num" }, count(step.filterCount)),
         el("td", { class: "num" }, count(step.skipCount)),
         el("td", { class: "num" }, count(step.commitCount)),
-        el("td", { class: "checkpoint" }, step.checkpoint === null || step.checkpoint === undefined ? "" : JSON.stringify(step.checkpoint)),
+        step.contextError
+          ? el("td", { class: "checkpoint", title: step.contextError }, "undecodable context")
+          : el("td", { class: "checkpoint" }, step.checkpoint === null || step.checkpoint === undefined ? "" : JSON.stringify(step.checkpoint)),
         el("td", { class: "time" }, showTime(step.startTime)),
         el("td", { class: "time" }, showTime(step.endTime)),
         el("td", { class: "step-message" }, step.exitMessage || ""),
