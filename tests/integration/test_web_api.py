@@ -554,8 +554,9 @@ async def test_second_launch_while_running_is_409(
     assert live["status"] == "STARTED"
     assert live["endTime"] is None
     assert set(live["progress"]) == {
-        "read", "written", "filtered", "skipped", "commits", "itemsPerSecond",
+        "read", "written", "filtered", "skipped", "commits", "itemsPerSecond", "retrying",
     }  # fmt: skip
+    assert live["progress"]["retrying"] == []  # slow, not failing
 
     fake.control.latency_ms = 0
     done = await until_finished(api, f"/api/v1/jobs/executions/{running_id}")
