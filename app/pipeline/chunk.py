@@ -77,31 +77,31 @@ class StepProgress:
     started: float = field(default_factory=time.monotonic)
     retries: list[Retry] = field(default_factory=list)
 
-    def retrying(
+    def note_retry(
         self,
+        retry: Retry | None,
         what: str,
         error: BaseException,
         attempts: int,
         elapsed: float,
         budget: float,
-        retry: Retry | None,
     ) -> Retry:
-        """Note a failed attempt of an operation (`retry`: its earlier note, if any)."""
+        """Note a failed attempt of an operation that began `elapsed` seconds ago and
+        retries; `retry` is its earlier note, if any."""
         if retry is None:
-            now = time.monotonic()
             retry = Retry(
-                what,
-                "",
-                0,
-                datetime.now(UTC) - timedelta(seconds=elapsed),
-                now - elapsed + budget,
+                what=what,
+                error="",
+                attempts=0,
+                since=datetime.now(UTC) - timedelta(seconds=elapsed),
+                deadline=time.monotonic() - elapsed + budget,
             )
             self.retries.append(retry)
         retry.error = str(error) or type(error).__name__
         retry.attempts = attempts
         return retry
 
-    def retried(self, retry: Retry) -> None:
+    def end_retry(self, retry: Retry) -> None:
         """The operation succeeded, gave up or was cancelled."""
         self.retries.remove(retry)
 

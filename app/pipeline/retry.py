@@ -65,7 +65,7 @@ def retrying(
             log_retry(details)
             if progress is not None:
                 exc, tries, elapsed = details["exception"], details["tries"], details["elapsed"]
-                retry = progress.retrying(what, exc, tries, elapsed, budget, retry)
+                retry = progress.note_retry(retry, what, exc, tries, elapsed, budget)
 
         try:
             return await backoff.on_exception(
@@ -82,6 +82,6 @@ def retrying(
             )(operation)(*args, **kwargs)
         finally:
             if retry is not None and progress is not None:
-                progress.retried(retry)
+                progress.end_retry(retry)
 
     return call
