@@ -10,7 +10,7 @@ the database clock, so replicas with skewed clocks agree on heartbeats.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from itertools import groupby
 from typing import Any
 
@@ -457,9 +457,37 @@ class JobRepository:
 
     async def recent_executions(self, status: str | None, limit: int = 50) -> list[JobExecution]:
         """Every job's most recent executions, newest first; only those in `status` if given."""
-        if status is None:
-            return await self._executions("TRUE", (), limit=limit)
-        return await self._executions("e.STATUS = %s", (status,), limit=limit)
+        return await self.find_executions(status=status, limit=limit)
+
+    async def find_executions(
+        self,
+        *,
+        job_name: str | None = None,
+        status: str | None = None,
+        run_date: date | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[JobExecution]:
+        """Every job's executions, newest first, that match each filter given: the job,
+        the status, the `runDate` parameter, an id below `before` (the next page)."""
+        where, args = ["TRUE"], []
+        if job_name is not None:
+            where.append("i.JOB_NAME = %s")
+            args.append(job_name)
+        if status is not None:
+            where.append("e.STATUS = %s")
+            args.append(status)
+        if run_date is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM BATCH_JOB_EXECUTION_PARAMS p"
+                " WHERE p.JOB_EXECUTION_ID = e.JOB_EXECUTION_ID"
+                " AND p.PARAMETER_NAME = 'runDate' AND p.PARAMETER_VALUE = %s)"
+            )
+            args.append(run_date.isoformat())
+        if before is not None:
+            where.append("e.JOB_EXECUTION_ID < %s")
+            args.append(before)
+        return await self._executions(" AND ".join(where), tuple(args), limit=limit)
 
     async def _executions(self, where: str, args: tuple, *, limit: int) -> list[JobExecution]:
         rows = await fetch_all(

@@ -30,7 +30,8 @@ from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.pipeline.writers import DryRunWriter, PublishingWriter, Writer
 from app.runtime import parameters
-from app.runtime.job import JobContext, JobSpec
+from app.runtime.job import Estimate, JobContext, JobSpec
+from app.runtime.resources import Resources
 from app.runtime.scheduler import Schedule
 
 JOB_NAME = "couponUsageStatsFcmSendJob"
@@ -106,18 +107,24 @@ def decide(
 # Filtering member_id > checkpoint inside is safe: the partitions are members.
 # The window runs over narrow columns only and fetches top_dong by primary key for the
 # rows kept: a VARCHAR(255) in the window's temporary table makes it ~30 times wider.
-_LATEST_STATS = """
-SELECT s.member_id, s.top_dong, s.top_hour, s.aggregated_at
-FROM (
+_RANKED = """
     SELECT id, member_id, top_hour,
            ROW_NUMBER() OVER (PARTITION BY member_id
                               ORDER BY aggregated_at DESC, id DESC) AS latest
     FROM coupon_usage_stats
     WHERE aggregated_at BETWEEN %s AND %s{after}
-) ranked
+"""
+_LATEST_STATS = f"""
+SELECT s.member_id, s.top_dong, s.top_hour, s.aggregated_at
+FROM ({_RANKED}) ranked
 JOIN coupon_usage_stats s ON s.id = ranked.id
 WHERE ranked.latest = 1 AND ranked.top_hour = %s
 ORDER BY ranked.member_id
+"""
+# The members a run reads: the rows of _LATEST_STATS, counted.
+_LATEST_STATS_COUNT = f"""
+SELECT COUNT(*) FROM ({_RANKED.format(after="")}) ranked
+WHERE ranked.latest = 1 AND ranked.top_hour = %s
 """
 
 # The window sorts every row of the three days in a temporary table before the first
@@ -174,6 +181,16 @@ async def read_latest_stats(
                         items = []
     if items:
         yield Chunk(items, items[-1].member_id)
+
+
+async def estimate(resources: Resources, values: Mapping[str, str]) -> Estimate:
+    """The members a run of `values` (parsed: runDate, targetHour) would read, before the
+    peers filter any: what the console's confirmation of a real fan-out names."""
+    start, end = stats_window(date.fromisoformat(values["runDate"]))
+    rows = await fetch_all(
+        resources.pool, _LATEST_STATS_COUNT, (start, end, int(values["targetHour"]))
+    )
+    return Estimate(int(rows[0][0]), "members")
 
 
 async def active_events_by_store(pool: DbPool, at: datetime) -> dict[int, int]:
@@ -271,6 +288,7 @@ SPEC = JobSpec(
     parse=parse,
     build=build,
     publishes=True,
+    estimate=estimate,
 )
 # At the top of every hour, for today and this hour; later pushes would arrive at the
 # wrong hour, so only within the misfire grace.

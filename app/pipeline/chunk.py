@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -49,9 +50,24 @@ class StepDefinition(Generic[ItemT, OutT]):
     item_label: str = "member ids"
 
 
+@dataclass(eq=False)
+class Retry:
+    """An operation retrying after availability faults, under its own budget."""
+
+    what: str  # e.g. "step couponUsageStatsStep: a chunk"
+    error: str  # the last fault, e.g. "store service GET /api/...: HTTP 503"
+    attempts: int  # failed so far
+    since: datetime  # the first attempt (UTC): the budget runs from there
+    deadline: float  # time.monotonic() at which the budget is spent
+
+    def budget_left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
 @dataclass
 class StepProgress:
-    """Live counts of a running step: `read` as chunks are read, the rest as they commit."""
+    """Live counts of a running step: `read` as chunks are read, the rest as they commit;
+    `retries`, the operations retrying now (each chunk has a budget of its own)."""
 
     read: int = 0
     written: int = 0
@@ -59,6 +75,35 @@ class StepProgress:
     skipped: int = 0
     commits: int = 0
     started: float = field(default_factory=time.monotonic)
+    retries: list[Retry] = field(default_factory=list)
+
+    def note_retry(
+        self,
+        retry: Retry | None,
+        what: str,
+        error: BaseException,
+        attempts: int,
+        elapsed: float,
+        budget: float,
+    ) -> Retry:
+        """Note a failed attempt of an operation that began `elapsed` seconds ago and
+        retries; `retry` is its earlier note, if any."""
+        if retry is None:
+            retry = Retry(
+                what=what,
+                error="",
+                attempts=0,
+                since=datetime.now(UTC) - timedelta(seconds=elapsed),
+                deadline=time.monotonic() - elapsed + budget,
+            )
+            self.retries.append(retry)
+        retry.error = str(error) or type(error).__name__
+        retry.attempts = attempts
+        return retry
+
+    def end_retry(self, retry: Retry) -> None:
+        """The operation succeeded, gave up or was cancelled."""
+        self.retries.remove(retry)
 
     def rate(self) -> float:
         """Items read per second so far."""

@@ -57,7 +57,7 @@ class StepRunner:
         self.stop = stop if stop is not None else asyncio.Event()
         self._skipped_keys: list[object] = []
         self._commit_with_retry = retrying(
-            self._commit_once, policy, f"step {definition.name}: a commit"
+            self._commit_once, policy, f"step {definition.name}: a commit", self.progress
         )
 
     async def run(self, step: StepExecution) -> bool:
@@ -111,7 +111,8 @@ class StepRunner:
             await definition.writer.deliver(processed.output)
             return processed
 
-        return await retrying(attempt, self.policy, f"step {definition.name}: a chunk")()
+        what = f"step {definition.name}: a chunk"
+        return await retrying(attempt, self.policy, what, self.progress)()
 
     async def _commit(self, step_id: int, chunk: Chunk[Any], result: Any) -> None:
         definition, progress = self.definition, self.progress

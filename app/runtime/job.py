@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
@@ -23,12 +23,23 @@ class JobContext:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """How much a run would process, counted before it is launched."""
+
+    count: int
+    unit: str  # what is counted, plural: "members"
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str  # the Spring job name, as recorded in BATCH_JOB_INSTANCE
     path: str  # its name in the CLI and the admin API
     parse: Callable[[Mapping[str, str], datetime], list[JobParameter]]  # raises ParameterError
     build: Callable[[JobContext], StepDefinition[Any, Any]]
     publishes: bool = False  # its writer needs the broker, unless in a dry run
+    # What a run with these parsed parameters would process (the console's confirmation
+    # before a real fan-out); None: the job has no estimate.
+    estimate: Callable[[Resources, Mapping[str, str]], Awaitable[Estimate]] | None = None
 
 
 class UnknownJob(LookupError):

@@ -22,9 +22,10 @@ from app.model import (
     LaunchRefused,
     Status,
 )
+from app.pipeline.chunk import StepProgress
 from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
-from app.runtime.parameters import ParameterError, backfill_dates
+from app.runtime.parameters import ParameterError, backfill_dates, iso_date, now_in
 from app.runtime.resources import Resources
 from app.spring_format import UNDECODABLE
 from app.web.console import console_routes
@@ -155,12 +156,13 @@ def create_app(
             web.post("/api/v1/jobs/executions/{id}/restart", restart_execution),
             web.post("/api/v1/jobs/executions/{id}/abandon", abandon_execution),
             web.get("/api/v1/jobs/{jobName}/executions", list_executions),
+            web.get("/api/v1/jobs/{jobName}/estimate", estimate_job),
             web.get("/actuator/health", health),
             web.get("/actuator/health/liveness", liveness),
             web.get("/actuator/health/readiness", readiness),
             web.get("/actuator/prometheus", prometheus),
             web.get("/v3/api-docs", api_docs),
-            *console_routes(),
+            *console_routes(settings.APP_TIMEZONE),
         ]
     )
     return app
@@ -401,9 +403,11 @@ async def list_executions(request: web.Request) -> web.Response:
 
 
 async def list_recent_executions(request: web.Request) -> web.Response:
-    """The most recent executions of every job, newest first; `status` filters."""
+    """The most recent executions of every job, newest first, a page at a time: `job`,
+    `status` and `runDate` filter; `before` (the previous page's `nextBefore`) pages on."""
     launcher = request.app[LAUNCHER]
-    status = request.query.get("status")
+    query = request.query
+    status = query.get("status")
     known = [s.value for s in Status]
     if status is not None and status not in known:
         raise ApiError(
@@ -411,9 +415,70 @@ async def list_recent_executions(request: web.Request) -> web.Response:
             "INVALID_PARAMETER",
             f"status: must be one of {', '.join(known)}, got {status[:40]!r}",
         )
+    job = query.get("job")
+    job_name = None
+    if job is not None:
+        try:
+            job_name = launcher.find(job).name
+        except UnknownJob:
+            raise ApiError(
+                400,
+                "INVALID_PARAMETER",
+                f"job: no job named {job[:60]!r}; known: {', '.join(launcher.jobs)}",
+            ) from None
+    run_date = None
+    if "runDate" in query:
+        try:
+            run_date = iso_date("runDate", query["runDate"])
+        except ParameterError as exc:
+            raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
+    before = None
+    if "before" in query:
+        raw = query["before"]
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= _BIGINT_DIGITS):
+            raise ApiError(
+                400,
+                "INVALID_PARAMETER",
+                f"before: must be an execution id (digits), got {raw[:40]!r}",
+            )
+        before = int(raw)
     limit = _limit(request, RECENT_LIMIT_DEFAULT)
-    executions = await launcher.repository.recent_executions(status, limit)
-    return web.json_response({"executions": [_view(request, e) for e in executions]})
+    # One more than asked: whether an older page exists.
+    executions = await launcher.repository.find_executions(
+        job_name=job_name, status=status, run_date=run_date, before=before, limit=limit + 1
+    )
+    page = executions[:limit]
+    older = len(executions) > limit
+    return web.json_response(
+        {
+            "executions": [_view(request, e) for e in page],
+            "nextBefore": page[-1].id if older else None,
+        }
+    )
+
+
+async def estimate_job(request: web.Request) -> web.Response:
+    """What a launch with these parameters would process (the job's own count, e.g. the
+    fan-out's members for runDate/targetHour); 404 for a job that has no estimate."""
+    launcher = request.app[LAUNCHER]
+    spec = _job(request)
+    if spec.estimate is None:
+        raise ApiError(404, "NO_ESTIMATE", f"job {spec.path} has no estimate")
+    raw = {name: request.query[name] for name in request.query}
+    try:
+        parsed = spec.parse(raw, now_in(launcher.settings.timezone))
+    except ParameterError as exc:
+        raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
+    values = {p.name: p.value for p in parsed if p.identifying}
+    estimate = await spec.estimate(launcher.resources, values)
+    return web.json_response(
+        {
+            "jobName": spec.name,
+            "parameters": values,
+            "count": estimate.count,
+            "unit": estimate.unit,
+        }
+    )
 
 
 def _view(request: web.Request, execution: JobExecution) -> dict[str, Any]:
@@ -472,7 +537,24 @@ def execution_view(
             }
             for s in steps
         ],
-        "progress": running.progress.as_dict() if running is not None else None,
+        "progress": progress_view(running.progress, tz) if running is not None else None,
+    }
+
+
+def progress_view(progress: StepProgress, tz: tzinfo) -> dict[str, Any]:
+    """The live counts, and what is retrying now, oldest first, with its budget left."""
+    return {
+        **progress.as_dict(),
+        "retrying": [
+            {
+                "what": retry.what,
+                "error": retry.error,
+                "attempts": retry.attempts,
+                "since": retry.since.astimezone(tz).isoformat(),
+                "budgetLeftSeconds": round(retry.budget_left(), 1),
+            }
+            for retry in progress.retries
+        ],
     }
 
 

@@ -5,11 +5,15 @@ open; every data call it makes needs the token.
 Served with a strict Content-Security-Policy: no inline script or style and nothing from
 another origin, so text from a peer's answer (a dong name in an exit message) that the
 page failed to treat as text still could not run next to the token.
+
+The page shows dates and hours in the service's zone (APP_TIMEZONE), not the browser's:
+the zone is written into the page's `app-timezone` meta element as it is loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
@@ -28,6 +32,7 @@ SECURITY_HEADERS = {
     # The names do not change with the content: revalidate every time (a 304 mostly).
     "Cache-Control": "no-cache",
 }
+TIMEZONE_MARK = b"{{APP_TIMEZONE}}"  # in index.html
 # path -> (file in app/web/console, content type)
 ASSETS = {
     CONSOLE_PATH: ("index.html", "text/html"),
@@ -43,8 +48,9 @@ class _Asset:
     etag: str
 
 
-def _load(name: str, content_type: str) -> _Asset:
+def _load(name: str, content_type: str, timezone: str) -> _Asset:
     body = files("app.web").joinpath("console", name).read_bytes()
+    body = body.replace(TIMEZONE_MARK, html.escape(timezone).encode())
     return _Asset(body, content_type, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
 
 
@@ -60,9 +66,10 @@ def _handler(asset: _Asset) -> Callable[[web.Request], Awaitable[web.Response]]:
     return serve
 
 
-def console_routes() -> list[web.RouteDef]:
-    """The page and its two assets, read once (a few kilobytes)."""
+def console_routes(timezone: str) -> list[web.RouteDef]:
+    """The page (showing times in `timezone`) and its two assets, read once (a few
+    kilobytes)."""
     return [
-        web.get(path, _handler(_load(name, content_type)))
+        web.get(path, _handler(_load(name, content_type, timezone)))
         for path, (name, content_type) in ASSETS.items()
     ]

@@ -129,15 +129,35 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/v1/jobs/executions": {
             "get": {
-                "summary": "The most recent executions of every job, newest first",
+                "summary": "The executions of every job, newest first, a page at a time",
+                "description": "The filters combine; `before` pages on: pass the previous"
+                " page's `nextBefore` for the next (older) page.",
                 "operationId": "listRecentExecutions",
                 "security": [{"bearerAuth": []}],
                 "parameters": [
+                    {
+                        "name": "job",
+                        "in": "query",
+                        "description": "Only this job's executions (its path or Spring name)",
+                        "schema": {"type": "string"},
+                    },
                     {
                         "name": "status",
                         "in": "query",
                         "description": "Only executions in this status",
                         "schema": {"type": "string", "enum": _STATUSES},
+                    },
+                    {
+                        "name": "runDate",
+                        "in": "query",
+                        "description": "Only executions whose runDate parameter is this date",
+                        "schema": {"type": "string", "format": "date"},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "Only executions whose id is below this one",
+                        "schema": {"type": "integer", "format": "int64", "minimum": 0},
                     },
                     {
                         "name": "limit",
@@ -151,11 +171,21 @@ OPENAPI: dict[str, Any] = {
                             "type": "object",
                             "properties": {
                                 "executions": {"type": "array", "items": _ref("Execution")},
+                                "nextBefore": {
+                                    "type": "integer",
+                                    "format": "int64",
+                                    "nullable": True,
+                                    "description": "`before` for the next (older) page;"
+                                    " null on the last page",
+                                },
                             },
                         },
                         "The executions",
                     ),
-                    "400": _error("An unknown status or a bad limit (INVALID_PARAMETER)"),
+                    "400": _error(
+                        "An unknown job or status, a malformed runDate or before, a bad limit"
+                        " (INVALID_PARAMETER); the message names the parameter"
+                    ),
                     **_AUTH_ERRORS,
                 },
             }
@@ -253,6 +283,56 @@ OPENAPI: dict[str, Any] = {
                     ),
                     "400": _error("An unknown job or a bad limit (INVALID_PARAMETER)"),
                     **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/api/v1/jobs/{jobName}/estimate": {
+            "get": {
+                "summary": "How much a launch with these parameters would process",
+                "description": "The job's own count, before launching: for"
+                " coupon-usage-stats-fcm-send, the members whose latest stats of the"
+                " window name targetHour (the rows the fan-out reads). The parameters"
+                " and their defaults are the launch's.",
+                "operationId": "estimateJob",
+                "security": [{"bearerAuth": []}],
+                "parameters": [
+                    _JOB_NAME,
+                    {
+                        "name": "runDate",
+                        "in": "query",
+                        "description": "YYYY-MM-DD, as for a launch",
+                        "schema": {"type": "string", "format": "date"},
+                    },
+                    {
+                        "name": "targetHour",
+                        "in": "query",
+                        "description": "0..23, as for a launch",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 23},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "jobName": {"type": "string"},
+                                "parameters": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                    "example": {"runDate": "2025-10-26", "targetHour": "10"},
+                                },
+                                "count": {"type": "integer", "format": "int64"},
+                                "unit": {"type": "string", "example": "members"},
+                            },
+                        },
+                        "The estimate",
+                    ),
+                    "400": _error(
+                        "An unknown job or a malformed parameter (INVALID_PARAMETER); the"
+                        " message names the parameter"
+                    ),
+                    **_AUTH_ERRORS,
+                    "404": _error("The job has no estimate (NO_ESTIMATE)"),
                 },
             }
         },
@@ -399,7 +479,9 @@ OPENAPI: dict[str, Any] = {
                     "progress": {
                         "type": "object",
                         "nullable": True,
-                        "description": "Live counts while the execution runs in this process",
+                        "description": "Live counts while the execution runs in this process;"
+                        " null when another replica runs it (then only the job repository's"
+                        " committed counts are known)",
                         "properties": {
                             "read": {"type": "integer"},
                             "written": {"type": "integer"},
@@ -407,6 +489,36 @@ OPENAPI: dict[str, Any] = {
                             "skipped": {"type": "integer"},
                             "commits": {"type": "integer"},
                             "itemsPerSecond": {"type": "number"},
+                            "retrying": {
+                                "type": "array",
+                                "description": "What retries now after availability faults,"
+                                " oldest first; each chunk has a budget of"
+                                " RETRY_BUDGET_SECONDS of its own",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "what": {
+                                            "type": "string",
+                                            "example": "step couponUsageStatsStep: a chunk",
+                                        },
+                                        "error": {
+                                            "type": "string",
+                                            "description": "the last fault",
+                                            "example": "store service GET /api/v1/stores: HTTP 503",
+                                        },
+                                        "attempts": {
+                                            "type": "integer",
+                                            "description": "failed so far",
+                                        },
+                                        "since": {
+                                            "type": "string",
+                                            "format": "date-time",
+                                            "description": "the first attempt",
+                                        },
+                                        "budgetLeftSeconds": {"type": "number"},
+                                    },
+                                },
+                            },
                         },
                     },
                 },

@@ -2,19 +2,26 @@
 the real app (a live server on its own loop and thread), MariaDB and the fake peers.
 
 The page lists executions, launches a dry run whose counts it shows, shows a hostile
-dong name from a peer's answer as text without running it, and (once the stop endpoint
-exists) stops a running fan-out. The browser log must hold no CSP violation and no
-script error. A screenshot goes to var/console.png.
+dong name from a peer's answer as text without running it, stops a running fan-out it
+launched after a confirmation naming the hour and the member estimate, badges COMPLETED
+WITH SKIPS apart, shows what retries during an outage, pages and filters, and keeps to
+the service's zone (Asia/Seoul) while the browser runs in another (Pacific/Honolulu).
+The browser log must hold no CSP violation and no script error. A screenshot of the
+outage goes to var/console.png.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -23,9 +30,12 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from app.edges.db import fetch_all
+from app.jobs import usage_stats
+from app.model import COMPLETED_WITH_SKIPS, Status
 from app.web.console import CONSOLE_PATH
 from tests.conftest import DATA_TABLES, DB_SERVER
 from tests.integration import rabbit
@@ -37,6 +47,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "var" / "console.png"
 WAIT_SECONDS = 30
+SERVICE_ZONE = ZoneInfo("Asia/Seoul")  # APP_TIMEZONE's default
+BROWSER_ZONE = "Pacific/Honolulu"  # 19 hours behind: another hour, mostly another date
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -80,8 +92,18 @@ return {
   dry: row.querySelector(".tag.dry") !== null,
   progress: row.querySelector("progress").checkVisibility(),
   actions: [...row.querySelectorAll("button[data-action]")].map((b) => b.dataset.action),
+  badge: row.querySelector("td.status .badge").className,
+  start: text("td.time"),
+  retry: row.querySelector("td.status .retry").checkVisibility() ? text("td.status .retry") : null,
+  remote: row.querySelector("td.status .remote").checkVisibility(),
 };
 """
+ROW_IDS = 'return [...document.querySelectorAll("#rows tr")].map((r) => Number(r.dataset.id));'
+CONFIRM = (
+    "Send real pushes for {hour} (Asia/Seoul)? Not a dry run: it reads about {count} members"
+    " whose latest stats name that hour, and pushes each who has a push token and an active"
+    " coupon event in their dong."
+)
 
 
 # ---- the app, its data, the browser --------------------------------------------------
@@ -131,6 +153,7 @@ def app(database: str, vhost: str, tmp_path_factory: pytest.TempPathFactory) -> 
         RABBITMQ_VHOST=vhost,
         DRY_RUN_DIR=tmp_path_factory.mktemp("dry-run"),
         SCHEDULER_ENABLED="false",
+        RETRY_BUDGET_SECONDS=60,  # an outage outlasts the look at it
         SKIP_LIMIT=0,  # a chunk the store service answers badly fails the run
         CHUNK_SIZE=2,
         ENRICH_WORKERS=1,
@@ -160,8 +183,10 @@ def browser() -> Iterator[WebDriver]:
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # An explicit driver path: Selenium Manager never runs (it would download).
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    # An explicit driver path: Selenium Manager never runs (it would download). The
+    # browser's zone is not the service's: the page must not use the browser's.
+    service = Service(str(CHROMEDRIVER), env={**os.environ, "TZ": BROWSER_ZONE})
+    driver = webdriver.Chrome(service=service, options=options)
     try:
         yield driver
     finally:
@@ -240,6 +265,50 @@ def api_launch(app: LiveApp, query: str) -> int:
     return resp.json()["executionId"]
 
 
+def api_execution(app: LiveApp, execution_id: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token()}"}
+    url = f"{app.url}/api/v1/jobs/executions/{execution_id}"
+    resp = requests.get(url, headers=headers, timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def record(app: LiveApp, run_date: str, status: Status | None, exit_code: str | None = None) -> int:
+    """A usage-stats execution recorded, not run here (as another replica's would be)."""
+
+    async def recorded() -> int:
+        repository = app.launcher.repository
+        parsed = usage_stats.SPEC.parse({"runDate": run_date}, datetime.now(SERVICE_ZONE))
+        execution = await repository.start_execution(
+            usage_stats.JOB_NAME, parsed, rerun_completed=True
+        )
+        if status is not None:
+            await repository.finish_execution(execution.id, status, exit_code=exit_code)
+        return execution.id
+
+    return app.run(recorded())
+
+
+def shown_time(api_time: str) -> str:
+    """An API time as the page shows it: in the service's zone, to the second."""
+    return datetime.fromisoformat(api_time).astimezone(SERVICE_ZONE).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def confirm_text(driver: WebDriver) -> str:
+    alert = WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.alert_is_present())
+    return alert.text
+
+
+def set_filter_date(driver: WebDriver, value: str) -> None:
+    field = driver.find_element(By.CSS_SELECTOR, "#filters input[name=runDate]")
+    driver.execute_script(
+        "arguments[0].value = arguments[1];"
+        " arguments[0].dispatchEvent(new Event('change', {bubbles: true}));",
+        field,
+        value,
+    )
+
+
 # ---- the tests ----------------------------------------------------------------------------
 
 
@@ -249,6 +318,8 @@ def test_the_page_lists_executions_under_its_policy(app: LiveApp, browser: WebDr
     open_console(browser, app)
 
     shown = row_when(browser, stats_id, ("COMPLETED",))
+    # its start, in the service's zone whatever the browser's
+    assert shown.pop("start") == shown_time(api_execution(app, stats_id)["startTime"])
     assert shown == {
         "status": "COMPLETED",
         "job": "usage stats",
@@ -262,6 +333,9 @@ def test_the_page_lists_executions_under_its_policy(app: LiveApp, browser: WebDr
         "dry": False,
         "progress": False,
         "actions": [],
+        "badge": "badge s-COMPLETED",
+        "retry": None,
+        "remote": False,
     }
     assert browser_problems(browser) == []
     # The policy is in force: an inline script added now does not run, and is reported.
@@ -353,8 +427,6 @@ def test_a_hostile_dong_name_shows_as_text_and_never_runs(app: LiveApp, browser:
     markup = browser.find_elements(By.CSS_SELECTOR, "#rows img, #rows script, #details img")
     assert markup == [] and len(browser.find_elements(By.TAG_NAME, "script")) == 1
     assert browser_problems(browser) == []
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    assert browser.save_screenshot(str(SCREENSHOT))
 
 
 def test_a_running_fan_out_stopped_from_the_page_ends_stopped(
@@ -368,7 +440,16 @@ def test_a_running_fan_out_stopped_from_the_page_ends_stopped(
             str(STOP_HOUR)
         )
         browser.find_element(By.CSS_SELECTOR, "#launch-fanout input[name=dryRun]").click()
-        browser.find_element(By.CSS_SELECTOR, "#launch-fanout button[type=submit]").click()
+        submit = browser.find_element(By.CSS_SELECTOR, "#launch-fanout button[type=submit]")
+        # a real fan-out: confirmed first, with the hour and the members it reads
+        expected = CONFIRM.format(hour=f"{STOP_DATE} 09:00", count=len(STOP_MEMBERS))
+        submit.click()
+        assert confirm_text(browser) == expected
+        browser.switch_to.alert.dismiss()
+        wait_for(browser, lambda d: status_line(d).endswith(" launch cancelled"), "cancelled")
+        submit.click()
+        assert confirm_text(browser) == expected
+        browser.switch_to.alert.accept()
         execution_id = launched_id(browser)
         shown = row_when(browser, execution_id, ("STARTED", "COMPLETED", "FAILED"))
         assert shown["status"] == "STARTED", shown
@@ -392,3 +473,187 @@ def test_a_running_fan_out_stopped_from_the_page_ends_stopped(
         assert browser_problems(browser) == []
     finally:
         app.fake.control.update({"latency_ms": 0})  # a run left running ends at once
+
+
+def test_completed_with_skips_and_another_replica_s_run_are_told_apart(
+    app: LiveApp, browser: WebDriver
+) -> None:
+    skips = record(app, "2024-06-01", Status.COMPLETED, COMPLETED_WITH_SKIPS)
+    completed = record(app, "2024-06-02", Status.COMPLETED)
+    elsewhere = record(app, "2024-06-03", None)  # STARTED, by no process of this replica
+    try:
+        open_console(browser, app)
+        shown = row_when(browser, skips, ("COMPLETED WITH SKIPS",))
+        assert (shown["badge"], shown["actions"]) == ("badge s-COMPLETED_WITH_SKIPS", [])
+        plain = row_when(browser, completed, ("COMPLETED",))
+        assert plain["badge"] == "badge s-COMPLETED"
+        colours = browser.execute_script(
+            "return [...arguments].map((id) => getComputedStyle(document.querySelector("
+            '`#rows tr[data-id="${id}"] .badge`)).backgroundColor)',
+            skips,
+            completed,
+        )
+        assert colours == ["rgb(106, 122, 18)", "rgb(29, 122, 70)"]
+
+        running = row_when(browser, elsewhere, ("STARTED",))
+        assert (running["remote"], running["progress"], running["retry"]) == (True, False, None)
+        assert running["actions"] == ["stop"]
+        browser.find_element(By.CSS_SELECTOR, f'#rows tr[data-id="{elsewhere}"] td.id').click()
+        live = wait_for(
+            browser,
+            lambda d: (
+                [
+                    dd.text
+                    for dt, dd in zip(
+                        d.find_elements(By.CSS_SELECTOR, "#details-fields dt"),
+                        d.find_elements(By.CSS_SELECTOR, "#details-fields dd"),
+                        strict=True,
+                    )
+                    if dt.text == "Live"
+                ]
+                or None
+            ),
+            "the details of the other replica's run",
+        )
+        assert live == [
+            "This replica does not run this execution: the counts are the job repository's,"
+            " as of its last commit, without live progress or retries (another replica runs"
+            " it, or the process that ran it ended; it is marked FAILED once its heartbeat is"
+            " stale)."
+        ]
+        assert browser_problems(browser) == []
+    finally:
+        app.run(app.launcher.repository.finish_execution(elsewhere, Status.FAILED, "test over"))
+
+
+def test_an_outage_shows_what_retries_since_when_and_the_budget_left(
+    app: LiveApp, browser: WebDriver
+) -> None:
+    open_console(browser, app)
+    app.fake.control.update({"fail_status": 503, "fail_times": -1})
+    try:
+        execution_id = api_launch(app, "coupon-usage-stats?runDate=2025-10-28")
+        shown = wait_for(
+            browser,
+            lambda d: (r := row(d, execution_id)) and r["retry"] and r,
+            "the retry shown",
+        )
+        (retry,) = api_execution(app, execution_id)["progress"]["retrying"]
+        match = re.fullmatch(
+            r"retrying (.+?) \((.+)\) · since (\S+) · attempt (\d+) failed"
+            r" · (\d+) s of retry budget left",
+            shown["retry"],
+        )
+        assert match, shown["retry"]
+        what, error, since, attempts, left = match.groups()
+        assert (what, error) == ("step couponUsageStatsStep: a chunk", retry["error"])
+        assert error.startswith("store service ") and error.endswith(": HTTP 503")
+        assert since == shown_time(retry["since"])[11:]  # the same retry, in Seoul's time
+        assert int(attempts) >= 1 and 0 < int(left) <= 60
+        assert (shown["status"], shown["progress"], shown["remote"]) == ("STARTED", True, False)
+        # and in its details, each retrying operation
+        browser.find_element(By.CSS_SELECTOR, f'#rows tr[data-id="{execution_id}"] td.id').click()
+        detailed = wait_for(
+            browser,
+            lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "ul.retries li")],
+            "the retries in the details",
+        )
+        assert len(detailed) == 1 and detailed[0].startswith(
+            f"retrying step couponUsageStatsStep: a chunk ({retry['error']}) · since {since} · "
+        )
+        SCREENSHOT.parent.mkdir(exist_ok=True)  # README's docs/console.png
+        assert browser.save_screenshot(str(SCREENSHOT))
+    finally:
+        app.fake.control.update({"fail_status": None})
+    done = row_when(browser, execution_id, ("COMPLETED", "FAILED"))
+    assert (done["status"], done["retry"], done["read"]) == ("COMPLETED", None, "4")
+    assert browser_problems(browser) == []
+
+
+def test_the_pickers_default_to_the_service_zone_not_the_browser_s(
+    app: LiveApp, browser: WebDriver
+) -> None:
+    def expected(now: datetime) -> list[str]:
+        today = now.date()
+        return [(today - timedelta(days=1)).isoformat(), today.isoformat(), str(now.hour)]
+
+    before = datetime.now(SERVICE_ZONE)
+    open_console(browser, app)
+    browser.refresh()  # the defaults are set as the page loads
+    wait_for(browser, lambda d: d.find_element(By.ID, "zone").text, "the zone shown")
+    after = datetime.now(SERVICE_ZONE)
+    zone = browser.execute_script("return Intl.DateTimeFormat().resolvedOptions().timeZone")
+    assert zone == BROWSER_ZONE
+    values = browser.execute_script(
+        "return [document.querySelector('#launch-stats input[name=runDate]').value,"
+        " document.querySelector('#launch-fanout input[name=runDate]').value,"
+        " document.querySelector('#launch-fanout select[name=targetHour]').value]"
+    )
+    assert values in (expected(before), expected(after))
+    assert browser.find_element(By.ID, "zone").text == "times in Asia/Seoul (UTC+09:00)"
+    # the refresh's clock is Seoul's too
+    refreshed = wait_for(browser, lambda d: d.find_element(By.ID, "refreshed").text, "refreshed")
+    clock = datetime.strptime(refreshed, "updated %H:%M:%S").time()
+    assert before.time().replace(microsecond=0) <= clock <= datetime.now(SERVICE_ZONE).time()
+
+
+def test_the_list_pages_and_filters_by_job_status_and_run_date(
+    app: LiveApp, browser: WebDriver
+) -> None:
+    first = datetime(2024, 1, 1)
+    recorded = [
+        record(app, (first + timedelta(days=n)).date().isoformat(), Status.COMPLETED)
+        for n in range(55)
+    ]
+
+    def ids(sql: str, *args: object) -> list[int]:
+        return [row[0] for row in app.run(fetch_all(app.launcher.resources.pool, sql, args))]
+
+    completed_stats = ids(
+        "SELECT e.JOB_EXECUTION_ID FROM BATCH_JOB_EXECUTION e JOIN BATCH_JOB_INSTANCE i"
+        " ON i.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID WHERE i.JOB_NAME = %s"
+        " AND e.STATUS = 'COMPLETED' ORDER BY e.JOB_EXECUTION_ID DESC",
+        usage_stats.JOB_NAME,
+    )
+    assert completed_stats[:55] == recorded[::-1]
+    open_console(browser, app)
+
+    def listed(expected: list[int], page: int, newer: bool, older: bool) -> None:
+        """The page shows these rows, as page `page`, with *Newer* and *Older* enabled
+        or not: all at once (the rows of the previous filters may match a moment)."""
+
+        def shown(d: WebDriver) -> bool:
+            pager = [d.find_element(By.ID, name) for name in ("page", "newer", "older")]
+            state = (pager[0].text, pager[1].is_enabled(), pager[2].is_enabled())
+            return d.execute_script(ROW_IDS) == expected and state == (
+                f"page {page}",
+                newer,
+                older,
+            )
+
+        wait_for(browser, shown, f"page {page}: {expected}")
+
+    Select(browser.find_element(By.CSS_SELECTOR, "#filters select[name=job]")).select_by_value(
+        "coupon-usage-stats"
+    )
+    Select(
+        browser.find_element(By.CSS_SELECTOR, "#filters select[name=status]")
+    ).select_by_visible_text("COMPLETED")
+    listed(completed_stats[:50], 1, newer=False, older=True)
+    browser.find_element(By.ID, "older").click()
+    listed(completed_stats[50:100], 2, newer=True, older=len(completed_stats) > 100)
+    browser.find_element(By.ID, "newer").click()
+    listed(completed_stats[:50], 1, newer=False, older=True)
+
+    set_filter_date(browser, (first + timedelta(days=2)).date().isoformat())
+    listed([recorded[2]], 1, newer=False, older=False)
+    Select(
+        browser.find_element(By.CSS_SELECTOR, "#filters select[name=status]")
+    ).select_by_visible_text("FAILED")
+    listed([], 1, newer=False, older=False)
+    assert browser.find_element(By.ID, "empty").is_displayed()
+
+    browser.find_element(By.CSS_SELECTOR, "#filters button[type=reset]").click()
+    every = ids("SELECT JOB_EXECUTION_ID FROM BATCH_JOB_EXECUTION ORDER BY 1 DESC")
+    listed(every[:50], 1, newer=False, older=len(every) > 50)
+    assert browser_problems(browser) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import time
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jwt
 import pytest
@@ -227,13 +229,23 @@ async def test_actuator_and_docs_need_no_token(client: Client) -> None:
         ("/api/v1/jobs/executions?status=started", "status"),
         ("/api/v1/jobs/executions?status=", "status"),
         ("/api/v1/jobs/executions?limit=101", "limit"),
+        ("/api/v1/jobs/executions?job=nope", "job"),
+        ("/api/v1/jobs/executions?job=", "job"),
+        ("/api/v1/jobs/executions?runDate=2025-13-01", "runDate"),
+        ("/api/v1/jobs/executions?runDate=", "runDate"),
+        ("/api/v1/jobs/executions?before=x", "before"),
+        ("/api/v1/jobs/executions?before=-1", "before"),
+        ("/api/v1/jobs/executions?before=99999999999999999999", "before"),
+        (f"{FANOUT}/estimate?runDate=2024-12-01&targetHour=24", "targetHour"),
+        (f"{FANOUT}/estimate?runDate=20241201", "runDate"),
+        ("/api/v1/jobs/no-such-job/estimate", "jobName"),
     ],
 )
 async def test_bad_input_is_400_naming_the_parameter(
     client: Client, path: str, parameter: str
 ) -> None:
     api = await client()
-    method = "GET" if "executions" in path else "POST"
+    method = "GET" if "executions" in path or "estimate" in path else "POST"
     resp = await api.request(method, path, headers=bearer())
     assert resp.status == 400
     error = assert_error(
@@ -324,19 +336,26 @@ async def test_launch_runs_the_job_and_reports_it(client: Client, pool: Pool) ->
     assert [e["executionId"] for e in (await resp.json())["executions"]] == [again]
 
 
+async def record(pool: Pool, job: str, status: Status | None = None, **raw: str) -> int:
+    """An execution recorded as a launch records it (parsed at 2025-10-26 10:00), not
+    run; ended in `status` if given."""
+    repository = JobRepository(pool, abandon_after_seconds=120)
+    spec = find_job(JOBS, job)
+    parsed = spec.parse(raw, datetime(2025, 10, 26, 10, 0))
+    execution = await repository.start_execution(spec.name, parsed, rerun_completed=True)
+    if status is not None:
+        await repository.finish_execution(execution.id, status)
+    return execution.id
+
+
 async def test_recent_executions_of_every_job_newest_first_by_status(
     client: Client, pool: Pool
 ) -> None:
     api = await client()
     repository = JobRepository(pool, abandon_after_seconds=120)
-    now = datetime(2025, 10, 26, 10, 0)
 
-    async def start(job: str, **raw: str) -> int:
-        spec = find_job(JOBS, job)
-        execution = await repository.start_execution(
-            spec.name, spec.parse(raw, now), rerun_completed=True
-        )
-        return execution.id
+    def start(job: str, **raw: str) -> Awaitable[int]:
+        return record(pool, job, **raw)
 
     completed = await start("coupon-usage-stats", runDate="2025-10-25")
     await repository.finish_execution(completed, Status.COMPLETED)
@@ -348,7 +367,7 @@ async def test_recent_executions_of_every_job_newest_first_by_status(
         resp = await api.get(f"/api/v1/jobs/executions{query}", headers=bearer())
         assert resp.status == 200
         body = await resp.json()
-        assert set(body) == {"executions"}
+        assert set(body) == {"executions", "nextBefore"}
         return [(e["executionId"], e["jobName"], e["status"]) for e in body["executions"]]
 
     assert await listed("") == [
@@ -371,6 +390,140 @@ async def test_recent_executions_of_every_job_newest_first_by_status(
 
     resp = await api.get("/api/v1/jobs/executions")
     assert resp.status == 401
+
+
+async def test_executions_filtered_by_job_status_and_run_date_a_page_at_a_time(
+    client: Client, pool: Pool
+) -> None:
+    api = await client()
+    start = functools.partial(record, pool)
+
+    stats = [
+        await start("coupon-usage-stats", Status.COMPLETED, runDate=f"2025-10-{day}")
+        for day in range(10, 15)
+    ]
+    failed = await start("coupon-usage-stats", Status.FAILED, runDate="2025-10-12")
+    fanout = await start(
+        "coupon-usage-stats-fcm-send", Status.COMPLETED, runDate="2025-10-12", targetHour="9"
+    )
+
+    async def page(query: str) -> tuple[list[int], int | None]:
+        resp = await api.get(f"/api/v1/jobs/executions?{query}", headers=bearer())
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        return [e["executionId"] for e in body["executions"]], body["nextBefore"]
+
+    assert await page("") == ([fanout, failed, *reversed(stats)], None)
+    assert await page("job=coupon-usage-stats") == ([failed, *reversed(stats)], None)
+    assert await page("job=couponUsageStatsFcmSendJob") == ([fanout], None)
+    assert await page("runDate=2025-10-12") == ([fanout, failed, stats[2]], None)
+    assert await page("runDate=2025-10-12&job=coupon-usage-stats&status=COMPLETED") == (
+        [stats[2]],
+        None,
+    )
+    assert await page("runDate=2025-10-09") == ([], None)
+
+    # pages of 3, each `before` the last id of the page before it
+    assert await page("limit=3") == ([fanout, failed, stats[4]], stats[4])
+    assert await page(f"limit=3&before={stats[4]}") == ([stats[3], stats[2], stats[1]], stats[1])
+    assert await page(f"limit=3&before={stats[1]}") == ([stats[0]], None)
+    assert await page("limit=2&status=COMPLETED&job=coupon-usage-stats") == (
+        [stats[4], stats[3]],
+        stats[3],
+    )
+    # exactly a page left: no next page
+    assert await page(f"limit=3&before={stats[3]}") == ([stats[2], stats[1], stats[0]], None)
+
+
+async def test_the_fan_out_estimate_counts_the_members_it_would_read(
+    client: Client, pool: Pool
+) -> None:
+    # (member, top_hour, aggregated_at): the window of 2025-10-26 is 10-24 .. 10-26, and a
+    # member counts when their latest row of the window names the hour
+    rows = [
+        (1, 10, "2025-10-26"),
+        (2, 10, "2025-10-24"),
+        (3, 10, "2025-10-25"),
+        (3, 11, "2025-10-26"),  # latest names 11: not at 10
+        (4, 11, "2025-10-25"),
+        (4, 10, "2025-10-26"),  # latest names 10
+        (5, 10, "2025-10-23"),  # outside the window
+        (6, 10, "2025-10-27"),  # after runDate
+    ]
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at)"
+            " VALUES (%s, '상도동', %s, %s)",
+            rows,
+        )
+    api = await client()
+
+    async def estimate(query: str) -> dict:
+        resp = await api.get(f"{FANOUT}/estimate?{query}", headers=bearer())
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    assert await estimate("runDate=2025-10-26&targetHour=10") == {
+        "jobName": "couponUsageStatsFcmSendJob",
+        "parameters": {"runDate": "2025-10-26", "targetHour": "10"},
+        "count": 3,
+        "unit": "members",
+    }
+    assert (await estimate("runDate=2025-10-26&targetHour=11"))["count"] == 1
+    assert (await estimate("runDate=2025-10-27&targetHour=10"))["count"] == 3  # 1, 4, 6
+    assert (await estimate("runDate=2025-10-22&targetHour=10"))["count"] == 0
+    # the launch's defaults: today and this hour in APP_TIMEZONE
+    defaults = (await estimate(""))["parameters"]
+    now = datetime.now(ZoneInfo("Asia/Seoul"))
+    assert defaults["runDate"] in {
+        now.date().isoformat(),
+        (now - timedelta(hours=1)).date().isoformat(),
+    }
+    assert set(defaults) == {"runDate", "targetHour"}
+
+    resp = await api.get(f"{STATS}/estimate?runDate=2025-10-26", headers=bearer())
+    assert resp.status == 404
+    error = assert_error(await resp.json(), "404 NOT_FOUND", "NO_ESTIMATE", f"{STATS}/estimate")
+    assert error["message"] == "job coupon-usage-stats has no estimate"
+    resp = await api.get(f"{FANOUT}/estimate?runDate=2025-10-26&targetHour=10")
+    assert resp.status == 401
+
+
+async def test_a_step_retrying_through_an_outage_shows_it_in_its_progress(
+    client: Client, pool: Pool, fake: FakePeers
+) -> None:
+    await add_members(pool, range(1, 3))
+    api = await client(RETRY_BUDGET_SECONDS=60, RETRY_MAX_WAIT_SECONDS=0.1)
+    fake.control.update({"fail_status": 503, "fail_times": -1})
+    resp = await api.post(f"{STATS}?runDate={RUN_DATE}", headers=bearer())
+    assert resp.status == 202
+    location = resp.headers["Location"]
+
+    async def retrying(attempts: int) -> dict:
+        async with asyncio.timeout(30):
+            while True:
+                body = await (await api.get(location, headers=bearer())).json()
+                assert body["status"] == "STARTED"
+                retries = body["progress"]["retrying"]
+                if retries and retries[0]["attempts"] >= attempts:
+                    return retries
+                await asyncio.sleep(0.02)
+
+    first = await retrying(1)
+    (retry,) = first  # one enrich worker: one chunk retrying
+    assert retry["what"] == "step couponUsageStatsStep: a chunk"
+    assert retry["error"].startswith("store service ")
+    assert retry["error"].endswith(": HTTP 503")
+    since = datetime.fromisoformat(retry["since"])
+    assert since.utcoffset() == timedelta(hours=9)
+    assert 0 < retry["budgetLeftSeconds"] <= 60
+    later = await retrying(first[0]["attempts"] + 1)
+    assert later[0]["since"] == retry["since"]  # the same retry, its budget running down
+    assert later[0]["budgetLeftSeconds"] <= retry["budgetLeftSeconds"]
+
+    fake.control.update({"fail_status": None})
+    done = await until_finished(api, location)
+    assert (done["status"], done["readCount"], done["progress"]) == ("COMPLETED", 2, None)
 
 
 async def test_second_launch_while_running_is_409(
@@ -401,8 +554,9 @@ async def test_second_launch_while_running_is_409(
     assert live["status"] == "STARTED"
     assert live["endTime"] is None
     assert set(live["progress"]) == {
-        "read", "written", "filtered", "skipped", "commits", "itemsPerSecond",
+        "read", "written", "filtered", "skipped", "commits", "itemsPerSecond", "retrying",
     }  # fmt: skip
+    assert live["progress"]["retrying"] == []  # slow, not failing
 
     fake.control.latency_ms = 0
     done = await until_finished(api, f"/api/v1/jobs/executions/{running_id}")

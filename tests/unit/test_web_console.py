@@ -102,3 +102,14 @@ async def test_the_script_writes_text_only(client: TestClient) -> None:
     assert not re.search(r"\bnew Function\b|setTimeout\(\s*[\"'`]", script)
     assert "localStorage" not in script
     assert "document.cookie" not in script
+
+
+@pytest.mark.parametrize("zone", ["Asia/Seoul", "America/Argentina/Buenos_Aires"])
+async def test_the_page_names_the_service_zone(zone: str) -> None:
+    settings = make_settings(APP_TIMEZONE=zone)
+    app = create_app(SimpleNamespace(settings=settings), {})  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client:
+        parser = _Tags()
+        parser.feed(await (await client.get(CONSOLE_PATH)).text())
+    metas = [attrs for tag, attrs in parser.tags if tag == "meta" and "name" in attrs]
+    assert {"name": "app-timezone", "content": zone} in metas

@@ -1,7 +1,9 @@
 // The operator's console: polls the admin API with the pasted token and draws what it
 // answers. Every value from the API is put in the page as text (textContent, DOM
 // properties), never parsed as HTML: exit messages and skipped ids can carry text from
-// a peer's answer. The token lives in this tab's sessionStorage only.
+// a peer's answer. The token lives in this tab's sessionStorage only. Dates and times
+// are the service's (APP_TIMEZONE, in the page's app-timezone meta element), never the
+// browser's: the schedules and the job parameters are in that zone.
 
 const TOKEN_KEY = "couponpop-batch.adminToken";
 const API = "/api/v1/jobs";
@@ -22,6 +24,8 @@ const JOB_LABELS = {
 
 const $ = (id) => document.getElementById(id);
 const numbers = new Intl.NumberFormat("en-US");
+const ZONE = document.querySelector('meta[name="app-timezone"]')?.content || "UTC";
+const COMPLETED_WITH_SKIPS = "COMPLETED WITH SKIPS";
 
 class ApiError extends Error {
   constructor(message, status) {
@@ -46,22 +50,60 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-function badgeClass(status) {
-  return `badge s-${/^[A-Z]+$/.test(status) ? status : "UNKNOWN"}`;
+// What the badge says: the status, or the exit code where it tells more (a COMPLETED
+// execution that skipped items is COMPLETED WITH SKIPS, not a plain green COMPLETED).
+function badgeLabel(status, exitCode) {
+  return status === "COMPLETED" && exitCode === COMPLETED_WITH_SKIPS ? exitCode : status;
 }
 
-function statusBadge(status) {
-  return el("span", { class: badgeClass(status) }, status);
+function badgeClass(label) {
+  const name = label.replace(/ /g, "_");
+  return `badge s-${/^[A-Z_]+$/.test(name) ? name : "UNKNOWN"}`;
+}
+
+function statusBadge(status, exitCode) {
+  const label = badgeLabel(status, exitCode);
+  return el("span", { class: badgeClass(label) }, label);
 }
 
 function count(value) {
   return typeof value === "number" ? numbers.format(value) : "";
 }
 
-// ---- times ---------------------------------------------------------------------------
+// ---- times, in the service's zone ------------------------------------------------------
 
-// The API's times are ISO 8601, with microseconds, with or without an offset (without:
-// the service's local time, read here as the browser's).
+const zoneFormat = new Intl.DateTimeFormat("en-CA", {
+  timeZone: ZONE,
+  year: "numeric",
+  month: "2-digit",
+  day: "2-digit",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+  hourCycle: "h23",
+});
+
+// {date: "YYYY-MM-DD", hour: 0..23, time: "HH:MM:SS"} of the instant `ms` in ZONE.
+function inZone(ms) {
+  const p = Object.fromEntries(zoneFormat.formatToParts(new Date(ms)).map((part) => [part.type, part.value]));
+  return { date: `${p.year}-${p.month}-${p.day}`, hour: Number(p.hour), time: `${p.hour}:${p.minute}:${p.second}` };
+}
+
+// The zone's offset now, as the API writes it: +09:00.
+function zoneOffset() {
+  const name = new Intl.DateTimeFormat("en-US", { timeZone: ZONE, timeZoneName: "longOffset" })
+    .formatToParts(new Date())
+    .find((part) => part.type === "timeZoneName").value;
+  return name === "GMT" ? "+00:00" : name.replace("GMT", "");
+}
+
+function dayBefore(isoDate) {
+  const day = new Date(`${isoDate}T00:00:00Z`);
+  day.setUTCDate(day.getUTCDate() - 1);
+  return day.toISOString().slice(0, 10);
+}
+
+// The API's times are ISO 8601 with their offset (APP_TIMEZONE's), with microseconds.
 function parseTime(text) {
   if (!text) return null;
   const ms = Date.parse(text.replace(/(\.\d{3})\d+/, "$1"));
@@ -69,7 +111,14 @@ function parseTime(text) {
 }
 
 function showTime(text) {
-  return text ? text.slice(0, 19).replace("T", " ") : "";
+  const ms = parseTime(text);
+  if (ms === null) return text ? text.slice(0, 19).replace("T", " ") : "";
+  const { date, time } = inZone(ms);
+  return `${date} ${time}`;
+}
+
+function clock() {
+  return inZone(Date.now()).time;
 }
 
 function duration(execution) {
@@ -135,7 +184,7 @@ function showTokenState() {
   const claims = claimsOf(jwt);
   const who = claims.username || claims.sub || "unknown";
   const expires =
-    typeof claims.exp === "number" ? `, expires ${new Date(claims.exp * 1000).toLocaleString()}` : "";
+    typeof claims.exp === "number" ? `, expires ${showTime(new Date(claims.exp * 1000).toISOString())}` : "";
   $("token-state").textContent = `token set (${who}${expires})`;
 }
 
@@ -202,7 +251,7 @@ async function api(method, path) {
 
 function say(message, isError = false) {
   const line = $("status");
-  line.textContent = `${new Date().toLocaleTimeString()} ${message}`;
+  line.textContent = `${clock()} ${message}`;
   line.className = isError ? "error" : "ok";
 }
 
@@ -233,9 +282,11 @@ function newRow(id) {
     live: el("div", { class: "live", hidden: true }),
     bar: el("progress", { max: 1 }),
     rate: el("small", { class: "rate" }),
+    retry: el("div", { class: "retry", hidden: true }),
+    remote: el("div", { class: "remote", hidden: true, title: REMOTE_NOTE }, "no live progress here"),
   };
   status.live.append(status.bar, status.rate);
-  cells.status.append(status.badge, status.live);
+  cells.status.append(status.badge, status.live, status.retry, status.remote);
   return { row, cells, status, values: {} };
 }
 
@@ -249,13 +300,39 @@ function setText(cell, text) {
   cell.textContent = text;
 }
 
+// A running execution without live progress is run by another replica (or by a process
+// that ended without recording it): the API has only what the job repository holds.
+const REMOTE_NOTE =
+  "This replica does not run this execution: the counts are the job repository's, as of" +
+  " its last commit, without live progress or retries (another replica runs it, or the" +
+  " process that ran it ended; it is marked FAILED once its heartbeat is stale).";
+
+function retryText(retry) {
+  return (
+    `retrying ${retry.what} (${retry.error}) · since ${showTime(retry.since).slice(11)}` +
+    ` · attempt ${retry.attempts} failed · ${numbers.format(Math.round(retry.budgetLeftSeconds))} s of retry budget left`
+  );
+}
+
+function retriesText(p) {
+  const retries = p && Array.isArray(p.retrying) ? p.retrying : [];
+  if (retries.length === 0) return "";
+  const more = retries.length > 1 ? ` (and ${retries.length - 1} more retrying)` : "";
+  return retryText(retries[0]) + more;
+}
+
 function updateStatus(entry, execution) {
-  const { badge, live, bar, rate } = entry.status;
-  badge.className = badgeClass(execution.status);
-  badge.textContent = execution.status;
+  const { badge, live, bar, rate, retry, remote } = entry.status;
+  const label = badgeLabel(execution.status, execution.exitCode);
+  badge.className = badgeClass(label);
+  badge.textContent = label;
   const running = RUNNING.has(execution.status);
-  live.hidden = !running;
   const p = execution.progress;
+  live.hidden = !running || !p;
+  remote.hidden = !running || Boolean(p);
+  const retrying = running ? retriesText(p) : "";
+  retry.hidden = !retrying;
+  retry.textContent = retrying;
   const fraction = p?.fraction;
   if (running && typeof fraction === "number") {
     bar.value = fraction;
@@ -349,7 +426,11 @@ function renderDetails(execution) {
     ["updated", execution.lastUpdated],
   ];
   const fields = [
-    ...field("Status", statusBadge(execution.status), execution.exitCode ? ` exit code ${execution.exitCode}` : ""),
+    ...field(
+      "Status",
+      statusBadge(execution.status, execution.exitCode),
+      execution.exitCode ? ` exit code ${execution.exitCode}` : "",
+    ),
     ...field("Exit message", el("pre", { class: "exit-message" }, execution.exitMessage || "")),
     ...field("Parameters", parameterText(execution.parameters) || "none"),
     ...field("Times", times.map(([label, time]) => `${label} ${showTime(time) || "–"}`).join(" · ")),
@@ -369,6 +450,12 @@ function renderDetails(execution) {
           ` · skipped ${count(p.skipped)} · ${numbers.format(p.itemsPerSecond)} items/s${fraction}`,
       ),
     );
+    const retries = Array.isArray(p.retrying) ? p.retrying : [];
+    if (retries.length) {
+      fields.push(...field("Retrying", el("ul", { class: "retries" }, ...retries.map((r) => el("li", {}, retryText(r))))));
+    }
+  } else if (RUNNING.has(execution.status)) {
+    fields.push(...field("Live", el("span", { class: "remote" }, REMOTE_NOTE)));
   }
   if (execution.messages) {
     fields.push(
@@ -391,7 +478,7 @@ function renderDetails(execution) {
         "tr",
         {},
         el("td", {}, step.stepName),
-        el("td", {}, statusBadge(step.status)),
+        el("td", {}, statusBadge(step.status, "")),
         el("td", { class: "num" }, count(step.readCount)),
         el("td", { class: "num" }, count(step.writeCount)),
         el("td", { class: "num" }, count(step.filterCount)),
@@ -430,21 +517,60 @@ let timer = 0;
 let inflight = false;
 let again = false;
 let lastError = "";
+// The `before` of each page from the newest to the one shown ([null]: the newest page).
+const pages = [null];
+let nextBefore = null;
+
+function listQuery() {
+  const data = new FormData($("filters"));
+  const query = new URLSearchParams({ limit: String(LIST_LIMIT) });
+  for (const name of ["job", "status", "runDate"]) {
+    const value = data.get(name);
+    if (value) query.set(name, value);
+  }
+  const before = pages[pages.length - 1];
+  if (before !== null) query.set("before", String(before));
+  return query.toString();
+}
+
+function showPager() {
+  $("page").textContent = `page ${pages.length}`;
+  $("newer").disabled = pages.length === 1;
+  $("older").disabled = nextBefore === null;
+}
+
+function page(step) {
+  if (step > 0 && nextBefore !== null) pages.push(nextBefore);
+  if (step < 0 && pages.length > 1) pages.pop();
+  nextBefore = null;
+  showPager();
+  refreshNow();
+}
+
+function filtersChanged() {
+  pages.splice(1);
+  nextBefore = null;
+  showPager();
+  refreshNow();
+}
 
 async function refresh() {
   if (!token()) return;
-  const filter = $("filter").value;
-  const query = new URLSearchParams({ limit: String(LIST_LIMIT) });
-  if (filter) query.set("status", filter);
+  const query = listQuery();
   const wanted = selected;
   const [list, details] = await Promise.all([
     api("GET", `${API}/executions?${query}`),
     wanted === null ? null : api("GET", `${API}/executions/${wanted}`),
   ]);
   if (!token()) return; // forgotten meanwhile
-  renderTable(list.executions);
+  if (query === listQuery()) {
+    // not if the filters or the page changed meanwhile: the next answer is drawn
+    nextBefore = list.nextBefore ?? null;
+    renderTable(list.executions);
+    showPager();
+  }
   if (details && selected === wanted) renderDetails(details);
-  $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  $("refreshed").textContent = `updated ${clock()}`;
 }
 
 async function tick() {
@@ -488,6 +614,24 @@ function launchQuery(form) {
   return query;
 }
 
+// A real fan-out pushes to members' phones: the operator confirms the hour and about
+// how many members it reads (the job's estimate) first.
+async function confirmFanOut(job, query) {
+  const hour = `${query.get("runDate")} ${query.get("targetHour").padStart(2, "0")}:00 (${ZONE})`;
+  const asked = new URLSearchParams({ runDate: query.get("runDate"), targetHour: query.get("targetHour") });
+  let reads;
+  try {
+    const estimate = await api("GET", `${API}/${job}/estimate?${asked}`);
+    reads = `about ${numbers.format(estimate.count)} ${estimate.unit}`;
+  } catch (error) {
+    reads = `an unknown number of members (no estimate: ${error.message})`;
+  }
+  return confirm(
+    `Send real pushes for ${hour}? Not a dry run: it reads ${reads} whose latest stats` +
+      " name that hour, and pushes each who has a push token and an active coupon event in their dong.",
+  );
+}
+
 async function launch(event, job) {
   event.preventDefault();
   const form = event.currentTarget;
@@ -495,6 +639,10 @@ async function launch(event, job) {
   const button = form.querySelector("button[type=submit]");
   button.disabled = true;
   try {
+    if (query.has("targetHour") && !query.get("dryRun") && !(await confirmFanOut(job, query))) {
+      say("launch cancelled");
+      return;
+    }
     const launched = await api("POST", `${API}/${job}?${query}`);
     const dry = query.get("dryRun") ? " (dry run)" : "";
     say(`launched execution ${launched.executionId}: ${launched.jobName} ${parameterText(launched.parameters)}${dry}`);
@@ -535,22 +683,26 @@ function onTableClick(event) {
 
 // ---- start -------------------------------------------------------------------------------
 
-function localDate(date) {
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
-}
-
 function start() {
-  const now = new Date();
-  for (const input of document.querySelectorAll("input[type=date]")) input.value = localDate(now);
-  const hours = document.querySelector("#launch-fanout select[name=targetHour]");
-  for (let h = 0; h < 24; h++) hours.append(el("option", { value: String(h), selected: h === now.getHours() }, String(h).padStart(2, "0")));
+  // The service's today: the stats default to yesterday (the schedule's run date), the
+  // fan-out to today and this hour.
+  const now = inZone(Date.now());
+  $("zone").textContent = `times in ${ZONE} (UTC${zoneOffset()})`;
+  $("launch-stats").elements.runDate.value = dayBefore(now.date);
+  $("launch-fanout").elements.runDate.value = now.date;
+  const hours = $("launch-fanout").elements.targetHour;
+  for (let h = 0; h < 24; h++) hours.append(el("option", { value: String(h), selected: h === now.hour }, String(h).padStart(2, "0")));
+  showPager();
 
   $("token-form").addEventListener("submit", useToken);
   $("forget").addEventListener("click", forgetToken);
   $("launch-stats").addEventListener("submit", (e) => launch(e, "coupon-usage-stats"));
   $("launch-fanout").addEventListener("submit", (e) => launch(e, "coupon-usage-stats-fcm-send"));
-  $("filter").addEventListener("change", refreshNow);
+  $("filters").addEventListener("change", filtersChanged);
+  $("filters").addEventListener("submit", (e) => e.preventDefault());
+  $("filters").addEventListener("reset", () => setTimeout(filtersChanged)); // after the reset
+  $("newer").addEventListener("click", () => page(-1));
+  $("older").addEventListener("click", () => page(1));
   $("rows").addEventListener("click", onTableClick);
   $("rows").addEventListener("keydown", (e) => {
     const row = e.target.closest("tr[data-id]");
