@@ -52,6 +52,14 @@ def job_key(parameters: Sequence[JobParameter]) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
+# Set before STATUS: MariaDB and MySQL assign left to right, so it reads the old status.
+_ABANDONED_MESSAGE = (
+    "EXIT_MESSAGE = LEFT(CONCAT('abandoned on request (was ', STATUS, '); never restarted',"
+    " IF(STATUS = 'FAILED' AND EXIT_MESSAGE <> '', CONCAT('; it had failed: ', EXIT_MESSAGE),"
+    f" '')), {_MESSAGE_LIMIT}), "
+)
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
@@ -274,12 +282,15 @@ class JobRepository:
             status = Status(row[0])
             if status in allowed:
                 tables = ["BATCH_JOB_EXECUTION"] + (["BATCH_STEP_EXECUTION"] if steps else [])
-                # An abandoned execution's exit code says so; a stopping one's stays
-                # EXECUTING until its runner records the end.
+                # An abandoned execution's exit code and message say so (the message keeps
+                # a failure's cause); a stopping one's stay EXECUTING until its runner
+                # records the end.
                 also_exit_code = to == Status.ABANDONED
                 for table in tables:
                     await cur.execute(
-                        f"UPDATE {table} SET STATUS = %s"
+                        f"UPDATE {table} SET "
+                        + (_ABANDONED_MESSAGE if also_exit_code else "")
+                        + "STATUS = %s"
                         + (", EXIT_CODE = STATUS" if also_exit_code else "")
                         + ", VERSION = VERSION + 1, LAST_UPDATED = NOW(6)"
                         " WHERE JOB_EXECUTION_ID = %s",
