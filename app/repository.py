@@ -440,6 +440,11 @@ class JobRepository:
         found = await self._executions("e.JOB_EXECUTION_ID = %s", (execution_id,), limit=1)
         return found[0] if found else None
 
+    async def last_execution(self, instance_id: int) -> JobExecution:
+        """The instance's newest execution (an instance is recorded with its first)."""
+        [last] = await self._executions("e.JOB_INSTANCE_ID = %s", (instance_id,), limit=1)
+        return last
+
     async def list_executions(self, job_name: str, limit: int = 20) -> list[JobExecution]:
         return await self._executions("i.JOB_NAME = %s", (job_name,), limit=limit)
 
