@@ -3,8 +3,6 @@ JobRestartException): the admin API answers 409 and the CLI exits 3, with the sa
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from app.model import Status
 from app.repository import JobRepository
 from app.runtime.job import find_job
 from tests.integration import test_web_api
+from tests.integration.test_cli_database_errors import cli
 from tests.integration.test_web_api import RUN_DATE, Client, bearer, until_finished
 from tests.reliability.support import cli_environment
 
@@ -39,15 +38,7 @@ async def executions_of_one_instance(pool: Pool, *statuses: Status) -> list[int]
 
 
 async def cli_restart(settings: Settings, execution_id: int, cwd: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "restart", str(execution_id), "--quiet",
-        env=cli_environment(settings), cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await cli(["restart", str(execution_id), "--quiet"], cli_environment(settings), cwd)
 
 
 async def execution_count(pool: Pool) -> int:
