@@ -1,5 +1,5 @@
 """Command line: `python -m app migrate | run | serve | executions | stop | restart |
-abandon | backfill`."""
+abandon | backfill | token`."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import argparse
 import asyncio
 import gc
 import logging
+import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import TextIO
 
 from asyncmy.errors import OperationalError
 
-from app.composition import JOBS, open_launcher, serve
+from app.composition import JOBS, CannotListen, open_launcher, serve
 from app.config import (
     DATABASE_SETTINGS,
     LOG_SETTINGS,
@@ -22,6 +24,7 @@ from app.config import (
     Settings,
     load_settings,
 )
+from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
 from app.model import (
@@ -93,7 +96,37 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--from", dest="first", required=True, help="YYYY-MM-DD")
     backfill.add_argument("--to", dest="last", required=True, help="YYYY-MM-DD (included)")
     backfill.add_argument("--rerun", action="store_true", help="run completed dates again")
+
+    token = commands.add_parser(
+        "token",
+        help="print a short-lived admin token for the API and the console (for operators"
+        " who hold JWT_SECRET_KEY)",
+        description="Mint an ADMIN token of the platform's scheme, signed with"
+        " JWT_SECRET_KEY, and print it alone on stdout: TOKEN=$(python -m app token)."
+        " For operators who hold the secret: anyone with it can mint any token.",
+    )
+    token.add_argument(
+        "--ttl", default="15m", help="lifetime, such as 90s, 15m or 1h (default 15m, at most 1h)"
+    )
+    token.add_argument(
+        "--sub", default="operator", help="who the token names (the API logs it as by=NAME)"
+    )
     return parser
+
+
+_TTL = re.compile(r"(\d+)([smh])")
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def ttl_seconds(text: str) -> int:
+    """`90s`, `15m`, `1h` in seconds; ValueError unless within 1 s .. the platform's hour."""
+    match = _TTL.fullmatch(text.strip())
+    seconds = int(match[1]) * _TTL_UNITS[match[2]] if match else 0
+    if not 0 < seconds <= TOKEN_LIFETIME_SECONDS:
+        raise ValueError(
+            f"--ttl expects a lifetime such as 90s, 15m or 1h, at most 1h (got {text!r})"
+        )
+    return seconds
 
 
 def _say(settings: Settings, text: str, level: int = logging.INFO) -> None:
@@ -307,19 +340,54 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 10)
 
 
+# The settings a command reads, where it needs not all: migrate reaches the database
+# only, token signs only (neither needs the other's secret).
+_SETTINGS_READ = {
+    "migrate": DATABASE_SETTINGS | LOG_SETTINGS,
+    "token": LOG_SETTINGS | {"JWT_SECRET_KEY"},
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        # migrate reaches the database only: it needs no JWT_SECRET_KEY, nor any other.
-        only = DATABASE_SETTINGS | LOG_SETTINGS if args.command == "migrate" else None
-        settings = load_settings(only=only)
+        settings = load_settings(only=_SETTINGS_READ.get(args.command))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _bad_settings(exc)
+    _configure_logging(settings)
+    _tune_gc()
+    try:
+        return _command_or_start_up_error(settings, args)
+    except Exception:
+        if settings.LOG_FORMAT != "json":
+            raise
+        # A log pipeline parses every line: the traceback goes in error.stack_trace.
+        log.exception("the command failed")
+        return 1  # as an uncaught exception exits
+
+
+def _configure_logging(settings: Settings) -> None:
     configure_logging(
         settings.LOG_LEVEL, settings.LOG_FORMAT, settings.APPLICATION_NAME, settings.timezone
     )
-    _tune_gc()
+
+
+def _bad_settings(exc: ConfigError) -> int:
+    """A bad setting as one line: a log record where the log's own settings are good and
+    say json, else plain."""
+    try:
+        log_settings = load_settings(only=LOG_SETTINGS)
+    except ConfigError:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(log_settings)
+    _say(log_settings, f"error: {exc}", logging.ERROR)
+    return EXIT_USAGE
+
+
+def _command_or_start_up_error(settings: Settings, args: argparse.Namespace) -> int:
+    """The command; a database that cannot be used or a port that cannot be listened on
+    is one line and exit 2."""
     try:
         return _command(settings, args)
     except (OperationalError, DatabaseStalled) as exc:
@@ -328,9 +396,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _say(settings, f"error: {line}", logging.ERROR)
         return EXIT_USAGE
+    except CannotListen as exc:
+        _say(settings, f"error: {exc}", logging.ERROR)
+        return EXIT_USAGE
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    """An ADMIN token alone on stdout, so that `TOKEN=$(python -m app token)` works."""
+    try:
+        lifetime = ttl_seconds(args.ttl)
+    except ValueError as exc:
+        _say(settings, f"error: {exc}", logging.ERROR)
+        return EXIT_USAGE
+    token, _ = mint_token(
+        settings.jwt_key,
+        subject=args.sub,
+        username=args.sub,
+        member_type="ADMIN",
+        lifetime_seconds=lifetime,
+        now=time.time(),
+    )
+    print(token)
+    return 0
 
 
 def _command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command == "token":
+        return _token(settings, args)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings, args.dev_schema))
     if args.command == "run":
