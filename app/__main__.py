@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from asyncmy.errors import OperationalError
 
@@ -242,16 +242,16 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
             runs.append((day.isoformat(), run))
         tasks = [run.task for _, run in runs if run.task is not None]
         await _until_done_or_signal(launcher, tasks, settings.SHUTDOWN_GRACE_SECONDS)
-        for day, run in runs:
+        for run_date, run in runs:
             final = await launcher.repository.get_execution(run.execution.id)
             assert final is not None
             line = f"execution {final.id} {final.exit_code}"
             line += f"; {final.exit_message}" if final.exit_message else ""
-            outcomes.append((day, line, _exit_code(final)))
+            outcomes.append((run_date, line, _exit_code(final)))
     outcomes.sort()
     print(f"{spec.name} backfill {args.first}..{args.last}: {len(days)} dates")
-    for day, line, _ in outcomes:
-        print(f"  {day}  {line}")
+    for run_date, line, _ in outcomes:
+        print(f"  {run_date}  {line}")
     codes = {code for _, _, code in outcomes}
     # the worst first: failed or stopped, not launched, completed with skips
     return next((code for code in (EXIT_FAILED, EXIT_REFUSED, EXIT_SKIPPED) if code in codes), 0)
@@ -286,6 +286,7 @@ async def _executions(settings: Settings, status: str | None, limit: int) -> int
 
 async def _operate(settings: Settings, action: str, execution_id: int) -> int:
     """stop or abandon, through the job repository (any replica's runner obeys)."""
+    allowed: tuple[Status, ...]
     async with open_pool(settings.database) as pool:
         repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
         if action == "stop":
@@ -318,8 +319,8 @@ async def _until_done_or_signal(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        waiter = asyncio.create_task(stopping.wait())
-        everything = asyncio.gather(*tasks)
+        waiter: asyncio.Future[Any] = asyncio.create_task(stopping.wait())
+        everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         await asyncio.wait({everything, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if stopping.is_set():

@@ -28,7 +28,8 @@ def retrying(
     """`operation` under the policy's retries; other errors pass through at once."""
     budget = policy.retry_budget_seconds
 
-    def log_retry(details: dict[str, Any]) -> None:
+    # backoff's Details, with the `exception` that its TypedDict leaves out.
+    def log_retry(details: Any) -> None:
         log.warning(
             "%s failed (attempt %d, %.1f s of %g s), retrying in %.2f s: %r",
             what,
@@ -39,7 +40,7 @@ def retrying(
             details["exception"],
         )
 
-    def log_giveup(details: dict[str, Any]) -> None:
+    def log_giveup(details: Any) -> None:
         if is_availability_fault(details["exception"]):
             log.error(
                 "%s still failing after %d attempts in %.1f s (RETRY_BUDGET_SECONDS=%g): %r",
