@@ -310,6 +310,8 @@ OPENAPI: dict[str, Any] = {
                 "type": "http",
                 "scheme": "bearer",
                 "bearerFormat": "JWT (HS256/384/512, memberType ADMIN or ROLE_ADMIN)",
+                "description": "Signed with JWT_SECRET_KEY; an operator who holds it mints"
+                " one with `python -m app token`.",
             }
         },
         "schemas": {
