@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import io
 import logging
 import re
 import signal
@@ -350,7 +352,7 @@ _SETTINGS_READ = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse_arguments(argv)
     try:
         settings = load_settings(only=_SETTINGS_READ.get(args.command))
     except ConfigError as exc:
@@ -365,6 +367,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A log pipeline parses every line: the traceback goes in error.stack_trace.
         log.exception("the command failed")
         return 1  # as an uncaught exception exits
+
+
+def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; argparse's usage error (exit 2) is a log record where the logs are
+    JSON, as every other line."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return _parser().parse_args(argv)
+    except SystemExit:
+        lines = said.getvalue().splitlines()
+        try:
+            log_settings = load_settings(only=LOG_SETTINGS)
+        except ConfigError:
+            log_settings = None
+        if lines and log_settings is not None and log_settings.LOG_FORMAT == "json":
+            _configure_logging(log_settings)
+            log.error(lines[-1])  # `python -m app run: error: argument ...`
+        else:
+            sys.stderr.write(said.getvalue())
+        raise
 
 
 def _configure_logging(settings: Settings) -> None:

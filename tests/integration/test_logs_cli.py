@@ -193,3 +193,15 @@ async def test_push_tokens_are_never_logged_even_at_debug(
     assert sorted(
         line["message"] for line in lines if line["message"].startswith("publishing:")
     ) == sorted(f"publishing: traceId={p['traceId']} memberId=101" for p in published)
+
+
+async def test_json_logs_make_a_usage_error_a_json_line(settings: Settings, tmp_path: Path) -> None:
+    code, out, plain = await cli(["run", "nope"], cli_environment(settings), tmp_path)
+    usage, *_, said = plain.splitlines()
+    assert (code, out) == (2, "")
+    assert usage.startswith("usage: python -m app run [-h]")
+    assert said.startswith("python -m app run: error: argument job: invalid choice: 'nope'")
+    env = cli_environment(settings, LOG_FORMAT="json")
+    code, out, err = await cli(["run", "nope"], env, tmp_path)
+    [line] = [json.loads(text) for text in err.splitlines()]
+    assert (code, out, line["log.level"], line["message"]) == (2, "", "ERROR", said)
