@@ -377,16 +377,8 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         with contextlib.redirect_stderr(said):
             return _parser().parse_args(argv)
     except SystemExit:
-        lines = said.getvalue().splitlines()
-        try:
-            log_settings = load_settings(only=LOG_SETTINGS)
-        except ConfigError:
-            log_settings = None
-        if lines and log_settings is not None and log_settings.LOG_FORMAT == "json":
-            _configure_logging(log_settings)
-            log.error(lines[-1])  # `python -m app run: error: argument ...`
-        else:
-            sys.stderr.write(said.getvalue())
+        *_, last = said.getvalue().splitlines() or [""]
+        _say_before_settings(said.getvalue(), last)  # `python -m app run: error: ...`
         raise
 
 
@@ -397,16 +389,22 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _bad_settings(exc: ConfigError) -> int:
-    """A bad setting as one line: a log record where the log's own settings are good and
-    say json, else plain."""
+    _say_before_settings(f"error: {exc}\n", f"error: {exc}")
+    return EXIT_USAGE
+
+
+def _say_before_settings(plain: str, line: str) -> None:
+    """An error before the settings are read: `line` as a log record where the log's own
+    settings are good and say json, else `plain` as it is."""
     try:
         log_settings = load_settings(only=LOG_SETTINGS)
     except ConfigError:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    _configure_logging(log_settings)
-    _say(log_settings, f"error: {exc}", logging.ERROR)
-    return EXIT_USAGE
+        log_settings = None
+    if log_settings is not None and log_settings.LOG_FORMAT == "json" and line:
+        _configure_logging(log_settings)
+        log.error(line)
+    else:
+        sys.stderr.write(plain)
 
 
 def _command_or_start_up_error(settings: Settings, args: argparse.Namespace) -> int:
