@@ -120,7 +120,7 @@ _TTL = re.compile(r"(\d+)([smh])")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
-def ttl_seconds(text: str) -> int:
+def _ttl_seconds(text: str) -> int:
     """`90s`, `15m`, `1h` in seconds; ValueError unless within 1 s .. the platform's hour."""
     match = _TTL.fullmatch(text.strip())
     seconds = int(match[1]) * _TTL_UNITS[match[2]] if match else 0
@@ -426,7 +426,7 @@ def _command_or_start_up_error(settings: Settings, args: argparse.Namespace) -> 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     """An ADMIN token alone on stdout, so that `TOKEN=$(python -m app token)` works."""
     try:
-        lifetime = ttl_seconds(args.ttl)
+        lifetime = _ttl_seconds(args.ttl)
     except ValueError as exc:
         _say(settings, f"error: {exc}", logging.ERROR)
         return EXIT_USAGE
