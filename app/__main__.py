@@ -1,20 +1,24 @@
 """Command line: `python -m app migrate | run | serve | executions | stop | restart |
-abandon | backfill`."""
+abandon | backfill | token`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import io
 import logging
+import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from asyncmy.errors import OperationalError
 
-from app.composition import JOBS, open_launcher, serve
+from app.composition import JOBS, CannotListen, open_launcher, serve
 from app.config import (
     DATABASE_SETTINGS,
     LOG_SETTINGS,
@@ -22,6 +26,7 @@ from app.config import (
     Settings,
     load_settings,
 )
+from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
 from app.model import (
@@ -93,7 +98,37 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--from", dest="first", required=True, help="YYYY-MM-DD")
     backfill.add_argument("--to", dest="last", required=True, help="YYYY-MM-DD (included)")
     backfill.add_argument("--rerun", action="store_true", help="run completed dates again")
+
+    token = commands.add_parser(
+        "token",
+        help="print a short-lived admin token for the API and the console (for operators"
+        " who hold JWT_SECRET_KEY)",
+        description="Mint an ADMIN token of the platform's scheme, signed with"
+        " JWT_SECRET_KEY, and print it alone on stdout: TOKEN=$(python -m app token)."
+        " For operators who hold the secret: anyone with it can mint any token.",
+    )
+    token.add_argument(
+        "--ttl", default="15m", help="lifetime, such as 90s, 15m or 1h (default 15m, at most 1h)"
+    )
+    token.add_argument(
+        "--sub", default="operator", help="who the token names (the API logs it as by=NAME)"
+    )
     return parser
+
+
+_TTL = re.compile(r"(\d+)([smh])")
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _ttl_seconds(text: str) -> int:
+    """`90s`, `15m`, `1h` in seconds; ValueError unless within 1 s .. the platform's hour."""
+    match = _TTL.fullmatch(text.strip())
+    seconds = int(match[1]) * _TTL_UNITS[match[2]] if match else 0
+    if not 0 < seconds <= TOKEN_LIFETIME_SECONDS:
+        raise ValueError(
+            f"--ttl expects a lifetime such as 90s, 15m or 1h, at most 1h (got {text!r})"
+        )
+    return seconds
 
 
 def _say(settings: Settings, text: str, level: int = logging.INFO) -> None:
@@ -213,16 +248,16 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
             runs.append((day.isoformat(), run))
         tasks = [run.task for _, run in runs if run.task is not None]
         await _until_done_or_signal(launcher, tasks, settings.SHUTDOWN_GRACE_SECONDS)
-        for day, run in runs:
+        for run_date, run in runs:
             final = await launcher.repository.get_execution(run.execution.id)
             assert final is not None
             line = f"execution {final.id} {final.exit_code}"
             line += f"; {final.exit_message}" if final.exit_message else ""
-            outcomes.append((day, line, _exit_code(final)))
+            outcomes.append((run_date, line, _exit_code(final)))
     outcomes.sort()
     print(f"{spec.name} backfill {args.first}..{args.last}: {len(days)} dates")
-    for day, line, _ in outcomes:
-        print(f"  {day}  {line}")
+    for run_date, line, _ in outcomes:
+        print(f"  {run_date}  {line}")
     codes = {code for _, _, code in outcomes}
     # the worst first: failed or stopped, not launched, completed with skips
     return next((code for code in (EXIT_FAILED, EXIT_REFUSED, EXIT_SKIPPED) if code in codes), 0)
@@ -257,6 +292,7 @@ async def _executions(settings: Settings, status: str | None, limit: int) -> int
 
 async def _operate(settings: Settings, action: str, execution_id: int) -> int:
     """stop or abandon, through the job repository (any replica's runner obeys)."""
+    allowed: tuple[Status, ...]
     async with open_pool(settings.database) as pool:
         repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
         if action == "stop":
@@ -289,8 +325,8 @@ async def _until_done_or_signal(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        waiter = asyncio.create_task(stopping.wait())
-        everything = asyncio.gather(*tasks)
+        waiter: asyncio.Future[Any] = asyncio.create_task(stopping.wait())
+        everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         await asyncio.wait({everything, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if stopping.is_set():
@@ -311,19 +347,73 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 10)
 
 
+# The settings a command reads, where it needs not all: migrate reaches the database
+# only, token signs only (neither needs the other's secret).
+_SETTINGS_READ = {
+    "migrate": DATABASE_SETTINGS | LOG_SETTINGS,
+    "token": LOG_SETTINGS | {"JWT_SECRET_KEY"},
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse_arguments(argv)
     try:
-        # migrate reaches the database only: it needs no JWT_SECRET_KEY, nor any other.
-        only = DATABASE_SETTINGS | LOG_SETTINGS if args.command == "migrate" else None
-        settings = load_settings(only=only)
+        settings = load_settings(only=_SETTINGS_READ.get(args.command))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _bad_settings(exc)
+    _configure_logging(settings)
+    _tune_gc()
+    try:
+        return _command_or_start_up_error(settings, args)
+    except Exception:
+        if settings.LOG_FORMAT != "json":
+            raise
+        # A log pipeline parses every line: the traceback goes in error.stack_trace.
+        log.exception("the command failed")
+        return 1  # as an uncaught exception exits
+
+
+def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; argparse's usage error (exit 2) is a log record where the logs are
+    JSON, as every other line."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return _parser().parse_args(argv)
+    except SystemExit:
+        *_, last = said.getvalue().splitlines() or [""]
+        _say_before_settings(said.getvalue(), last)  # `python -m app run: error: ...`
+        raise
+
+
+def _configure_logging(settings: Settings) -> None:
     configure_logging(
         settings.LOG_LEVEL, settings.LOG_FORMAT, settings.APPLICATION_NAME, settings.timezone
     )
-    _tune_gc()
+
+
+def _bad_settings(exc: ConfigError) -> int:
+    _say_before_settings(f"error: {exc}\n", f"error: {exc}")
+    return EXIT_USAGE
+
+
+def _say_before_settings(plain: str, line: str) -> None:
+    """An error before the settings are read: `line` as a log record where the log's own
+    settings are good and say json, else `plain` as it is."""
+    try:
+        log_settings = load_settings(only=LOG_SETTINGS)
+    except ConfigError:
+        log_settings = None
+    if log_settings is not None and log_settings.LOG_FORMAT == "json" and line:
+        _configure_logging(log_settings)
+        log.error(line)
+    else:
+        sys.stderr.write(plain)
+
+
+def _command_or_start_up_error(settings: Settings, args: argparse.Namespace) -> int:
+    """The command; a database that cannot be used or a port that cannot be listened on
+    is one line and exit 2."""
     try:
         return _command(settings, args)
     except (OperationalError, DatabaseStalled) as exc:
@@ -332,9 +422,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _say(settings, f"error: {line}", logging.ERROR)
         return EXIT_USAGE
+    except CannotListen as exc:
+        _say(settings, f"error: {exc}", logging.ERROR)
+        return EXIT_USAGE
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    """An ADMIN token alone on stdout, so that `TOKEN=$(python -m app token)` works."""
+    try:
+        lifetime = _ttl_seconds(args.ttl)
+    except ValueError as exc:
+        _say(settings, f"error: {exc}", logging.ERROR)
+        return EXIT_USAGE
+    token, _ = mint_token(
+        settings.jwt_key,
+        subject=args.sub,
+        username=args.sub,
+        member_type="ADMIN",
+        lifetime_seconds=lifetime,
+        now=time.time(),
+    )
+    print(token)
+    return 0
 
 
 def _command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command == "token":
+        return _token(settings, args)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings, args.dev_schema))
     if args.command == "run":

@@ -4,11 +4,13 @@ and the web app together (the runtime knows no job and no web module)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.jobs import fcm_send, usage_stats
@@ -16,6 +18,9 @@ from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from app.runtime.scheduler import RestartPolicy, Schedule, Scheduler
+
+if TYPE_CHECKING:
+    from aiohttp.web import TCPSite
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,10 @@ SCHEDULES: tuple[Schedule, ...] = (usage_stats.SCHEDULE, fcm_send.SCHEDULE)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Admin and actuator requests are short; a request still open after this is cut off.
 _HTTP_SHUTDOWN_SECONDS = 5.0
+
+
+class CannotListen(Exception):
+    """`serve` cannot listen on SERVER_PORT (a start-up error: one line, exit 2)."""
 
 
 def restart_policy(settings: Settings) -> RestartPolicy:
@@ -40,6 +49,21 @@ async def open_launcher(settings: Settings, *, broker: bool) -> AsyncIterator[La
     """A launcher of the service's jobs on resources of its own, closed on exit."""
     async with open_resources(settings, broker=broker) as resources:
         yield Launcher(resources, JOBS)
+
+
+async def _listen(site: TCPSite, port: int) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotListen(
+                f"port {port} is in use by another process; stop it or set SERVER_PORT"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise CannotListen(
+                f"port {port} needs privileges to listen on; set SERVER_PORT"
+            ) from None
+        raise
 
 
 async def serve(settings: Settings) -> int:
@@ -66,7 +90,8 @@ async def serve(settings: Settings) -> int:
             )
             await runner.setup()
             try:
-                await web.TCPSite(runner, "0.0.0.0", settings.SERVER_PORT).start()
+                site = web.TCPSite(runner, "0.0.0.0", settings.SERVER_PORT)
+                await _listen(site, settings.SERVER_PORT)
                 if settings.SCHEDULER_ENABLED:
                     scheduler.start()
                 log.info(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from aiormq import spec
+from pamqp.common import FieldTable
 
 EXCHANGE = "coupon.exchange"
 ROUTING_KEY = "coupon.usage.stats.fcm.send"
@@ -29,7 +30,8 @@ CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "UTF-8"
 PERSISTENT = 2  # delivery mode
 
-_HEADERS = {"__TypeId__": TYPE_ID}  # shared by every message; aio-pika does not mutate it
+# Shared by every message; aio-pika does not mutate it.
+_HEADERS: FieldTable = {"__TypeId__": TYPE_ID}
 # Jackson's output: raw UTF-8 (no \u escapes for non-ASCII), no spaces.
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 

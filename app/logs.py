@@ -21,6 +21,11 @@ from typing import Any, TextIO
 LOG_FORMATS = ("text", "json")
 ECS_VERSION = "8.11"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# ECS `log.level` as Spring Boot writes it (Logback's names): WARN, not Python's WARNING.
+_ECS_LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+# Libraries whose DEBUG lines carry what must never be logged: aiormq's are the AMQP
+# frames themselves, push request bodies (members' FCM tokens) included.
+_WIRE_LOGGERS = ("aiormq",)
 
 _context: ContextVar[Mapping[str, Any]] = ContextVar("log_context", default=MappingProxyType({}))
 
@@ -65,7 +70,7 @@ class EcsJsonFormatter(logging.Formatter):
             "@timestamp": local_time(record.created, self.timezone).isoformat(
                 timespec="microseconds"
             ),
-            "log.level": record.levelname,
+            "log.level": _ECS_LEVELS.get(record.levelname, record.levelname),
             "process.pid": record.process,
             "process.thread.name": record.threadName,
             "service.name": self.service_name,
@@ -99,6 +104,10 @@ def configure_logging(
     handler = logging.StreamHandler(stream or sys.stderr)
     if log_format == "json":
         handler.setFormatter(EcsJsonFormatter(service_name, timezone))
+        logging.captureWarnings(True)  # Python's warnings as log records, not plain lines
     else:
         handler.setFormatter(TextFormatter(timezone))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    floor = max(logging.INFO, logging.getLevelName(level.upper()))
+    for name in _WIRE_LOGGERS:
+        logging.getLogger(name).setLevel(floor)

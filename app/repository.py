@@ -46,6 +46,14 @@ class LeaseLost(Exception):
     stale and took the instance over. Nothing more may be committed for it."""
 
 
+# Set before STATUS: MariaDB and MySQL assign left to right, so it reads the old status.
+_ABANDONED_MESSAGE = (
+    "EXIT_MESSAGE = LEFT(CONCAT('abandoned on request (was ', STATUS, '); never restarted',"
+    " IF(STATUS = 'FAILED' AND EXIT_MESSAGE <> '', CONCAT('; it had failed: ', EXIT_MESSAGE),"
+    f" '')), {_MESSAGE_LIMIT}), "
+)
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
@@ -297,12 +305,15 @@ class JobRepository:
             status = Status(row[0])
             if status in allowed:
                 tables = ["BATCH_JOB_EXECUTION"] + (["BATCH_STEP_EXECUTION"] if steps else [])
-                # An abandoned execution's exit code says so; a stopping one's stays
-                # EXECUTING until its runner records the end.
+                # An abandoned execution's exit code and message say so (the message keeps
+                # a failure's cause); a stopping one's stay EXECUTING until its runner
+                # records the end.
                 also_exit_code = to == Status.ABANDONED
                 for table in tables:
                     await cur.execute(
-                        f"UPDATE {table} SET STATUS = %s"
+                        f"UPDATE {table} SET "
+                        + (_ABANDONED_MESSAGE if also_exit_code else "")
+                        + "STATUS = %s"
                         + (", EXIT_CODE = STATUS" if also_exit_code else "")
                         + ", VERSION = VERSION + 1, LAST_UPDATED = NOW(6)"
                         " WHERE JOB_EXECUTION_ID = %s",
@@ -452,6 +463,11 @@ class JobRepository:
         found = await self._executions("e.JOB_EXECUTION_ID = %s", (execution_id,), limit=1)
         return found[0] if found else None
 
+    async def last_execution(self, instance_id: int) -> JobExecution:
+        """The instance's newest execution (an instance is recorded with its first)."""
+        [last] = await self._executions("e.JOB_INSTANCE_ID = %s", (instance_id,), limit=1)
+        return last
+
     async def list_executions(self, job_name: str, limit: int = 20) -> list[JobExecution]:
         return await self._executions("i.JOB_NAME = %s", (job_name,), limit=limit)
 
@@ -470,7 +486,8 @@ class JobRepository:
     ) -> list[JobExecution]:
         """Every job's executions, newest first, that match each filter given: the job,
         the status, the `runDate` parameter, an id below `before` (the next page)."""
-        where, args = ["TRUE"], []
+        where: list[str] = ["TRUE"]
+        args: list[object] = []
         if job_name is not None:
             where.append("i.JOB_NAME = %s")
             args.append(job_name)

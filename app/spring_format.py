@@ -16,7 +16,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-import javaobj.v2 as javaobj
+from javaobj.v2.main import loads as java_loads
 
 from app.model import JobParameter
 
@@ -80,7 +80,7 @@ def encode_context(context: dict[str, Any]) -> tuple[str, str | None]:
     and HashMap; None values are left out (Spring's ExecutionContext.put removes the key)."""
     stream = _JavaStream()
     stream.hash_map({k: v for k, v in context.items() if v is not None})
-    text = base64.b64encode(stream.bytes()).decode("ascii")
+    text = base64.b64encode(stream.to_bytes()).decode("ascii")
     if len(text) <= SHORT_CONTEXT_LIMIT:
         return text, None
     return text[: SHORT_CONTEXT_LIMIT - 8] + " ...", text
@@ -96,7 +96,7 @@ def decode_context(short: str | None, serialized: str | None) -> dict[str, Any]:
         if text.lstrip().startswith("{"):
             decoded = json.loads(text)
         else:
-            decoded = _python(javaobj.loads(base64.b64decode(text, validate=True)))
+            decoded = _python(java_loads(base64.b64decode(text, validate=True)))
     except Exception as exc:  # a parser's any failure on foreign bytes: shown, never raised
         return {UNDECODABLE: f"{type(exc).__name__}: {exc}"[:200]}
     if not isinstance(decoded, dict):
@@ -147,7 +147,7 @@ class _JavaStream:
         self._handles: dict[str, int] = {}
         self._next_handle = self._BASE_HANDLE
 
-    def bytes(self) -> bytes:
+    def to_bytes(self) -> bytes:
         return bytes(self._out)
 
     def _handle(self) -> int:

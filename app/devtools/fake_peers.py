@@ -189,7 +189,7 @@ class _Services:
     def _authorize(self, authorization: str | None) -> None:
         if self.key is not None:
             verify_token(authorization, self.key)
-        elif not (authorization or "").startswith("Bearer ") or not authorization[7:].strip():
+        elif not (header := authorization or "").startswith("Bearer ") or not header[7:].strip():
             raise AuthError(401, "INVALID_TOKEN", "expected an Authorization: Bearer header")
 
     async def _set_control(self, request: web.Request) -> web.Response:

@@ -25,6 +25,29 @@ def algorithm_for_key(key: bytes) -> str:
     return "HS256"
 
 
+def mint_token(
+    key: bytes,
+    *,
+    subject: str,
+    username: str,
+    member_type: str,
+    lifetime_seconds: int = TOKEN_LIFETIME_SECONDS,
+    now: float,
+) -> tuple[str, int]:
+    """A token of the platform's scheme: its claims, signed with the HMAC the platform
+    picks for the key; with its `exp` (epoch seconds)."""
+    issued = int(now)
+    expires = issued + lifetime_seconds
+    claims = {
+        "sub": subject,
+        "username": username,
+        "memberType": member_type,
+        "iat": issued,
+        "exp": expires,
+    }
+    return jwt.encode(claims, key, algorithm=algorithm_for_key(key)), expires
+
+
 class SystemToken:
     """The token this service sends to its peers; minted once and reused until near expiry."""
 
@@ -32,7 +55,6 @@ class SystemToken:
         self, key: bytes, application_name: str, clock: Callable[[], float] = time.time
     ) -> None:
         self._key = key
-        self._algorithm = algorithm_for_key(key)
         self._application_name = application_name
         self._clock = clock
         self._token = ""
@@ -41,16 +63,13 @@ class SystemToken:
     def get(self) -> str:
         now = self._clock()
         if now >= self._renew_at:
-            issued = int(now)
-            expires = issued + TOKEN_LIFETIME_SECONDS
-            claims = {
-                "sub": SYSTEM_SUBJECT,
-                "username": self._application_name,
-                "memberType": SYSTEM_MEMBER_TYPE,
-                "iat": issued,
-                "exp": expires,
-            }
-            self._token = jwt.encode(claims, self._key, algorithm=self._algorithm)
+            self._token, expires = mint_token(
+                self._key,
+                subject=SYSTEM_SUBJECT,
+                username=self._application_name,
+                member_type=SYSTEM_MEMBER_TYPE,
+                now=now,
+            )
             self._renew_at = expires - RENEW_BEFORE_SECONDS
         return self._token
 

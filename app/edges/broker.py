@@ -193,6 +193,8 @@ class Broker:
                 if stop:
                     window.release()
                     break
+                # Who, never the body: it holds the member's FCM token.
+                log.debug("publishing: traceId=%s memberId=%d", req.trace_id, req.member_id)
                 task = asyncio.create_task(
                     self._publish_one(encode_body(req), amqp_properties(req))
                 )

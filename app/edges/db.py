@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -289,7 +289,7 @@ async def stream_rows(
     args: Sequence[Any],
     fetch_rows: int,
     deadline: StallDeadline,
-) -> AsyncIterator[list[tuple]]:
+) -> AsyncGenerator[list[tuple], None]:
     """Yield the rows of `sql` in lists of up to `fetch_rows`, from a server-side cursor.
 
     asyncmy keeps reading the socket into its buffer whenever the event loop runs,
@@ -333,7 +333,7 @@ async def stream_rows(
 
 async def stream_merged(
     settings: DatabaseSettings, queries: Sequence[tuple[str, Sequence[Any]]], fetch_rows: int
-) -> AsyncIterator[list[tuple]]:
+) -> AsyncGenerator[list[tuple], None]:
     """The rows of `queries`, each ordered by its first column, as one stream in that order.
 
     The queries start at once, each on a connection of its own, so that the server scans
@@ -372,13 +372,17 @@ async def stream_merged(
             due = [i for i in live if not pending[i] or pending[i][-1][0] == bound]
 
 
+def _transport(conn: Connection) -> asyncio.Transport | None:
+    return conn._transport  # type: ignore[attr-defined, no-any-return]  # not in asyncmy's stub
+
+
 def _pause_reading(conn: Connection) -> None:
-    transport = conn._transport
+    transport = _transport(conn)
     if transport is not None:
         transport.pause_reading()
 
 
 def _resume_reading(conn: Connection) -> None:
-    transport = conn._transport
+    transport = _transport(conn)
     if transport is not None:
         transport.resume_reading()

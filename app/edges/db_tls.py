@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncmy.auth
@@ -102,7 +102,7 @@ async def _greeting_capabilities(host: str, port: int) -> int:
     return int.from_bytes(payload[start : start + 2], "little")
 
 
-Roundtrip = Callable[[Any, bytes], Awaitable[Any]]
+Roundtrip = Callable[[Any, bytes], Coroutine[Any, Any, Any]]
 
 
 def _guard_key_requests(roundtrip: Roundtrip) -> Roundtrip:

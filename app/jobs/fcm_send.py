@@ -16,7 +16,7 @@ what it has seen by `traceId`.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
 from typing import Any, NamedTuple
@@ -150,7 +150,7 @@ async def read_latest_stats(
     run_date: date,
     target_hour: int,
     after_member: int | None,
-) -> AsyncIterator[Chunk[LatestStats]]:
+) -> AsyncGenerator[Chunk[LatestStats], None]:
     """Chunks of CHUNK_SIZE members in member order, after `after_member`;
     each chunk's checkpoint is its last member id."""
     chunk_size = policy.chunk_size
@@ -234,7 +234,7 @@ def build(context: JobContext) -> StepDefinition[LatestStats, list[PushRequest]]
         raise RuntimeError("this job publishes, but no broker connection was opened")
     lookups = _RunLookups(resources.peers, resources.pool, reference_time(run_date, target_hour))
 
-    def read(checkpoint: Any) -> AsyncIterator[Chunk[LatestStats]]:
+    def read(checkpoint: Any) -> AsyncGenerator[Chunk[LatestStats], None]:
         return read_latest_stats(
             settings.database,
             settings.step,

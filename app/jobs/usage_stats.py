@@ -17,7 +17,7 @@ qualify or no longer appear at all included.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
 from itertools import chain, groupby, pairwise
@@ -187,7 +187,7 @@ class UsageStatsStep:
         # decided when reading starts, before any chunk of this execution is written.
         self.replace = True
 
-    async def read(self, checkpoint: Any) -> AsyncIterator[Chunk[Member]]:
+    async def read(self, checkpoint: Any) -> AsyncGenerator[Chunk[Member], None]:
         """The chunks after `checkpoint`, each held back until the next one is read, so
         that the last one goes out marked `final` (an empty one if the window is)."""
         self.replace = bool(await fetch_all(self.pool, _ANY_ROW_OF_DATE, (self.day,)))
@@ -202,7 +202,7 @@ class UsageStatsStep:
         last.final = True
         yield last
 
-    async def _chunks(self, checkpoint: Any) -> AsyncIterator[Chunk[Member]]:
+    async def _chunks(self, checkpoint: Any) -> AsyncGenerator[Chunk[Member], None]:
         queries = [self._query(bounds, checkpoint) for bounds in await self.shares()]
         if not queries:
             return
@@ -254,7 +254,7 @@ class UsageStatsStep:
 
     def _query(self, bounds: Bounds, checkpoint: Any) -> tuple[str, list[Any]]:
         """The window's rows within `bounds`, of the members after the checkpoint."""
-        sql, args = [_READ], list(window(self.day))
+        sql, args = [_READ], list[Any](window(self.day))
         for condition, value in bounds:
             sql.append(condition)
             args.append(value)
@@ -289,7 +289,7 @@ class UsageStatsStep:
         day = conn.literal(self.day)
         async with conn.cursor() as cur:
             if self.replace:
-                sql, args = [_DELETE], [self.day]
+                sql, args = [_DELETE], list[Any]([self.day])
                 for condition, bound in (
                     (" AND member_id > %s", after),
                     (" AND member_id <= %s", upto),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -43,7 +43,7 @@ class StepDefinition(Generic[ItemT, OutT]):
     """
 
     name: str
-    read: Callable[[Any], AsyncIterator[Chunk[ItemT]]]
+    read: Callable[[Any], AsyncGenerator[Chunk[ItemT], None]]  # closed with aclosing()
     process: Callable[[Chunk[ItemT]], Awaitable[Processed[OutT]]]
     writer: Writer[OutT]
     item_key: Callable[[ItemT], object]  # names a skipped item in the warning

@@ -35,7 +35,8 @@ def retrying(
     call retrying is in `progress.retries` until it succeeds, gives up or is cancelled."""
     budget = policy.retry_budget_seconds
 
-    def log_retry(details: dict[str, Any]) -> None:
+    # backoff's Details, with the `exception` that its TypedDict leaves out.
+    def log_retry(details: Any) -> None:
         log.warning(
             "%s failed (attempt %d, %.1f s of %g s), retrying in %.2f s: %r",
             what,
@@ -46,7 +47,7 @@ def retrying(
             details["exception"],
         )
 
-    def log_giveup(details: dict[str, Any]) -> None:
+    def log_giveup(details: Any) -> None:
         if is_availability_fault(details["exception"]):
             log.error(
                 "%s still failing after %d attempts in %.1f s (RETRY_BUDGET_SECONDS=%g): %r",
@@ -60,7 +61,7 @@ def retrying(
     async def call(*args: Any, **kwargs: Any) -> T:
         retry: Retry | None = None
 
-        def on_backoff(details: dict[str, Any]) -> None:
+        def on_backoff(details: Any) -> None:
             nonlocal retry
             log_retry(details)
             if progress is not None:

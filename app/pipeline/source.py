@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -16,7 +16,7 @@ Entry = tuple[Chunk[Any], asyncio.Future]
 
 
 async def feed(
-    chunks: AsyncIterator[Chunk[Any]],
+    chunks: AsyncGenerator[Chunk[Any], None],
     after: Any,
     work: asyncio.Queue[Entry | None],
     commits: asyncio.Queue[Entry | None],

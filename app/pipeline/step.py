@@ -129,9 +129,10 @@ class StepRunner:
             )
             limit = self.policy.skip_limit
             if progress.skipped + size > limit:
+                # The count is the step's SKIP_COUNT: this chunk is not skipped but fails it.
                 raise SkipLimitExceeded(
-                    f"skip limit exceeded: {progress.skipped + size} items skipped"
-                    f" (SKIP_LIMIT={limit}); last error: {result.error!r}"
+                    f"skip limit exceeded: {progress.skipped} items skipped (SKIP_LIMIT={limit})"
+                    f" and a chunk of {size} more failed; last error: {result.error!r}"
                 )
             room = SKIPPED_KEYS_KEPT - len(self._skipped_keys)
             self._skipped_keys += keys[: max(room, 0)]

@@ -115,8 +115,11 @@ class Launcher:
 
     async def restart(self, execution_id: int) -> RunningJob:
         """JobOperator's restart: a FAILED or STOPPED execution's instance runs again with
-        the same parameters, from its checkpoint. Raises LookupError (no such execution),
-        NotRestartable, LaunchRefused or ShuttingDown."""
+        the same parameters, from its checkpoint. Only the instance's last execution
+        restarts, as in Spring Batch: one its instance ran on after is NotRestartable
+        (JobRestartException), or refused by the launch rules if the instance is running
+        or completed since. Raises LookupError (no such execution), NotRestartable,
+        LaunchRefused or ShuttingDown."""
         if not self._accepting:
             raise ShuttingDown("the service is shutting down and launches no more jobs")
         execution = await self.repository.get_execution(execution_id)
@@ -126,6 +129,12 @@ class Launcher:
             raise NotRestartable(
                 f"execution {execution_id} is {execution.status}: only a FAILED or STOPPED"
                 " execution restarts"
+            )
+        last = await self.repository.last_execution(execution.instance_id)
+        if last.id != execution_id and last.status not in (*RUNNING, Status.COMPLETED):
+            raise NotRestartable(
+                f"execution {execution_id} is not its instance's last: execution {last.id}"
+                f" ran on after it and is {last.status}; only the last one restarts"
             )
         spec = self.find(execution.job_name)
         parameters = await self.repository.get_parameters(execution_id)

@@ -233,8 +233,9 @@ OPENAPI: dict[str, Any] = {
                     **_AUTH_ERRORS,
                     "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
                     "409": _error(
-                        "Not FAILED or STOPPED (JOB_NOT_RESTARTABLE), or its instance runs"
-                        " or completed meanwhile (JOB_ALREADY_RUNNING, JOB_ALREADY_COMPLETE)"
+                        "Not FAILED or STOPPED, or not its instance's last execution"
+                        " (JOB_NOT_RESTARTABLE), or its instance runs or completed meanwhile"
+                        " (JOB_ALREADY_RUNNING, JOB_ALREADY_COMPLETE)"
                     ),
                     "503": _error("The service is shutting down (SHUTTING_DOWN)"),
                 },
@@ -389,6 +390,8 @@ OPENAPI: dict[str, Any] = {
                 "type": "http",
                 "scheme": "bearer",
                 "bearerFormat": "JWT (HS256/384/512, memberType ADMIN or ROLE_ADMIN)",
+                "description": "Signed with JWT_SECRET_KEY; an operator who holds it mints"
+                " one with `python -m app token`.",
             }
         },
         "schemas": {

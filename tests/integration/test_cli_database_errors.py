@@ -1,11 +1,14 @@
 """`python -m app migrate | run | serve` when the database cannot be used (issue 13, finding
-5): one line on stderr and exit code 2, no traceback. And `migrate` reads only the
-database's settings (and the log's): it needs no JWT_SECRET_KEY."""
+5), or `serve`'s port is in use (issue 20): one line on stderr and exit code 2, no
+traceback. And `migrate` reads only the database's settings (and the log's): it needs no
+JWT_SECRET_KEY."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -118,3 +121,24 @@ async def test_migrate_still_names_a_bad_database_setting(
         "error: invalid configuration: DB_POOL_SIZE must be greater than 0;"
         " DB_STALL_SECONDS expected float (got 'soon')\n",
     )
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_serve_on_a_port_in_use_is_one_line(
+    settings: Settings, tmp_path: Path, log_format: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = cli_environment(
+            settings, SERVER_PORT=port, SCHEDULER_ENABLED="false", LOG_FORMAT=log_format
+        )
+        code, out, err = await cli(COMMANDS["serve"], env, tmp_path)
+    line = f"error: port {port} is in use by another process; stop it or set SERVER_PORT"
+    assert (code, out) == (EXIT_USAGE, "")
+    if log_format == "text":
+        assert err == line + "\n"
+    else:
+        [record] = [json.loads(text) for text in err.splitlines()]
+        assert (record["log.level"], record["message"]) == ("ERROR", line)

@@ -196,3 +196,40 @@ async def test_a_chunk_whose_commit_applied_unseen_is_not_committed_twice(pool: 
     assert rows == 1
     [recorded] = (await repository.get_execution(execution.id)).steps  # type: ignore[union-attr]
     assert (recorded.read_count, recorded.commit_count, recorded.checkpoint) == (3, 1, 3)
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "expected"),
+    [
+        (
+            Status.STOPPED,
+            "stopped on request; restartable from the checkpoint",
+            "abandoned on request (was STOPPED); never restarted",
+        ),
+        (
+            Status.FAILED,
+            "PeerUnavailable: store service answered 503",
+            "abandoned on request (was FAILED); never restarted;"
+            " it had failed: PeerUnavailable: store service answered 503",
+        ),
+    ],
+)
+async def test_an_abandoned_execution_says_so_and_keeps_a_failure_s_cause(
+    pool: Pool, status: Status, message: str, expected: str
+) -> None:
+    repository = repo(pool)
+    first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    step = await repository.start_step(first, "couponUsageStatsStep")
+    await repository.finish_step(step.id, status, message)
+    await repository.finish_execution(first.id, status, message)
+
+    assert await repository.abandon(first.id) == status
+    abandoned = await repository.get_execution(first.id)
+    assert abandoned is not None
+    assert (abandoned.status, abandoned.exit_code, abandoned.exit_message) == (
+        "ABANDONED",
+        "ABANDONED",
+        expected,
+    )
+    [abandoned_step] = abandoned.steps
+    assert (abandoned_step.status, abandoned_step.exit_message) == ("ABANDONED", expected)

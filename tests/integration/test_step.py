@@ -232,8 +232,12 @@ async def test_skip_limit_fails_the_step_at_the_last_good_checkpoint(scratch: Po
         scratch, make_settings(SKIP_LIMIT=3, ENRICH_WORKERS=1), definition(down_from_three)
     )
     assert isinstance(outcome, SkipLimitExceeded)
-    assert "skip limit exceeded: 4 items skipped (SKIP_LIMIT=3)" in str(outcome)
-    # chunk [1, 2] written, chunk [3, 4] skipped (2 <= 3), chunk [5, 6] would make 4 > 3
+    # chunk [1, 2] written, chunk [3, 4] skipped (2 <= 3), chunk [5, 6] would make 4 > 3:
+    # the message counts what the step counts
+    assert str(outcome) == (
+        "skip limit exceeded: 2 items skipped (SKIP_LIMIT=3) and a chunk of 2 more failed;"
+        " last error: DataError('down')"
+    )
     assert (step.checkpoint, step.skip_count, step.write_count) == (4, 2, 1)
     assert await items_written(scratch) == [1]
 

@@ -156,9 +156,10 @@ def assert_failed_clearly(
         assert (type(error).__name__, str(error)) == expected
         assert len(ids) == CHUNK
         assert execution.exit_message == (
-            f"SkipLimitExceeded: skip limit exceeded: {CHUNK} items skipped (SKIP_LIMIT=0);"
-            f" last error: {error!r}"
+            "SkipLimitExceeded: skip limit exceeded: 0 items skipped (SKIP_LIMIT=0)"
+            f" and a chunk of {CHUNK} more failed; last error: {error!r}"
         )
+        assert execution.steps[0].skip_count == 0
     (recorded,) = execution.steps
     assert recorded.status == "FAILED"
     assert recorded.exit_message == execution.exit_message

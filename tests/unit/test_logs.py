@@ -178,3 +178,31 @@ def test_configure_logging_writes_json_lines_at_the_level() -> None:
     assert json.loads(lines[0])["service.name"] == "batch-service"
     with pytest.raises(ValueError, match="unknown log format 'ecs'"):
         configure_logging("INFO", "ecs", "batch-service", SEOUL)
+
+
+@pytest.mark.parametrize(
+    ("level", "name"),
+    [
+        (logging.DEBUG, "DEBUG"),
+        (logging.INFO, "INFO"),
+        (logging.WARNING, "WARN"),
+        (logging.ERROR, "ERROR"),
+        (logging.CRITICAL, "ERROR"),
+    ],
+)
+def test_ecs_levels_are_the_names_spring_boot_writes(level: int, name: str) -> None:
+    assert ecs(record(level=level))["log.level"] == name
+
+
+def test_amqp_frames_are_not_logged_even_at_debug() -> None:
+    """aiormq's DEBUG lines are the frames, message bodies (FCM tokens) included."""
+    out = io.StringIO()
+    with bare_root_logger():
+        configure_logging("DEBUG", "json", "batch-service", SEOUL, out)
+        logging.getLogger("aiormq.connection").debug("Prepare to send %r", b'"token":"t-1"')
+        logging.getLogger("aiormq.connection").info("Connection made")
+        logging.getLogger("app.edges.broker").debug("publishing: traceId=%s", "x")
+    assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == [
+        "Connection made",
+        "publishing: traceId=x",
+    ]
