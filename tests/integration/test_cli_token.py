@@ -52,7 +52,7 @@ async def test_the_token_is_accepted_by_the_admin_api_until_its_ttl(
 
     resp = await api.get("/api/v1/jobs/executions", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 200
-    assert await resp.json() == {"executions": []}
+    assert await resp.json() == {"executions": [], "nextBefore": None}
 
     # Valid up to its exp, not at it: what the API's check says at either side.
     verify_admin_token(f"Bearer {token}", TEST_JWT_KEY, now=claims["exp"] - 0.001)
