@@ -50,34 +50,33 @@ async def isolate(
     """
     items = chunk.items
     outcome: Outcome[ItemT] = Outcome()
-
-    def part(start: int, end: int) -> Chunk[ItemT]:
-        last = end == len(items)
-        return Chunk(
-            items=items[start:end],
-            checkpoint=chunk.checkpoint if last else key(items[end - 1]),
-            after=chunk.after if start == 0 else key(items[start - 1]),
-            final=chunk.final and last,
-        )
-
-    async def scan(start: int, end: int) -> None:
-        if len(outcome.skipped) > room():
-            return
+    pending = [(0, len(items))]  # the parts left to try, the next one last
+    while pending and len(outcome.skipped) <= room():
+        start, end = pending.pop()
         whole = start == 0 and end == len(items)
         try:
-            outcome.parts.append(await attempt(chunk if whole else part(start, end)))
-            return
+            outcome.parts.append(await attempt(chunk if whole else _part(chunk, start, end, key)))
         except Exception as exc:
             if is_availability_fault(exc):
                 raise
-            error = exc
-        if end - start <= 1:
-            outcome.skipped += items[start:end]
-            outcome.error = error
-            return
-        middle = (start + end) // 2
-        await scan(start, middle)
-        await scan(middle, end)
-
-    await scan(0, len(items))
+            if end - start > 1:
+                middle = (start + end) // 2
+                pending += [(middle, end), (start, middle)]
+            else:
+                outcome.skipped += items[start:end]
+                # Without its traceback, whose frames would hold the outcome in a cycle
+                # that only a full collection frees (the chunk's rows with it).
+                outcome.error = exc.with_traceback(None)
     return outcome
+
+
+def _part(chunk: Chunk[ItemT], start: int, end: int, key: Callable[[ItemT], Any]) -> Chunk[ItemT]:
+    """Items `start` to `end` of the chunk, as a chunk bounded by the keys around them."""
+    items = chunk.items
+    last = end == len(items)
+    return Chunk(
+        items=items[start:end],
+        checkpoint=chunk.checkpoint if last else key(items[end - 1]),
+        after=chunk.after if start == 0 else key(items[start - 1]),
+        final=chunk.final and last,
+    )
