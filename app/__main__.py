@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import signal
 import sys
@@ -36,6 +35,7 @@ from app.pipeline.chunk import StepProgress
 from app.repository import JobRepository
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob
+from app.runtime.memory import tune_gc
 from app.runtime.parameters import ParameterError, backfill_dates
 from app.schema.migrate import migrate
 
@@ -298,15 +298,6 @@ async def _until_done_or_signal(
             loop.remove_signal_handler(sig)
 
 
-def _tune_gc() -> None:
-    """Streaming millions of rows allocates tuples by the million, none of them cyclic:
-    the default thresholds run full collections over everything imported, a fifth of
-    the stats job's CPU. Freeze what start-up made, and collect less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -319,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(
         settings.LOG_LEVEL, settings.LOG_FORMAT, settings.APPLICATION_NAME, settings.timezone
     )
-    _tune_gc()
+    tune_gc()
     try:
         return _command(settings, args)
     except (OperationalError, DatabaseStalled) as exc:
