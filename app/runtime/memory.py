@@ -17,18 +17,27 @@ import time
 
 log = logging.getLogger(__name__)
 
+_collecting_rarely = False  # tune_gc was called: release_memory collects
+
 
 def tune_gc() -> None:
     """Streaming millions of rows allocates tuples by the million, none of them cyclic:
     the default thresholds run full collections over everything imported, a fifth of
     the stats job's CPU. Freeze what start-up made, and collect less often."""
+    global _collecting_rarely
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
+    _collecting_rarely = True
 
 
 def release_memory() -> None:
-    """A full collection: what the run just ended left in reference cycles."""
+    """A full collection, in a process that collects rarely (`tune_gc`): what the run
+    just ended left in reference cycles. Elsewhere (a test process, nothing frozen) the
+    default thresholds collect often enough, and a full collection would cost the event
+    loop tens of milliseconds."""
+    if not _collecting_rarely:
+        return
     started = time.perf_counter()
     found = gc.collect()
     log.debug(

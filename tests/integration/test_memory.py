@@ -9,11 +9,13 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from asyncmy.connection import Connection
 
 from app.config import Settings
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.pipeline.writers import DatabaseWriter
+from app.runtime import memory
 from app.runtime.job import JobContext, JobSpec
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
@@ -24,8 +26,10 @@ class Rows(list[Any]):
 
 
 async def test_what_a_run_left_in_reference_cycles_is_freed_when_it_ends(
-    settings: Settings,
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # As after `tune_gc`, without freezing the test process or changing its thresholds.
+    monkeypatch.setattr(memory, "_collecting_rarely", True)
     left: list[weakref.ref[Rows]] = []
 
     async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
