@@ -942,7 +942,7 @@ def memory_row(bench: Bench, args: argparse.Namespace) -> Row:
         row.target = f"RSS +{growth:.0f} MB <= +{MEMORY_MAX_GROWTH_MB} MB"
         row.met = growth <= MEMORY_MAX_GROWTH_MB
         shown = sorted({n for n in MEMORY_REPORTED_RUNS if n in rss} | {max(rss)})
-        row.detail = "RSS after run " + ", ".join(f"{n}: {rss[n]:.0f} MB" for n in shown)
+        row.detail = "RSS after run " + ", ".join(f"{n}: {rss[n]:.1f} MB" for n in shown)
         row.detail += f"; every run: {' '.join(f'{rss[n]:.0f}' for n in sorted(rss))}"
     return row
 
