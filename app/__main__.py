@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import io
 import logging
 import re
@@ -41,6 +40,7 @@ from app.pipeline.chunk import StepProgress
 from app.repository import JobRepository
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob
+from app.runtime.memory import tune_gc
 from app.runtime.parameters import ParameterError, backfill_dates
 from app.schema.migrate import MigrationDenied, migrate
 
@@ -338,15 +338,6 @@ async def _until_done_or_signal(
             loop.remove_signal_handler(sig)
 
 
-def _tune_gc() -> None:
-    """Streaming millions of rows allocates tuples by the million, none of them cyclic:
-    the default thresholds run full collections over everything imported, a fifth of
-    the stats job's CPU. Freeze what start-up made, and collect less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
-
-
 # The settings a command reads, where it needs not all: migrate reaches the database
 # only, token signs only (neither needs the other's secret).
 _SETTINGS_READ = {
@@ -362,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _bad_settings(exc)
     _configure_logging(settings)
-    _tune_gc()
+    tune_gc()
     try:
         return _command_or_start_up_error(settings, args)
     except Exception:

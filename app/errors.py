@@ -6,7 +6,8 @@
   checkpoint. Never skipped.
 - *Data*: an answer malformed about these ids, a value the column cannot hold, a
   message the broker returns or nacks for itself. Another attempt will not help: the
-  chunk's items are skipped and named.
+  chunk is tried again by halves, and the items that fail on their own are skipped
+  and named (`pipeline.isolate`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Run through `scripts/bench` (which prepares .venv and the local services first):
 
-    scripts/bench [--repeat 3] [--only stats|growth|month|fanout ...]
+    scripts/bench [--repeat 3] [--only stats|growth|month|fanout|memory ...]
 
 1. Generates the data sets if missing (`scripts/gen_data.py`): couponpop_bench, the
    production shape (--histories over --history-days, ids in time order up to 5
@@ -28,7 +28,10 @@ Run through `scripts/bench` (which prepares .venv and the local services first):
    (c) fan-out floor: a bare aiormq confirm-mode publisher (`bench_publish.py --floor`),
        the same message count, body size and properties, the same window;
    (d) the fan-out job; (e) the same with the fake peers answering after 20 ms;
-   (g) the fan-out job without the index of migration V003 (dropped, then rebuilt).
+   (g) the fan-out job without the index of migration V003 (dropped, then rebuilt);
+   (r) memory: one process (`bench_memory.py`) runs the stats job --memory-runs times
+       (10; 60 for the issue's figure) on a --memory-histories window (900,000, the
+       month shape, its own data set), as `serve` would: its RSS after 1, 10, 60 runs.
    Peak RSS is the child's own ru_maxrss (os.wait4). Rows examined: the server's
    Handler_read_rnd_next + Handler_read_next, GLOBAL status before and after the
    child (this machine's server is otherwise idle; what other clients do meanwhile
@@ -80,7 +83,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench"
 LOGS = OUT / "logs"
 PYTHON = sys.executable
-PARTS = ("stats", "growth", "month", "fanout")
+PARTS = ("stats", "growth", "month", "fanout", "memory")
 VHOST = "couponpop-bench"
 GROWTH_FACTOR = 5
 JWT_KEY = b"couponpop-bench-key-of-32-bytes!"
@@ -90,6 +93,8 @@ BROKER_OUTAGE = ("Connect call failed", "Reconnecting after", "Connection reset 
 STATS_MAX_RATIO = 3.0  # production shape, to the bounded floor
 STATS_MAX_EXAMINED = 1.5  # rows examined to the window's rows
 STATS_MAX_RSS_MB = 150
+MEMORY_MAX_GROWTH_MB = 60  # RSS after the last run, over RSS after the first
+MEMORY_REPORTED_RUNS = (1, 10, 60)
 MONTH_MAX_RATIO = 2.5
 HISTORY_GROWTH_MAX_TIME = 1.2
 WINDOW_GROWTH_MAX_TIME = 5.5
@@ -609,6 +614,10 @@ def main() -> None:
     )
     parser.add_argument("--latency-ms", type=float, default=20)
     parser.add_argument("--window", type=int, default=1000, help="unconfirmed messages")
+    parser.add_argument(
+        "--memory-runs", type=int, default=10, help="stats runs in one process (full: 60)"
+    )
+    parser.add_argument("--memory-histories", type=int, default=900_000, help="its window's")
     args = parser.parse_args()
     if shutil.which("mysql") is None:
         parser.error("the mysql command-line client is needed for the stats floor")
@@ -639,6 +648,9 @@ def main() -> None:
         if "fanout" in parts:
             rows += fanout_rows(bench, args, record)
             loads.append(f"after fan-out {load()}")
+        if "memory" in parts:
+            rows.append(memory_row(bench, args))
+            loads.append(f"after memory {load()}")
     finally:
         bench.stop_peers()
         bench.purge("the end")
@@ -904,6 +916,35 @@ def year_fanout_rows(bench: Bench, args: argparse.Namespace, record: dict[str, A
     bare.target = f"(g) / (y); EXPLAIN {without}; index rebuilt in {rebuilt:.0f} s"
     bare.detail = alone_without
     return [job, bare]
+
+
+def memory_row(bench: Bench, args: argparse.Namespace) -> Row:
+    """(r): the stats job run again and again in one process; RSS after each run."""
+    database = f"{args.database}_memory"
+    options = ["--shape", "month", "--histories", str(args.memory_histories)]
+    record = bench.generate(database, [*options, "--fanout-members", "0"])
+    bench.serve(record)
+    stats = record["expected"]["stats"]
+    say(f"memory: {args.memory_runs} stats runs in one process")
+    out = LOGS / "memory.jsonl"
+    argv = [PYTHON, str(ROOT / "scripts" / "bench_memory.py"), "--run-date", stats["run_date"]]
+    run = measure("memory", [*argv, "--runs", str(args.memory_runs)], bench.job_env(database), out)
+    runs = [json.loads(line) for line in out.read_text().splitlines()]
+    run.problems += [f"run {r['run']}: {r['status']}" for r in runs if r["status"] != "COMPLETED"]
+    if len(runs) < args.memory_runs:
+        run.problems.append(f"{len(runs)} of {args.memory_runs} runs reported")
+    rss = {r["run"]: r["rss_mb"] for r in runs}
+    row = Row(f"(r) stats job x{args.memory_runs} in one process", [run], "row/s")
+    row.window = stats["window_all_rows"]
+    run.rate = stats["window_rows"] * len(runs) / run.wall
+    if rss:
+        growth = rss[max(rss)] - rss[min(rss)]
+        row.target = f"RSS +{growth:.0f} MB <= +{MEMORY_MAX_GROWTH_MB} MB"
+        row.met = growth <= MEMORY_MAX_GROWTH_MB
+        shown = sorted({n for n in MEMORY_REPORTED_RUNS if n in rss} | {max(rss)})
+        row.detail = "RSS after run " + ", ".join(f"{n}: {rss[n]:.1f} MB" for n in shown)
+        row.detail += f"; every run: {' '.join(f'{rss[n]:.0f}' for n in sorted(rss))}"
+    return row
 
 
 if __name__ == "__main__":

@@ -39,13 +39,16 @@ class FakePeerControl:
     """Failure switches shared by both fake services; change them at any time.
 
     `fail_status` answers the next `fail_times` calls with that status (-1: until switched
-    off); `garbage` answers 200 with a body that breaks the contract in the named way.
+    off); `garbage` answers 200 with a body that breaks the contract in the named way;
+    `reject` answers 400 to every call that asks for one of these keys (member ids,
+    store ids or dongs), as a service refuses a request naming an item it rejects.
     """
 
     latency_ms: float = 0
     fail_status: int | None = None
     fail_times: int = -1
     garbage: str | None = None
+    reject: list[int | str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         number = (int, float)
@@ -61,6 +64,10 @@ class FakePeerControl:
             raise ValueError("fail_times must be an integer >= -1")
         if self.garbage is not None and self.garbage not in GARBAGE_MODES:
             raise ValueError(f"garbage must be null or one of {', '.join(GARBAGE_MODES)}")
+        if not isinstance(self.reject, list) or not all(
+            isinstance(key, int | str) and not isinstance(key, bool) for key in self.reject
+        ):
+            raise ValueError("reject must be a list of integers and strings")
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Apply the fields in `changes` (the JSON of `POST /__control`); all or nothing."""
@@ -180,6 +187,9 @@ class _Services:
             status = control.take_failure()
             if status is not None:
                 return _error(status, "INJECTED_FAILURE", "failure injected by the fake")
+            rejected = set(control.reject).intersection(body)
+            if rejected:
+                return _error(400, "INVALID_REQUEST", f"rejected: {sorted(rejected, key=str)}")
             if control.garbage:
                 return await _garbage(request, control.garbage)
             return web.json_response({"data": answer(body)})

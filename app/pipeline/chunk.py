@@ -37,7 +37,9 @@ class StepDefinition(Generic[ItemT, OutT]):
 
     - `read(checkpoint)` streams the chunks after `checkpoint` (None: from the start).
     - `process(chunk)` enriches a chunk, free of effects; chunks are processed
-      concurrently, and retried on availability faults.
+      concurrently, and retried on availability faults. On a data fault, the runtime
+      processes the chunk again by parts to skip only the items that fail on their own
+      (`app.pipeline.isolate`): a part is a chunk whose bounds are item keys.
     - `writer` takes each processed chunk (`app.pipeline.writers`); the checkpoint and
       the counts commit once it has.
     """
@@ -46,7 +48,8 @@ class StepDefinition(Generic[ItemT, OutT]):
     read: Callable[[Any], AsyncGenerator[Chunk[ItemT], None]]  # closed with aclosing()
     process: Callable[[Chunk[ItemT]], Awaitable[Processed[OutT]]]
     writer: Writer[OutT]
-    item_key: Callable[[ItemT], object]  # names a skipped item in the warning
+    # Names a skipped item in the warning; also the checkpoint just after the item.
+    item_key: Callable[[ItemT], object]
     item_label: str = "member ids"
 
 

@@ -1,38 +1,27 @@
-"""Enrich: concurrent workers that process chunks; a data fault becomes a skip."""
+"""Enrich: concurrent workers that process chunks."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-from app.errors import is_availability_fault
 from app.pipeline.chunk import Chunk
 from app.pipeline.source import Entry
-
-
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """A chunk given up on: the data fault it met."""
-
-    error: BaseException
 
 
 async def enrich(
     work: asyncio.Queue[Entry | None], handle: Callable[[Chunk[Any]], Awaitable[Any]]
 ) -> None:
-    """Resolve each chunk's future with what `handle` gives, Skipped on a data fault, or
-    the availability fault that outlasted the retries."""
+    """Resolve each chunk's future with what `handle` gives (data faults are its own to
+    isolate and skip), or the availability fault that outlasted the retries."""
     while (entry := await work.get()) is not None:
         chunk, future = entry
         try:
             result = await handle(chunk)
         except Exception as exc:
-            if is_availability_fault(exc):
-                # Fails the step once the sink reaches this chunk, so the chunks before
-                # it still commit: the restart resumes here and loses nothing.
-                future.set_exception(exc)
-                return
-            result = Skipped(exc)
+            # Fails the step once the sink reaches this chunk, so the chunks before
+            # it still commit: the restart resumes here and loses nothing.
+            future.set_exception(exc)
+            return
         future.set_result(result)

@@ -14,7 +14,8 @@ from app.edges.db import DbPool, transaction
 from app.metrics import ITEMS, QUEUE_DEPTH
 from app.model import ChunkCounts, StepExecution
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
-from app.pipeline.enrich import Skipped, enrich
+from app.pipeline.enrich import enrich
+from app.pipeline.isolate import Outcome, isolate
 from app.pipeline.retry import retrying
 from app.pipeline.sink import commit_in_order
 from app.pipeline.source import Entry, feed
@@ -88,7 +89,7 @@ class StepRunner:
                         )
                     )
                     for _ in range(policy.workers):
-                        tasks.create_task(enrich(work, self._process_and_deliver))
+                        tasks.create_task(enrich(work, self._outcome))
                     tasks.create_task(
                         commit_in_order(commits, functools.partial(self._commit, step.id))
                     )
@@ -97,6 +98,16 @@ class StepRunner:
             finally:
                 _discard_uncommitted(commits)
         return reader.result()
+
+    async def _outcome(self, chunk: Chunk[Any]) -> Outcome[Any]:
+        """The chunk processed and delivered; a data fault isolated to the items that
+        fail on their own (`isolate`), the rest going through."""
+        return await isolate(
+            chunk,
+            self._process_and_deliver,
+            key=self.definition.item_key,
+            room=lambda: self.policy.skip_limit - self.progress.skipped,
+        )
 
     async def _process_and_deliver(self, chunk: Chunk[Any]) -> Processed[Any]:
         """Process the chunk once, then deliver its output, under one retry budget: a
@@ -114,34 +125,34 @@ class StepRunner:
         what = f"step {definition.name}: a chunk"
         return await retrying(attempt, self.policy, what, self.progress)()
 
-    async def _commit(self, step_id: int, chunk: Chunk[Any], result: Any) -> None:
+    async def _commit(self, step_id: int, chunk: Chunk[Any], result: Outcome[Any]) -> None:
         definition, progress = self.definition, self.progress
-        size = len(chunk.items)
-        if isinstance(result, Skipped):
-            keys = [definition.item_key(item) for item in chunk.items]
+        size, skipped = len(chunk.items), len(result.skipped)
+        if skipped:
+            keys = [definition.item_key(item) for item in result.skipped]
             log.warning(
                 "step %s skipped %d items after %r; %s: %s",
                 definition.name,
-                size,
+                skipped,
                 result.error,
                 definition.item_label,
                 keys,
             )
             limit = self.policy.skip_limit
-            if progress.skipped + size > limit:
-                # The count is the step's SKIP_COUNT: this chunk is not skipped but fails it.
+            if progress.skipped + skipped > limit:
+                # The count is the step's SKIP_COUNT: this chunk's bad items are not skipped
+                # but fail the step.
                 raise SkipLimitExceeded(
                     f"skip limit exceeded: {progress.skipped} items skipped (SKIP_LIMIT={limit})"
-                    f" and a chunk of {size} more failed; last error: {result.error!r}"
+                    f" and {skipped} more failed on their own; last error: {result.error!r}"
                 )
             room = SKIPPED_KEYS_KEPT - len(self._skipped_keys)
             self._skipped_keys += keys[: max(room, 0)]
-            counts, output = ChunkCounts(read=size, written=0, filtered=0, skipped=size), None
-        else:
-            written = size - result.filtered
-            counts = ChunkCounts(read=size, written=written, filtered=result.filtered, skipped=0)
-            output = result
-        await self._commit_with_retry(step_id, chunk, output, counts)
+        filtered = sum(part.filtered for part in result.parts)
+        counts = ChunkCounts(
+            read=size, written=size - skipped - filtered, filtered=filtered, skipped=skipped
+        )
+        await self._commit_with_retry(step_id, chunk, result.parts, counts)
         progress.written += counts.written
         progress.filtered += counts.filtered
         progress.skipped += counts.skipped
@@ -150,14 +161,14 @@ class StepRunner:
             ITEMS.labels(self.job_name, definition.name, outcome).inc(getattr(counts, outcome))
 
     async def _commit_once(
-        self, step_id: int, chunk: Chunk[Any], processed: Processed[Any] | None, counts: ChunkCounts
+        self, step_id: int, chunk: Chunk[Any], parts: list[Processed[Any]], counts: ChunkCounts
     ) -> None:
         try:
             async with transaction(self.pool) as conn:
                 # Even when every item was filtered: a writer may have to remove what an
-                # earlier run of the same instance wrote for them. Not for a skipped chunk.
-                if processed is not None:
-                    await self.definition.writer.write(conn, processed.output)
+                # earlier run of the same instance wrote for them. Not for skipped items.
+                for part in parts:
+                    await self.definition.writer.write(conn, part.output)
                 await self.repository.commit_chunk(
                     conn, step_id, counts, self._context(chunk), self.progress.commits
                 )

@@ -20,6 +20,7 @@ from app.pipeline.chunk import StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.repository import JobRepository, LeaseLost
 from app.runtime.job import JobContext, JobSpec, find_job
+from app.runtime.memory import release_memory
 from app.runtime.parameters import now_in
 from app.runtime.resources import Resources
 
@@ -248,6 +249,7 @@ class Launcher:
                 time.monotonic() - started,
                 f" message={outcome.message!r}" if outcome.message else "",
             )
+            release_memory()  # what the run left, before a daemon's next run
 
     async def _take_slot(self, run: RunningJob) -> bool:
         """Wait in order for a slot, unless the run is stopped first; True with the slot."""

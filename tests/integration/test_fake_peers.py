@@ -192,6 +192,8 @@ def test_control_validates_at_construction() -> None:
         FakePeerControl(garbage="zip")
     with pytest.raises(ValueError, match="fail_status"):
         FakePeerControl(fail_status=200)
+    with pytest.raises(ValueError, match="reject"):
+        FakePeerControl(reject=[True])
 
 
 @pytest.mark.parametrize("mode", ["html", "wrong_types", "missing_fields", "huge"])

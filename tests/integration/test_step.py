@@ -201,25 +201,104 @@ async def test_a_failed_step_leaves_no_chunk_s_outcome_unread(
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
-async def test_a_data_fault_skips_the_chunk_at_once_and_names_its_items(
+async def test_a_data_fault_skips_only_the_item_that_fails_on_its_own_and_names_it(
     scratch: Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    attempts: list[int] = []
+    attempts: list[list[int]] = []
 
     async def malformed(items: list[int]) -> Processed[list[int]]:
-        if items[0] == 3:
-            attempts.append(3)
+        if 3 in items:
+            attempts.append(items)
             raise DataError("answer without data")
         return await keep_odd(items)
 
     with caplog.at_level(logging.WARNING):
         outcome, step, _ = await run(scratch, make_settings(SKIP_LIMIT=10), definition(malformed))
-    assert outcome is True and attempts == [3]
+    assert outcome is True and attempts == [[3, 4], [3]]
     assert await items_written(scratch) == [1, 5, 7]
-    assert (step.read_count, step.write_count, step.filter_count, step.skip_count) == (7, 3, 2, 2)
-    assert step.checkpoint == 7
-    skipped = [r.getMessage() for r in caplog.records if "skipped 2 items" in r.getMessage()]
-    assert len(skipped) == 1 and "member ids: [3, 4]" in skipped[0]
+    # 4 went through on its own (filtered by the rule); 3 alone is skipped
+    assert (step.read_count, step.write_count, step.filter_count, step.skip_count) == (7, 3, 3, 1)
+    assert (step.checkpoint, step.commit_count, step.context["skipped"]) == (7, 4, [3])
+    skipped = [r.getMessage() for r in caplog.records if " skipped " in r.getMessage()]
+    assert skipped == ["step testStep skipped 1 items after DataError('answer without data');"
+                       " member ids: [3]"]  # fmt: skip
+
+
+def one_chunk(items: list[int]) -> Callable[[Any], AsyncIterator[Chunk[int]]]:
+    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
+        yield Chunk(items=items, checkpoint=items[-1], final=True)
+
+    return read
+
+
+async def test_the_parts_around_a_bad_item_are_chunks_of_their_own_committed_as_one(
+    scratch: Pool,
+) -> None:
+    """A writer that replaces its chunk's key range sees each part's own range, and the
+    bad item's range is nobody's: what an earlier run wrote for it stays."""
+    parts: list[tuple[Any, Any, bool, list[int]]] = []
+
+    async def seven_is_bad(chunk: Chunk[int]) -> Processed[list[int]]:
+        if 7 in chunk.items:
+            raise DataError("7 is malformed")
+        parts.append((chunk.after, chunk.checkpoint, chunk.final, chunk.items))
+        return Processed(output=chunk.items)
+
+    step_definition = StepDefinition(
+        name="testStep",
+        read=one_chunk(list(range(1, 11))),
+        process=seven_is_bad,
+        writer=DatabaseWriter(write_items),
+        item_key=lambda item: item,
+    )
+    outcome, step, _ = await run(scratch, make_settings(SKIP_LIMIT=10), step_definition)
+    assert outcome is True
+    assert parts == [
+        (None, 5, False, [1, 2, 3, 4, 5]),
+        (5, 6, False, [6]),
+        (7, 10, True, [8, 9, 10]),
+    ]
+    assert await items_written(scratch) == [1, 2, 3, 4, 5, 6, 8, 9, 10]
+    assert (step.commit_count, step.checkpoint, step.write_count, step.skip_count) == (1, 10, 9, 1)
+
+
+async def test_items_that_fail_only_together_are_not_skipped(scratch: Pool) -> None:
+    async def three_with_four(items: list[int]) -> Processed[list[int]]:
+        if {3, 4} <= set(items):
+            raise DataError("batch refused")
+        return Processed(output=items)
+
+    outcome, step, _ = await run(scratch, make_settings(), definition(three_with_four))
+    assert outcome is True
+    assert await items_written(scratch) == [1, 2, 3, 4, 5, 6, 7]
+    assert (step.write_count, step.skip_count, step.commit_count) == (7, 0, 4)
+
+
+async def test_isolation_stops_once_the_skips_exceed_the_limit(scratch: Pool) -> None:
+    """A peer answering garbage for everything: 7 attempts find the third bad item and
+    stop, instead of trying every part of the chunk (15)."""
+    attempts: list[list[int]] = []
+
+    async def all_bad(items: list[int]) -> Processed[list[int]]:
+        attempts.append(items)
+        raise DataError("garbage")
+
+    step_definition = StepDefinition(
+        name="testStep",
+        read=one_chunk(list(range(1, 9))),
+        process=of_items(all_bad),
+        writer=DatabaseWriter(write_items),
+        item_key=lambda item: item,
+    )
+    outcome, step, _ = await run(scratch, make_settings(SKIP_LIMIT=2), step_definition)
+    assert isinstance(outcome, SkipLimitExceeded)
+    assert str(outcome) == (
+        "skip limit exceeded: 0 items skipped (SKIP_LIMIT=2) and 3 more failed on their own;"
+        " last error: DataError('garbage')"
+    )
+    assert attempts == [list(range(1, 9)), [1, 2, 3, 4], [1, 2], [1], [2], [3, 4], [3]]
+    assert (step.commit_count, step.skip_count, step.write_count) == (0, 0, 0)
+    assert await items_written(scratch) == []
 
 
 async def test_skip_limit_fails_the_step_at_the_last_good_checkpoint(scratch: Pool) -> None:
@@ -235,7 +314,7 @@ async def test_skip_limit_fails_the_step_at_the_last_good_checkpoint(scratch: Po
     # chunk [1, 2] written, chunk [3, 4] skipped (2 <= 3), chunk [5, 6] would make 4 > 3:
     # the message counts what the step counts
     assert str(outcome) == (
-        "skip limit exceeded: 2 items skipped (SKIP_LIMIT=3) and a chunk of 2 more failed;"
+        "skip limit exceeded: 2 items skipped (SKIP_LIMIT=3) and 2 more failed on their own;"
         " last error: DataError('down')"
     )
     assert (step.checkpoint, step.skip_count, step.write_count) == (4, 2, 1)

@@ -501,17 +501,30 @@ async def test_store_service_down_the_whole_run_fails_the_step_and_skips_nothing
     assert await stats(pool) == OLD_SERVICE_EXPECTED
 
 
-async def test_a_malformed_answer_skips_its_chunk_and_the_run_completes_with_skips(
+async def test_a_malformed_answer_skips_its_members_and_the_run_completes_with_skips(
     pool: Pool, settings: Settings, fake: FakePeers
 ) -> None:
     await load_old_service_rows(pool)
-    # one worker: the first chunk (members 1, 2) gets the one 400, a data fault
-    fake.control.update({"fail_status": 400, "fail_times": 1})
-    execution = await run_job(job_settings(settings, fake, ENRICH_WORKERS=1, SKIP_LIMIT=100))
+    # a 400 to every lookup naming store 7, which members 1 and 2 used, and 3-5 did not
+    fake.control.update({"reject": [7]})
+    execution = await run_job(job_settings(settings, fake, CHUNK_SIZE=5, SKIP_LIMIT=100))
     assert (execution.status, execution.exit_code) == ("COMPLETED", "COMPLETED WITH SKIPS")
     assert execution.steps[0].status == "COMPLETED"
+    assert execution.steps[0].context["skipped"] == [1, 2]
     assert await stats(pool) == [(3, "서교동", 15, DAY), (5, "상도동", 13, DAY)]
     assert counts(execution) == {"read": 5, "written": 2, "filtered": 1, "skipped": 2}
+
+
+async def test_a_400_that_does_not_recur_skips_nobody(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """The chunk's halves are asked again, and answered: nobody fails on their own."""
+    await load_old_service_rows(pool)
+    fake.control.update({"fail_status": 400, "fail_times": 1})
+    execution = await run_job(job_settings(settings, fake, ENRICH_WORKERS=1, SKIP_LIMIT=100))
+    assert (execution.status, execution.exit_code) == ("COMPLETED", "COMPLETED")
+    assert await stats(pool) == OLD_SERVICE_EXPECTED
+    assert counts(execution) == {"read": 5, "written": 4, "filtered": 1, "skipped": 0}
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 1000])

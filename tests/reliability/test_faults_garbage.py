@@ -2,7 +2,7 @@
 body, a body that never ends) in the middle of a run.
 
 Each answer is bounded (PEER_TIMEOUT_SECONDS, PEER_MAX_BODY_BYTES) and named in the
-skip warning and in the exit message (SKIP_LIMIT=0: the first skipped chunk fails the
+skip warning and in the exit message (SKIP_LIMIT=0: the first item skipped fails the
 step); the process survives, the execution ends FAILED as recorded, and the job's event
 loop never stalls meanwhile (the fake peers run in a process of their own, so the loop
 measured is the job's only). Once the peer is healthy again, a restart resumes from the
@@ -151,13 +151,14 @@ def assert_failed_clearly(
     if expected[0] == "PeerUnavailable":  # an availability fault: the step fails, no skip
         assert not skipped_items(records, step)
         assert execution.exit_message == f"{expected[0]}: {expected[1]}"
-    else:  # a data fault: the chunk is skipped, and SKIP_LIMIT=0 fails the step
+    else:  # a data fault: halving the chunk finds a first item failing on its own, and
+        # SKIP_LIMIT=0 fails the step at once (the rest of the chunk is not tried)
         [(ids, error)] = skipped_items(records, step)
         assert (type(error).__name__, str(error)) == expected
-        assert len(ids) == CHUNK
+        assert len(ids) == 1
         assert execution.exit_message == (
             "SkipLimitExceeded: skip limit exceeded: 0 items skipped (SKIP_LIMIT=0)"
-            f" and a chunk of {CHUNK} more failed; last error: {error!r}"
+            f" and 1 more failed on their own; last error: {error!r}"
         )
         assert execution.steps[0].skip_count == 0
     (recorded,) = execution.steps
