@@ -238,3 +238,35 @@ async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
             await scheduler.stop()
             await launcher.shutdown(5)
     assert [status for _, status, _ in await executions(pool)] == ["FAILED"] * 3
+
+
+async def test_replicas_restart_a_failing_instance_at_most_attempts_times_in_all(
+    settings: Settings, pool: Pool
+) -> None:
+    """AUTO_RESTART_ATTEMPTS=2: the instance runs 3 executions across two replicas, started
+    together, and none more when a third daemon starts later (the count is the job
+    repository's, not a process's)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
+            " coupon_status, created_at) VALUES (1, 1, 1, 1, 'USED', '2025-10-20 10:00:00')"
+        )
+    down = replace(settings, STORE_SERVICE_URL="http://127.0.0.1:9", RETRY_BUDGET_SECONDS=0.2)
+    policy = RestartPolicy(attempts=2, backoff_seconds=0.1, misfire_grace=timedelta(0))
+    schedule = Schedule("0 1 * * *", usage_stats.SPEC, lambda _: {"runDate": "2025-10-26"})
+    async with AsyncExitStack() as stack:
+        schedulers = []
+        for _ in range(3):
+            resources = await stack.enter_async_context(open_resources(down, broker=False))
+            launcher = Launcher(resources, JOBS)
+            stack.push_async_callback(launcher.shutdown, 5)
+            schedulers.append(Scheduler(launcher, SEOUL, [schedule], policy))
+        for scheduler in schedulers[:2]:
+            scheduler.start()  # the catch-up fires it on both
+            stack.push_async_callback(scheduler.stop)
+        await until(lambda: failed(pool, 3), within=30, what="three FAILED runs")
+        await asyncio.sleep(1.0)  # backoffs of 0.1, 0.2 s: every replica's restarts done
+        schedulers[2].start()
+        stack.push_async_callback(schedulers[2].stop)
+        await asyncio.sleep(1.0)
+    assert [status for _, status, _ in await executions(pool)] == ["FAILED"] * 3
