@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -17,7 +18,9 @@ from app.composition import JOBS, SCHEDULES
 from app.config import Settings
 from app.edges.db import fetch_all
 from app.jobs import fcm_send, usage_stats
+from app.repository import JobRepository
 from app.runtime.launcher import Launcher
+from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
 from app.runtime.scheduler import (
     RestartPolicy,
@@ -270,3 +273,65 @@ async def test_replicas_restart_a_failing_instance_at_most_attempts_times_in_all
         stack.push_async_callback(schedulers[2].stop)
         await asyncio.sleep(1.0)
     assert [status for _, status, _ in await executions(pool)] == ["FAILED"] * 3
+
+
+async def test_the_reconciler_takes_over_dead_executions_and_restarts_those_worth_it(
+    replicas: list[Launcher], pool: Pool
+) -> None:
+    """A dead stats run is restarted from its checkpoint at once; a dead fan-out of an hour
+    long past its grace ends FAILED saying so; a dead STOPPING run ends STOPPED."""
+    launcher, other = replicas
+    repository = JobRepository(pool, abandon_after_seconds=2)
+    now = datetime.now(SEOUL)
+    dead = []
+    for spec, raw in [
+        (usage_stats.SPEC, {"runDate": "2025-10-26"}),
+        (fcm_send.SPEC, {"runDate": "2025-10-25", "targetHour": "10"}),
+        (usage_stats.SPEC, {"runDate": "2025-10-25"}),
+    ]:
+        dead.append(
+            await repository.start_execution(spec.name, spec.parse(raw, now), rerun_completed=False)
+        )
+    stats_run, old_hour, stopping = dead
+    await repository.request_stop(stopping.id)
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 3 SECOND"
+        )
+    policy = replace(POLICY, attempts=1)
+    scheduler = Scheduler(launcher, SEOUL, SCHEDULES, policy)
+    reconcilers = [
+        Reconciler(
+            JobRepository(r.resources.pool, abandon_after_seconds=2),
+            SEOUL,
+            SCHEDULES,
+            policy.misfire_grace,
+            scheduler.resume,
+            every=0.1,
+        )
+        for r in (launcher, other)
+    ]
+    try:
+        taken = await asyncio.gather(*(r.reconcile() for r in reconcilers))
+        assert sorted(taken[0] + taken[1]) == [e.id for e in dead]  # each by one replica
+        await until(lambda: completed(pool), within=20, what="the restarted stats run")
+    finally:
+        await scheduler.stop()
+    rows = await fetch_all(
+        pool,
+        "SELECT JOB_EXECUTION_ID, STATUS, EXIT_MESSAGE FROM BATCH_JOB_EXECUTION"
+        " ORDER BY JOB_EXECUTION_ID",
+    )
+    assert [(r[0], r[1]) for r in rows] == [
+        (stats_run.id, "FAILED"),
+        (old_hour.id, "FAILED"),
+        (stopping.id, "STOPPED"),
+        (stopping.id + 1, "COMPLETED"),
+    ]
+    heartbeat = r"no heartbeat for \d+ s \(JOB_ABANDON_AFTER_SECONDS=2\)"
+    assert re.fullmatch(f"abandoned: {heartbeat}", rows[0][2])
+    grace = "not restarted: its scheduled time passed more than 0:10:00 ago"
+    assert re.fullmatch(f"abandoned: {heartbeat}; {grace}", rows[1][2])
+    assert re.fullmatch(f"stopped on request, its runner gone: {heartbeat}", rows[2][2])
+    restarted = await repository.get_execution(stopping.id + 1)
+    assert restarted is not None and restarted.instance_id == stats_run.instance_id
