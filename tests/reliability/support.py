@@ -253,10 +253,10 @@ def trace_ids_of(messages: Iterable[AbstractIncomingMessage]) -> list[str]:
     return [json.loads(m.body)["traceId"] for m in messages]
 
 
-async def drain(vhost: str) -> list[AbstractIncomingMessage]:
+async def drain(vhost: str, within: float = 30.0) -> list[AbstractIncomingMessage]:
     """Every message now in the consumer queue, acked (duplicates included)."""
     depth = await queue_depth(vhost)
-    return await rabbit.consume(vhost, depth, idle=0.3) if depth else []
+    return await rabbit.consume(vhost, depth, within=within, idle=0.3) if depth else []
 
 
 # ---- the job repository -----------------------------------------------------------

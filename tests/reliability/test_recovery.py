@@ -41,11 +41,13 @@ pytestmark = pytest.mark.slow
 FANOUT_JOB = "couponUsageStatsFcmSendJob"
 STATS_JOB = "couponUsageStatsJob"
 MEMBERS = 172_500  # 150,000 messages and more
-LEASE = {  # short, to keep the tests short: a dead runner's lease expires in 4 s
+ABANDON_SECONDS = 8
+LEASE = {  # short, to keep the tests short: a dead runner's lease expires in 8 s
     "HEARTBEAT_SECONDS": "0.5",
-    "JOB_ABANDON_AFTER_SECONDS": "4",
+    "JOB_ABANDON_AFTER_SECONDS": str(ABANDON_SECONDS),
     "AUTO_RESTART_BACKOFF_SECONDS": "1",
     "CHUNK_SIZE": "1000",
+    "FANOUT_MISFIRE_GRACE_MINUTES": "60",  # the hour's run whenever the test runs in it
 }
 
 
@@ -109,13 +111,20 @@ async def test_serve_killed_mid_fanout_and_restarted_at_once_delivers_every_trac
             await kill(first)
         [(killed, status, _)] = await executions_of(pool, FANOUT_JOB)
         assert status == "STARTED"  # nobody recorded an end
+        restarted = time.monotonic()
         async with serve(settings, fake, queue, tmp_path / "restarted.log", **LEASE) as second:
-            await until_fanout_completed(pool, second, within=4 + 60)
-    executions = await executions_of(pool, FANOUT_JOB)
-    assert [(i, s) for i, s, _ in executions] == [(killed, "FAILED"), (killed + 1, "COMPLETED")]
-    assert executions[0][2].startswith("abandoned: no heartbeat for ")
+            # the lease and the rest of the run (~75 s on the loaded 2-core machine)
+            await until_fanout_completed(pool, second, within=ABANDON_SECONDS + 180)
+        print(f"\nevery trace id delivered {time.monotonic() - restarted:.0f} s after the restart")
+    (first_id, status, message), *restarts = await executions_of(pool, FANOUT_JOB)
+    assert (first_id, status) == (killed, "FAILED")
+    assert message.startswith("abandoned: no heartbeat for ")
+    # restarted by the reconciler; on a loaded machine a restart may lose its lease too,
+    # and the schedule restarts it again (each FAILED), within AUTO_RESTART_ATTEMPTS
+    assert [s for _, s, _ in restarts][-1:] == ["COMPLETED"]
+    assert {s for _, s, _ in restarts[:-1]} <= {"FAILED"} and len(restarts) <= 3
     assert "restarting it from its checkpoint" in second.log_text()
-    got = await drain(queue)
+    got = await drain(queue, within=180)  # 150,000 and more
     assert set(trace_ids_of(got)) == world.trace_ids()
     assert {m.body for m in got} == world.expected_bodies()
 
@@ -123,7 +132,7 @@ async def test_serve_killed_mid_fanout_and_restarted_at_once_delivers_every_trac
 async def test_a_lost_lease_fails_the_run_and_the_schedule_restarts_it(
     pool: Pool, settings: Settings, queue: str, tmp_path: Path, db_proxy: FaultProxy
 ) -> None:
-    """The database link stalls longer than half the lease (2 s): the runner loses its
+    """The database link stalls longer than half the lease (4 s): the runner loses its
     lease, the execution ends FAILED (a fault, not an operator's stop), and the schedule
     restarts it from its checkpoint: every trace id delivered."""
     world = await this_hours_world(pool, settings)
@@ -134,13 +143,14 @@ async def test_a_lost_lease_fails_the_run_and_the_schedule_restarts_it(
     ):
         await until(lambda: fanout_commits(pool), within=60, what="a committed fan-out chunk")
         db_proxy.stall()
-        await asyncio.sleep(3)  # past half the lease, within JOB_ABANDON_AFTER_SECONDS
+        await asyncio.sleep(6)  # past half the lease, within JOB_ABANDON_AFTER_SECONDS
         db_proxy.resume()
-        await until_fanout_completed(pool, d, within=60)
-    executions = await executions_of(pool, FANOUT_JOB)
-    assert [s for _, s, _ in executions] == ["FAILED", "COMPLETED"]
-    assert executions[0][2].startswith("lease lost: ")
-    got = await drain(queue)
+        await until_fanout_completed(pool, d, within=180)
+    (_, status, message), *restarts = await executions_of(pool, FANOUT_JOB)
+    assert (status, message) == ("FAILED", "lease lost: the heartbeat could not be renewed")
+    assert [s for _, s, _ in restarts][-1:] == ["COMPLETED"]
+    assert {s for _, s, _ in restarts[:-1]} <= {"FAILED"} and len(restarts) <= 3
+    got = await drain(queue, within=180)  # 150,000 and more
     assert set(trace_ids_of(got)) == world.trace_ids()
 
 
@@ -181,7 +191,9 @@ async def test_queued_runs_killed_with_the_daemon_all_complete_after_a_restart(
             return all(latest.get(day) == "COMPLETED" for day in days)
 
         async with serve(settings, fake, queue, tmp_path / "restarted.log", **env) as second:
-            await until(all_completed, within=4 + 60, every=0.2, what="all 10 dates COMPLETED")
+            await until(
+                all_completed, within=ABANDON_SECONDS + 60, every=0.2, what="all 10 COMPLETED"
+            )
     rows = await executions_of(pool, STATS_JOB)
     assert not [r for r in rows if r[1] in RUNNING]  # none left STARTED, STARTING, STOPPING
 
