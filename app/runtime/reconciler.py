@@ -94,7 +94,8 @@ class Reconciler:
             if ended is None:  # renewed, or another replica was first
                 continue
             taken.append(execution.id)
-            restarting = ended == Status.FAILED and schedule is not None and self._restart
+            restart = self._restart if ended == Status.FAILED else None
+            restarting = schedule is not None and restart is not None
             log.warning(
                 "reconciler: execution %d of %s (%s) had no heartbeat for"
                 " JOB_ABANDON_AFTER_SECONDS: %s; %s",
@@ -104,8 +105,8 @@ class Reconciler:
                 ended,
                 "restarting it from its checkpoint" if restarting else note or "not restarted",
             )
-            if schedule is not None and self._restart is not None and ended == Status.FAILED:
-                self._restart(schedule, at, execution.id)
+            if schedule is not None and restart is not None:
+                restart(schedule, at, execution.id)
         return taken
 
     def _plan(
