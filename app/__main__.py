@@ -29,8 +29,8 @@ from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
 from app.model import (
+    ABANDONABLE,
     COMPLETED_WITH_SKIPS,
-    RESTARTABLE,
     RUNNING,
     JobExecution,
     LaunchRefused,
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     for name, text in (
         ("stop", "ask a running execution to stop (on whichever replica runs it)"),
-        ("abandon", "mark a STOPPED or FAILED execution ABANDONED (never restarted)"),
+        ("abandon", "mark a STOPPED, FAILED or STOPPING execution ABANDONED (never restarted)"),
         ("restart", "restart a FAILED or STOPPED execution from its checkpoint, here"),
     ):
         command = commands.add_parser(name, help=text)
@@ -298,7 +298,7 @@ async def _operate(settings: Settings, action: str, execution_id: int) -> int:
         if action == "stop":
             found, allowed = await repository.request_stop(execution_id), RUNNING
         else:
-            found, allowed = await repository.abandon(execution_id), RESTARTABLE
+            found, allowed = await repository.abandon(execution_id), ABANDONABLE
     if found is None:
         _say(settings, f"error: no job execution {execution_id}", logging.ERROR)
         return EXIT_USAGE
@@ -309,7 +309,7 @@ async def _operate(settings: Settings, action: str, execution_id: int) -> int:
         _say(
             settings,
             f"stop requested: execution {execution_id} was {found}; it ends STOPPED"
-            " after its chunks in flight, within a few heartbeats",
+            " after the chunks it is processing, at its next chunk commit",
         )
     else:
         _say(settings, f"execution {execution_id} ABANDONED (was {found})")

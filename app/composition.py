@@ -16,6 +16,7 @@ from app.config import Settings
 from app.jobs import fcm_send, usage_stats
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher
+from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
 from app.runtime.scheduler import RestartPolicy, Schedule, Scheduler
 
@@ -82,7 +83,18 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stopping.set)
     try:
         async with open_launcher(settings, broker=True) as launcher:
-            scheduler = Scheduler(launcher, settings.timezone, SCHEDULES, restart_policy(settings))
+            policy = restart_policy(settings)
+            scheduler = Scheduler(launcher, settings.timezone, SCHEDULES, policy)
+            # Every replica takes over the executions whose runner died; one whose
+            # scheduler is enabled also restarts the scheduled ones.
+            reconciler = Reconciler(
+                launcher.repository,
+                settings.timezone,
+                SCHEDULES,
+                policy.misfire_grace,
+                scheduler.resume if settings.SCHEDULER_ENABLED else None,
+                every=settings.HEARTBEAT_SECONDS,
+            )
             runner = web.AppRunner(
                 create_app(launcher, resource_checks(launcher.resources)),
                 access_log=None,
@@ -94,6 +106,7 @@ async def serve(settings: Settings) -> int:
                 await _listen(site, settings.SERVER_PORT)
                 if settings.SCHEDULER_ENABLED:
                     scheduler.start()
+                reconciler.start()
                 log.info(
                     "serving on port %d; scheduler %s (%s)",
                     runner.addresses[0][1],
@@ -108,6 +121,7 @@ async def serve(settings: Settings) -> int:
             finally:
                 # The API stays up meanwhile: health answers, readiness and launches 503.
                 launcher.stop_accepting()
+                await reconciler.stop()
                 await scheduler.stop()
                 await launcher.shutdown(settings.SHUTDOWN_GRACE_SECONDS)
                 await runner.cleanup()

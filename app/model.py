@@ -29,6 +29,9 @@ class Status(StrEnum):
 RUNNING = (Status.STARTING, Status.STARTED, Status.STOPPING)
 # An execution in one of these may restart from its checkpoint, or be abandoned.
 RESTARTABLE = (Status.FAILED, Status.STOPPED)
+# An execution in one of these may be abandoned: Spring's JobOperator also abandons a
+# STOPPING one (its runner may be gone).
+ABANDONABLE = (*RESTARTABLE, Status.STOPPING)
 # A COMPLETED execution whose step skipped items: Spring Batch's own example of an exit code
 # of its own beside the status.
 COMPLETED_WITH_SKIPS = "COMPLETED WITH SKIPS"
@@ -101,6 +104,11 @@ class AlreadyRunning(LaunchRefused):
 
 class AlreadyComplete(LaunchRefused):
     """The instance completed and the launch did not ask for a rerun."""
+
+
+class RestartLimitReached(LaunchRefused):
+    """An automatic launch of an instance that has run its share of executions already
+    (1 + AUTO_RESTART_ATTEMPTS, counted across replicas)."""
 
 
 @dataclass(frozen=True)

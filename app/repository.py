@@ -19,6 +19,7 @@ from asyncmy.errors import IntegrityError
 
 from app.edges.db import DbPool, fetch_all, transaction
 from app.model import (
+    ABANDONABLE,
     RESTARTABLE,
     RUNNING,
     AlreadyComplete,
@@ -27,6 +28,7 @@ from app.model import (
     JobExecution,
     JobParameter,
     JobTally,
+    RestartLimitReached,
     Status,
     StepExecution,
 )
@@ -143,6 +145,7 @@ class JobRepository:
         *,
         rerun_completed: bool,
         queued: bool = False,
+        max_executions: int | None = None,
     ) -> JobExecution:
         """Apply the launch rules and record a STARTED execution, or raise LaunchRefused.
 
@@ -150,7 +153,10 @@ class JobRepository:
         the abandon limit is marked FAILED first. FAILED and STOPPED instances restart
         (their steps resume from the checkpoint); COMPLETED ones run again only when
         `rerun_completed`. A `queued` execution is recorded STARTING (waiting for a slot of
-        the process's MAX_RUNNING_EXECUTIONS) until `mark_started`.
+        the process's MAX_RUNNING_EXECUTIONS) until `mark_started`. With `max_executions`
+        (an automatic launch), an instance that has that many executions already is
+        refused (RestartLimitReached): counted under the instance's lock, so replicas
+        restarting it at once never exceed it.
         """
         status = Status.STARTING if queued else Status.STARTED
         instance_id = await self._instance_id(job_name, parameters)
@@ -176,11 +182,24 @@ class JobRepository:
                         raise AlreadyRunning(
                             f"{job_name} is already running as execution {last_id}", last_id
                         )
-                    await self._mark_abandoned(conn, last_id, idle)
+                    ended = Status.STOPPED if last_status == Status.STOPPING else Status.FAILED
+                    await self._mark_abandoned(conn, last_id, idle, ended)
                 elif last_status == Status.COMPLETED and not rerun_completed:
                     raise AlreadyComplete(
                         f"{job_name} already completed as execution {last_id}", last_id
                     )
+                if max_executions is not None:
+                    await cur.execute(
+                        "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION WHERE JOB_INSTANCE_ID = %s",
+                        (instance_id,),
+                    )
+                    (count,) = await cur.fetchone()
+                    if count >= max_executions:
+                        raise RestartLimitReached(
+                            f"{job_name} has run {count} executions of this instance already"
+                            f" (at most {max_executions} automatically); not restarted",
+                            last_id,
+                        )
             await cur.execute(
                 "INSERT INTO BATCH_JOB_EXECUTION (JOB_EXECUTION_ID, VERSION, JOB_INSTANCE_ID,"
                 " CREATE_TIME, START_TIME, STATUS, EXIT_CODE, EXIT_MESSAGE, LAST_UPDATED)"
@@ -235,20 +254,62 @@ class JobRepository:
             assert raced is not None
             return raced
 
-    async def _mark_abandoned(self, conn: Connection, execution_id: int, idle: float) -> None:
+    async def _mark_abandoned(
+        self,
+        conn: Connection,
+        execution_id: int,
+        idle: float,
+        status: Status = Status.FAILED,
+        note: str = "",
+    ) -> None:
+        """End an execution whose runner is gone (and its steps): FAILED, "abandoned",
+        unless `status` says otherwise; `note` is added to the message."""
+        what = "abandoned" if status == Status.FAILED else "stopped on request, its runner gone"
         message = (
-            f"abandoned: no heartbeat for {idle:.0f} s"
+            f"{what}: no heartbeat for {idle:.0f} s"
             f" (JOB_ABANDON_AFTER_SECONDS={self.abandon_after_seconds})"
+            + (f"; {note}" if note else "")
         )
         async with conn.cursor() as cur:
             for table in ("BATCH_JOB_EXECUTION", "BATCH_STEP_EXECUTION"):
                 await cur.execute(
-                    f"UPDATE {table} SET STATUS = 'FAILED', EXIT_CODE = 'FAILED',"
+                    f"UPDATE {table} SET STATUS = %s, EXIT_CODE = %s,"
                     " EXIT_MESSAGE = %s, END_TIME = NOW(6), LAST_UPDATED = NOW(6),"
                     " VERSION = VERSION + 1"
                     f" WHERE JOB_EXECUTION_ID = %s AND STATUS IN {_RUNNING_SQL}",
-                    (message, execution_id),
+                    (status.value, status.value, _clip(message), execution_id),
                 )
+
+    async def expired_executions(self) -> list[JobExecution]:
+        """Executions still recorded running (STARTING, STARTED, STOPPING) whose lease
+        expired: no heartbeat for JOB_ABANDON_AFTER_SECONDS, by the database clock."""
+        return await self._executions(
+            f"e.STATUS IN {_RUNNING_SQL} AND e.LAST_UPDATED < NOW(6) - INTERVAL %s MICROSECOND",
+            (int(self.abandon_after_seconds * 1e6),),
+            limit=100,
+        )
+
+    async def take_over(self, execution_id: int, note: str = "") -> Status | None:
+        """End an execution whose lease expired, as its runner is gone: a STOPPING one
+        STOPPED (the stop it was asked for), any other FAILED "abandoned" (restartable);
+        `note` is added to the message. The status set, or None when the execution is
+        not (any more) expired: its runner renewed the lease, or another replica took it
+        over first (the row lock serializes them)."""
+        async with transaction(self.pool) as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT STATUS, TIMESTAMPDIFF(MICROSECOND, LAST_UPDATED, NOW(6))"
+                " FROM BATCH_JOB_EXECUTION WHERE JOB_EXECUTION_ID = %s FOR UPDATE",
+                (execution_id,),
+            )
+            row = await cur.fetchone()
+            if row is None or row[0] not in RUNNING:
+                return None
+            idle = (row[1] or 0) / 1e6
+            if idle < self.abandon_after_seconds:
+                return None
+            ended = Status.STOPPED if row[0] == Status.STOPPING else Status.FAILED
+            await self._mark_abandoned(conn, execution_id, idle, ended, note)
+            return ended
 
     async def heartbeat(self, execution_id: int) -> Status:
         """Renew the execution's lease (LAST_UPDATED) while it is alive; its status, in
@@ -281,15 +342,17 @@ class JobRepository:
 
     async def request_stop(self, execution_id: int) -> Status | None:
         """Ask a running execution to stop: STOPPING, which its runner, on whichever
-        replica, reads at its next heartbeat. The status it had (None: no such execution);
-        only a running one changes (a STOPPING one stays so)."""
+        replica, reads at its next chunk commit or heartbeat. The status it had (None: no
+        such execution); only a running one changes (a STOPPING one stays so). The lease
+        is not renewed: a row whose runner is gone still expires (and ends STOPPED)."""
         return await self._transition(execution_id, RUNNING, Status.STOPPING, steps=False)
 
     async def abandon(self, execution_id: int) -> Status | None:
-        """Spring Batch's abandon: a STOPPED or FAILED execution becomes ABANDONED, never
-        restarted; the next launch of its instance starts from scratch. The status it had
-        (None: no such execution)."""
-        return await self._transition(execution_id, RESTARTABLE, Status.ABANDONED, steps=True)
+        """Spring Batch's abandon: a STOPPED, FAILED or STOPPING execution becomes
+        ABANDONED, never restarted; the next launch of its instance starts from scratch
+        (a runner still alive reads it as a lost lease). The status it had (None: no
+        such execution)."""
+        return await self._transition(execution_id, ABANDONABLE, Status.ABANDONED, steps=True)
 
     async def _transition(
         self, execution_id: int, allowed: tuple[Status, ...], to: Status, *, steps: bool
@@ -306,17 +369,21 @@ class JobRepository:
             if status in allowed:
                 tables = ["BATCH_JOB_EXECUTION"] + (["BATCH_STEP_EXECUTION"] if steps else [])
                 # An abandoned execution's exit code and message say so (the message keeps
-                # a failure's cause); a stopping one's stay EXECUTING until its runner
-                # records the end.
-                also_exit_code = to == Status.ABANDONED
+                # a failure's cause), and it has ended; a stopping one's stay EXECUTING
+                # until its runner records the end, and its lease is the runner's to renew.
+                ended = to == Status.ABANDONED
                 for table in tables:
                     await cur.execute(
                         f"UPDATE {table} SET "
-                        + (_ABANDONED_MESSAGE if also_exit_code else "")
-                        + "STATUS = %s"
-                        + (", EXIT_CODE = STATUS" if also_exit_code else "")
-                        + ", VERSION = VERSION + 1, LAST_UPDATED = NOW(6)"
-                        " WHERE JOB_EXECUTION_ID = %s",
+                        + (_ABANDONED_MESSAGE if ended else "")
+                        + "STATUS = %s, VERSION = VERSION + 1"
+                        + (
+                            ", EXIT_CODE = STATUS, END_TIME = COALESCE(END_TIME, NOW(6)),"
+                            " LAST_UPDATED = NOW(6)"
+                            if ended
+                            else ""
+                        )
+                        + " WHERE JOB_EXECUTION_ID = %s",
                         (to.value, execution_id),
                     )
             return status
@@ -392,13 +459,15 @@ class JobRepository:
         counts: ChunkCounts,
         context: dict[str, Any],
         commits_before: int,
-    ) -> None:
+    ) -> Status:
         """Record a chunk's counts and the step's context (its checkpoint) inside the
-        caller's (the chunk's) transaction. Two fences: the step still STARTED (once
-        another replica has taken the execution over, LeaseLost), and its COMMIT_COUNT
-        still `commits_before` (an attempt whose answer was lost may have committed the
-        chunk already: AlreadyCommitted). Either way the chunk's transaction rolls back,
-        its writes with it, so a chunk counts and writes once."""
+        caller's (the chunk's) transaction; the job execution's status, in which the
+        runner reads a stop requested through any replica (STOPPING) at once. Two
+        fences: the step still STARTED (once another replica has taken the execution
+        over, LeaseLost), and its COMMIT_COUNT still `commits_before` (an attempt whose
+        answer was lost may have committed the chunk already: AlreadyCommitted). Either
+        way the chunk's transaction rolls back, its writes with it, so a chunk counts
+        and writes once."""
         async with conn.cursor() as cur:
             await cur.execute(
                 "UPDATE BATCH_STEP_EXECUTION SET READ_COUNT = READ_COUNT + %s,"
@@ -433,6 +502,13 @@ class JobRepository:
                 " SERIALIZED_CONTEXT = %s WHERE STEP_EXECUTION_ID = %s",
                 (*encode_context(context), step_id),
             )
+            await cur.execute(
+                "SELECT e.STATUS FROM BATCH_JOB_EXECUTION e JOIN BATCH_STEP_EXECUTION s"
+                " ON s.JOB_EXECUTION_ID = e.JOB_EXECUTION_ID WHERE s.STEP_EXECUTION_ID = %s",
+                (step_id,),
+            )
+            (status,) = await cur.fetchone()
+            return Status(status)
 
     async def finish_step(
         self, step_id: int, status: Status, message: str = "", exit_code: str | None = None

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from app.config import StepPolicy
 from app.edges.db import DbPool, transaction
 from app.metrics import ITEMS, QUEUE_DEPTH
-from app.model import ChunkCounts, StepExecution
+from app.model import ChunkCounts, Status, StepExecution
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
 from app.pipeline.enrich import enrich
 from app.pipeline.isolate import Outcome, isolate
@@ -36,7 +36,9 @@ class SkipLimitExceeded(Exception):
 class StepRunner:
     """Runs step executions of one definition under one policy (chunking, retry, skip,
     commit), recording into the job repository; `progress` holds the live counts and
-    setting `stop` ends the run after the chunks in flight."""
+    setting `stop` ends the run after the chunks being processed (no chunk starts after
+    it). A stop requested through another replica is read at each chunk commit: it
+    calls `stop_requested` (by default, sets `stop`)."""
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class StepRunner:
         policy: StepPolicy,
         progress: StepProgress | None = None,
         stop: asyncio.Event | None = None,
+        stop_requested: Callable[[], None] | None = None,
     ) -> None:
         self.definition = definition
         self.job_name = job_name
@@ -56,6 +59,7 @@ class StepRunner:
         self.policy = policy
         self.progress = progress if progress is not None else StepProgress()
         self.stop = stop if stop is not None else asyncio.Event()
+        self.stop_requested = stop_requested or self.stop.set
         self._skipped_keys: list[object] = []
         self._commit_with_retry = retrying(
             self._commit_once, policy, f"step {definition.name}: a commit", self.progress
@@ -63,7 +67,7 @@ class StepRunner:
 
     async def run(self, step: StepExecution) -> bool:
         """Run the step from its checkpoint; True when the source was read to its end,
-        False when `stop` ended it early (after the chunks in flight were committed).
+        False when `stop` ended it early (after the chunks started were committed).
 
         Any failure (the reader's, a commit that kept failing, the skip limit) cancels
         the other tasks and is raised as itself.
@@ -89,15 +93,15 @@ class StepRunner:
                         )
                     )
                     for _ in range(policy.workers):
-                        tasks.create_task(enrich(work, self._outcome))
-                    tasks.create_task(
+                        tasks.create_task(enrich(work, self._outcome, self.stop))
+                    sink = tasks.create_task(
                         commit_in_order(commits, functools.partial(self._commit, step.id))
                     )
             except BaseExceptionGroup as group:
                 raise _first_cause(group) from None
             finally:
                 _discard_uncommitted(commits)
-        return reader.result()
+        return reader.result() and sink.result()
 
     async def _outcome(self, chunk: Chunk[Any]) -> Outcome[Any]:
         """The chunk processed and delivered; a data fault isolated to the items that
@@ -169,9 +173,11 @@ class StepRunner:
                 # earlier run of the same instance wrote for them. Not for skipped items.
                 for part in parts:
                     await self.definition.writer.write(conn, part.output)
-                await self.repository.commit_chunk(
+                status = await self.repository.commit_chunk(
                     conn, step_id, counts, self._context(chunk), self.progress.commits
                 )
+                if status == Status.STOPPING:  # asked through another replica
+                    self.stop_requested()
         except AlreadyCommitted:
             log.warning(
                 "step %s: the chunk up to checkpoint %s had committed already (its answer was"

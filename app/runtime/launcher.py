@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Once the shutdown's grace is over, recording what the runs came to may take this long.
 _RECORD_AFTER_GRACE_SECONDS = 3.0
+ON_REQUEST = "stopped on request; restartable from the checkpoint"
 
 
 class ShuttingDown(RuntimeError):
@@ -41,12 +42,14 @@ class RunningJob:
     progress: StepProgress = field(default_factory=StepProgress)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    # Why `stop` was set: on shutdown (the default), by request, or the lease lost.
+    # Why `stop` was set: on shutdown (the default), by request, or the lease lost; and
+    # what the execution ends as: STOPPED (the operator's word), FAILED (a fault).
     stop_reason: str = "stopped on shutdown; restartable from the checkpoint"
+    stop_status: Status = Status.STOPPED
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, status: Status = Status.STOPPED) -> None:
         if not self.stop.is_set():
-            self.stop_reason = reason
+            self.stop_reason, self.stop_status = reason, status
             self.stop.set()
 
 
@@ -106,21 +109,29 @@ class Launcher:
         *,
         rerun: bool,
         dry_run_output: TextIO | None = None,
+        max_executions: int | None = None,
     ) -> RunningJob:
         """Check the parameters, apply the launch rules, start the execution in the
-        background. Raises ParameterError, LaunchRefused or ShuttingDown."""
+        background. Raises ParameterError, LaunchRefused or ShuttingDown; an automatic
+        launch passes `max_executions` (the repository's RestartLimitReached)."""
         if not self._accepting:
             raise ShuttingDown("the service is shutting down and launches no more jobs")
         parameters = spec.parse(raw_parameters, now_in(self.settings.timezone))
-        return await self._start(spec, parameters, rerun=rerun, dry_run_output=dry_run_output)
+        return await self._start(
+            spec,
+            parameters,
+            rerun=rerun,
+            dry_run_output=dry_run_output,
+            max_executions=max_executions,
+        )
 
-    async def restart(self, execution_id: int) -> RunningJob:
+    async def restart(self, execution_id: int, *, max_executions: int | None = None) -> RunningJob:
         """JobOperator's restart: a FAILED or STOPPED execution's instance runs again with
         the same parameters, from its checkpoint. Only the instance's last execution
         restarts, as in Spring Batch: one its instance ran on after is NotRestartable
         (JobRestartException), or refused by the launch rules if the instance is running
         or completed since. Raises LookupError (no such execution), NotRestartable,
-        LaunchRefused or ShuttingDown."""
+        LaunchRefused or ShuttingDown; an automatic restart passes `max_executions`."""
         if not self._accepting:
             raise ShuttingDown("the service is shutting down and launches no more jobs")
         execution = await self.repository.get_execution(execution_id)
@@ -139,7 +150,19 @@ class Launcher:
             )
         spec = self.find(execution.job_name)
         parameters = await self.repository.get_parameters(execution_id)
-        return await self._start(spec, parameters, rerun=False, dry_run_output=None)
+        return await self._start(
+            spec, parameters, rerun=False, dry_run_output=None, max_executions=max_executions
+        )
+
+    async def stop(self, execution_id: int) -> Status | None:
+        """JobOperator's stop: STOPPING in the job repository, for a runner on any replica
+        (it reads it at its next chunk commit); a run of this process stops at once. The
+        status it had (None: no such execution)."""
+        found = await self.repository.request_stop(execution_id)
+        run = self.running.get(execution_id)
+        if found in RUNNING and run is not None:
+            run.request_stop(ON_REQUEST)
+        return found
 
     async def _start(
         self,
@@ -148,12 +171,17 @@ class Launcher:
         *,
         rerun: bool,
         dry_run_output: TextIO | None,
+        max_executions: int | None = None,
     ) -> RunningJob:
         # Recorded as what it is: STARTED, or STARTING while it waits for a slot. Only a
         # recorded execution takes a slot (launches refused by the launch rules never do).
         queued = self._slots.locked()
         execution = await self.repository.start_execution(
-            spec.name, parameters, rerun_completed=rerun, queued=queued
+            spec.name,
+            parameters,
+            rerun_completed=rerun,
+            queued=queued,
+            max_executions=max_executions,
         )
         has_slot = not self._slots.locked()
         if has_slot:
@@ -217,7 +245,7 @@ class Launcher:
             async with self._lease(run):
                 holding = holding or await self._take_slot(run)
                 if not holding:
-                    outcome.status, outcome.message = Status.STOPPED, run.stop_reason
+                    outcome.status, outcome.message = run.stop_status, run.stop_reason
                 elif not queued or await self.repository.mark_started(execution.id):
                     with _job_metrics(spec.name, outcome):
                         await self._run_step(run, dry_run_output, outcome)
@@ -302,11 +330,12 @@ class Launcher:
             policy=self.settings.step,
             progress=run.progress,
             stop=run.stop,
+            stop_requested=lambda: run.request_stop(ON_REQUEST),
         )
         step_started = time.monotonic()
         try:
             finished = await runner.run(step)
-            outcome.status = Status.COMPLETED if finished else Status.STOPPED
+            outcome.status = Status.COMPLETED if finished else run.stop_status
             if not finished:
                 outcome.message = run.stop_reason
         except Exception as exc:
@@ -339,10 +368,11 @@ class Launcher:
     async def _lease(self, run: RunningJob) -> AsyncIterator[None]:
         """The heartbeat as a lease, while the body runs. Each beat renews it and reads the
         execution's status: STOPPING stops the step after its chunks in flight (a stop
-        requested through any replica); a status no longer running, or no renewal for
-        half of JOB_ABANDON_AFTER_SECONDS, means another replica may take (or took) the
-        instance over: the step stops, and the repository's fence lets it commit nothing
-        more."""
+        requested through any replica, while no chunk commits); a status no longer
+        running, or no renewal for half of JOB_ABANDON_AFTER_SECONDS, means another
+        replica may take (or took) the instance over: the step stops, the repository's
+        fence lets it commit nothing more, and the execution ends FAILED (a fault, which
+        the automatic restarts and the alerts see, not an operator's stop)."""
         every = self.settings.HEARTBEAT_SECONDS
         lease = self.settings.JOB_ABANDON_AFTER_SECONDS / 2
         execution_id = run.execution.id
@@ -362,12 +392,14 @@ class Launcher:
                             execution_id,
                             time.monotonic() - renewed,
                         )
-                        run.request_stop("lease lost: the heartbeat could not be renewed")
+                        run.request_stop(
+                            "lease lost: the heartbeat could not be renewed", Status.FAILED
+                        )
                         return
                     continue
                 renewed = time.monotonic()
                 if status == Status.STOPPING:
-                    run.request_stop("stopped on request; restartable from the checkpoint")
+                    run.request_stop(ON_REQUEST)
                 elif status not in RUNNING:
                     log.error(
                         "lease lost: execution=%d is %s in the job repository (taken over);"
@@ -375,7 +407,9 @@ class Launcher:
                         execution_id,
                         status,
                     )
-                    run.request_stop(f"lease lost: the execution was marked {status}")
+                    run.request_stop(
+                        f"lease lost: the execution was marked {status}", Status.FAILED
+                    )
                     return
 
         task = asyncio.create_task(beat())

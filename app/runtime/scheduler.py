@@ -5,14 +5,16 @@ of them run the instance, and the others are refused (AlreadyRunning/AlreadyComp
 On start, each schedule's last due time is fired too, so a night the daemon missed (a
 deploy, a crash) is caught up; a punctual schedule (the hourly fan-out, whose pushes
 would arrive at the wrong hour) only within its misfire grace. A FAILED scheduled
-execution is restarted a few times with backoff (a punctual one only within its grace).
+execution is restarted with backoff (a punctual one only within its grace) until its
+instance has 1 + attempts executions, counted in the job repository across replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
@@ -20,9 +22,9 @@ import aiocron
 from cronsim import CronSim
 
 from app.metrics import SCHEDULER_ENABLED
-from app.model import AlreadyComplete, AlreadyRunning, Status
+from app.model import LaunchRefused, RestartLimitReached, Status
 from app.runtime.job import JobSpec
-from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
+from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,11 @@ class RestartPolicy:
     backoff_seconds: float  # before the first restart; doubled for each next one
     misfire_grace: timedelta  # how late a punctual schedule may still run
 
+    @property
+    def max_executions(self) -> int:
+        """Executions of one instance that the automatic launches may make, in all."""
+        return 1 + self.attempts
+
 
 def last_due(cron: str, now: datetime) -> datetime:
     """The latest time at or before `now` that `cron` fires at."""
@@ -54,21 +61,33 @@ def scheduled_time(now: datetime) -> datetime:
     return (now + timedelta(seconds=30)).replace(second=0, microsecond=0)
 
 
-async def fire(launcher: Launcher, schedule: Schedule, now: datetime) -> RunningJob | None:
+async def fire(
+    launcher: Launcher, schedule: Schedule, now: datetime, *, max_executions: int | None = None
+) -> RunningJob | None:
     """Launch the schedule's instance for `now` unless it ran or runs already (never a
-    rerun of a completed one). Logs and swallows every failure: a schedule must never
-    bring the daemon down."""
+    rerun of a completed one), or has `max_executions` already. Logs and swallows every
+    failure: a schedule must never bring the daemon down."""
     at = scheduled_time(now)
-    name = schedule.job.name
+    return await _guarded(
+        f"schedule {schedule.job.name} at {at.isoformat()}",
+        lambda: launcher.launch(
+            schedule.job, schedule.parameters(at), rerun=False, max_executions=max_executions
+        ),
+    )
+
+
+async def _guarded(what: str, launch: Callable[[], Awaitable[RunningJob]]) -> RunningJob | None:
+    """The automatic launch's run, or None, logged, whatever it raised."""
     try:
-        parameters = schedule.parameters(at)
-        return await launcher.launch(schedule.job, parameters, rerun=False)
-    except (AlreadyComplete, AlreadyRunning) as exc:
-        log.info("schedule %s at %s: not launched: %s", name, at.isoformat(), exc)
+        return await launch()
+    except RestartLimitReached as exc:
+        log.warning("%s: not launched: %s", what, exc)
+    except (LaunchRefused, NotRestartable) as exc:
+        log.info("%s: not launched: %s", what, exc)
     except ShuttingDown:
-        log.info("schedule %s at %s: not launched: shutting down", name, at.isoformat())
+        log.info("%s: not launched: shutting down", what)
     except Exception:
-        log.exception("schedule %s at %s: launch failed", name, at.isoformat())
+        log.exception("%s: launch failed", what)
     return None
 
 
@@ -114,39 +133,50 @@ class Scheduler:
         if not self._stopped:
             self._watch(schedule, scheduled_time(datetime.now(self._tz)))
 
-    def _watch(self, schedule: Schedule, at: datetime) -> None:
-        task = asyncio.create_task(self._launch_and_restart(schedule, at))
+    def resume(self, schedule: Schedule, at: datetime | None, failed: int) -> None:
+        """Restart the FAILED execution `failed` of the schedule's instance for `at` (None:
+        a schedule that is not punctual, where it does not matter) from its checkpoint
+        now, and keep restarting it as a fired one: how the reconciler recovers an
+        execution whose runner died."""
+        if not self._stopped:
+            self._watch(schedule, at, failed)
+
+    def _watch(self, schedule: Schedule, at: datetime | None, failed: int | None = None) -> None:
+        task = asyncio.create_task(self._launch_and_restart(schedule, at, failed))
         self._watches.add(task)
         task.add_done_callback(self._watches.discard)
 
-    def _in_time(self, schedule: Schedule, at: datetime, delay: float = 0.0) -> bool:
+    def _in_time(self, schedule: Schedule, at: datetime | None, delay: float = 0.0) -> bool:
+        if not schedule.punctual or at is None:
+            return True
         late = datetime.now(self._tz) + timedelta(seconds=delay) - at
-        return not schedule.punctual or late <= self._policy.misfire_grace
+        return late <= self._policy.misfire_grace
 
-    async def _launch_and_restart(self, schedule: Schedule, at: datetime) -> None:
-        """Fire for `at`; while the execution ends FAILED, restart it (within the policy)."""
+    async def _launch_and_restart(
+        self, schedule: Schedule, at: datetime | None, failed: int | None
+    ) -> None:
+        """Fire for `at` (or restart the execution `failed`); while the execution ends
+        FAILED, restart it with backoff, within the grace of a punctual schedule, until
+        the instance has run the policy's executions (the repository refuses more)."""
         name, policy = schedule.job.name, self._policy
-        for attempt in range(policy.attempts + 1):
-            delay = policy.backoff_seconds * 2 ** (attempt - 1) if attempt else 0.0
-            if not self._in_time(schedule, at, delay):
-                log.warning(
-                    "schedule %s at %s: not launched: later than the misfire grace (%s)",
-                    name,
-                    at.isoformat(),
-                    policy.misfire_grace,
+        what = f"schedule {name} at {at.isoformat() if at else 'its last run'}"
+        limit = policy.max_executions
+        if not self._in_time(schedule, at):
+            log.warning(
+                "%s: not launched: later than the misfire grace (%s)", what, policy.misfire_grace
+            )
+            return
+        restarts = 0
+        while True:
+            if failed is None:
+                assert at is not None
+                launching = fire(self._launcher, schedule, at, max_executions=limit)
+            else:
+                launching = _guarded(
+                    f"{what}: restart of execution {failed}",
+                    functools.partial(self._launcher.restart, failed, max_executions=limit),
                 )
-                return
-            if attempt:
-                log.warning(
-                    "schedule %s at %s: FAILED; restart %d of %d in %g s",
-                    name,
-                    at.isoformat(),
-                    attempt,
-                    policy.attempts,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-            launch = asyncio.ensure_future(fire(self._launcher, schedule, at))
+            launch = asyncio.ensure_future(launching)
             self._launches.add(launch)
             launch.add_done_callback(self._launches.discard)
             run = await asyncio.shield(launch)  # stop() awaits a launch, never cuts it
@@ -156,6 +186,18 @@ class Scheduler:
             final = await self._launcher.repository.get_execution(run.execution.id)
             if final is None or final.status != Status.FAILED:
                 return
+            restarts += 1
+            delay = policy.backoff_seconds * 2 ** (restarts - 1)
+            if not self._in_time(schedule, at, delay):
+                log.warning(
+                    "%s: FAILED; not restarted: later than the misfire grace (%s)",
+                    what,
+                    policy.misfire_grace,
+                )
+                return
+            log.warning("%s: FAILED; restart in %g s", what, delay)
+            await asyncio.sleep(delay)
+            failed = final.id
 
     async def stop(self) -> None:
         self._stopped = True

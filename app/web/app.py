@@ -14,7 +14,7 @@ from asyncmy.pool import Pool
 
 from app.edges.auth import verify_admin_token
 from app.model import (
-    RESTARTABLE,
+    ABANDONABLE,
     RUNNING,
     AlreadyComplete,
     AlreadyRunning,
@@ -328,11 +328,12 @@ async def get_execution(request: web.Request) -> web.Response:
 
 
 async def stop_execution(request: web.Request) -> web.Response:
-    """JobOperator's stop: STOPPING now; the runner, on whichever replica, stops after its
-    chunks in flight (STOPPED, restartable) at its next heartbeat."""
-    repository = request.app[LAUNCHER].repository
+    """JobOperator's stop: STOPPING now; the runner stops after the chunks it is processing
+    (STOPPED, restartable): at once on this replica, at its next chunk commit on another."""
+    launcher = request.app[LAUNCHER]
+    repository = launcher.repository
     execution_id = _execution_id(request)
-    found = None if execution_id is None else await repository.request_stop(execution_id)
+    found = None if execution_id is None else await launcher.stop(execution_id)
     if found is None or execution_id is None:
         raise _not_found(request)
     if found not in RUNNING:
@@ -362,18 +363,19 @@ async def restart_execution(request: web.Request) -> web.Response:
 
 
 async def abandon_execution(request: web.Request) -> web.Response:
-    """JobOperator's abandon: a STOPPED or FAILED execution becomes ABANDONED; it is never
-    restarted, and the next launch of its instance starts from scratch."""
+    """JobOperator's abandon: a STOPPED, FAILED or STOPPING execution becomes ABANDONED;
+    it is never restarted, and the next launch of its instance starts from scratch."""
     repository = request.app[LAUNCHER].repository
     execution_id = _execution_id(request)
     found = None if execution_id is None else await repository.abandon(execution_id)
     if found is None or execution_id is None:
         raise _not_found(request)
-    if found not in RESTARTABLE:
+    if found not in ABANDONABLE:
         raise ApiError(
             409,
             "JOB_NOT_ABANDONABLE",
-            f"execution {execution_id} is {found}: only a STOPPED or FAILED execution is abandoned",
+            f"execution {execution_id} is {found}: only a STOPPED, FAILED or STOPPING"
+            " execution is abandoned",
         )
     log.info("abandoned through the API: execution=%d by=%s", execution_id, _who(request))
     execution = await repository.get_execution(execution_id)

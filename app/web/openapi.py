@@ -207,8 +207,10 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/jobs/executions/{id}/stop": {
             "post": {
                 "summary": "Stop a running execution (JobOperator.stop)",
-                "description": "STOPPING now; the runner, on whichever replica, commits its"
-                " chunks in flight and ends STOPPED (restartable) within a few heartbeats.",
+                "description": "STOPPING now; the runner starts no new chunk, commits those it"
+                " is processing and ends STOPPED (restartable): at once on the replica that"
+                " answers, at its next chunk commit on another. A STOPPING execution whose"
+                " runner is gone ends STOPPED once its lease expires.",
                 "operationId": "stopExecution",
                 "security": [{"bearerAuth": []}],
                 "parameters": _ID,
@@ -243,7 +245,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/v1/jobs/executions/{id}/abandon": {
             "post": {
-                "summary": "Abandon a STOPPED or FAILED execution (JobOperator.abandon)",
+                "summary": "Abandon a STOPPED, FAILED or STOPPING execution (JobOperator.abandon)",
                 "description": "ABANDONED is never restarted; the next launch of the instance"
                 " starts from scratch.",
                 "operationId": "abandonExecution",
@@ -254,7 +256,7 @@ OPENAPI: dict[str, Any] = {
                     "400": _error("The id is not a number (INVALID_PARAMETER)"),
                     **_AUTH_ERRORS,
                     "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
-                    "409": _error("Not STOPPED or FAILED (JOB_NOT_ABANDONABLE)"),
+                    "409": _error("Not STOPPED, FAILED or STOPPING (JOB_NOT_ABANDONABLE)"),
                 },
             }
         },

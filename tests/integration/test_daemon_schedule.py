@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -17,7 +18,9 @@ from app.composition import JOBS, SCHEDULES
 from app.config import Settings
 from app.edges.db import fetch_all
 from app.jobs import fcm_send, usage_stats
+from app.repository import JobRepository
 from app.runtime.launcher import Launcher
+from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
 from app.runtime.scheduler import (
     RestartPolicy,
@@ -238,3 +241,97 @@ async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
             await scheduler.stop()
             await launcher.shutdown(5)
     assert [status for _, status, _ in await executions(pool)] == ["FAILED"] * 3
+
+
+async def test_replicas_restart_a_failing_instance_at_most_attempts_times_in_all(
+    settings: Settings, pool: Pool
+) -> None:
+    """AUTO_RESTART_ATTEMPTS=2: the instance runs 3 executions across two replicas, started
+    together, and none more when a third daemon starts later (the count is the job
+    repository's, not a process's)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
+            " coupon_status, created_at) VALUES (1, 1, 1, 1, 'USED', '2025-10-20 10:00:00')"
+        )
+    down = replace(settings, STORE_SERVICE_URL="http://127.0.0.1:9", RETRY_BUDGET_SECONDS=0.2)
+    policy = RestartPolicy(attempts=2, backoff_seconds=0.1, misfire_grace=timedelta(0))
+    schedule = Schedule("0 1 * * *", usage_stats.SPEC, lambda _: {"runDate": "2025-10-26"})
+    async with AsyncExitStack() as stack:
+        schedulers = []
+        for _ in range(3):
+            resources = await stack.enter_async_context(open_resources(down, broker=False))
+            launcher = Launcher(resources, JOBS)
+            stack.push_async_callback(launcher.shutdown, 5)
+            schedulers.append(Scheduler(launcher, SEOUL, [schedule], policy))
+        for scheduler in schedulers[:2]:
+            scheduler.start()  # the catch-up fires it on both
+            stack.push_async_callback(scheduler.stop)
+        await until(lambda: failed(pool, 3), within=30, what="three FAILED runs")
+        await asyncio.sleep(1.0)  # backoffs of 0.1, 0.2 s: every replica's restarts done
+        schedulers[2].start()
+        stack.push_async_callback(schedulers[2].stop)
+        await asyncio.sleep(1.0)
+    assert [status for _, status, _ in await executions(pool)] == ["FAILED"] * 3
+
+
+async def test_the_reconciler_takes_over_dead_executions_and_restarts_those_worth_it(
+    replicas: list[Launcher], pool: Pool
+) -> None:
+    """A dead stats run is restarted from its checkpoint at once; a dead fan-out of an hour
+    long past its grace ends FAILED saying so; a dead STOPPING run ends STOPPED."""
+    launcher, other = replicas
+    repository = JobRepository(pool, abandon_after_seconds=2)
+    now = datetime.now(SEOUL)
+    dead = []
+    for spec, raw in [
+        (usage_stats.SPEC, {"runDate": "2025-10-26"}),
+        (fcm_send.SPEC, {"runDate": "2025-10-25", "targetHour": "10"}),
+        (usage_stats.SPEC, {"runDate": "2025-10-25"}),
+    ]:
+        dead.append(
+            await repository.start_execution(spec.name, spec.parse(raw, now), rerun_completed=False)
+        )
+    stats_run, old_hour, stopping = dead
+    await repository.request_stop(stopping.id)
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 3 SECOND"
+        )
+    policy = replace(POLICY, attempts=1)
+    scheduler = Scheduler(launcher, SEOUL, SCHEDULES, policy)
+    reconcilers = [
+        Reconciler(
+            JobRepository(r.resources.pool, abandon_after_seconds=2),
+            SEOUL,
+            SCHEDULES,
+            policy.misfire_grace,
+            scheduler.resume,
+            every=0.1,
+        )
+        for r in (launcher, other)
+    ]
+    try:
+        taken = await asyncio.gather(*(r.reconcile() for r in reconcilers))
+        assert sorted(taken[0] + taken[1]) == [e.id for e in dead]  # each by one replica
+        await until(lambda: completed(pool), within=20, what="the restarted stats run")
+    finally:
+        await scheduler.stop()
+    rows = await fetch_all(
+        pool,
+        "SELECT JOB_EXECUTION_ID, STATUS, EXIT_MESSAGE FROM BATCH_JOB_EXECUTION"
+        " ORDER BY JOB_EXECUTION_ID",
+    )
+    assert [(r[0], r[1]) for r in rows] == [
+        (stats_run.id, "FAILED"),
+        (old_hour.id, "FAILED"),
+        (stopping.id, "STOPPED"),
+        (stopping.id + 1, "COMPLETED"),
+    ]
+    heartbeat = r"no heartbeat for \d+ s \(JOB_ABANDON_AFTER_SECONDS=2\)"
+    assert re.fullmatch(f"abandoned: {heartbeat}", rows[0][2])
+    grace = "not restarted: its scheduled time passed more than 0:10:00 ago"
+    assert re.fullmatch(f"abandoned: {heartbeat}; {grace}", rows[1][2])
+    assert re.fullmatch(f"stopped on request, its runner gone: {heartbeat}", rows[2][2])
+    restarted = await repository.get_execution(stopping.id + 1)
+    assert restarted is not None and restarted.instance_id == stats_run.instance_id

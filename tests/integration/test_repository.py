@@ -9,7 +9,14 @@ from asyncmy.pool import Pool
 
 from app.config import Settings
 from app.edges.db import fetch_all, open_pool, transaction
-from app.model import AlreadyComplete, AlreadyRunning, ChunkCounts, JobParameter, Status
+from app.model import (
+    AlreadyComplete,
+    AlreadyRunning,
+    ChunkCounts,
+    JobParameter,
+    RestartLimitReached,
+    Status,
+)
 from app.repository import AlreadyCommitted, JobRepository
 from app.spring_format import decode_context, job_key
 
@@ -233,3 +240,112 @@ async def test_an_abandoned_execution_says_so_and_keeps_a_failure_s_cause(
     )
     [abandoned_step] = abandoned.steps
     assert (abandoned_step.status, abandoned_step.exit_message) == ("ABANDONED", expected)
+
+
+async def _age(pool: Pool, execution_id: int, seconds: int) -> None:
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL %s SECOND"
+            " WHERE JOB_EXECUTION_ID = %s",
+            (seconds, execution_id),
+        )
+
+
+async def _row(pool: Pool, execution_id: int) -> tuple:
+    [row] = await fetch_all(
+        pool,
+        "SELECT STATUS, EXIT_CODE, EXIT_MESSAGE, END_TIME IS NOT NULL,"
+        " TIMESTAMPDIFF(SECOND, LAST_UPDATED, NOW(6)) FROM BATCH_JOB_EXECUTION"
+        " WHERE JOB_EXECUTION_ID = %s",
+        (execution_id,),
+    )
+    return tuple(row)
+
+
+async def test_the_expired_executions_are_taken_over_once(pool: Pool) -> None:
+    """STARTED and STARTING rows without a heartbeat end FAILED (restartable), a STOPPING
+    one STOPPED; a live one and a second taker are left alone."""
+    repository = repo(pool, abandon_after=120)
+    days = ["2025-10-27", "2025-10-28", "2025-10-29", "2025-10-30"]
+    started, starting, stopping, live = [
+        await repository.start_execution(
+            JOB,
+            [JobParameter("runDate", "java.time.LocalDate", day)],
+            rerun_completed=False,
+            queued=day == "2025-10-28",
+        )
+        for day in days
+    ]
+    assert await repository.request_stop(stopping.id) == Status.STARTED
+    for execution in (started, starting, stopping):
+        await _age(pool, execution.id, 121)
+    expired = await repository.expired_executions()
+    assert sorted(e.id for e in expired) == [started.id, starting.id, stopping.id]
+
+    results = await asyncio.gather(
+        *(repository.take_over(e.id, "a note") for e in expired for _ in range(2))
+    )
+    assert sorted(r for r in results if r is not None) == ["FAILED", "FAILED", "STOPPED"]
+    assert results.count(None) == 3  # the second taker of each finds it taken
+    message = "no heartbeat for 121 s (JOB_ABANDON_AFTER_SECONDS=120); a note"
+    assert await _row(pool, started.id) == ("FAILED", "FAILED", f"abandoned: {message}", 1, 0)
+    assert await _row(pool, starting.id) == ("FAILED", "FAILED", f"abandoned: {message}", 1, 0)
+    assert await _row(pool, stopping.id) == (
+        "STOPPED",
+        "STOPPED",
+        f"stopped on request, its runner gone: {message}",
+        1,
+        0,
+    )
+    assert await repository.take_over(live.id) is None
+    assert (await _row(pool, live.id))[0] == "STARTED"
+    assert await repository.expired_executions() == []
+
+
+async def test_a_stop_keeps_the_lease_and_abandon_takes_a_stopping_execution(pool: Pool) -> None:
+    """Asking a dead execution to stop does not renew it: it still expires."""
+    repository = repo(pool, abandon_after=120)
+    execution = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    await _age(pool, execution.id, 121)
+    assert await repository.request_stop(execution.id) == Status.STARTED
+    assert await _row(pool, execution.id) == ("STOPPING", "UNKNOWN", "", 0, 121)
+    assert [e.id for e in await repository.expired_executions()] == [execution.id]
+    assert await repository.abandon(execution.id) == Status.STOPPING
+    assert (await _row(pool, execution.id))[:2] == ("ABANDONED", "ABANDONED")
+    assert (await _row(pool, execution.id))[3] == 1  # it has ended
+
+
+async def test_automatic_launches_stop_at_the_instance_s_execution_count(pool: Pool) -> None:
+    repository = repo(pool)
+    for _ in range(3):
+        execution = await repository.start_execution(
+            JOB, PARAMS, rerun_completed=False, max_executions=3
+        )
+        await repository.finish_execution(execution.id, Status.FAILED, "boom")
+    with pytest.raises(RestartLimitReached) as refused:
+        await repository.start_execution(JOB, PARAMS, rerun_completed=False, max_executions=3)
+    assert str(refused.value) == (
+        f"{JOB} has run 3 executions of this instance already (at most 3 automatically);"
+        " not restarted"
+    )
+    # an operator's launch is not counted
+    fourth = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    [(count,)] = await fetch_all(pool, "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION")
+    assert count == 4 and fourth.status == Status.STARTED
+
+
+async def test_a_chunk_commit_reads_a_stop_requested_elsewhere(pool: Pool) -> None:
+    repository = repo(pool)
+    execution = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    step = await repository.start_step(execution, "couponUsageStatsStep")
+    statuses = []
+    for commits in range(2):
+        if commits:
+            await repository.request_stop(execution.id)
+        async with transaction(pool) as conn:
+            statuses.append(
+                await repository.commit_chunk(
+                    conn, step.id, ChunkCounts(1, 1, 0, 0), {"checkpoint": commits}, commits
+                )
+            )
+    assert statuses == ["STARTED", "STOPPING"]

@@ -365,6 +365,33 @@ async def test_stop_commits_chunks_in_flight_and_reports_not_finished(scratch: P
     assert written == [i for i in (1, 3, 5, 7) if i <= step.checkpoint]
 
 
+async def test_no_chunk_starts_after_a_stop_even_with_the_stream_read_to_its_end(
+    scratch: Pool,
+) -> None:
+    """The reader has queued every chunk when the stop comes during the first one: that
+    one is finished and committed, none of the queued ones is processed, and the step
+    reports not finished (its last chunks never committed)."""
+    stop = asyncio.Event()
+    calls: list[int] = []
+
+    async def stop_during_first(items: list[int]) -> Processed[list[int]]:
+        calls.append(items[0])
+        await asyncio.sleep(0.2)  # the reader reads on to the stream's end meanwhile
+        stop.set()
+        return await keep_odd(items)
+
+    outcome, step, _ = await run(
+        scratch,
+        make_settings(ENRICH_WORKERS=1, QUEUE_SIZE=4),
+        definition(stop_during_first),
+        stop=stop,
+    )
+    assert outcome is False
+    assert calls == [1]
+    assert (step.commit_count, step.checkpoint, step.read_count) == (1, 2, 2)
+    assert await items_written(scratch) == [1]
+
+
 async def test_stream_rows_applies_backpressure_to_the_socket(pool: Pool) -> None:
     """A slow consumer must not let the driver buffer the rest of the result set."""
     async with pool.acquire() as conn, conn.cursor() as cur:

@@ -25,7 +25,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -194,20 +194,29 @@ class FanoutWorld:
         await insert_events(pool, self.events)
 
 
-def fanout_world(members: int) -> FanoutWorld:
-    """Member m of dong m % 12, top hour 10 on the run date. Filtered: every 9th member
-    (no push token), dongs 0, 4, 8 (no active event), dong 11 (no store). Not read: every
-    13th member, whose later row of the same date names 11 h. Odd members have 2 tokens."""
+def fanout_world(
+    members: int, run_date: str = FANOUT_RUN_DATE, hour: int = FANOUT_HOUR
+) -> FanoutWorld:
+    """Member m of dong m % 12, top hour `hour` (10) on the run date. Filtered: every 9th
+    member (no push token), dongs 0, 4, 8 (no active event), dong 11 (no store). Not read:
+    every 13th member, whose later row of the same date names the next hour. Odd members
+    have 2 tokens."""
+    reference = datetime.fromisoformat(run_date) + timedelta(hours=hour)
+
+    def at(hours: int) -> str:
+        return str(reference + timedelta(hours=hours))
+
+    day_before = str((reference - timedelta(days=1)).date())
     stores: dict[str, str] = {}
     events: list[tuple[int, str, str, int, int]] = []
     active: dict[str, int] = {}
     for i, dong in enumerate(FANOUT_DONGS[:-1]):
         stores[str(500 + 2 * i)] = stores[str(501 + 2 * i)] = dong
         active[dong] = i % 4
-        start = "2025-10-25 09:00:00"
+        start = at(-1)
         for n in range(i % 4):  # the first one ends exactly at the reference time
-            events.append((500 + 2 * i, start, f"2025-10-25 1{0 if n == 0 else 1}:00:00", 100, 0))
-        events.append((501 + 2 * i, start, "2025-10-25 11:00:00", 50, 50))  # sold out
+            events.append((500 + 2 * i, start, at(0 if n == 0 else 1), 100, 0))
+        events.append((501 + 2 * i, start, at(1), 50, 50))  # sold out
     rows: list[tuple[int, str, int, str]] = []
     later: list[tuple[int, str, int, str]] = []
     tokens: dict[str, list[str]] = {}
@@ -215,11 +224,11 @@ def fanout_world(members: int) -> FanoutWorld:
     read = 0
     for m in range(1, members + 1):
         dong = FANOUT_DONGS[m % len(FANOUT_DONGS)]
-        rows.append((m, dong, FANOUT_HOUR, FANOUT_RUN_DATE))
+        rows.append((m, dong, hour, run_date))
         if m % 5 == 0:
-            rows.append((m, dong, 7, "2025-10-24"))  # an older row: not the latest
+            rows.append((m, dong, 7, day_before))  # an older row: not the latest
         if m % 13 == 0:
-            later.append((m, dong, FANOUT_HOUR + 1, FANOUT_RUN_DATE))
+            later.append((m, dong, (hour + 1) % 24, run_date))
             continue
         read += 1
         mine = [] if m % 9 == 0 else [f"tok-{m}-a", *([f"tok-{m}-b"] if m % 2 else [])]
@@ -227,7 +236,7 @@ def fanout_world(members: int) -> FanoutWorld:
             tokens[str(m)] = mine
         count = active.get(dong, 0)
         bodies[m] = [
-            expected_body(FANOUT_RUN_DATE, m, token, dong, FANOUT_HOUR, count)
+            expected_body(run_date, m, token, dong, hour, count)
             for token in (mine if count else [])
         ]
     return FanoutWorld(
@@ -244,10 +253,10 @@ def trace_ids_of(messages: Iterable[AbstractIncomingMessage]) -> list[str]:
     return [json.loads(m.body)["traceId"] for m in messages]
 
 
-async def drain(vhost: str) -> list[AbstractIncomingMessage]:
+async def drain(vhost: str, within: float = 30.0) -> list[AbstractIncomingMessage]:
     """Every message now in the consumer queue, acked (duplicates included)."""
     depth = await queue_depth(vhost)
-    return await rabbit.consume(vhost, depth, idle=0.3) if depth else []
+    return await rabbit.consume(vhost, depth, within=within, idle=0.3) if depth else []
 
 
 # ---- the job repository -----------------------------------------------------------

@@ -138,7 +138,7 @@ async def test_a_fanout_stopped_through_another_replica_then_restarted_delivers_
         final = await b.launcher.repository.get_execution(restarted["executionId"])
     assert final is not None and final.status == "COMPLETED", final and final.exit_message
     assert final.instance_id == stopped.instance_id
-    rest = trace_ids_of(await drain(queue))
+    rest = trace_ids_of(await drain(queue, within=180))  # nearly all 150,000: the stop was quick
     assert set(first) | set(rest) == world.trace_ids()
     assert not set(first) & set(rest)  # the restart read after the checkpoint only
 

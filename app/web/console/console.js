@@ -15,7 +15,7 @@ const ACTIONS = [
   // [action, label, statuses where the API accepts it]
   ["stop", "Stop", new Set(["STARTING", "STARTED"])],
   ["restart", "Restart", new Set(["FAILED", "STOPPED"])],
-  ["abandon", "Abandon", new Set(["FAILED", "STOPPED"])],
+  ["abandon", "Abandon", new Set(["FAILED", "STOPPED", "STOPPING"])],
 ];
 const JOB_LABELS = {
   couponUsageStatsJob: "usage stats",
