@@ -11,16 +11,32 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from app.config import Settings
-from app.jobs import fcm_send, usage_stats
-from app.runtime.job import JobSpec
+from app.runtime.job import JobSpec, job_in
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from app.runtime.scheduler import RestartPolicy, Schedule, Scheduler
 
 log = logging.getLogger(__name__)
 
-JOBS: tuple[JobSpec, ...] = (usage_stats.SPEC, fcm_send.SPEC)
-SCHEDULES: tuple[Schedule, ...] = (usage_stats.SCHEDULE, fcm_send.SCHEDULE)
+# Each job's module is imported when the job is launched (`job_in`): a run loads its job
+# alone.
+JOBS: tuple[JobSpec, ...] = (
+    job_in("app.jobs.usage_stats", "couponUsageStatsJob", "coupon-usage-stats"),
+    job_in(
+        "app.jobs.fcm_send",
+        "couponUsageStatsFcmSendJob",
+        "coupon-usage-stats-fcm-send",
+        publishes=True,
+    ),
+)
+
+
+def schedules() -> tuple[Schedule, ...]:
+    """The daemon's cron triggers (imports both jobs)."""
+    from app.jobs import fcm_send, usage_stats
+
+    return (usage_stats.SCHEDULE, fcm_send.SCHEDULE)
+
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Admin and actuator requests are short; a request still open after this is cut off.
@@ -58,7 +74,9 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stopping.set)
     try:
         async with open_launcher(settings, broker=True) as launcher:
-            scheduler = Scheduler(launcher, settings.timezone, SCHEDULES, restart_policy(settings))
+            scheduler = Scheduler(
+                launcher, settings.timezone, schedules(), restart_policy(settings)
+            )
             runner = web.AppRunner(
                 create_app(launcher, resource_checks(launcher.resources)),
                 access_log=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,27 @@ class JobSpec:
     parse: Callable[[Mapping[str, str], datetime], list[JobParameter]]  # raises ParameterError
     build: Callable[[JobContext], StepDefinition[Any, Any]]
     publishes: bool = False  # its writer needs the broker, unless in a dry run
+
+
+def job_in(module: str, name: str, path: str, *, publishes: bool = False) -> JobSpec:
+    """The job whose module `module` defines SPEC, imported the first time the job parses
+    parameters or builds a step: a run loads its own job's code and libraries alone
+    (the fan-out job's broker client is no part of a stats run's start-up). `name`,
+    `path` and `publishes` are the module's SPEC's, known without importing it."""
+
+    def loaded() -> JobSpec:
+        spec: JobSpec = importlib.import_module(module).SPEC
+        if (spec.name, spec.path, spec.publishes) != (name, path, publishes):
+            raise RuntimeError(f"{module}.SPEC is {spec}, registered as {name}, {path}")
+        return spec
+
+    return JobSpec(
+        name=name,
+        path=path,
+        parse=lambda raw, now: loaded().parse(raw, now),
+        build=lambda context: loaded().build(context),
+        publishes=publishes,
+    )
 
 
 class UnknownJob(LookupError):

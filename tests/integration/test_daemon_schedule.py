@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from asyncmy.pool import Pool
 
-from app.composition import JOBS, SCHEDULES
+from app.composition import JOBS, schedules
 from app.config import Settings
 from app.edges.db import fetch_all
 from app.jobs import fcm_send, usage_stats
@@ -30,7 +30,7 @@ from app.runtime.scheduler import (
 from tests.reliability.support import until
 
 SEOUL = ZoneInfo("Asia/Seoul")
-STATS, FANOUT = SCHEDULES
+STATS, FANOUT = schedules()
 POLICY = RestartPolicy(attempts=0, backoff_seconds=0.1, misfire_grace=timedelta(minutes=10))
 
 
