@@ -13,8 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from app.config import Settings
-from app.jobs import fcm_send, usage_stats
-from app.runtime.job import JobSpec
+from app.runtime.job import JobSpec, job_in
 from app.runtime.launcher import Launcher
 from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
@@ -25,8 +24,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JOBS: tuple[JobSpec, ...] = (usage_stats.SPEC, fcm_send.SPEC)
-SCHEDULES: tuple[Schedule, ...] = (usage_stats.SCHEDULE, fcm_send.SCHEDULE)
+# Each job's module is imported when the job is launched (`job_in`): a run loads its job
+# alone.
+JOBS: tuple[JobSpec, ...] = (
+    job_in("app.jobs.usage_stats", "couponUsageStatsJob", "coupon-usage-stats"),
+    job_in(
+        "app.jobs.fcm_send",
+        "couponUsageStatsFcmSendJob",
+        "coupon-usage-stats-fcm-send",
+        publishes=True,
+        estimates=True,
+    ),
+)
+
+
+def schedules() -> tuple[Schedule, ...]:
+    """The daemon's cron triggers (imports both jobs)."""
+    from app.jobs import fcm_send, usage_stats
+
+    return (usage_stats.SCHEDULE, fcm_send.SCHEDULE)
+
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Admin and actuator requests are short; a request still open after this is cut off.
@@ -83,14 +100,14 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stopping.set)
     try:
         async with open_launcher(settings, broker=True) as launcher:
-            policy = restart_policy(settings)
-            scheduler = Scheduler(launcher, settings.timezone, SCHEDULES, policy)
+            policy, scheduled = restart_policy(settings), schedules()
+            scheduler = Scheduler(launcher, settings.timezone, scheduled, policy)
             # Every replica takes over the executions whose runner died; one whose
             # scheduler is enabled also restarts the scheduled ones.
             reconciler = Reconciler(
                 launcher.repository,
                 settings.timezone,
-                SCHEDULES,
+                scheduled,
                 policy.misfire_grace,
                 scheduler.resume if settings.SCHEDULER_ENABLED else None,
                 every=settings.HEARTBEAT_SECONDS,

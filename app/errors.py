@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
-import aiohttp
 from asyncmy.errors import InterfaceError, OperationalError
 
 
@@ -34,7 +34,12 @@ _AVAILABILITY_DB_CODES = frozenset({1205, 1213, 2003, 2006, 2013, 2055, 1053, 19
 def is_availability_fault(exc: BaseException) -> bool:
     if isinstance(exc, AvailabilityError | ConnectionError | TimeoutError | asyncio.TimeoutError):
         return True
-    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+    # aiohttp's only if it is imported (no error of it can exist otherwise): a run that
+    # asks no peer starts without it.
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and isinstance(
+        exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
+    ):
         return True
     if isinstance(exc, OperationalError):
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None

@@ -9,15 +9,16 @@ import json
 import time
 from collections.abc import Callable, Collection, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.concurrency import gather_first_error
 from app.config import PeerSettings
 from app.edges.auth import SystemToken
 from app.errors import AvailabilityError, DataError
 from app.metrics import PEER_ERRORS, PEER_REQUESTS
+
+if TYPE_CHECKING:
+    import aiohttp
 
 REGIONS = "/internal/v1/stores/regions"
 STORE_SEARCH = "/internal/v1/stores/search"
@@ -49,7 +50,9 @@ class PeerAnswerError(PeerError, DataError):
 
 
 class PeerClient:
-    """`async with PeerClient(settings, token) as peers:` one HTTP session for all peer calls."""
+    """`async with PeerClient(settings, token) as peers:` one HTTP session for all peer
+    calls, opened by the first: aiohttp takes a tenth of a second to import (its TLS
+    contexts), spent only by a run that asks a peer."""
 
     def __init__(self, settings: PeerSettings, token: SystemToken) -> None:
         self._store_url = settings.store_url.rstrip("/")
@@ -58,13 +61,11 @@ class PeerClient:
         self._max_body = settings.max_body_bytes
         self._batch = min(settings.lookup_batch, MAX_BATCH)
         self._token = token
+        self._entered = False
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> PeerClient:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
-        )
+        self._entered = True
         return self
 
     async def __aexit__(
@@ -73,9 +74,22 @@ class PeerClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._entered = False
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _opened(self) -> aiohttp.ClientSession:
+        if not self._entered:
+            raise RuntimeError("PeerClient used outside `async with`")
+        if self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
+            )
+        return self._session
 
     async def store_dongs(self, store_ids: Collection[int]) -> dict[int, str]:
         """storeId -> dong; stores the store service does not know are absent."""
@@ -115,12 +129,13 @@ class PeerClient:
         body: list[Any],
         parse: Callable[[list[Any]], T],
     ) -> T:
-        if self._session is None:
-            raise RuntimeError("PeerClient used outside `async with`")
+        session = self._opened()
+        import aiohttp  # imported by _opened
+
         started = time.perf_counter()
         try:
             try:
-                async with self._session.post(
+                async with session.post(
                     base_url + endpoint,
                     json=body,
                     headers={"Authorization": f"Bearer {self._token.get()}"},

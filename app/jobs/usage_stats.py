@@ -119,38 +119,32 @@ def favourite(rows: Sequence[Row], dong_of: Mapping[int, str | None]) -> tuple[s
     greatest name in code-point order. Top hour: among the top dong's rows, most rows,
     then the latest row, then the greatest hour.
 
-    Plain loops and max over (count, latest, name) tuples on purpose: for the handful
-    of rows of a member they beat Counter and key functions, and this runs once per
-    member of the window.
+    Plain loops, lists of times and max over (count, latest, name) tuples on purpose:
+    for the handful of rows of a member they beat Counter and key functions, the dong
+    of each row is looked up once, and this runs once per member of the window.
     """
     get = dong_of.get
-    counts: dict[str, int] = {}
-    latest: dict[str, int] = {}
-    known = 0
+    times: dict[str, list[int]] = {}  # dong -> the times of its rows
     for _, store, at in rows:
         dong = get(store)
-        if dong is None:
-            continue
-        known += 1
-        count = counts.get(dong)
-        if count is None:
-            counts[dong] = 1
-            latest[dong] = at
-        else:
-            counts[dong] = count + 1
-            if at > latest[dong]:
-                latest[dong] = at
-    if known < MIN_ROWS:
-        return None
-    if len(counts) == 1:
-        (top,) = counts
-    else:  # counts and latest have the same keys in the same order
-        _, _, top = max(zip(counts.values(), latest.values(), counts, strict=True))
+        if dong is not None:
+            found = times.get(dong)
+            if found is None:
+                times[dong] = [at]
+            else:
+                found.append(at)
+    if len(times) == 1:
+        ((top, top_times),) = times.items()
+        if len(top_times) < MIN_ROWS:
+            return None
+    else:
+        if sum(map(len, times.values())) < MIN_ROWS:
+            return None
+        _, _, top = max([(len(ats), max(ats), dong) for dong, ats in times.items()])
+        top_times = times[top]
     hour_counts: dict[int, int] = {}
     hour_latest: dict[int, int] = {}
-    for _, store, at in rows:
-        if get(store) != top:
-            continue
+    for at in top_times:
         hour = at % _SECONDS_PER_DAY // 3600
         count = hour_counts.get(hour)
         if count is None:

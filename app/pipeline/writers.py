@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TextIO, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TextIO, TypeVar
 
 from asyncmy.connection import Connection
 
-from app.contracts import PushRequest, to_json_line
-from app.edges.broker import Broker, BrokerUnavailable
+if TYPE_CHECKING:  # and imported where used: a job writing to the database loads no AMQP
+    from app.contracts import PushRequest
+    from app.edges.broker import Broker
 
 OutT = TypeVar("OutT")
 OutT_contra = TypeVar("OutT_contra", contravariant=True)
@@ -68,6 +69,8 @@ class PublishingWriter:
         self.confirmed += total - len(lost)
         output[:] = lost
         if lost:
+            from app.edges.broker import BrokerUnavailable
+
             raise BrokerUnavailable(
                 f"broker: {len(lost)} of {total} messages lost their confirmation"
             )
@@ -91,6 +94,8 @@ class DryRunWriter:
 
     async def write(self, conn: Connection, output: Sequence[PushRequest]) -> None:
         if output:
+            from app.contracts import to_json_line
+
             text = "".join(to_json_line(req) + "\n" for req in output)
             await asyncio.to_thread(self._append, text)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,37 @@ class JobSpec:
     # What a run with these parsed parameters would process (the console's confirmation
     # before a real fan-out); None: the job has no estimate.
     estimate: Callable[[Resources, Mapping[str, str]], Awaitable[Estimate]] | None = None
+
+
+def job_in(
+    module: str, name: str, path: str, *, publishes: bool = False, estimates: bool = False
+) -> JobSpec:
+    """The job whose module `module` defines SPEC, imported the first time the job parses
+    parameters, builds a step or estimates: a run loads its own job's code and libraries
+    alone (the fan-out job's broker client is no part of a stats run's start-up). `name`,
+    `path`, `publishes` and whether it `estimates` are the module's SPEC's, known without
+    importing it."""
+
+    def loaded() -> JobSpec:
+        spec: JobSpec = importlib.import_module(module).SPEC
+        declared = (spec.name, spec.path, spec.publishes, spec.estimate is not None)
+        if declared != (name, path, publishes, estimates):
+            raise RuntimeError(f"{module}.SPEC is {spec}, registered as {name}, {path}")
+        return spec
+
+    async def estimate(resources: Resources, values: Mapping[str, str]) -> Estimate:
+        count = loaded().estimate
+        assert count is not None  # checked by loaded()
+        return await count(resources, values)
+
+    return JobSpec(
+        name=name,
+        path=path,
+        parse=lambda raw, now: loaded().parse(raw, now),
+        build=lambda context: loaded().build(context),
+        publishes=publishes,
+        estimate=estimate if estimates else None,
+    )
 
 
 class UnknownJob(LookupError):

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.edges.auth import SystemToken
-from app.edges.broker import Broker
 from app.edges.db import DbPool, open_pool
 from app.edges.peers import PeerClient
+
+if TYPE_CHECKING:
+    from app.edges.broker import Broker
 
 
 @dataclass(frozen=True)
@@ -27,5 +30,9 @@ async def open_resources(settings: Settings, *, broker: bool) -> AsyncIterator[R
         pool = await stack.enter_async_context(open_pool(settings.database))
         token = SystemToken(settings.jwt_key, settings.APPLICATION_NAME)
         peers = await stack.enter_async_context(PeerClient(settings.peers, token))
-        publisher = await stack.enter_async_context(Broker(settings.broker)) if broker else None
+        publisher = None
+        if broker:  # imported here: aio-pika is no part of a run that publishes nothing
+            from app.edges.broker import Broker
+
+            publisher = await stack.enter_async_context(Broker(settings.broker))
         yield Resources(settings=settings, pool=pool, peers=peers, broker=publisher)

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from asyncmy.pool import Pool
 
-from app.composition import JOBS, SCHEDULES
+from app.composition import JOBS, schedules
 from app.config import Settings
 from app.edges.db import fetch_all
 from app.jobs import fcm_send, usage_stats
@@ -33,7 +33,7 @@ from app.runtime.scheduler import (
 from tests.reliability.support import until
 
 SEOUL = ZoneInfo("Asia/Seoul")
-STATS, FANOUT = SCHEDULES
+STATS, FANOUT = schedules()
 POLICY = RestartPolicy(attempts=0, backoff_seconds=0.1, misfire_grace=timedelta(minutes=10))
 
 
@@ -299,12 +299,12 @@ async def test_the_reconciler_takes_over_dead_executions_and_restarts_those_wort
             "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 3 SECOND"
         )
     policy = replace(POLICY, attempts=1)
-    scheduler = Scheduler(launcher, SEOUL, SCHEDULES, policy)
+    scheduler = Scheduler(launcher, SEOUL, schedules(), policy)
     reconcilers = [
         Reconciler(
             JobRepository(r.resources.pool, abandon_after_seconds=2),
             SEOUL,
-            SCHEDULES,
+            schedules(),
             policy.misfire_grace,
             scheduler.resume,
             every=0.1,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from datetime import date, datetime
 
 import pytest
@@ -252,6 +254,34 @@ MEMBER_CASES = {
 @pytest.mark.parametrize(("rows", "expected"), list(MEMBER_CASES.values()), ids=list(MEMBER_CASES))
 def test_favourite_drops_unknown_stores_first(rows, expected) -> None:
     assert favourite(rows, STORES) == expected
+
+
+def reference(rows, dong_of) -> tuple[str, int] | None:
+    """favourite() as its docstring states it, written plainly (Counter, sort keys)."""
+    known = [(dong_of[store], at) for _, store, at in rows if dong_of.get(store) is not None]
+    if len(known) < MIN_ROWS:
+        return None
+
+    def top(pairs: list[tuple[object, int]]) -> object:
+        counts = Counter(key for key, _ in pairs)
+        latest = {key: max(at for k, at in pairs if k == key) for key in counts}
+        return max(counts, key=lambda key: (counts[key], latest[key], key))
+
+    dong = top(known)
+    return dong, top([(hour_of(at), at) for d, at in known if d == dong])
+
+
+def test_favourite_equals_the_plain_reference_on_random_members() -> None:
+    """Few stores, dongs, hours and times per member: ties of every kind are common."""
+    draw = random.Random(20251031)
+    dong_of = {1: "상도동", 2: "상도동", 3: "흑석동", 4: "사당동", 5: None, 6: "가동"}
+    start = to_seconds(f"{D}0 00:00:00")
+    for _ in range(3000):
+        rows = [
+            (7, draw.randint(1, 7), start + 3600 * draw.randint(0, 40) + draw.choice((0, 59)))
+            for _ in range(draw.randint(0, 12))
+        ]
+        assert favourite(rows, dong_of) == reference(rows, dong_of), rows
 
 
 def test_min_rows_is_five() -> None:
