@@ -19,6 +19,7 @@ from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from app.schema.migrate import migrate
 from tests.conftest import DB_SERVER
+from tests.integration.test_migrate import ALL as ALL_MIGRATIONS
 from tests.integration.tls_mariadb import PASSWORD, USER, TlsServer, run_tls_mariadb
 from tests.samples import SAMPLE_STORES
 from tests.settings import make_settings
@@ -64,11 +65,7 @@ async def test_migrate_and_the_stats_job_run_over_tls(server: TlsServer) -> None
     )
     assert settings.database.target.ssl_mode == "VERIFY_CA"
     async with open_pool(settings.database) as pool:
-        assert await migrate(pool, dev_schema=True) == [
-            "V001__spring_batch_metadata",
-            "V002__coupon_usage_stats",
-            "V003__coupon_usage_stats_by_date",
-        ]
+        assert await migrate(pool, dev_schema=True) == ALL_MIGRATIONS
         async with pool.acquire() as conn, conn.cursor() as cur:
             # member 1: 5 rows, 3 at store 9 (서교동) at 15:00; member 2: 4 rows, not eligible
             await cur.executemany(
