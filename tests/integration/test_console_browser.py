@@ -501,16 +501,13 @@ def test_completed_with_skips_and_another_replica_s_run_are_told_apart(
         browser.find_element(By.CSS_SELECTOR, f'#rows tr[data-id="{elsewhere}"] td.id').click()
         live = wait_for(
             browser,
+            # One read of the list: the page may redraw it between two separate reads.
             lambda d: (
-                [
-                    dd.text
-                    for dt, dd in zip(
-                        d.find_elements(By.CSS_SELECTOR, "#details-fields dt"),
-                        d.find_elements(By.CSS_SELECTOR, "#details-fields dd"),
-                        strict=True,
-                    )
-                    if dt.text == "Live"
-                ]
+                d.execute_script(
+                    "return [...document.querySelectorAll('#details-fields dt')]"
+                    ".filter(dt => dt.innerText === 'Live')"
+                    ".map(dt => dt.nextElementSibling.innerText)"
+                )
                 or None
             ),
             "the details of the other replica's run",
