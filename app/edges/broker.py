@@ -20,12 +20,12 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
-from aiormq import spec
+from aiormq import Channel, spec
 
 from app.config import BrokerSettings
 from app.contracts import EXCHANGE
@@ -193,10 +193,14 @@ class Broker:
 
         What aio-pika's Exchange.publish does, on its channel's aiormq channel, looked up
         once (a publish after a loss of it fails at once and counts as lost): per message,
-        only its frames and its task, whose deadline is aiormq's own.
+        only its frames and its task, whose deadline is aiormq's own. `wait=False`: a
+        publish holds the channel's lock only to queue its frames, not until the socket
+        has taken them, so that the publishes of one turn of the loop go out together
+        (the window bounds what is written ahead of the confirmations).
         """
         window = self._window
-        channel = await self._channel.get_underlay_channel()
+        # aiormq's Channel, whose basic_publish (unlike its abstract one) takes `wait`.
+        channel = cast(Channel, await self._channel.get_underlay_channel())
         sent: dict[asyncio.Task[Any], OutgoingMessage] = {}
         stop = False
 
@@ -223,6 +227,7 @@ class Broker:
                         properties=message.properties,
                         mandatory=True,
                         timeout=self._confirm_timeout,
+                        wait=False,
                     )
                 )
                 task.add_done_callback(settle)
