@@ -5,8 +5,16 @@ from datetime import date
 
 import aio_pika
 import pytest
+from aiormq import spec
 
-from app.contracts import EXCHANGE, ROUTING_KEY, TYPE_ID, PushRequest, encode_body
+from app.contracts import (
+    CONSUMER_QUEUE,
+    EXCHANGE,
+    ROUTING_KEY,
+    TYPE_ID,
+    PushRequest,
+    encode_body,
+)
 from app.edges.broker import (
     Broker,
     BrokerUnavailable,
@@ -55,6 +63,39 @@ async def test_message_properties_on_the_wire(queue: str) -> None:
     assert msg.priority == 0
     unset = ("app_id", "correlation_id", "expiration", "reply_to", "timestamp", "type", "user_id")
     assert {name: getattr(msg, name) for name in unset} == dict.fromkeys(unset)
+
+
+# Another job's message (a weekly digest, one per member): nothing of the fan-out's contract.
+DIGEST_KEY = "member.weekly.digest"
+
+
+def digest(member: int) -> OutgoingMessage:
+    properties = spec.Basic.Properties(
+        content_type="text/plain", message_id=f"digest-2025-W44-{member}", headers={"week": 44}
+    )
+    return OutgoingMessage(DIGEST_KEY, f"week 44 of member {member}".encode(), properties)
+
+
+async def test_any_jobs_message_goes_out_as_the_job_encoded_it(queue: str) -> None:
+    async with await aio_pika.connect(rabbit.amqp_url(queue)) as connection:
+        channel = await connection.channel()
+        consumer = await channel.get_queue(CONSUMER_QUEUE)
+        await consumer.bind(EXCHANGE, DIGEST_KEY)
+    async with Broker(make_settings(RABBITMQ_VHOST=queue).broker) as broker:
+        assert await broker.publish([digest(7)]) == []
+
+    [msg] = await rabbit.consume(queue, 1, idle=0.2)
+    assert (msg.routing_key, msg.body) == (DIGEST_KEY, b"week 44 of member 7")
+    assert (msg.content_type, msg.message_id) == ("text/plain", "digest-2025-W44-7")
+    assert msg.headers == {"week": 44}
+    assert msg.content_encoding is None
+
+
+async def test_an_unroutable_message_names_its_own_routing_key() -> None:
+    with rabbit.temporary_vhost("unbound") as vhost:
+        async with Broker(make_settings(RABBITMQ_VHOST=vhost).broker) as broker:
+            with pytest.raises(UnroutableError, match=f"routing key '{DIGEST_KEY}' on exchange"):
+                await broker.publish([digest(7), digest(8)])
 
 
 async def test_concurrent_callers_all_confirmed_and_delivered(queue: str) -> None:
