@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TextIO, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TextIO, TypeVar
 
 from asyncmy.connection import Connection
 
-from app.edges.broker import Broker, BrokerUnavailable, OutgoingMessage
+if TYPE_CHECKING:  # and imported where used: a job writing to the database loads no AMQP
+    from app.edges.broker import Broker, OutgoingMessage
 
 OutT = TypeVar("OutT")
 OutT_contra = TypeVar("OutT_contra", contravariant=True)
@@ -67,6 +68,8 @@ class PublishingWriter:
         self.confirmed += total - len(lost)
         output[:] = lost
         if lost:
+            from app.edges.broker import BrokerUnavailable
+
             raise BrokerUnavailable(
                 f"broker: {len(lost)} of {total} messages lost their confirmation"
             )
