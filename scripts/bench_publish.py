@@ -44,6 +44,7 @@ from app.contracts import (
     encode_body,
 )
 from app.edges.broker import Broker
+from app.jobs.fcm_send import to_message
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -137,7 +138,7 @@ async def broker_publish(
 ) -> None:
     async def caller(share: Sequence[PushRequest]) -> None:
         for i in range(0, len(share), batch):
-            assert not await broker.publish(share[i : i + batch])
+            assert not await broker.publish([to_message(r) for r in share[i : i + batch]])
 
     async with Broker(settings.broker) as broker:
         await asyncio.gather(*(caller(requests[i::callers]) for i in range(callers)))

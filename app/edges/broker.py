@@ -1,4 +1,7 @@
-"""The confirm-mode publisher of push requests to `coupon.exchange`.
+"""The confirm-mode publisher of any job's messages to the platform's `coupon.exchange`.
+
+A job encodes what it publishes as `OutgoingMessage`s (routing key, body bytes and AMQP
+properties, the message id among them); this edge knows no job's contract.
 
 A message counts as sent only once the broker has confirmed it (Basic.Ack), so a
 lost connection can never lose one silently. `publish` tries each message once and
@@ -6,8 +9,8 @@ hands back the ones whose answer was lost with the channel, or did not come with
 `BROKER_STALL_SECONDS` (one WARNING names the stalled broker): the step runner, the one
 owner of retries, publishes them again. A message the broker returns (no queue bound)
 or nacks is a data fault of the chunk: it is not published again. A duplicate is
-harmless because the notification service drops a trace id it has already seen; a loss
-is not.
+harmless because the consumer drops a message id it has already seen (the notification
+service drops a trace id, the fan-out's message id); a loss is not.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any, NamedTuple, cast
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
-from aiormq import spec
+from aiormq import Channel, spec
 
 from app.config import BrokerSettings
-from app.contracts import EXCHANGE, ROUTING_KEY, PushRequest, amqp_properties, encode_body
+from app.contracts import EXCHANGE
 from app.errors import AvailabilityError, DataError
 from app.metrics import MESSAGES
 
@@ -39,7 +43,7 @@ _LOST = (*CONNECTION_EXCEPTIONS, TimeoutError)
 _CLOSE_SECONDS = 5.0
 
 
-def _outcome(task: asyncio.Task[object]) -> str:
+def _outcome(task: asyncio.Task[Any]) -> str:
     """What became of one publish: confirmed, returned, nacked, failed, or error (a bug)."""
     if task.cancelled():
         return "failed"
@@ -51,6 +55,16 @@ def _outcome(task: asyncio.Task[object]) -> str:
     if isinstance(exc, DeliveryError):
         return "nacked"
     return "failed" if isinstance(exc, _LOST) else "error"
+
+
+class OutgoingMessage(NamedTuple):
+    """One message for the exchange, as the job's contract encodes it: exactly the bytes
+    and properties a consumer receives. `properties.message_id` names it in the logs (a
+    consumer may deduplicate by it). A tuple: one is made per message sent."""
+
+    routing_key: str
+    body: bytes
+    properties: spec.Basic.Properties
 
 
 class BrokerUnavailable(AvailabilityError):
@@ -66,7 +80,7 @@ class MessagesNacked(DataError):
 
 
 class Broker:
-    """`async with Broker(settings) as broker: lost = await broker.publish(requests)`.
+    """`async with Broker(settings) as broker: lost = await broker.publish(messages)`.
 
     One robust connection and one confirm-mode channel, shared by every concurrent
     caller of `publish`, with at most `PUBLISH_WINDOW` unconfirmed messages in flight.
@@ -166,21 +180,31 @@ class Broker:
                 self._address,
             )
 
-    async def publish(self, requests: Sequence[PushRequest]) -> list[PushRequest]:
-        """Publish each request once, pipelined through the window, once the channel is
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> list[OutgoingMessage]:
+        """Publish each message once, pipelined through the window, once the channel is
         open; return the ones whose answer was lost with the channel. A returned message
         raises UnroutableError, a nacked one MessagesNacked."""
         await self._open()
         await self._until_open()
-        return await self._publish_once(requests)
+        return await self._publish_once(messages)
 
-    async def _publish_once(self, requests: Sequence[PushRequest]) -> list[PushRequest]:
-        """Publish each request once, pipelined through the window; return the lost."""
+    async def _publish_once(self, messages: Sequence[OutgoingMessage]) -> list[OutgoingMessage]:
+        """Publish each message once, pipelined through the window; return the lost.
+
+        What aio-pika's Exchange.publish does, on its channel's aiormq channel, looked up
+        once (a publish after a loss of it fails at once and counts as lost): per message,
+        only its frames and its task, whose deadline is aiormq's own. `wait=False`: a
+        publish holds the channel's lock only to queue its frames, not until the socket
+        has taken them, so that the publishes of one turn of the loop go out together
+        (the window bounds what is written ahead of the confirmations).
+        """
         window = self._window
-        sent: dict[asyncio.Task[object], PushRequest] = {}
+        # aiormq's Channel, whose basic_publish (unlike its abstract one) takes `wait`.
+        channel = cast(Channel, await self._channel.get_underlay_channel())
+        sent: dict[asyncio.Task[Any], OutgoingMessage] = {}
         stop = False
 
-        def settle(task: asyncio.Task[object]) -> None:
+        def settle(task: asyncio.Task[Any]) -> None:
             nonlocal stop
             window.release()
             # After a return or a loss the next messages would fare the same: stop sending.
@@ -188,18 +212,26 @@ class Broker:
                 stop = True
 
         try:
-            for req in requests:
+            for message in messages:
                 await window.acquire()
                 if stop:
                     window.release()
                     break
-                # Who, never the body: it holds the member's FCM token.
-                log.debug("publishing: traceId=%s memberId=%d", req.trace_id, req.member_id)
+                # Which, never the body: it may hold personal data (a member's FCM token).
+                log.debug("publishing: message id %s", message.properties.message_id)
                 task = asyncio.create_task(
-                    self._publish_one(encode_body(req), amqp_properties(req))
+                    channel.basic_publish(
+                        message.body,
+                        exchange=EXCHANGE,
+                        routing_key=message.routing_key,
+                        properties=message.properties,
+                        mandatory=True,
+                        timeout=self._confirm_timeout,
+                        wait=False,
+                    )
                 )
                 task.add_done_callback(settle)
-                sent[task] = req
+                sent[task] = message
             if sent:
                 await asyncio.wait(sent)
         except BaseException:
@@ -210,10 +242,11 @@ class Broker:
             raise
 
         tally: Counter[str] = Counter(published=len(sent))
-        lost = list(requests[len(sent) :])
+        lost = list(messages[len(sent) :])
+        returned: set[str] = set()  # their routing keys
         bug: BaseException | None = None
         unanswered = 0
-        for task, req in sent.items():
+        for task, message in sent.items():
             outcome = _outcome(task)
             if not task.cancelled() and isinstance(task.exception(), TimeoutError):
                 unanswered += 1
@@ -222,7 +255,9 @@ class Broker:
                 outcome = "failed"
             tally[outcome] += 1
             if outcome == "failed":
-                lost.append(req)
+                lost.append(message)
+            elif outcome == "returned":
+                returned.add(message.routing_key)
         for outcome, count in tally.items():
             MESSAGES.labels(outcome).inc(count)
         if unanswered:
@@ -236,30 +271,16 @@ class Broker:
             )
         if bug is not None:
             raise bug
-        if tally["returned"]:
+        if returned:
             raise UnroutableError(
                 f"{tally['returned']} messages returned as unroutable: no queue is bound to "
-                f"routing key {ROUTING_KEY!r} on exchange {EXCHANGE!r}"
+                f"routing key {', '.join(map(repr, sorted(returned)))} on exchange {EXCHANGE!r}"
             )
         if tally["nacked"]:
             raise MessagesNacked(
-                f"{tally['nacked']} of {len(requests)} messages nacked by the broker"
+                f"{tally['nacked']} of {len(messages)} messages nacked by the broker"
             )
         return lost
-
-    async def _publish_one(self, body: bytes, properties: spec.Basic.Properties) -> object:
-        # The deadline covers the wait for a reconnection too, which aio-pika's own
-        # `timeout` does not: without it a publish could wait for a broker forever.
-        async with asyncio.timeout(self._confirm_timeout):
-            # What aio-pika's Exchange.publish does, given the frame's properties.
-            channel = await self._channel.get_underlay_channel()
-            return await channel.basic_publish(
-                body,
-                exchange=EXCHANGE,
-                routing_key=ROUTING_KEY,
-                properties=properties,
-                mandatory=True,
-            )
 
     async def _until_open(self) -> None:
         """Wait, bounded, for the robust connection to bring the channel back.

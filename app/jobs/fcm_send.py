@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 
 from app.concurrency import SharedLookup, SharedValue, gather_first_error
 from app.config import DatabaseSettings, StepPolicy
-from app.contracts import PushRequest
+from app.contracts import ROUTING_KEY, PushRequest, amqp_properties, encode_body
+from app.edges.broker import OutgoingMessage
 from app.edges.db import DbPool, StallDeadline, fetch_all, open_connection, stream_rows
 from app.edges.peers import PeerClient
 from app.model import JobParameter
@@ -98,6 +99,11 @@ def decide(
         )
         for token in dict.fromkeys(tokens)  # a token listed twice is pushed once
     ]
+
+
+def to_message(req: PushRequest) -> OutgoingMessage:
+    """The push request as the notification service receives it (CONTRACTS section 3)."""
+    return OutgoingMessage(ROUTING_KEY, encode_body(req), amqp_properties(req))
 
 
 # --- the queries ---------------------------------------------------------------------
@@ -220,12 +226,12 @@ class _RunLookups:
 # --- the step ------------------------------------------------------------------------
 
 
-def build(context: JobContext) -> StepDefinition[LatestStats, list[PushRequest]]:
+def build(context: JobContext) -> StepDefinition[LatestStats, list[OutgoingMessage]]:
     resources = context.resources
     settings = resources.settings
     run_date = date.fromisoformat(context.parameters["runDate"])
     target_hour = int(context.parameters["targetHour"])
-    writer: Writer[list[PushRequest]]
+    writer: Writer[list[OutgoingMessage]]
     if context.dry_run_output is not None:
         writer = DryRunWriter(context.dry_run_output)
     elif resources.broker is not None:
@@ -243,7 +249,7 @@ def build(context: JobContext) -> StepDefinition[LatestStats, list[PushRequest]]
             None if checkpoint is None else int(checkpoint),
         )
 
-    async def process(chunk: Chunk[LatestStats]) -> Processed[list[PushRequest]]:
+    async def process(chunk: Chunk[LatestStats]) -> Processed[list[OutgoingMessage]]:
         items = chunk.items
         dongs = list(dict.fromkeys(stats.top_dong for stats in items))
         tokens, stores, events = await gather_first_error(
@@ -251,7 +257,7 @@ def build(context: JobContext) -> StepDefinition[LatestStats, list[PushRequest]]
             lookups.stores.get(dongs),
             lookups.events.get(),
         )
-        requests: list[PushRequest] = []
+        messages: list[OutgoingMessage] = []
         filtered = 0
         for stats in items:
             store_ids = stores.get(stats.top_dong)
@@ -260,8 +266,8 @@ def build(context: JobContext) -> StepDefinition[LatestStats, list[PushRequest]]
             if isinstance(decision, Filtered):
                 filtered += 1
             else:
-                requests.extend(decision)
-        return Processed(output=requests, filtered=filtered)
+                messages.extend(map(to_message, decision))
+        return Processed(output=messages, filtered=filtered)
 
     return StepDefinition(
         name=STEP_NAME,

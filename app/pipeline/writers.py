@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TextIO, TypeVar
 from asyncmy.connection import Connection
 
 if TYPE_CHECKING:  # and imported where used: a job writing to the database loads no AMQP
-    from app.contracts import PushRequest
-    from app.edges.broker import Broker
+    from app.edges.broker import Broker, OutgoingMessage
 
 OutT = TypeVar("OutT")
 OutT_contra = TypeVar("OutT_contra", contravariant=True)
@@ -52,15 +51,15 @@ class DatabaseWriter(Generic[OutT]):
 
 @dataclass
 class PublishingWriter:
-    """The chunk's push requests, published with confirms: the checkpoint commits once
-    the broker has confirmed every one. What the broker confirmed leaves the list, so a
-    retry of the chunk publishes only the rest."""
+    """The chunk's messages, published with confirms: the checkpoint commits once the
+    broker has confirmed every one. What the broker confirmed leaves the list, so a retry
+    of the chunk publishes only the rest."""
 
     broker: Broker
     published: int = 0  # publishes tried, republished ones included
     confirmed: int = 0
 
-    async def deliver(self, output: list[PushRequest]) -> None:
+    async def deliver(self, output: list[OutgoingMessage]) -> None:
         if not output:
             return
         total = len(output)
@@ -75,7 +74,7 @@ class PublishingWriter:
                 f"broker: {len(lost)} of {total} messages lost their confirmation"
             )
 
-    async def write(self, conn: Connection, output: list[PushRequest]) -> None:
+    async def write(self, conn: Connection, output: list[OutgoingMessage]) -> None:
         return None
 
     def report(self) -> dict[str, int]:
@@ -84,19 +83,17 @@ class PublishingWriter:
 
 @dataclass(frozen=True)
 class DryRunWriter:
-    """The chunk's push requests as JSON lines (the bodies they would have), in read
-    order, off the event loop; nothing is published."""
+    """The chunk's messages, each body a line of UTF-8 text (a JSON message's body is
+    its JSON line), in read order, off the event loop; nothing is published."""
 
     output: TextIO
 
-    async def deliver(self, output: Sequence[PushRequest]) -> None:
+    async def deliver(self, output: Sequence[OutgoingMessage]) -> None:
         return None
 
-    async def write(self, conn: Connection, output: Sequence[PushRequest]) -> None:
+    async def write(self, conn: Connection, output: Sequence[OutgoingMessage]) -> None:
         if output:
-            from app.contracts import to_json_line
-
-            text = "".join(to_json_line(req) + "\n" for req in output)
+            text = "".join(message.body.decode() + "\n" for message in output)
             await asyncio.to_thread(self._append, text)
 
     def _append(self, text: str) -> None:

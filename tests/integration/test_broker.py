@@ -5,9 +5,24 @@ from datetime import date
 
 import aio_pika
 import pytest
+from aiormq import spec
 
-from app.contracts import EXCHANGE, ROUTING_KEY, TYPE_ID, PushRequest, encode_body
-from app.edges.broker import Broker, BrokerUnavailable, MessagesNacked, UnroutableError
+from app.contracts import (
+    CONSUMER_QUEUE,
+    EXCHANGE,
+    ROUTING_KEY,
+    TYPE_ID,
+    PushRequest,
+    encode_body,
+)
+from app.edges.broker import (
+    Broker,
+    BrokerUnavailable,
+    MessagesNacked,
+    OutgoingMessage,
+    UnroutableError,
+)
+from app.jobs.fcm_send import to_message
 from app.metrics import REGISTRY
 from tests.integration import rabbit
 from tests.proxy import FaultProxy, through
@@ -22,6 +37,11 @@ def requests(n: int, *, start: int = 0) -> list[PushRequest]:
     ]
 
 
+def messages(reqs: list[PushRequest]) -> list[OutgoingMessage]:
+    """The fan-out job's messages of these push requests."""
+    return [to_message(req) for req in reqs]
+
+
 def counted(outcome: str) -> float:
     return REGISTRY.get_sample_value("batch_messages_total", {"outcome": outcome}) or 0.0
 
@@ -29,7 +49,7 @@ def counted(outcome: str) -> float:
 async def test_message_properties_on_the_wire(queue: str) -> None:
     req = PushRequest.for_token(date(2025, 10, 25), 101, "token-101-a", "노량진동", 10, 3)
     async with Broker(make_settings(RABBITMQ_VHOST=queue).broker) as broker:
-        await broker.publish([req])
+        await broker.publish(messages([req]))
 
     [msg] = await rabbit.consume(queue, 1, idle=0.2)
     assert msg.body == encode_body(req)
@@ -45,11 +65,44 @@ async def test_message_properties_on_the_wire(queue: str) -> None:
     assert {name: getattr(msg, name) for name in unset} == dict.fromkeys(unset)
 
 
+# Another job's message (a weekly digest, one per member): nothing of the fan-out's contract.
+DIGEST_KEY = "member.weekly.digest"
+
+
+def digest(member: int) -> OutgoingMessage:
+    properties = spec.Basic.Properties(
+        content_type="text/plain", message_id=f"digest-2025-W44-{member}", headers={"week": 44}
+    )
+    return OutgoingMessage(DIGEST_KEY, f"week 44 of member {member}".encode(), properties)
+
+
+async def test_any_jobs_message_goes_out_as_the_job_encoded_it(queue: str) -> None:
+    async with await aio_pika.connect(rabbit.amqp_url(queue)) as connection:
+        channel = await connection.channel()
+        consumer = await channel.get_queue(CONSUMER_QUEUE)
+        await consumer.bind(EXCHANGE, DIGEST_KEY)
+    async with Broker(make_settings(RABBITMQ_VHOST=queue).broker) as broker:
+        assert await broker.publish([digest(7)]) == []
+
+    [msg] = await rabbit.consume(queue, 1, idle=0.2)
+    assert (msg.routing_key, msg.body) == (DIGEST_KEY, b"week 44 of member 7")
+    assert (msg.content_type, msg.message_id) == ("text/plain", "digest-2025-W44-7")
+    assert msg.headers == {"week": 44}
+    assert msg.content_encoding is None
+
+
+async def test_an_unroutable_message_names_its_own_routing_key() -> None:
+    with rabbit.temporary_vhost("unbound") as vhost:
+        async with Broker(make_settings(RABBITMQ_VHOST=vhost).broker) as broker:
+            with pytest.raises(UnroutableError, match=f"routing key '{DIGEST_KEY}' on exchange"):
+                await broker.publish([digest(7), digest(8)])
+
+
 async def test_concurrent_callers_all_confirmed_and_delivered(queue: str) -> None:
     batches = [requests(500, start=i * 500) for i in range(6)]
     confirmed = counted("confirmed")
     async with Broker(make_settings(RABBITMQ_VHOST=queue, PUBLISH_WINDOW=100).broker) as broker:
-        await asyncio.gather(*(broker.publish(batch) for batch in batches))
+        await asyncio.gather(*(broker.publish(messages(batch)) for batch in batches))
     assert counted("confirmed") - confirmed == 3000
 
     got = await rabbit.consume(queue, 3000, idle=0.3)
@@ -61,14 +114,14 @@ async def test_unroutable_message_raises() -> None:
     with rabbit.temporary_vhost("unbound") as vhost:
         async with Broker(make_settings(RABBITMQ_VHOST=vhost).broker) as broker:
             with pytest.raises(UnroutableError, match=ROUTING_KEY):
-                await broker.publish(requests(50))
+                await broker.publish(messages(requests(50)))
 
 
 async def test_connection_closed_mid_publish_loses_nothing(queue: str) -> None:
     reqs = requests(15_000)
     failed = counted("failed")
     async with Broker(make_settings(RABBITMQ_VHOST=queue).broker, reconnect_interval=0.2) as broker:
-        publishing = asyncio.create_task(broker.publish(reqs))
+        publishing = asyncio.create_task(broker.publish(messages(reqs)))
         await asyncio.sleep(0.3)
         assert await asyncio.to_thread(rabbit.close_connections, queue, "test: mid-publish") == 1
         unconfirmed = await publishing
@@ -99,7 +152,7 @@ async def test_nacked_messages_are_a_data_fault_not_published_again() -> None:
         sent = requests(25)
         async with Broker(make_settings(RABBITMQ_VHOST=vhost).broker) as broker:
             with pytest.raises(MessagesNacked, match="15 of 25 messages nacked by the broker"):
-                await broker.publish(sent)
+                await broker.publish(messages(sent))
         assert counted("confirmed") - confirmed == 10  # all the queue holds
         assert counted("nacked") - nacked == 15
 
@@ -137,7 +190,8 @@ async def test_a_stalled_broker_loses_publishes_named_and_closes_within_seconds(
     settings = through(
         make_settings(RABBITMQ_VHOST=queue, BROKER_STALL_SECONDS=1), broker=broker_proxy
     )
-    first, held = requests(3), requests(5, start=3)
+    first_requests, held_requests = requests(3), requests(5, start=3)
+    first, held = messages(first_requests), messages(held_requests)
     failed = counted("failed")
     async with asyncio.timeout(30):  # before: a close during a stall waited 100 s and more
         async with Broker(settings.broker) as broker:
@@ -156,4 +210,5 @@ async def test_a_stalled_broker_loses_publishes_named_and_closes_within_seconds(
     broker_proxy.resume()
     # The held publishes reached the broker once the bytes flowed: duplicates, no loss.
     got = await rabbit.consume(queue, 13, idle=0.3)
-    assert sorted(m.body for m in got) == sorted(encode_body(r) for r in [*first, *held, *held])
+    resent = [*first_requests, *held_requests, *held_requests]
+    assert sorted(m.body for m in got) == sorted(encode_body(r) for r in resent)

@@ -192,7 +192,7 @@ async def test_push_tokens_are_never_logged_even_at_debug(
     assert sum(line["log.level"] == "DEBUG" for line in lines) > 2  # DEBUG was on
     assert sorted(
         line["message"] for line in lines if line["message"].startswith("publishing:")
-    ) == sorted(f"publishing: traceId={p['traceId']} memberId=101" for p in published)
+    ) == sorted(f"publishing: message id {p['traceId']}" for p in published)
 
 
 async def test_json_logs_make_a_usage_error_a_json_line(settings: Settings, tmp_path: Path) -> None:
