@@ -9,7 +9,6 @@ import contextlib
 import io
 import logging
 import re
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +28,6 @@ from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
 from app.model import (
-    ABANDONABLE,
     COMPLETED_WITH_SKIPS,
     RUNNING,
     JobExecution,
@@ -41,7 +39,9 @@ from app.repository import JobRepository
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob
 from app.runtime.memory import tune_gc
+from app.runtime.operator import JobOperator, NoSuchExecution, Refused
 from app.runtime.parameters import ParameterError, backfill_dates
+from app.runtime.signals import stop_signals
 from app.schema.migrate import MigrationDenied, migrate
 
 log = logging.getLogger("app")
@@ -172,7 +172,9 @@ async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | No
     publishes = spec.publishes and not args.dry_run
     async with open_launcher(settings, broker=publishes) as launcher:
         try:
-            run = await launcher.launch(spec, raw, rerun=args.rerun, dry_run_output=output)
+            run = await JobOperator.of(launcher).start(
+                spec.path, raw, rerun=args.rerun, dry_run_output=output
+            )
         except ParameterError as exc:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
@@ -218,7 +220,7 @@ def _exit_code(execution: JobExecution) -> int:
 async def _restart(settings: Settings, execution_id: int, quiet: bool) -> int:
     async with open_launcher(settings, broker=True) as launcher:
         try:
-            run = await launcher.restart(execution_id)
+            run = await JobOperator.of(launcher).restart(execution_id)
         except LookupError as exc:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
@@ -266,7 +268,9 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 async def _executions(settings: Settings, status: str | None, limit: int) -> int:
     async with open_pool(settings.database) as pool:
         repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
-        executions = await repository.recent_executions(status, max(1, min(limit, 100)))
+        executions = await JobOperator(repository).executions(
+            status=status, limit=max(1, min(limit, 100))
+        )
     tz = settings.timezone
     counts_title = "read/written/filtered/skipped"
     print(
@@ -292,19 +296,20 @@ async def _executions(settings: Settings, status: str | None, limit: int) -> int
 
 async def _operate(settings: Settings, action: str, execution_id: int) -> int:
     """stop or abandon, through the job repository (any replica's runner obeys)."""
-    allowed: tuple[Status, ...]
     async with open_pool(settings.database) as pool:
         repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
-        if action == "stop":
-            found, allowed = await repository.request_stop(execution_id), RUNNING
-        else:
-            found, allowed = await repository.abandon(execution_id), ABANDONABLE
-    if found is None:
-        _say(settings, f"error: no job execution {execution_id}", logging.ERROR)
-        return EXIT_USAGE
-    if found not in allowed:
-        _say(settings, f"not done: execution {execution_id} is {found}", logging.WARNING)
-        return EXIT_REFUSED
+        operator = JobOperator(repository)
+        try:
+            if action == "stop":
+                found = await operator.stop(execution_id)
+            else:
+                found = await operator.abandon(execution_id)
+        except NoSuchExecution as exc:
+            _say(settings, f"error: {exc}", logging.ERROR)
+            return EXIT_USAGE
+        except Refused as exc:
+            _say(settings, f"not done: execution {execution_id} is {exc.status}", logging.WARNING)
+            return EXIT_REFUSED
     if action == "stop":
         _say(
             settings,
@@ -320,11 +325,7 @@ async def _until_done_or_signal(
     launcher: Launcher, tasks: Sequence[asyncio.Task[None]], grace: float
 ) -> None:
     """Wait for the runs; on SIGINT/SIGTERM stop them after their chunks in flight."""
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
+    with stop_signals() as stopping:
         waiter: asyncio.Future[Any] = asyncio.create_task(stopping.wait())
         everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         await asyncio.wait({everything, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -333,9 +334,6 @@ async def _until_done_or_signal(
             log.info("signal received: stopping the runs after their chunks in flight")
             await launcher.shutdown(grace)
         await everything
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 # The settings a command reads, where it needs not all: migrate reaches the database

@@ -3,10 +3,8 @@ and the web app together (the runtime knows no job and no web module)."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -18,6 +16,7 @@ from app.runtime.launcher import Launcher
 from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
 from app.runtime.scheduler import RestartPolicy, Schedule, Scheduler
+from app.runtime.signals import stop_signals
 
 if TYPE_CHECKING:
     from aiohttp.web import TCPSite
@@ -45,7 +44,6 @@ def schedules() -> tuple[Schedule, ...]:
     return (usage_stats.SCHEDULE, fcm_send.SCHEDULE)
 
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Admin and actuator requests are short; a request still open after this is cut off.
 _HTTP_SHUTDOWN_SECONDS = 5.0
 
@@ -94,11 +92,7 @@ async def serve(settings: Settings) -> int:
 
     from app.web.app import create_app, resource_checks
 
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in _SIGNALS:
-        loop.add_signal_handler(sig, stopping.set)
-    try:
+    with stop_signals() as stopping:
         async with open_launcher(settings, broker=True) as launcher:
             policy, scheduled = restart_policy(settings), schedules()
             scheduler = Scheduler(launcher, settings.timezone, scheduled, policy)
@@ -143,9 +137,6 @@ async def serve(settings: Settings) -> int:
                 await launcher.shutdown(settings.SHUTDOWN_GRACE_SECONDS)
                 await runner.cleanup()
             unrecorded = launcher.unrecorded
-    finally:
-        for sig in _SIGNALS:
-            loop.remove_signal_handler(sig)
     if unrecorded:
         log.error(
             "stopped; %d outcome(s) could not be recorded: the next launch of each instance"

@@ -17,6 +17,7 @@ from app.logs import bind_log_context
 from app.metrics import JOB_DURATION, JOB_OUTCOMES, STEP_DURATION
 from app.model import COMPLETED_WITH_SKIPS, RESTARTABLE, RUNNING, JobExecution, JobParameter, Status
 from app.pipeline.chunk import StepProgress
+from app.pipeline.retry import retrying_until
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.repository import JobRepository, LeaseLost
 from app.runtime.job import JobContext, JobSpec, find_job
@@ -153,16 +154,6 @@ class Launcher:
         return await self._start(
             spec, parameters, rerun=False, dry_run_output=None, max_executions=max_executions
         )
-
-    async def stop(self, execution_id: int) -> Status | None:
-        """JobOperator's stop: STOPPING in the job repository, for a runner on any replica
-        (it reads it at its next chunk commit); a run of this process stops at once. The
-        status it had (None: no such execution)."""
-        found = await self.repository.request_stop(execution_id)
-        run = self.running.get(execution_id)
-        if found in RUNNING and run is not None:
-            run.request_stop(ON_REQUEST)
-        return found
 
     async def _start(
         self,
@@ -427,23 +418,14 @@ class Launcher:
         deadline = self._record_deadline or (
             time.monotonic() + self.settings.JOB_ABANDON_AFTER_SECONDS / 2
         )
-        delay = 0.2
-        while True:
-            try:
-                await _settle(update(), max(deadline, time.monotonic() + 0.1))
-                return
-            except Exception as exc:
-                if time.monotonic() + delay >= deadline:
-                    self.unrecorded += 1
-                    log.error(
-                        "could not record the outcome in the job repository: %r; the next"
-                        " launch of the instance recovers it after JOB_ABANDON_AFTER_SECONDS",
-                        exc,
-                    )
-                    return
-                log.warning("recording the outcome failed, retrying in %.1f s: %r", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        failure = await retrying_until(update, deadline, "recording the outcome")
+        if failure is not None:
+            self.unrecorded += 1
+            log.error(
+                "could not record the outcome in the job repository: %r; the next"
+                " launch of the instance recovers it after JOB_ABANDON_AFTER_SECONDS",
+                failure,
+            )
 
     async def run(
         self,
@@ -477,30 +459,6 @@ class Launcher:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-
-
-async def _settle(update: Awaitable[None], deadline: float) -> None:
-    """Await `update` until the monotonic `deadline`, then cancel it and raise TimeoutError.
-
-    A cancellation of the caller meanwhile (the shutdown cancels the runs that outlast
-    its grace period) does not interrupt the update, which records their outcome: it is
-    raised once the update has ended. The update is never left running unawaited.
-    """
-    task = asyncio.ensure_future(update)
-    cancelled = False
-    while not task.done():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            task.cancel()
-        try:
-            await asyncio.wait({task}, timeout=left if left > 0 else None)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    if task.cancelled():
-        raise TimeoutError
-    task.result()
 
 
 def _expected(exc: BaseException) -> bool:

@@ -14,8 +14,6 @@ from asyncmy.pool import Pool
 
 from app.edges.auth import verify_admin_token
 from app.model import (
-    ABANDONABLE,
-    RUNNING,
     AlreadyComplete,
     AlreadyRunning,
     JobExecution,
@@ -25,6 +23,7 @@ from app.model import (
 from app.pipeline.chunk import StepProgress
 from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
+from app.runtime.operator import JobOperator, NoSuchExecution, Refused
 from app.runtime.parameters import ParameterError, backfill_dates, iso_date, now_in
 from app.runtime.resources import Resources
 from app.spring_format import UNDECODABLE
@@ -193,6 +192,10 @@ def _auth_middleware(key: bytes) -> Middleware:
 # ---- the admin API ----------------------------------------------------------------
 
 
+def _operator(request: web.Request) -> JobOperator:
+    return JobOperator.of(request.app[LAUNCHER])
+
+
 def execution_url(execution_id: int) -> str:
     return f"/api/v1/jobs/executions/{execution_id}"
 
@@ -214,12 +217,12 @@ async def launch_job(request: web.Request) -> web.Response:
     """Start the job in the background; a completed instance runs again (that is what
     operators call the API for). `from` and `to` instead of `runDate` launch a backfill:
     each date its own instance, queued behind MAX_RUNNING_EXECUTIONS."""
-    launcher = request.app[LAUNCHER]
     spec = _job(request)
     raw = {name: request.query[name] for name in request.query}  # the first of repeats
     if "from" in raw or "to" in raw:
         return await _backfill(request, spec, raw)
-    run = await _launched(request, "launch", lambda: launcher.launch(spec, raw, rerun=True))
+    operator = _operator(request)
+    run = await _launched(request, "launch", lambda: operator.start(spec.path, raw, rerun=True))
     return _accepted(run)
 
 
@@ -317,44 +320,56 @@ def _not_found(request: web.Request) -> ApiError:
 
 
 async def get_execution(request: web.Request) -> web.Response:
-    launcher = request.app[LAUNCHER]
     execution_id = _execution_id(request)
-    execution = None
-    if execution_id is not None:
-        execution = await launcher.repository.get_execution(execution_id)
-    if execution is None:
+    if execution_id is None:
         raise _not_found(request)
+    try:
+        execution = await _operator(request).get(execution_id)
+    except NoSuchExecution:
+        raise _not_found(request) from None
     return web.json_response(_view(request, execution))
+
+
+async def _operated(
+    request: web.Request,
+    command: Callable[[JobOperator, int], Awaitable[object]],
+    refusal: str,
+    what: str,
+) -> JobExecution:
+    """The operator's stop or abandon of the path's execution, its refusals as the API's
+    errors (404, 409 `refusal`); the execution as it is now."""
+    operator = _operator(request)
+    execution_id = _execution_id(request)
+    if execution_id is None:
+        raise _not_found(request)
+    try:
+        await command(operator, execution_id)
+    except NoSuchExecution:
+        raise _not_found(request) from None
+    except Refused as exc:
+        raise ApiError(409, refusal, str(exc)) from None
+    log.info("%s through the API: execution=%d by=%s", what, execution_id, _who(request))
+    return await operator.get(execution_id)
 
 
 async def stop_execution(request: web.Request) -> web.Response:
     """JobOperator's stop: STOPPING now; the runner stops after the chunks it is processing
     (STOPPED, restartable): at once on this replica, at its next chunk commit on another."""
-    launcher = request.app[LAUNCHER]
-    repository = launcher.repository
-    execution_id = _execution_id(request)
-    found = None if execution_id is None else await launcher.stop(execution_id)
-    if found is None or execution_id is None:
-        raise _not_found(request)
-    if found not in RUNNING:
-        raise ApiError(409, "JOB_NOT_RUNNING", f"execution {execution_id} is {found}, not running")
-    log.info("stop requested through the API: execution=%d by=%s", execution_id, _who(request))
-    execution = await repository.get_execution(execution_id)
-    assert execution is not None
+    execution = await _operated(request, JobOperator.stop, "JOB_NOT_RUNNING", "stop requested")
     return web.json_response(
-        _view(request, execution), status=202, headers={"Location": execution_url(execution_id)}
+        _view(request, execution), status=202, headers={"Location": execution_url(execution.id)}
     )
 
 
 async def restart_execution(request: web.Request) -> web.Response:
     """JobOperator's restart: a FAILED or STOPPED execution's instance runs again, from
     its checkpoint, as a new execution."""
-    launcher = request.app[LAUNCHER]
+    operator = _operator(request)
     execution_id = _execution_id(request)
     if execution_id is None:
         raise _not_found(request)
     try:
-        run = await _launched(request, "restart", lambda: launcher.restart(execution_id))
+        run = await _launched(request, "restart", lambda: operator.restart(execution_id))
     except LookupError:
         raise _not_found(request) from None
     except NotRestartable as exc:
@@ -365,21 +380,7 @@ async def restart_execution(request: web.Request) -> web.Response:
 async def abandon_execution(request: web.Request) -> web.Response:
     """JobOperator's abandon: a STOPPED, FAILED or STOPPING execution becomes ABANDONED;
     it is never restarted, and the next launch of its instance starts from scratch."""
-    repository = request.app[LAUNCHER].repository
-    execution_id = _execution_id(request)
-    found = None if execution_id is None else await repository.abandon(execution_id)
-    if found is None or execution_id is None:
-        raise _not_found(request)
-    if found not in ABANDONABLE:
-        raise ApiError(
-            409,
-            "JOB_NOT_ABANDONABLE",
-            f"execution {execution_id} is {found}: only a STOPPED, FAILED or STOPPING"
-            " execution is abandoned",
-        )
-    log.info("abandoned through the API: execution=%d by=%s", execution_id, _who(request))
-    execution = await repository.get_execution(execution_id)
-    assert execution is not None
+    execution = await _operated(request, JobOperator.abandon, "JOB_NOT_ABANDONABLE", "abandoned")
     return web.json_response(_view(request, execution))
 
 
@@ -396,10 +397,9 @@ def _limit(request: web.Request, default: int) -> int:
 
 async def list_executions(request: web.Request) -> web.Response:
     """The job's most recent executions, newest first."""
-    launcher = request.app[LAUNCHER]
     spec = _job(request)
     limit = _limit(request, LIST_LIMIT_DEFAULT)
-    executions = await launcher.repository.list_executions(spec.name, limit)
+    executions = await _operator(request).executions(job_name=spec.name, limit=limit)
     views = [_view(request, e) for e in executions]
     return web.json_response({"jobName": spec.name, "executions": views})
 
@@ -446,7 +446,7 @@ async def list_recent_executions(request: web.Request) -> web.Response:
         before = int(raw)
     limit = _limit(request, RECENT_LIMIT_DEFAULT)
     # One more than asked: whether an older page exists.
-    executions = await launcher.repository.find_executions(
+    executions = await _operator(request).executions(
         job_name=job_name, status=status, run_date=run_date, before=before, limit=limit + 1
     )
     page = executions[:limit]

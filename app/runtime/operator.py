@@ -1,0 +1,124 @@
+"""Spring Batch's JobOperator: start, restart, stop, abandon and list executions, with the
+status rules stated once. The CLI and the admin API are thin adapters over it: each
+turns the operator's answers and refusals into its own exit codes or HTTP statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from typing import TextIO
+
+from app.model import ABANDONABLE, RUNNING, JobExecution, Status
+from app.repository import JobRepository
+from app.runtime.launcher import ON_REQUEST, Launcher, RunningJob
+
+
+class NoSuchExecution(LookupError):
+    pass
+
+
+class Refused(Exception):
+    """The execution's status does not allow the command; `status` is the one it has."""
+
+    def __init__(self, message: str, status: Status) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotRunning(Refused):
+    """Only a STARTING, STARTED or STOPPING execution stops."""
+
+
+class NotAbandonable(Refused):
+    """Only a STOPPED, FAILED or STOPPING execution is abandoned."""
+
+
+class JobOperator:
+    """The operator's commands over the job repository, and over this process's launcher
+    where it has one (the daemon, `run`, `restart`); `stop` and `abandon` need none:
+    the runner, on whichever replica, reads them in the job repository."""
+
+    def __init__(self, repository: JobRepository, launcher: Launcher | None = None) -> None:
+        self.repository = repository
+        self._launcher = launcher
+
+    @classmethod
+    def of(cls, launcher: Launcher) -> JobOperator:
+        return cls(launcher.repository, launcher)
+
+    @property
+    def launcher(self) -> Launcher:
+        if self._launcher is None:
+            raise RuntimeError("this operator launches nothing: it has no launcher")
+        return self._launcher
+
+    async def start(
+        self,
+        job: str,
+        raw_parameters: Mapping[str, str],
+        *,
+        rerun: bool,
+        dry_run_output: TextIO | None = None,
+    ) -> RunningJob:
+        """Launch `job` (its path or Spring name) in the background. Raises UnknownJob,
+        ParameterError, LaunchRefused or ShuttingDown."""
+        launcher = self.launcher
+        spec = launcher.find(job)
+        return await launcher.launch(
+            spec, raw_parameters, rerun=rerun, dry_run_output=dry_run_output
+        )
+
+    async def restart(self, execution_id: int) -> RunningJob:
+        """A FAILED or STOPPED execution, its instance's last, runs again from its
+        checkpoint (the rules: Launcher.restart). Raises LookupError, NotRestartable,
+        LaunchRefused or ShuttingDown."""
+        return await self.launcher.restart(execution_id)
+
+    async def stop(self, execution_id: int) -> Status:
+        """STOPPING in the job repository, for a runner on any replica (it reads it at its
+        next chunk commit or heartbeat); a run of this process stops at once. The status
+        it had; raises NoSuchExecution or NotRunning."""
+        found = await self.repository.request_stop(execution_id)
+        if found is None:
+            raise NoSuchExecution(f"no job execution {execution_id}")
+        if found not in RUNNING:
+            raise NotRunning(f"execution {execution_id} is {found}, not running", found)
+        run = self._launcher.running.get(execution_id) if self._launcher else None
+        if run is not None:
+            run.request_stop(ON_REQUEST)
+        return found
+
+    async def abandon(self, execution_id: int) -> Status:
+        """A STOPPED, FAILED or STOPPING execution becomes ABANDONED: never restarted, the
+        next launch of its instance starts from scratch. The status it had; raises
+        NoSuchExecution or NotAbandonable."""
+        found = await self.repository.abandon(execution_id)
+        if found is None:
+            raise NoSuchExecution(f"no job execution {execution_id}")
+        if found not in ABANDONABLE:
+            raise NotAbandonable(
+                f"execution {execution_id} is {found}: only a STOPPED, FAILED or STOPPING"
+                " execution is abandoned",
+                found,
+            )
+        return found
+
+    async def get(self, execution_id: int) -> JobExecution:
+        execution = await self.repository.get_execution(execution_id)
+        if execution is None:
+            raise NoSuchExecution(f"no job execution {execution_id}")
+        return execution
+
+    async def executions(
+        self,
+        *,
+        job_name: str | None = None,
+        status: str | None = None,
+        run_date: date | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[JobExecution]:
+        """The most recent executions, newest first, filtered as given."""
+        return await self.repository.find_executions(
+            job_name=job_name, status=status, run_date=run_date, before=before, limit=limit
+        )
