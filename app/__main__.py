@@ -36,11 +36,11 @@ from app.model import (
 )
 from app.pipeline.chunk import StepProgress
 from app.repository import JobRepository
-from app.runtime.job import find_job
+from app.runtime.job import declared_parameters, find_job
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob
 from app.runtime.memory import tune_gc
 from app.runtime.operator import JobOperator, NoSuchExecution, Refused
-from app.runtime.parameters import ParameterError, backfill_dates
+from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError, backfill_dates
 from app.runtime.signals import stop_signals
 from app.schema.migrate import MigrationDenied, migrate
 
@@ -65,12 +65,18 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run one job in the foreground")
     run.add_argument("job", choices=sorted(spec.path for spec in JOBS))
-    run.add_argument("--run-date", help="YYYY-MM-DD")
-    run.add_argument("--target-hour", help="0..23 (fan-out job)")
+    for parameter, jobs in declared_parameters(JOBS).values():
+        only = "" if len(jobs) == len(JOBS) else f" ({', '.join(spec.path for spec in jobs)})"
+        if parameter.type == BOOLEAN:
+            run.add_argument(
+                parameter.flag, dest=parameter.name, action="store_true", help=parameter.help + only
+            )
+        else:
+            metavar = parameter.flag.removeprefix("--").replace("-", "_").upper()
+            run.add_argument(
+                parameter.flag, dest=parameter.name, metavar=metavar, help=parameter.help + only
+            )
     run.add_argument("--rerun", action="store_true", help="run a completed instance again")
-    run.add_argument(
-        "--dry-run", action="store_true", help="fan-out job: write messages, publish nothing"
-    )
     run.add_argument("--output", help="with --dry-run: a file for the messages (default stdout)")
     run.add_argument(
         "--quiet", action="store_true", help="no live progress line (none with LOG_FORMAT=json)"
@@ -78,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("serve", help="run the daemon: admin API, metrics, schedules")
 
-    listing = commands.add_parser("executions", help="recent executions of both jobs")
+    listing = commands.add_parser("executions", help="recent executions of every job")
     listing.add_argument("--status", choices=[status.value for status in Status])
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     for name, text in (
@@ -94,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser(
         "backfill", help="run a job for every date of a range, each its own instance"
     )
-    backfill.add_argument("job", choices=["coupon-usage-stats"])
+    backfill.add_argument("job", choices=sorted(spec.path for spec in JOBS if spec.backfills))
     backfill.add_argument("--from", dest="first", required=True, help="YYYY-MM-DD")
     backfill.add_argument("--to", dest="last", required=True, help="YYYY-MM-DD (included)")
     backfill.add_argument("--rerun", action="store_true", help="run completed dates again")
@@ -114,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
         "--sub", default="operator", help="who the token names (the API logs it as by=NAME)"
     )
     return parser
+
+
+def _given_parameters(args: argparse.Namespace) -> dict[str, str]:
+    """The parameters given on the command line, as the API takes them (a flag: true)."""
+    given = {name: getattr(args, name) for name in declared_parameters(JOBS)}
+    return {name: "true" if value is True else value for name, value in given.items() if value}
 
 
 _TTL = re.compile(r"(\d+)([smh])")
@@ -165,11 +177,9 @@ async def _show_progress(progress: StepProgress, out: TextIO) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | None) -> int:
-    raw = {"runDate": args.run_date or "", "targetHour": args.target_hour or ""}
-    if args.dry_run:
-        raw["dryRun"] = "true"
+    raw = _given_parameters(args)
     spec = find_job(JOBS, args.job)
-    publishes = spec.publishes and not args.dry_run
+    publishes = spec.publishes and raw.get(DRY_RUN) != "true"
     async with open_launcher(settings, broker=publishes) as launcher:
         try:
             run = await JobOperator.of(launcher).start(
@@ -441,7 +451,7 @@ def _command(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "migrate":
         return asyncio.run(_migrate(settings, args.dev_schema))
     if args.command == "run":
-        if not args.dry_run:
+        if not getattr(args, DRY_RUN, False):
             return asyncio.run(_run(settings, args, None))
         if not args.output:
             return asyncio.run(_run(settings, args, sys.stdout))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
@@ -35,6 +35,15 @@ class Schedule:
     job: JobSpec
     parameters: Callable[[datetime], dict[str, str]]  # from the scheduled time
     punctual: bool = False  # worth running only within the misfire grace of its time
+
+
+def schedules_of(jobs: Iterable[JobSpec]) -> tuple[Schedule, ...]:
+    """The schedules the jobs declare."""
+    return tuple(
+        Schedule(spec.schedule.cron, spec, spec.schedule.parameters, spec.schedule.punctual)
+        for spec in jobs
+        if spec.schedule is not None
+    )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from app.web.metrics import (
     metrics_middleware,
     prometheus,
 )
-from app.web.openapi import OPENAPI
+from app.web.openapi import openapi
 from app.web.repository_metrics import READ_TIMEOUT_SECONDS, READ_TTL_SECONDS, RepositoryMetrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ _MAX_BIGINT = 2**63 - 1
 _BIGINT_DIGITS = len(str(_MAX_BIGINT))
 
 LAUNCHER = web.AppKey("launcher", Launcher)
+DOCUMENT = web.AppKey("document", dict)
 CLAIMS = web.RequestKey("claims", dict)
 
 
@@ -137,6 +138,7 @@ def create_app(
         handler_args={"logger": ServerLog()},
     )
     app[LAUNCHER] = launcher
+    app[DOCUMENT] = openapi(list(launcher.jobs.values()))
     app[HEALTH] = Health(health_checks, health_timeout)
     app[REPOSITORY_METRICS] = RepositoryMetrics(
         lambda: launcher.repository.job_tallies(), ttl=metrics_ttl, timeout=metrics_timeout
@@ -148,6 +150,7 @@ def create_app(
     # named `executions`: that path is the list of every job's executions (GET only).
     app.router.add_routes(
         [
+            web.get("/api/v1/jobs", list_jobs),
             web.get("/api/v1/jobs/executions", list_recent_executions),
             web.post("/api/v1/jobs/{jobName:(?!executions$)[^/]+}", launch_job),
             web.get("/api/v1/jobs/executions/{id}", get_execution),
@@ -211,6 +214,32 @@ def _job(request: web.Request) -> JobSpec:
             "INVALID_PARAMETER",
             f"jobName: no job named {name[:60]!r}; known: {', '.join(launcher.jobs)}",
         ) from None
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """The jobs as they declare themselves: what the console renders its forms from."""
+    return web.json_response(
+        {"jobs": [job_view(spec) for spec in request.app[LAUNCHER].jobs.values()]}
+    )
+
+
+def job_view(spec: JobSpec) -> dict[str, Any]:
+    schedule = spec.schedule
+    return {
+        "name": spec.name,
+        "path": spec.path,
+        "title": spec.title,
+        "parameters": [
+            {"name": p.name, "type": p.type, "help": p.help, "default": p.default}
+            for p in spec.parameters
+        ],
+        "schedule": None
+        if schedule is None
+        else {"cron": schedule.cron, "punctual": schedule.punctual},
+        "backfills": spec.backfills,
+        "publishes": spec.publishes,
+        "estimates": spec.estimate is not None,
+    }
 
 
 async def launch_job(request: web.Request) -> web.Response:
@@ -582,4 +611,4 @@ async def readiness(request: web.Request) -> web.Response:
 
 
 async def api_docs(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return web.json_response(request.app[DOCUMENT])

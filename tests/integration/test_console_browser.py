@@ -34,7 +34,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from app.edges.db import fetch_all
-from app.jobs import usage_stats
+from app.jobs import usage_stats, usage_stats_spec
 from app.model import COMPLETED_WITH_SKIPS, Status
 from app.web.console import CONSOLE_PATH
 from tests.conftest import DATA_TABLES, DB_SERVER
@@ -278,7 +278,7 @@ def record(app: LiveApp, run_date: str, status: Status | None, exit_code: str | 
 
     async def recorded() -> int:
         repository = app.launcher.repository
-        parsed = usage_stats.SPEC.parse({"runDate": run_date}, datetime.now(SERVICE_ZONE))
+        parsed = usage_stats_spec.SPEC.parse({"runDate": run_date}, datetime.now(SERVICE_ZONE))
         execution = await repository.start_execution(
             usage_stats.JOB_NAME, parsed, rerun_completed=True
         )
