@@ -31,7 +31,13 @@ SPEC = JobSpec(
     title="Push fan-out",
     parameters=(
         Parameter("runDate", LOCAL_DATE, "YYYY-MM-DD", default="today"),
-        Parameter("targetHour", INTEGER, "0..23", default="the current hour"),
+        Parameter(
+            "targetHour",
+            INTEGER,
+            "0..23",
+            default="the current hour",
+            choices=tuple(str(hour) for hour in range(24)),
+        ),
         Parameter(
             DRY_RUN,
             BOOLEAN,
@@ -51,4 +57,7 @@ SPEC = JobSpec(
         punctual=True,
     ),
     estimate=code("app.jobs.fcm_send:estimate"),
+    confirm="Send real pushes for {runDate} {targetHour}:00 ({zone})? Not a dry run: it reads"
+    " {estimate} whose latest stats name that hour, and pushes each who has a push token"
+    " and an active coupon event in their dong.",
 )

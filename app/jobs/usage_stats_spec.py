@@ -20,7 +20,7 @@ def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
 SPEC = JobSpec(
     name="couponUsageStatsJob",
     path="coupon-usage-stats",
-    title="Usage statistics",
+    title="Usage stats",
     parameters=(Parameter("runDate", LOCAL_DATE, "YYYY-MM-DD"),),
     parse=parse,
     build=code("app.jobs.usage_stats:build"),

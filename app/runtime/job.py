@@ -42,6 +42,7 @@ class Parameter:
     type: str  # the Java type Spring records: java.time.LocalDate (parameters.LOCAL_DATE)
     help: str  # what it is: the CLI's help, the OpenAPI document, the console's form
     default: str | None = None  # its value when not given, in words; None: required
+    choices: tuple[str, ...] = ()  # the values it takes, where they are few (a select)
 
     @property
     def flag(self) -> str:
@@ -73,6 +74,9 @@ class JobSpec:
     publishes: bool = False  # its writer needs the broker, unless in a dry run
     backfills: bool = False  # `backfill` runs it for every date of a range (runDate)
     schedule: Cron | None = None  # None: launched by operators only
+    # The console's question before a real run of a job that publishes: {name} is the
+    # form's value of that parameter, {zone} APP_TIMEZONE, {estimate} what it would read.
+    confirm: str = ""
     # What a run with these parsed parameters would process (the console's confirmation
     # before a real fan-out); None: the job has no estimate.
     estimate: Callable[[Resources, Mapping[str, str]], Awaitable[Estimate]] | None = None

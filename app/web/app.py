@@ -218,19 +218,27 @@ def _job(request: web.Request) -> JobSpec:
 
 async def list_jobs(request: web.Request) -> web.Response:
     """The jobs as they declare themselves: what the console renders its forms from."""
-    return web.json_response(
-        {"jobs": [job_view(spec) for spec in request.app[LAUNCHER].jobs.values()]}
-    )
+    launcher = request.app[LAUNCHER]
+    now = now_in(launcher.settings.timezone)
+    return web.json_response({"jobs": [job_view(spec, now) for spec in launcher.jobs.values()]})
 
 
-def job_view(spec: JobSpec) -> dict[str, Any]:
+def job_view(spec: JobSpec, now: datetime) -> dict[str, Any]:
+    """`suggested`: the parameters its schedule would give now (the console's form
+    starts from them)."""
     schedule = spec.schedule
     return {
         "name": spec.name,
         "path": spec.path,
         "title": spec.title,
         "parameters": [
-            {"name": p.name, "type": p.type, "help": p.help, "default": p.default}
+            {
+                "name": p.name,
+                "type": p.type,
+                "help": p.help,
+                "default": p.default,
+                "choices": list(p.choices),
+            }
             for p in spec.parameters
         ],
         "schedule": None
@@ -239,6 +247,8 @@ def job_view(spec: JobSpec) -> dict[str, Any]:
         "backfills": spec.backfills,
         "publishes": spec.publishes,
         "estimates": spec.estimate is not None,
+        "confirm": spec.confirm,
+        "suggested": {} if schedule is None else schedule.parameters(now),
     }
 
 

@@ -399,6 +399,7 @@ _DOCUMENT: dict[str, Any] = {
                                     "nullable": True,
                                     "description": "in words; null: required",
                                 },
+                                "choices": {"type": "array", "items": {"type": "string"}},
                             },
                         },
                     },
@@ -413,6 +414,16 @@ _DOCUMENT: dict[str, Any] = {
                     "backfills": {"type": "boolean"},
                     "publishes": {"type": "boolean"},
                     "estimates": {"type": "boolean"},
+                    "confirm": {
+                        "type": "string",
+                        "description": "the console's question before a real run of a job"
+                        " that publishes; {parameter}, {zone} and {estimate} filled in",
+                    },
+                    "suggested": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "the parameters its schedule would give now",
+                    },
                 },
             },
             "Error": {

@@ -26,7 +26,7 @@ from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.pipeline.writers import DatabaseWriter
 from app.runtime.job import Cron, JobContext, JobSpec, Parameter
 from app.runtime.launcher import Launcher
-from app.runtime.parameters import INTEGER, LOCAL_DATE, run_date
+from app.runtime.parameters import INTEGER, LOCAL_DATE, now_in, run_date
 from app.runtime.resources import open_resources
 from app.runtime.scheduler import Schedule, fire, schedules_of
 from app.web.app import create_app
@@ -191,13 +191,28 @@ async def test_the_job_list_that_the_console_renders_names_the_job(settings: Set
         "path": "weekly-digest",
         "title": "Weekly digest",
         "parameters": [
-            {"name": "runDate", "type": LOCAL_DATE, "help": "YYYY-MM-DD", "default": None},
-            {"name": "limit", "type": INTEGER, "help": "how many numbers to copy", "default": "3"},
+            {
+                "name": "runDate",
+                "type": LOCAL_DATE,
+                "help": "YYYY-MM-DD",
+                "default": None,
+                "choices": [],
+            },
+            {
+                "name": "limit",
+                "type": INTEGER,
+                "help": "how many numbers to copy",
+                "default": "3",
+                "choices": [],
+            },
         ],
         "schedule": {"cron": "0 9 * * 1", "punctual": False},
         "backfills": True,
         "publishes": False,
         "estimates": False,
+        "confirm": "",
+        # what its schedule would launch now: the console's form starts from it
+        "suggested": {"runDate": now_in(settings.timezone).date().isoformat()},
     }
 
 
