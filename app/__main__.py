@@ -243,29 +243,26 @@ async def _restart(settings: Settings, execution_id: int, quiet: bool) -> int:
 async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
     """Every date its own instance, MAX_RUNNING_EXECUTIONS at a time; one summary."""
     try:
-        days = backfill_dates(args.first, args.last)
+        days = backfill_dates(args.first, args.last)  # checked before connecting
     except ParameterError as exc:
         _say(settings, f"error: {exc}", logging.ERROR)
         return EXIT_USAGE
     spec = find_job(JOBS, args.job)
     outcomes: list[tuple[str, str, int]] = []  # run date, what became of it, exit code
     async with open_launcher(settings, broker=False) as launcher:
-        runs: list[tuple[str, RunningJob]] = []
-        for day in days:
-            try:
-                run = await launcher.launch(spec, {"runDate": day.isoformat()}, rerun=args.rerun)
-            except LaunchRefused as exc:
-                outcomes.append((day.isoformat(), f"not launched: {exc}", EXIT_REFUSED))
-                continue
-            runs.append((day.isoformat(), run))
+        runs, refusals = await JobOperator.of(launcher).backfill(
+            spec.path, args.first, args.last, {}, rerun=args.rerun
+        )
+        for day, refusal in refusals:
+            outcomes.append((day.isoformat(), f"not launched: {refusal}", EXIT_REFUSED))
         tasks = [run.task for _, run in runs if run.task is not None]
         await _until_done_or_signal(launcher, tasks, settings.SHUTDOWN_GRACE_SECONDS)
-        for run_date, run in runs:
+        for day, run in runs:
             final = await launcher.repository.get_execution(run.execution.id)
             assert final is not None
             line = f"execution {final.id} {final.exit_code}"
             line += f"; {final.exit_message}" if final.exit_message else ""
-            outcomes.append((run_date, line, _exit_code(final)))
+            outcomes.append((day.isoformat(), line, _exit_code(final)))
     outcomes.sort()
     print(f"{spec.name} backfill {args.first}..{args.last}: {len(days)} dates")
     for run_date, line, _ in outcomes:

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from datetime import date
 from typing import TextIO
 
-from app.model import ABANDONABLE, RUNNING, JobExecution, Status
+from app.model import ABANDONABLE, RUNNING, JobExecution, LaunchRefused, Status
 from app.repository import JobRepository
 from app.runtime.launcher import ON_REQUEST, Launcher, RunningJob
+from app.runtime.parameters import ParameterError, backfill_dates
 
 
 class NoSuchExecution(LookupError):
@@ -67,6 +68,26 @@ class JobOperator:
         return await launcher.launch(
             spec, raw_parameters, rerun=rerun, dry_run_output=dry_run_output
         )
+
+    async def backfill(
+        self, job: str, first: str, last: str, raw_parameters: Mapping[str, str], *, rerun: bool
+    ) -> tuple[list[tuple[date, RunningJob]], list[tuple[date, LaunchRefused]]]:
+        """Every date `first`..`last` (a backfill's from and to) launched as its own
+        instance, beyond MAX_RUNNING_EXECUTIONS queued (STARTING): the runs and the
+        refusals, by date. Raises UnknownJob, ParameterError or ShuttingDown."""
+        days = backfill_dates(first, last)
+        if "runDate" in raw_parameters:
+            raise ParameterError("runDate", "give either runDate or from/to")
+        launcher = self.launcher
+        spec = launcher.find(job)
+        launched, refused = [], []
+        for day in days:
+            parameters = {**raw_parameters, "runDate": day.isoformat()}
+            try:
+                launched.append((day, await launcher.launch(spec, parameters, rerun=rerun)))
+            except LaunchRefused as exc:
+                refused.append((day, exc))
+        return launched, refused
 
     async def restart(self, execution_id: int) -> RunningJob:
         """A FAILED or STOPPED execution, its instance's last, runs again from its

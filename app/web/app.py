@@ -17,14 +17,13 @@ from app.model import (
     AlreadyComplete,
     AlreadyRunning,
     JobExecution,
-    LaunchRefused,
     Status,
 )
 from app.pipeline.chunk import StepProgress
 from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
 from app.runtime.operator import JobOperator, NoSuchExecution, Refused
-from app.runtime.parameters import ParameterError, backfill_dates, iso_date, now_in
+from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources
 from app.spring_format import UNDECODABLE
 from app.web.console import console_routes
@@ -266,29 +265,19 @@ async def launch_job(request: web.Request) -> web.Response:
 
 
 async def _backfill(request: web.Request, spec: JobSpec, raw: dict[str, str]) -> web.Response:
-    launcher = request.app[LAUNCHER]
+    first, last = raw.pop("from", ""), raw.pop("to", "")
     try:
-        days = backfill_dates(raw.pop("from", ""), raw.pop("to", ""))
+        runs, refusals = await _operator(request).backfill(spec.path, first, last, raw, rerun=True)
     except ParameterError as exc:
         raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
-    if "runDate" in raw:
-        raise ApiError(400, "INVALID_PARAMETER", "runDate: give either runDate or from/to")
-    launched, refused = [], []
-    for day in days:
-        try:
-            run = await launcher.launch(spec, {**raw, "runDate": day.isoformat()}, rerun=True)
-        except LaunchRefused as exc:
-            refused.append({"runDate": day.isoformat(), "message": str(exc)})
-            continue
-        except ParameterError as exc:
-            raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
-        except ShuttingDown as exc:
-            raise ApiError(503, "SHUTTING_DOWN", str(exc)) from None
-        launched.append(_launch_body(run.execution))
+    except ShuttingDown as exc:
+        raise ApiError(503, "SHUTTING_DOWN", str(exc)) from None
+    launched = [_launch_body(run.execution) for _, run in runs]
+    refused = [{"runDate": day.isoformat(), "message": str(exc)} for day, exc in refusals]
     log.info(
         "backfill requested through the API: job=%s dates=%d launched=%d refused=%d by=%s",
         spec.name,
-        len(days),
+        len(launched) + len(refused),
         len(launched),
         len(refused),
         _who(request),
