@@ -37,9 +37,9 @@ from app.model import (
 from app.pipeline.chunk import StepProgress
 from app.repository import JobRepository
 from app.runtime.job import declared_parameters, find_job
-from app.runtime.launcher import Launcher, NotRestartable, RunningJob
+from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.memory import tune_gc
-from app.runtime.operator import JobOperator, NoSuchExecution, Refused
+from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused
 from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError, backfill_dates
 from app.runtime.signals import stop_signals
 from app.schema.migrate import MigrationDenied, migrate

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import TextIO
 
-from app.model import ABANDONABLE, RUNNING, JobExecution, LaunchRefused, Status
+from app.model import ABANDONABLE, RESTARTABLE, RUNNING, JobExecution, LaunchRefused, Status
 from app.repository import JobRepository
 from app.runtime.launcher import ON_REQUEST, Launcher, RunningJob
 from app.runtime.parameters import ParameterError, backfill_dates
@@ -24,6 +24,10 @@ class Refused(Exception):
     def __init__(self, message: str, status: Status) -> None:
         super().__init__(message)
         self.status = status
+
+
+class NotRestartable(Exception):
+    """Only a FAILED or STOPPED execution, its instance's last, restarts."""
 
 
 class NotRunning(Refused):
@@ -89,11 +93,30 @@ class JobOperator:
                 refused.append((day, exc))
         return launched, refused
 
-    async def restart(self, execution_id: int) -> RunningJob:
-        """A FAILED or STOPPED execution, its instance's last, runs again from its
-        checkpoint (the rules: Launcher.restart). Raises LookupError, NotRestartable,
-        LaunchRefused or ShuttingDown."""
-        return await self.launcher.restart(execution_id)
+    async def restart(self, execution_id: int, *, max_executions: int | None = None) -> RunningJob:
+        """A FAILED or STOPPED execution's instance runs again with the same parameters,
+        from its checkpoint. Only the instance's last execution restarts, as in Spring
+        Batch: one its instance ran on after is NotRestartable (JobRestartException), or
+        refused by the launch rules if the instance is running or completed since.
+        Raises NoSuchExecution, NotRestartable, LaunchRefused or ShuttingDown; an
+        automatic restart (the scheduler's) passes `max_executions`."""
+        launcher = self.launcher
+        launcher.refuse_if_shutting_down()
+        execution = await self.get(execution_id)
+        if execution.status not in RESTARTABLE:
+            raise NotRestartable(
+                f"execution {execution_id} is {execution.status}: only a FAILED or STOPPED"
+                " execution restarts"
+            )
+        last = await self.repository.last_execution(execution.instance_id)
+        if last.id != execution_id and last.status not in (*RUNNING, Status.COMPLETED):
+            raise NotRestartable(
+                f"execution {execution_id} is not its instance's last: execution {last.id}"
+                f" ran on after it and is {last.status}; only the last one restarts"
+            )
+        spec = launcher.find(execution.job_name)
+        parameters = await self.repository.get_parameters(execution_id)
+        return await launcher.relaunch(spec, parameters, max_executions=max_executions)
 
     async def stop(self, execution_id: int) -> Status:
         """STOPPING in the job repository, for a runner on any replica (it reads it at its

@@ -24,7 +24,8 @@ from cronsim import CronSim
 from app.metrics import SCHEDULER_ENABLED
 from app.model import LaunchRefused, RestartLimitReached, Status
 from app.runtime.job import JobSpec
-from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
+from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
+from app.runtime.operator import JobOperator, NotRestartable
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class Scheduler:
         policy: RestartPolicy,
     ) -> None:
         self._launcher = launcher
+        self._operator = JobOperator.of(launcher)
         self._tz = tz
         self._schedules = tuple(schedules)
         self._policy = policy
@@ -183,7 +185,7 @@ class Scheduler:
             else:
                 launching = _guarded(
                     f"{what}: restart of execution {failed}",
-                    functools.partial(self._launcher.restart, failed, max_executions=limit),
+                    functools.partial(self._operator.restart, failed, max_executions=limit),
                 )
             launch = asyncio.ensure_future(launching)
             self._launches.add(launch)

@@ -21,8 +21,8 @@ from app.model import (
 )
 from app.pipeline.chunk import StepProgress
 from app.runtime.job import JobSpec, UnknownJob
-from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
-from app.runtime.operator import JobOperator, NoSuchExecution, Refused
+from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
+from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused
 from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources
 from app.spring_format import UNDECODABLE
