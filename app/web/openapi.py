@@ -578,7 +578,7 @@ _DOCUMENT: dict[str, Any] = {
     },
 }
 
-_SCHEMAS = {
+_SCHEMAS: dict[str, dict[str, Any]] = {
     LOCAL_DATE: {"type": "string", "format": "date"},
     INTEGER: {"type": "integer"},
     BOOLEAN: {"type": "boolean"},
@@ -596,11 +596,17 @@ def _query(parameter: Parameter, jobs: Sequence[JobSpec]) -> dict[str, Any]:
         for mine in spec.parameters
         if mine.name == parameter.name
     )
+    schema: dict[str, Any] = dict(_SCHEMAS[parameter.type])
+    if parameter.choices and parameter.type == INTEGER:
+        values = [int(choice) for choice in parameter.choices]
+        schema.update(minimum=min(values), maximum=max(values))
+    elif parameter.choices:
+        schema["enum"] = list(parameter.choices)
     return {
         "name": parameter.name,
         "in": "query",
         "description": f"{parameter.help} ({takes})",
-        "schema": _SCHEMAS[parameter.type],
+        "schema": schema,
     }
 
 
