@@ -9,7 +9,6 @@ import contextlib
 import io
 import logging
 import re
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +28,6 @@ from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
 from app.model import (
-    ABANDONABLE,
     COMPLETED_WITH_SKIPS,
     RUNNING,
     JobExecution,
@@ -38,10 +36,12 @@ from app.model import (
 )
 from app.pipeline.chunk import StepProgress
 from app.repository import JobRepository
-from app.runtime.job import find_job
-from app.runtime.launcher import Launcher, NotRestartable, RunningJob
+from app.runtime.job import declared_parameters, find_job
+from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.memory import tune_gc
-from app.runtime.parameters import ParameterError, backfill_dates
+from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused
+from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError, backfill_dates
+from app.runtime.signals import stop_signals
 from app.schema.migrate import MigrationDenied, migrate
 
 log = logging.getLogger("app")
@@ -65,12 +65,18 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run one job in the foreground")
     run.add_argument("job", choices=sorted(spec.path for spec in JOBS))
-    run.add_argument("--run-date", help="YYYY-MM-DD")
-    run.add_argument("--target-hour", help="0..23 (fan-out job)")
+    for parameter, jobs in declared_parameters(JOBS).values():
+        only = "" if len(jobs) == len(JOBS) else f" ({', '.join(spec.path for spec in jobs)})"
+        if parameter.type == BOOLEAN:
+            run.add_argument(
+                parameter.flag, dest=parameter.name, action="store_true", help=parameter.help + only
+            )
+        else:
+            metavar = parameter.flag.removeprefix("--").replace("-", "_").upper()
+            run.add_argument(
+                parameter.flag, dest=parameter.name, metavar=metavar, help=parameter.help + only
+            )
     run.add_argument("--rerun", action="store_true", help="run a completed instance again")
-    run.add_argument(
-        "--dry-run", action="store_true", help="fan-out job: write messages, publish nothing"
-    )
     run.add_argument("--output", help="with --dry-run: a file for the messages (default stdout)")
     run.add_argument(
         "--quiet", action="store_true", help="no live progress line (none with LOG_FORMAT=json)"
@@ -78,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("serve", help="run the daemon: admin API, metrics, schedules")
 
-    listing = commands.add_parser("executions", help="recent executions of both jobs")
+    listing = commands.add_parser("executions", help="recent executions of every job")
     listing.add_argument("--status", choices=[status.value for status in Status])
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     for name, text in (
@@ -94,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser(
         "backfill", help="run a job for every date of a range, each its own instance"
     )
-    backfill.add_argument("job", choices=["coupon-usage-stats"])
+    backfill.add_argument("job", choices=sorted(spec.path for spec in JOBS if spec.backfills))
     backfill.add_argument("--from", dest="first", required=True, help="YYYY-MM-DD")
     backfill.add_argument("--to", dest="last", required=True, help="YYYY-MM-DD (included)")
     backfill.add_argument("--rerun", action="store_true", help="run completed dates again")
@@ -114,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
         "--sub", default="operator", help="who the token names (the API logs it as by=NAME)"
     )
     return parser
+
+
+def _given_parameters(args: argparse.Namespace) -> dict[str, str]:
+    """The parameters given on the command line, as the API takes them (a flag: true)."""
+    given = {name: getattr(args, name) for name in declared_parameters(JOBS)}
+    return {name: "true" if value is True else value for name, value in given.items() if value}
 
 
 _TTL = re.compile(r"(\d+)([smh])")
@@ -165,14 +177,14 @@ async def _show_progress(progress: StepProgress, out: TextIO) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | None) -> int:
-    raw = {"runDate": args.run_date or "", "targetHour": args.target_hour or ""}
-    if args.dry_run:
-        raw["dryRun"] = "true"
+    raw = _given_parameters(args)
     spec = find_job(JOBS, args.job)
-    publishes = spec.publishes and not args.dry_run
+    publishes = spec.publishes and raw.get(DRY_RUN) != "true"
     async with open_launcher(settings, broker=publishes) as launcher:
         try:
-            run = await launcher.launch(spec, raw, rerun=args.rerun, dry_run_output=output)
+            run = await JobOperator.of(launcher).start(
+                spec.path, raw, rerun=args.rerun, dry_run_output=output
+            )
         except ParameterError as exc:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
@@ -218,7 +230,7 @@ def _exit_code(execution: JobExecution) -> int:
 async def _restart(settings: Settings, execution_id: int, quiet: bool) -> int:
     async with open_launcher(settings, broker=True) as launcher:
         try:
-            run = await launcher.restart(execution_id)
+            run = await JobOperator.of(launcher).restart(execution_id)
         except LookupError as exc:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
@@ -231,29 +243,26 @@ async def _restart(settings: Settings, execution_id: int, quiet: bool) -> int:
 async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
     """Every date its own instance, MAX_RUNNING_EXECUTIONS at a time; one summary."""
     try:
-        days = backfill_dates(args.first, args.last)
+        days = backfill_dates(args.first, args.last)  # checked before connecting
     except ParameterError as exc:
         _say(settings, f"error: {exc}", logging.ERROR)
         return EXIT_USAGE
     spec = find_job(JOBS, args.job)
     outcomes: list[tuple[str, str, int]] = []  # run date, what became of it, exit code
     async with open_launcher(settings, broker=False) as launcher:
-        runs: list[tuple[str, RunningJob]] = []
-        for day in days:
-            try:
-                run = await launcher.launch(spec, {"runDate": day.isoformat()}, rerun=args.rerun)
-            except LaunchRefused as exc:
-                outcomes.append((day.isoformat(), f"not launched: {exc}", EXIT_REFUSED))
-                continue
-            runs.append((day.isoformat(), run))
+        runs, refusals = await JobOperator.of(launcher).backfill(
+            spec.path, args.first, args.last, {}, rerun=args.rerun
+        )
+        for day, refusal in refusals:
+            outcomes.append((day.isoformat(), f"not launched: {refusal}", EXIT_REFUSED))
         tasks = [run.task for _, run in runs if run.task is not None]
         await _until_done_or_signal(launcher, tasks, settings.SHUTDOWN_GRACE_SECONDS)
-        for run_date, run in runs:
+        for day, run in runs:
             final = await launcher.repository.get_execution(run.execution.id)
             assert final is not None
             line = f"execution {final.id} {final.exit_code}"
             line += f"; {final.exit_message}" if final.exit_message else ""
-            outcomes.append((run_date, line, _exit_code(final)))
+            outcomes.append((day.isoformat(), line, _exit_code(final)))
     outcomes.sort()
     print(f"{spec.name} backfill {args.first}..{args.last}: {len(days)} dates")
     for run_date, line, _ in outcomes:
@@ -266,7 +275,9 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 async def _executions(settings: Settings, status: str | None, limit: int) -> int:
     async with open_pool(settings.database) as pool:
         repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
-        executions = await repository.recent_executions(status, max(1, min(limit, 100)))
+        executions = await JobOperator(repository).executions(
+            status=status, limit=max(1, min(limit, 100))
+        )
     tz = settings.timezone
     counts_title = "read/written/filtered/skipped"
     print(
@@ -292,19 +303,20 @@ async def _executions(settings: Settings, status: str | None, limit: int) -> int
 
 async def _operate(settings: Settings, action: str, execution_id: int) -> int:
     """stop or abandon, through the job repository (any replica's runner obeys)."""
-    allowed: tuple[Status, ...]
     async with open_pool(settings.database) as pool:
         repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
-        if action == "stop":
-            found, allowed = await repository.request_stop(execution_id), RUNNING
-        else:
-            found, allowed = await repository.abandon(execution_id), ABANDONABLE
-    if found is None:
-        _say(settings, f"error: no job execution {execution_id}", logging.ERROR)
-        return EXIT_USAGE
-    if found not in allowed:
-        _say(settings, f"not done: execution {execution_id} is {found}", logging.WARNING)
-        return EXIT_REFUSED
+        operator = JobOperator(repository)
+        try:
+            if action == "stop":
+                found = await operator.stop(execution_id)
+            else:
+                found = await operator.abandon(execution_id)
+        except NoSuchExecution as exc:
+            _say(settings, f"error: {exc}", logging.ERROR)
+            return EXIT_USAGE
+        except Refused as exc:
+            _say(settings, f"not done: execution {execution_id} is {exc.status}", logging.WARNING)
+            return EXIT_REFUSED
     if action == "stop":
         _say(
             settings,
@@ -320,11 +332,7 @@ async def _until_done_or_signal(
     launcher: Launcher, tasks: Sequence[asyncio.Task[None]], grace: float
 ) -> None:
     """Wait for the runs; on SIGINT/SIGTERM stop them after their chunks in flight."""
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
+    with stop_signals() as stopping:
         waiter: asyncio.Future[Any] = asyncio.create_task(stopping.wait())
         everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         await asyncio.wait({everything, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -333,9 +341,6 @@ async def _until_done_or_signal(
             log.info("signal received: stopping the runs after their chunks in flight")
             await launcher.shutdown(grace)
         await everything
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 # The settings a command reads, where it needs not all: migrate reaches the database
@@ -443,7 +448,7 @@ def _command(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "migrate":
         return asyncio.run(_migrate(settings, args.dev_schema))
     if args.command == "run":
-        if not args.dry_run:
+        if not getattr(args, DRY_RUN, False):
             return asyncio.run(_run(settings, args, None))
         if not args.output:
             return asyncio.run(_run(settings, args, sys.stdout))

@@ -3,49 +3,37 @@ and the web app together (the runtime knows no job and no web module)."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from app.config import Settings
-from app.runtime.job import JobSpec, job_in
+from app.jobs import fcm_send_spec, usage_stats_spec
+from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher
 from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
-from app.runtime.scheduler import RestartPolicy, Schedule, Scheduler
+from app.runtime.scheduler import RestartPolicy, Schedule, Scheduler, schedules_of
+from app.runtime.signals import stop_signals
 
 if TYPE_CHECKING:
     from aiohttp.web import TCPSite
 
 log = logging.getLogger(__name__)
 
-# Each job's module is imported when the job is launched (`job_in`): a run loads its job
-# alone.
-JOBS: tuple[JobSpec, ...] = (
-    job_in("app.jobs.usage_stats", "couponUsageStatsJob", "coupon-usage-stats"),
-    job_in(
-        "app.jobs.fcm_send",
-        "couponUsageStatsFcmSendJob",
-        "coupon-usage-stats-fcm-send",
-        publishes=True,
-        estimates=True,
-    ),
-)
+# Each job as declared; its step's code is imported when a run builds it: a run loads
+# its own job alone. A new job is a line here.
+JOBS: tuple[JobSpec, ...] = (usage_stats_spec.SPEC, fcm_send_spec.SPEC)
 
 
 def schedules() -> tuple[Schedule, ...]:
-    """The daemon's cron triggers (imports both jobs)."""
-    from app.jobs import fcm_send, usage_stats
-
-    return (usage_stats.SCHEDULE, fcm_send.SCHEDULE)
+    """The daemon's cron triggers, as the jobs declare them."""
+    return schedules_of(JOBS)
 
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Admin and actuator requests are short; a request still open after this is cut off.
 _HTTP_SHUTDOWN_SECONDS = 5.0
 
@@ -94,11 +82,7 @@ async def serve(settings: Settings) -> int:
 
     from app.web.app import create_app, resource_checks
 
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in _SIGNALS:
-        loop.add_signal_handler(sig, stopping.set)
-    try:
+    with stop_signals() as stopping:
         async with open_launcher(settings, broker=True) as launcher:
             policy, scheduled = restart_policy(settings), schedules()
             scheduler = Scheduler(launcher, settings.timezone, scheduled, policy)
@@ -143,9 +127,6 @@ async def serve(settings: Settings) -> int:
                 await launcher.shutdown(settings.SHUTDOWN_GRACE_SECONDS)
                 await runner.cleanup()
             unrecorded = launcher.unrecorded
-    finally:
-        for sig in _SIGNALS:
-            loop.remove_signal_handler(sig)
     if unrecorded:
         log.error(
             "stopped; %d outcome(s) could not be recorded: the next launch of each instance"

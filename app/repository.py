@@ -547,10 +547,6 @@ class JobRepository:
     async def list_executions(self, job_name: str, limit: int = 20) -> list[JobExecution]:
         return await self._executions("i.JOB_NAME = %s", (job_name,), limit=limit)
 
-    async def recent_executions(self, status: str | None, limit: int = 50) -> list[JobExecution]:
-        """Every job's most recent executions, newest first; only those in `status` if given."""
-        return await self.find_executions(status=status, limit=limit)
-
     async def find_executions(
         self,
         *,

@@ -27,17 +27,13 @@ from app.contracts import ROUTING_KEY, PushRequest, amqp_properties, encode_body
 from app.edges.broker import OutgoingMessage
 from app.edges.db import DbPool, StallDeadline, fetch_all, open_connection, stream_rows
 from app.edges.peers import PeerClient
-from app.model import JobParameter
+from app.jobs.fcm_send_spec import LOOKBACK_DAYS
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.pipeline.writers import DryRunWriter, PublishingWriter, Writer
-from app.runtime import parameters
-from app.runtime.job import Estimate, JobContext, JobSpec
+from app.runtime.job import Estimate, JobContext
 from app.runtime.resources import Resources
-from app.runtime.scheduler import Schedule
 
-JOB_NAME = "couponUsageStatsFcmSendJob"
 STEP_NAME = "couponUsageStatsFcmSendStep"
-LOOKBACK_DAYS = 2
 
 
 # --- the rules: pure functions -------------------------------------------------------
@@ -276,31 +272,3 @@ def build(context: JobContext) -> StepDefinition[LatestStats, list[OutgoingMessa
         writer=writer,
         item_key=lambda stats: stats.member_id,
     )
-
-
-def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
-    """runDate (default: today) and targetHour (default: this hour), from `now` in
-    APP_TIMEZONE; a dry run is an instance of its own (`parameters.dry_run`)."""
-    return [
-        parameters.run_date(raw, default=now.date(), lookback_days=LOOKBACK_DAYS),
-        parameters.target_hour(raw, default=now.hour),
-        *parameters.dry_run(raw),
-    ]
-
-
-SPEC = JobSpec(
-    name=JOB_NAME,
-    path="coupon-usage-stats-fcm-send",
-    parse=parse,
-    build=build,
-    publishes=True,
-    estimate=estimate,
-)
-# At the top of every hour, for today and this hour; later pushes would arrive at the
-# wrong hour, so only within the misfire grace.
-SCHEDULE = Schedule(
-    "0 * * * *",
-    SPEC,
-    lambda at: {"runDate": at.date().isoformat(), "targetHour": str(at.hour)},
-    punctual=True,
-)

@@ -29,16 +29,13 @@ from asyncmy.connection import Connection
 from app.concurrency import SharedLookup, in_slices
 from app.edges.db import fetch_all, stream_merged
 from app.jobs.history_window import IdRange, created_at_index, window_span
-from app.model import JobParameter
+from app.jobs.usage_stats_spec import SPEC, WINDOW_DAYS
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.pipeline.writers import DatabaseWriter
-from app.runtime.job import JobContext, JobSpec
-from app.runtime.parameters import run_date
-from app.runtime.scheduler import Schedule
+from app.runtime.job import JobContext
 
-JOB_NAME = "couponUsageStatsJob"
+JOB_NAME = SPEC.name
 STEP_NAME = "couponUsageStatsStep"
-WINDOW_DAYS = 20
 MIN_ROWS = 5
 _SECONDS_PER_DAY = 86400
 
@@ -304,10 +301,6 @@ class UsageStatsStep:
                 await cur.execute(_INSERT + ",".join(values))
 
 
-def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
-    return [run_date(raw, lookback_days=WINDOW_DAYS)]
-
-
 def build(context: JobContext) -> StepDefinition[Member, Output]:
     step = UsageStatsStep(context)
     return StepDefinition(
@@ -317,10 +310,3 @@ def build(context: JobContext) -> StepDefinition[Member, Output]:
         writer=DatabaseWriter(step.write),
         item_key=itemgetter(0),
     )
-
-
-SPEC = JobSpec(name=JOB_NAME, path="coupon-usage-stats", parse=parse, build=build, publishes=False)
-# Every night at 01:00 for yesterday.
-SCHEDULE = Schedule(
-    "0 1 * * *", SPEC, lambda at: {"runDate": (at.date() - timedelta(days=1)).isoformat()}
-)

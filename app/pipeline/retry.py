@@ -10,7 +10,9 @@ since when, the budget left): what the console shows during an outage.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -86,3 +88,51 @@ def retrying(
                 progress.end_retry(retry)
 
     return call
+
+
+async def retrying_until(
+    update: Callable[[], Awaitable[None]], deadline: float, what: str
+) -> Exception | None:
+    """Call `update` until it succeeds, with exponential backoff (0.2 s doubling to 5 s),
+    up to the monotonic `deadline`; None, or the last error once the deadline is past.
+
+    The other owner of retries here, with other semantics than `retrying`: a deadline
+    instead of a per-chunk budget (the launcher's outcome records: the lease, or the
+    shutdown's end), every error retried (the outcome must be recorded), and a caller's
+    cancellation deferred until the update in flight has ended (`settle`).
+    """
+    delay = 0.2
+    while True:
+        try:
+            await settle(update(), max(deadline, time.monotonic() + 0.1))
+            return None
+        except Exception as exc:
+            if time.monotonic() + delay >= deadline:
+                return exc
+            log.warning("%s failed, retrying in %.1f s: %r", what, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def settle(update: Awaitable[None], deadline: float) -> None:
+    """Await `update` until the monotonic `deadline`, then cancel it and raise TimeoutError.
+
+    A cancellation of the caller meanwhile (the shutdown cancels the runs that outlast
+    its grace period) does not interrupt the update, which records their outcome: it is
+    raised once the update has ended. The update is never left running unawaited.
+    """
+    task = asyncio.ensure_future(update)
+    cancelled = False
+    while not task.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=left if left > 0 else None)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    if task.cancelled():
+        raise TimeoutError
+    task.result()

@@ -1,8 +1,11 @@
-"""What a job is to the runtime: a name, its parameters, and how to build its step."""
+"""What a job is: its declaration (name, path, parameters, schedule, what its writer
+needs), from which the CLI, the admin API's document, the console's forms and the
+schedules derive, and how to build its step."""
 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,46 +35,74 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class Parameter:
+    """A parameter as operators give it: `--run-date` in the CLI, `runDate` in the API."""
+
+    name: str  # as recorded and in the API: runDate
+    type: str  # the Java type Spring records: java.time.LocalDate (parameters.LOCAL_DATE)
+    help: str  # what it is: the CLI's help, the OpenAPI document, the console's form
+    default: str | None = None  # its value when not given, in words; None: required
+    choices: tuple[str, ...] = ()  # the values it takes, where they are few (a select)
+
+    @property
+    def flag(self) -> str:
+        """Its CLI option: runDate is --run-date."""
+        return "--" + re.sub(r"(?<!^)(?=[A-Z])", "-", self.name).lower()
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
+@dataclass(frozen=True)
+class Cron:
+    """When the daemon launches the job, in APP_TIMEZONE."""
+
+    cron: str
+    parameters: Callable[[datetime], dict[str, str]]  # from the scheduled time
+    punctual: bool = False  # worth running only within the misfire grace of its time
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str  # the Spring job name, as recorded in BATCH_JOB_INSTANCE
     path: str  # its name in the CLI and the admin API
+    title: str  # its name for people: the console's form, the API's job list
+    parameters: tuple[Parameter, ...]  # what `parse` reads, as declared to operators
     parse: Callable[[Mapping[str, str], datetime], list[JobParameter]]  # raises ParameterError
     build: Callable[[JobContext], StepDefinition[Any, Any]]
     publishes: bool = False  # its writer needs the broker, unless in a dry run
+    backfills: bool = False  # `backfill` runs it for every date of a range (runDate)
+    schedule: Cron | None = None  # None: launched by operators only
+    # The console's question before a real run of a job that publishes: {name} is the
+    # form's value of that parameter, {zone} APP_TIMEZONE, {estimate} what it would read.
+    confirm: str = ""
     # What a run with these parsed parameters would process (the console's confirmation
     # before a real fan-out); None: the job has no estimate.
     estimate: Callable[[Resources, Mapping[str, str]], Awaitable[Estimate]] | None = None
 
 
-def job_in(
-    module: str, name: str, path: str, *, publishes: bool = False, estimates: bool = False
-) -> JobSpec:
-    """The job whose module `module` defines SPEC, imported the first time the job parses
-    parameters, builds a step or estimates: a run loads its own job's code and libraries
-    alone (the fan-out job's broker client is no part of a stats run's start-up). `name`,
-    `path`, `publishes` and whether it `estimates` are the module's SPEC's, known without
-    importing it."""
+def code(target: str) -> Callable[..., Any]:
+    """The function `module:name`, imported at its first call: a job's declaration names
+    its step code so, and a run loads its own job's code and libraries alone (the
+    fan-out job's broker client is no part of a stats run's start-up)."""
+    module, _, name = target.partition(":")
 
-    def loaded() -> JobSpec:
-        spec: JobSpec = importlib.import_module(module).SPEC
-        declared = (spec.name, spec.path, spec.publishes, spec.estimate is not None)
-        if declared != (name, path, publishes, estimates):
-            raise RuntimeError(f"{module}.SPEC is {spec}, registered as {name}, {path}")
-        return spec
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args)
 
-    async def estimate(resources: Resources, values: Mapping[str, str]) -> Estimate:
-        count = loaded().estimate
-        assert count is not None  # checked by loaded()
-        return await count(resources, values)
+    call.__qualname__ = call.__name__ = target
+    return call
 
-    return JobSpec(
-        name=name,
-        path=path,
-        parse=lambda raw, now: loaded().parse(raw, now),
-        build=lambda context: loaded().build(context),
-        publishes=publishes,
-        estimate=estimate if estimates else None,
-    )
+
+def declared_parameters(jobs: Iterable[JobSpec]) -> dict[str, tuple[Parameter, list[JobSpec]]]:
+    """Every job's parameters by name (as the first job declares each), with the jobs
+    that take it: the CLI's `run` options, the API's query parameters."""
+    declared: dict[str, tuple[Parameter, list[JobSpec]]] = {}
+    for spec in jobs:
+        for parameter in spec.parameters:
+            declared.setdefault(parameter.name, (parameter, []))[1].append(spec)
+    return declared
 
 
 class UnknownJob(LookupError):

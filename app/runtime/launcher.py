@@ -15,8 +15,9 @@ from typing import TextIO
 from app.errors import DataError, is_availability_fault
 from app.logs import bind_log_context
 from app.metrics import JOB_DURATION, JOB_OUTCOMES, STEP_DURATION
-from app.model import COMPLETED_WITH_SKIPS, RESTARTABLE, RUNNING, JobExecution, JobParameter, Status
+from app.model import COMPLETED_WITH_SKIPS, RUNNING, JobExecution, JobParameter, Status
 from app.pipeline.chunk import StepProgress
+from app.pipeline.retry import retrying_until
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.repository import JobRepository, LeaseLost
 from app.runtime.job import JobContext, JobSpec, find_job
@@ -51,10 +52,6 @@ class RunningJob:
         if not self.stop.is_set():
             self.stop_reason, self.stop_status = reason, status
             self.stop.set()
-
-
-class NotRestartable(Exception):
-    """Only a FAILED or STOPPED execution restarts."""
 
 
 @dataclass
@@ -114,8 +111,7 @@ class Launcher:
         """Check the parameters, apply the launch rules, start the execution in the
         background. Raises ParameterError, LaunchRefused or ShuttingDown; an automatic
         launch passes `max_executions` (the repository's RestartLimitReached)."""
-        if not self._accepting:
-            raise ShuttingDown("the service is shutting down and launches no more jobs")
+        self.refuse_if_shutting_down()
         parameters = spec.parse(raw_parameters, now_in(self.settings.timezone))
         return await self._start(
             spec,
@@ -125,44 +121,24 @@ class Launcher:
             max_executions=max_executions,
         )
 
-    async def restart(self, execution_id: int, *, max_executions: int | None = None) -> RunningJob:
-        """JobOperator's restart: a FAILED or STOPPED execution's instance runs again with
-        the same parameters, from its checkpoint. Only the instance's last execution
-        restarts, as in Spring Batch: one its instance ran on after is NotRestartable
-        (JobRestartException), or refused by the launch rules if the instance is running
-        or completed since. Raises LookupError (no such execution), NotRestartable,
-        LaunchRefused or ShuttingDown; an automatic restart passes `max_executions`."""
-        if not self._accepting:
-            raise ShuttingDown("the service is shutting down and launches no more jobs")
-        execution = await self.repository.get_execution(execution_id)
-        if execution is None:
-            raise LookupError(f"no job execution {execution_id}")
-        if execution.status not in RESTARTABLE:
-            raise NotRestartable(
-                f"execution {execution_id} is {execution.status}: only a FAILED or STOPPED"
-                " execution restarts"
-            )
-        last = await self.repository.last_execution(execution.instance_id)
-        if last.id != execution_id and last.status not in (*RUNNING, Status.COMPLETED):
-            raise NotRestartable(
-                f"execution {execution_id} is not its instance's last: execution {last.id}"
-                f" ran on after it and is {last.status}; only the last one restarts"
-            )
-        spec = self.find(execution.job_name)
-        parameters = await self.repository.get_parameters(execution_id)
+    async def relaunch(
+        self,
+        spec: JobSpec,
+        parameters: Sequence[JobParameter],
+        *,
+        max_executions: int | None = None,
+    ) -> RunningJob:
+        """The instance of these recorded parameters runs again, from its checkpoint: the
+        JobOperator's restart, once its rules allow it. Raises LaunchRefused or
+        ShuttingDown; an automatic restart passes `max_executions`."""
+        self.refuse_if_shutting_down()
         return await self._start(
             spec, parameters, rerun=False, dry_run_output=None, max_executions=max_executions
         )
 
-    async def stop(self, execution_id: int) -> Status | None:
-        """JobOperator's stop: STOPPING in the job repository, for a runner on any replica
-        (it reads it at its next chunk commit); a run of this process stops at once. The
-        status it had (None: no such execution)."""
-        found = await self.repository.request_stop(execution_id)
-        run = self.running.get(execution_id)
-        if found in RUNNING and run is not None:
-            run.request_stop(ON_REQUEST)
-        return found
+    def refuse_if_shutting_down(self) -> None:
+        if not self._accepting:
+            raise ShuttingDown("the service is shutting down and launches no more jobs")
 
     async def _start(
         self,
@@ -427,23 +403,14 @@ class Launcher:
         deadline = self._record_deadline or (
             time.monotonic() + self.settings.JOB_ABANDON_AFTER_SECONDS / 2
         )
-        delay = 0.2
-        while True:
-            try:
-                await _settle(update(), max(deadline, time.monotonic() + 0.1))
-                return
-            except Exception as exc:
-                if time.monotonic() + delay >= deadline:
-                    self.unrecorded += 1
-                    log.error(
-                        "could not record the outcome in the job repository: %r; the next"
-                        " launch of the instance recovers it after JOB_ABANDON_AFTER_SECONDS",
-                        exc,
-                    )
-                    return
-                log.warning("recording the outcome failed, retrying in %.1f s: %r", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        failure = await retrying_until(update, deadline, "recording the outcome")
+        if failure is not None:
+            self.unrecorded += 1
+            log.error(
+                "could not record the outcome in the job repository: %r; the next"
+                " launch of the instance recovers it after JOB_ABANDON_AFTER_SECONDS",
+                failure,
+            )
 
     async def run(
         self,
@@ -477,30 +444,6 @@ class Launcher:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-
-
-async def _settle(update: Awaitable[None], deadline: float) -> None:
-    """Await `update` until the monotonic `deadline`, then cancel it and raise TimeoutError.
-
-    A cancellation of the caller meanwhile (the shutdown cancels the runs that outlast
-    its grace period) does not interrupt the update, which records their outcome: it is
-    raised once the update has ended. The update is never left running unawaited.
-    """
-    task = asyncio.ensure_future(update)
-    cancelled = False
-    while not task.done():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            task.cancel()
-        try:
-            await asyncio.wait({task}, timeout=left if left > 0 else None)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    if task.cancelled():
-        raise TimeoutError
-    task.result()
 
 
 def _expected(exc: BaseException) -> bool:

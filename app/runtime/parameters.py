@@ -13,6 +13,7 @@ LOCAL_DATE = "java.time.LocalDate"
 INTEGER = "java.lang.Integer"
 BOOLEAN = "java.lang.Boolean"
 LONG = "java.lang.Long"
+DRY_RUN = "dryRun"  # a job's parameter: true writes what its writer would send, sends nothing
 
 
 class ParameterError(ValueError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
@@ -24,7 +24,8 @@ from cronsim import CronSim
 from app.metrics import SCHEDULER_ENABLED
 from app.model import LaunchRefused, RestartLimitReached, Status
 from app.runtime.job import JobSpec
-from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
+from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
+from app.runtime.operator import JobOperator, NotRestartable
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ class Schedule:
     job: JobSpec
     parameters: Callable[[datetime], dict[str, str]]  # from the scheduled time
     punctual: bool = False  # worth running only within the misfire grace of its time
+
+
+def schedules_of(jobs: Iterable[JobSpec]) -> tuple[Schedule, ...]:
+    """The schedules the jobs declare."""
+    return tuple(
+        Schedule(spec.schedule.cron, spec, spec.schedule.parameters, spec.schedule.punctual)
+        for spec in jobs
+        if spec.schedule is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ class Scheduler:
         policy: RestartPolicy,
     ) -> None:
         self._launcher = launcher
+        self._operator = JobOperator.of(launcher)
         self._tz = tz
         self._schedules = tuple(schedules)
         self._policy = policy
@@ -174,7 +185,7 @@ class Scheduler:
             else:
                 launching = _guarded(
                     f"{what}: restart of execution {failed}",
-                    functools.partial(self._launcher.restart, failed, max_executions=limit),
+                    functools.partial(self._operator.restart, failed, max_executions=limit),
                 )
             launch = asyncio.ensure_future(launching)
             self._launches.add(launch)

@@ -14,18 +14,16 @@ from asyncmy.pool import Pool
 
 from app.edges.auth import verify_admin_token
 from app.model import (
-    ABANDONABLE,
-    RUNNING,
     AlreadyComplete,
     AlreadyRunning,
     JobExecution,
-    LaunchRefused,
     Status,
 )
 from app.pipeline.chunk import StepProgress
 from app.runtime.job import JobSpec, UnknownJob
-from app.runtime.launcher import Launcher, NotRestartable, RunningJob, ShuttingDown
-from app.runtime.parameters import ParameterError, backfill_dates, iso_date, now_in
+from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
+from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused
+from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources
 from app.spring_format import UNDECODABLE
 from app.web.console import console_routes
@@ -37,7 +35,7 @@ from app.web.metrics import (
     metrics_middleware,
     prometheus,
 )
-from app.web.openapi import OPENAPI
+from app.web.openapi import openapi
 from app.web.repository_metrics import READ_TIMEOUT_SECONDS, READ_TTL_SECONDS, RepositoryMetrics
 
 log = logging.getLogger(__name__)
@@ -51,6 +49,7 @@ _MAX_BIGINT = 2**63 - 1
 _BIGINT_DIGITS = len(str(_MAX_BIGINT))
 
 LAUNCHER = web.AppKey("launcher", Launcher)
+DOCUMENT = web.AppKey("document", dict)
 CLAIMS = web.RequestKey("claims", dict)
 
 
@@ -138,6 +137,7 @@ def create_app(
         handler_args={"logger": ServerLog()},
     )
     app[LAUNCHER] = launcher
+    app[DOCUMENT] = openapi(list(launcher.jobs.values()))
     app[HEALTH] = Health(health_checks, health_timeout)
     app[REPOSITORY_METRICS] = RepositoryMetrics(
         lambda: launcher.repository.job_tallies(), ttl=metrics_ttl, timeout=metrics_timeout
@@ -149,6 +149,7 @@ def create_app(
     # named `executions`: that path is the list of every job's executions (GET only).
     app.router.add_routes(
         [
+            web.get("/api/v1/jobs", list_jobs),
             web.get("/api/v1/jobs/executions", list_recent_executions),
             web.post("/api/v1/jobs/{jobName:(?!executions$)[^/]+}", launch_job),
             web.get("/api/v1/jobs/executions/{id}", get_execution),
@@ -193,6 +194,10 @@ def _auth_middleware(key: bytes) -> Middleware:
 # ---- the admin API ----------------------------------------------------------------
 
 
+def _operator(request: web.Request) -> JobOperator:
+    return JobOperator.of(request.app[LAUNCHER])
+
+
 def execution_url(execution_id: int) -> str:
     return f"/api/v1/jobs/executions/{execution_id}"
 
@@ -210,43 +215,69 @@ def _job(request: web.Request) -> JobSpec:
         ) from None
 
 
+async def list_jobs(request: web.Request) -> web.Response:
+    """The jobs as they declare themselves: what the console renders its forms from."""
+    launcher = request.app[LAUNCHER]
+    now = now_in(launcher.settings.timezone)
+    return web.json_response({"jobs": [job_view(spec, now) for spec in launcher.jobs.values()]})
+
+
+def job_view(spec: JobSpec, now: datetime) -> dict[str, Any]:
+    """`suggested`: the parameters its schedule would give now (the console's form
+    starts from them)."""
+    schedule = spec.schedule
+    return {
+        "name": spec.name,
+        "path": spec.path,
+        "title": spec.title,
+        "parameters": [
+            {
+                "name": p.name,
+                "type": p.type,
+                "help": p.help,
+                "default": p.default,
+                "choices": list(p.choices),
+            }
+            for p in spec.parameters
+        ],
+        "schedule": None
+        if schedule is None
+        else {"cron": schedule.cron, "punctual": schedule.punctual},
+        "backfills": spec.backfills,
+        "publishes": spec.publishes,
+        "estimates": spec.estimate is not None,
+        "confirm": spec.confirm,
+        "suggested": {} if schedule is None else schedule.parameters(now),
+    }
+
+
 async def launch_job(request: web.Request) -> web.Response:
     """Start the job in the background; a completed instance runs again (that is what
     operators call the API for). `from` and `to` instead of `runDate` launch a backfill:
     each date its own instance, queued behind MAX_RUNNING_EXECUTIONS."""
-    launcher = request.app[LAUNCHER]
     spec = _job(request)
     raw = {name: request.query[name] for name in request.query}  # the first of repeats
     if "from" in raw or "to" in raw:
         return await _backfill(request, spec, raw)
-    run = await _launched(request, "launch", lambda: launcher.launch(spec, raw, rerun=True))
+    operator = _operator(request)
+    run = await _launched(request, "launch", lambda: operator.start(spec.path, raw, rerun=True))
     return _accepted(run)
 
 
 async def _backfill(request: web.Request, spec: JobSpec, raw: dict[str, str]) -> web.Response:
-    launcher = request.app[LAUNCHER]
+    first, last = raw.pop("from", ""), raw.pop("to", "")
     try:
-        days = backfill_dates(raw.pop("from", ""), raw.pop("to", ""))
+        runs, refusals = await _operator(request).backfill(spec.path, first, last, raw, rerun=True)
     except ParameterError as exc:
         raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
-    if "runDate" in raw:
-        raise ApiError(400, "INVALID_PARAMETER", "runDate: give either runDate or from/to")
-    launched, refused = [], []
-    for day in days:
-        try:
-            run = await launcher.launch(spec, {**raw, "runDate": day.isoformat()}, rerun=True)
-        except LaunchRefused as exc:
-            refused.append({"runDate": day.isoformat(), "message": str(exc)})
-            continue
-        except ParameterError as exc:
-            raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
-        except ShuttingDown as exc:
-            raise ApiError(503, "SHUTTING_DOWN", str(exc)) from None
-        launched.append(_launch_body(run.execution))
+    except ShuttingDown as exc:
+        raise ApiError(503, "SHUTTING_DOWN", str(exc)) from None
+    launched = [_launch_body(run.execution) for _, run in runs]
+    refused = [{"runDate": day.isoformat(), "message": str(exc)} for day, exc in refusals]
     log.info(
         "backfill requested through the API: job=%s dates=%d launched=%d refused=%d by=%s",
         spec.name,
-        len(days),
+        len(launched) + len(refused),
         len(launched),
         len(refused),
         _who(request),
@@ -317,44 +348,56 @@ def _not_found(request: web.Request) -> ApiError:
 
 
 async def get_execution(request: web.Request) -> web.Response:
-    launcher = request.app[LAUNCHER]
     execution_id = _execution_id(request)
-    execution = None
-    if execution_id is not None:
-        execution = await launcher.repository.get_execution(execution_id)
-    if execution is None:
+    if execution_id is None:
         raise _not_found(request)
+    try:
+        execution = await _operator(request).get(execution_id)
+    except NoSuchExecution:
+        raise _not_found(request) from None
     return web.json_response(_view(request, execution))
+
+
+async def _operated(
+    request: web.Request,
+    command: Callable[[JobOperator, int], Awaitable[object]],
+    refusal: str,
+    what: str,
+) -> JobExecution:
+    """The operator's stop or abandon of the path's execution, its refusals as the API's
+    errors (404, 409 `refusal`); the execution as it is now."""
+    operator = _operator(request)
+    execution_id = _execution_id(request)
+    if execution_id is None:
+        raise _not_found(request)
+    try:
+        await command(operator, execution_id)
+    except NoSuchExecution:
+        raise _not_found(request) from None
+    except Refused as exc:
+        raise ApiError(409, refusal, str(exc)) from None
+    log.info("%s through the API: execution=%d by=%s", what, execution_id, _who(request))
+    return await operator.get(execution_id)
 
 
 async def stop_execution(request: web.Request) -> web.Response:
     """JobOperator's stop: STOPPING now; the runner stops after the chunks it is processing
     (STOPPED, restartable): at once on this replica, at its next chunk commit on another."""
-    launcher = request.app[LAUNCHER]
-    repository = launcher.repository
-    execution_id = _execution_id(request)
-    found = None if execution_id is None else await launcher.stop(execution_id)
-    if found is None or execution_id is None:
-        raise _not_found(request)
-    if found not in RUNNING:
-        raise ApiError(409, "JOB_NOT_RUNNING", f"execution {execution_id} is {found}, not running")
-    log.info("stop requested through the API: execution=%d by=%s", execution_id, _who(request))
-    execution = await repository.get_execution(execution_id)
-    assert execution is not None
+    execution = await _operated(request, JobOperator.stop, "JOB_NOT_RUNNING", "stop requested")
     return web.json_response(
-        _view(request, execution), status=202, headers={"Location": execution_url(execution_id)}
+        _view(request, execution), status=202, headers={"Location": execution_url(execution.id)}
     )
 
 
 async def restart_execution(request: web.Request) -> web.Response:
     """JobOperator's restart: a FAILED or STOPPED execution's instance runs again, from
     its checkpoint, as a new execution."""
-    launcher = request.app[LAUNCHER]
+    operator = _operator(request)
     execution_id = _execution_id(request)
     if execution_id is None:
         raise _not_found(request)
     try:
-        run = await _launched(request, "restart", lambda: launcher.restart(execution_id))
+        run = await _launched(request, "restart", lambda: operator.restart(execution_id))
     except LookupError:
         raise _not_found(request) from None
     except NotRestartable as exc:
@@ -365,21 +408,7 @@ async def restart_execution(request: web.Request) -> web.Response:
 async def abandon_execution(request: web.Request) -> web.Response:
     """JobOperator's abandon: a STOPPED, FAILED or STOPPING execution becomes ABANDONED;
     it is never restarted, and the next launch of its instance starts from scratch."""
-    repository = request.app[LAUNCHER].repository
-    execution_id = _execution_id(request)
-    found = None if execution_id is None else await repository.abandon(execution_id)
-    if found is None or execution_id is None:
-        raise _not_found(request)
-    if found not in ABANDONABLE:
-        raise ApiError(
-            409,
-            "JOB_NOT_ABANDONABLE",
-            f"execution {execution_id} is {found}: only a STOPPED, FAILED or STOPPING"
-            " execution is abandoned",
-        )
-    log.info("abandoned through the API: execution=%d by=%s", execution_id, _who(request))
-    execution = await repository.get_execution(execution_id)
-    assert execution is not None
+    execution = await _operated(request, JobOperator.abandon, "JOB_NOT_ABANDONABLE", "abandoned")
     return web.json_response(_view(request, execution))
 
 
@@ -396,10 +425,9 @@ def _limit(request: web.Request, default: int) -> int:
 
 async def list_executions(request: web.Request) -> web.Response:
     """The job's most recent executions, newest first."""
-    launcher = request.app[LAUNCHER]
     spec = _job(request)
     limit = _limit(request, LIST_LIMIT_DEFAULT)
-    executions = await launcher.repository.list_executions(spec.name, limit)
+    executions = await _operator(request).executions(job_name=spec.name, limit=limit)
     views = [_view(request, e) for e in executions]
     return web.json_response({"jobName": spec.name, "executions": views})
 
@@ -446,7 +474,7 @@ async def list_recent_executions(request: web.Request) -> web.Response:
         before = int(raw)
     limit = _limit(request, RECENT_LIMIT_DEFAULT)
     # One more than asked: whether an older page exists.
-    executions = await launcher.repository.find_executions(
+    executions = await _operator(request).executions(
         job_name=job_name, status=status, run_date=run_date, before=before, limit=limit + 1
     )
     page = executions[:limit]
@@ -582,4 +610,4 @@ async def readiness(request: web.Request) -> web.Response:
 
 
 async def api_docs(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return web.json_response(request.app[DOCUMENT])

@@ -3,9 +3,13 @@ and the routes of `create_app` in step."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import Any
 
 from app.model import Status
+from app.runtime.job import JobSpec, Parameter, declared_parameters
+from app.runtime.parameters import BOOLEAN, DRY_RUN, INTEGER, LOCAL_DATE, LONG
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -35,14 +39,9 @@ _AUTH_ERRORS = {
     ),
     "403": _error("A valid token whose memberType is not ADMIN or ROLE_ADMIN (ACCESS_DENIED)"),
 }
-_JOB_NAME = {
-    "name": "jobName",
-    "in": "path",
-    "required": True,
-    "description": "The job: `coupon-usage-stats`, `coupon-usage-stats-fcm-send`, or its"
-    " Spring name (`couponUsageStatsJob`, `couponUsageStatsFcmSendJob`)",
-    "schema": {"type": "string"},
-}
+# The job's path or Spring name: its description and the jobs' parameters are filled in
+# from the jobs' declarations by `openapi`.
+_JOB_NAME = {"name": "jobName", "in": "path", "required": True, "schema": {"type": "string"}}
 _COUNTS = {
     name: {"type": "integer", "format": "int64"}
     for name in ("readCount", "writeCount", "filterCount", "skipCount", "commitCount")
@@ -50,7 +49,7 @@ _COUNTS = {
 _TIME = {"type": "string", "format": "date-time", "nullable": True}
 _STATUSES = [status.value for status in Status]
 
-OPENAPI: dict[str, Any] = {
+_DOCUMENT: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
         "title": "CouponPop batch service",
@@ -58,6 +57,24 @@ OPENAPI: dict[str, Any] = {
         "description": "Launch and follow the batch jobs; health and metrics for operators.",
     },
     "paths": {
+        "/api/v1/jobs": {
+            "get": {
+                "summary": "The jobs: their names, parameters, schedules and titles",
+                "description": "What the console renders its launch forms from.",
+                "operationId": "listJobs",
+                "security": [{"bearerAuth": []}],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
+                        },
+                        "The jobs",
+                    ),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/api/v1/jobs/{jobName}": {
             "post": {
                 "summary": "Launch a job in the background",
@@ -67,28 +84,6 @@ OPENAPI: dict[str, Any] = {
                 "security": [{"bearerAuth": []}],
                 "parameters": [
                     _JOB_NAME,
-                    {
-                        "name": "runDate",
-                        "in": "query",
-                        "description": "YYYY-MM-DD. Required by coupon-usage-stats; the"
-                        " fan-out job defaults to today in APP_TIMEZONE.",
-                        "schema": {"type": "string", "format": "date"},
-                    },
-                    {
-                        "name": "targetHour",
-                        "in": "query",
-                        "description": "coupon-usage-stats-fcm-send only: 0..23, default"
-                        " the current hour",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 23},
-                    },
-                    {
-                        "name": "dryRun",
-                        "in": "query",
-                        "description": "coupon-usage-stats-fcm-send only: write the messages"
-                        " to DRY_RUN_DIR instead of publishing them. A dry run is an instance"
-                        " of its own (dryRun=true and a fresh run.id).",
-                        "schema": {"type": "boolean", "default": False},
-                    },
                     {
                         "name": "from",
                         "in": "query",
@@ -300,18 +295,6 @@ OPENAPI: dict[str, Any] = {
                 "security": [{"bearerAuth": []}],
                 "parameters": [
                     _JOB_NAME,
-                    {
-                        "name": "runDate",
-                        "in": "query",
-                        "description": "YYYY-MM-DD, as for a launch",
-                        "schema": {"type": "string", "format": "date"},
-                    },
-                    {
-                        "name": "targetHour",
-                        "in": "query",
-                        "description": "0..23, as for a launch",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 23},
-                    },
                 ],
                 "responses": {
                     "200": _json(
@@ -397,6 +380,52 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "schemas": {
+            "Job": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "example": "couponUsageStatsJob"},
+                    "path": {"type": "string", "example": "coupon-usage-stats"},
+                    "title": {"type": "string", "example": "Usage statistics"},
+                    "parameters": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string", "example": "runDate"},
+                                "type": {"type": "string", "example": "java.time.LocalDate"},
+                                "help": {"type": "string"},
+                                "default": {
+                                    "type": "string",
+                                    "nullable": True,
+                                    "description": "in words; null: required",
+                                },
+                                "choices": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    },
+                    "schedule": {
+                        "type": "object",
+                        "nullable": True,
+                        "properties": {
+                            "cron": {"type": "string", "example": "0 1 * * *"},
+                            "punctual": {"type": "boolean"},
+                        },
+                    },
+                    "backfills": {"type": "boolean"},
+                    "publishes": {"type": "boolean"},
+                    "estimates": {"type": "boolean"},
+                    "confirm": {
+                        "type": "string",
+                        "description": "the console's question before a real run of a job"
+                        " that publishes; {parameter}, {zone} and {estimate} filled in",
+                    },
+                    "suggested": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "the parameters its schedule would give now",
+                    },
+                },
+            },
             "Error": {
                 "type": "object",
                 "properties": {
@@ -548,3 +577,65 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    LOCAL_DATE: {"type": "string", "format": "date"},
+    INTEGER: {"type": "integer"},
+    BOOLEAN: {"type": "boolean"},
+    LONG: {"type": "integer", "format": "int64"},
+}
+
+
+def _query(parameter: Parameter, jobs: Sequence[JobSpec]) -> dict[str, Any]:
+    """A job parameter as a query parameter, saying which jobs take it and its default."""
+    takes = "; ".join(
+        f"{spec.path}: "
+        + ("required" if mine.required else f"default {mine.default}")
+        + ("" if mine.help == parameter.help else f", {mine.help}")
+        for spec in jobs
+        for mine in spec.parameters
+        if mine.name == parameter.name
+    )
+    schema: dict[str, Any] = dict(_SCHEMAS[parameter.type])
+    if parameter.choices and parameter.type == INTEGER:
+        values = [int(choice) for choice in parameter.choices]
+        schema.update(minimum=min(values), maximum=max(values))
+    elif parameter.choices:
+        schema["enum"] = list(parameter.choices)
+    return {
+        "name": parameter.name,
+        "in": "query",
+        "description": f"{parameter.help} ({takes})",
+        "schema": schema,
+    }
+
+
+def openapi(jobs: Sequence[JobSpec]) -> dict[str, Any]:
+    """The document, with the jobs' names and parameters as they declare them."""
+    document = copy.deepcopy(_DOCUMENT)
+    names = ", ".join(f"`{spec.path}` (`{spec.name}`)" for spec in jobs)
+    job_name = {**_JOB_NAME, "description": f"The job, by its path or Spring name: {names}"}
+    paths = document["paths"]
+    launch = paths["/api/v1/jobs/{jobName}"]["post"]
+    launch["parameters"] = [
+        job_name,
+        *(_query(p, mine) for p, mine in declared_parameters(jobs).values()),
+        *launch["parameters"][1:],  # from, to
+    ]
+    estimated = [spec for spec in jobs if spec.estimate is not None]
+    paths["/api/v1/jobs/{jobName}/estimate"]["get"]["parameters"] = [
+        job_name,
+        *(
+            _query(p, mine)
+            for p, mine in declared_parameters(estimated).values()
+            if p.name != DRY_RUN
+        ),
+    ]
+    for operations in paths.values():
+        for operation in operations.values():
+            operation["parameters"] = [
+                job_name if p["name"] == "jobName" else p for p in operation.get("parameters", [])
+            ]
+            if not operation["parameters"]:
+                del operation["parameters"]
+    return document

@@ -34,7 +34,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from app.edges.db import fetch_all
-from app.jobs import usage_stats
+from app.jobs import usage_stats, usage_stats_spec
 from app.model import COMPLETED_WITH_SKIPS, Status
 from app.web.console import CONSOLE_PATH
 from tests.conftest import DATA_TABLES, DB_SERVER
@@ -99,6 +99,9 @@ return {
 };
 """
 ROW_IDS = 'return [...document.querySelectorAll("#rows tr")].map((r) => Number(r.dataset.id));'
+# The launch forms, one per job, by its path.
+STATS_FORM = "#launch-coupon-usage-stats"
+FANOUT_FORM = "#launch-coupon-usage-stats-fcm-send"
 CONFIRM = (
     "Send real pushes for {hour} (Asia/Seoul)? Not a dry run: it reads about {count} members"
     " whose latest stats name that hour, and pushes each who has a push token and an active"
@@ -214,6 +217,8 @@ def open_console(driver: WebDriver, app: LiveApp) -> None:
         driver.find_element(By.ID, "token").send_keys(token(expires_in=3600))
         driver.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
     wait_for(driver, lambda d: state.text.startswith("token set (operator"), "the token set")
+    # the launch forms, drawn from the jobs' declarations (GET /api/v1/jobs)
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#launch form"), "the forms")
 
 
 def row(driver: WebDriver, execution_id: int) -> dict[str, Any] | None:
@@ -254,7 +259,7 @@ def browser_problems(driver: WebDriver) -> list[str]:
 
 
 def set_date(driver: WebDriver, form: str, value: str) -> None:
-    field = driver.find_element(By.CSS_SELECTOR, f"#{form} input[name=runDate]")
+    field = driver.find_element(By.CSS_SELECTOR, f"{form} input[name=runDate]")
     driver.execute_script("arguments[0].value = arguments[1]", field, value)
 
 
@@ -278,7 +283,7 @@ def record(app: LiveApp, run_date: str, status: Status | None, exit_code: str | 
 
     async def recorded() -> int:
         repository = app.launcher.repository
-        parsed = usage_stats.SPEC.parse({"runDate": run_date}, datetime.now(SERVICE_ZONE))
+        parsed = usage_stats_spec.SPEC.parse({"runDate": run_date}, datetime.now(SERVICE_ZONE))
         execution = await repository.start_execution(
             usage_stats.JOB_NAME, parsed, rerun_completed=True
         )
@@ -357,12 +362,12 @@ def test_a_dry_run_launched_from_the_page_shows_its_counts(
     app: LiveApp, browser: WebDriver
 ) -> None:
     open_console(browser, app)
-    set_date(browser, "launch-fanout", DRY_RUN_DATE)
-    Select(browser.find_element(By.CSS_SELECTOR, "#launch-fanout select")).select_by_value(
+    set_date(browser, FANOUT_FORM, DRY_RUN_DATE)
+    Select(browser.find_element(By.CSS_SELECTOR, f"{FANOUT_FORM} select")).select_by_value(
         str(DRY_RUN_HOUR)
     )
-    assert browser.find_element(By.CSS_SELECTOR, "#launch-fanout input[name=dryRun]").is_selected()
-    browser.find_element(By.CSS_SELECTOR, "#launch-fanout button[type=submit]").click()
+    assert browser.find_element(By.CSS_SELECTOR, f"{FANOUT_FORM} input[name=dryRun]").is_selected()
+    browser.find_element(By.CSS_SELECTOR, f"{FANOUT_FORM} button[type=submit]").click()
     execution_id = launched_id(browser)
 
     shown = row_when(browser, execution_id, ("COMPLETED", "FAILED", "STOPPED"))
@@ -400,8 +405,8 @@ def test_a_hostile_dong_name_shows_as_text_and_never_runs(app: LiveApp, browser:
     open_console(browser, app)
     ids = {}
     for name, day in HOSTILE.items():
-        set_date(browser, "launch-stats", day)
-        browser.find_element(By.CSS_SELECTOR, "#launch-stats button[type=submit]").click()
+        set_date(browser, STATS_FORM, day)
+        browser.find_element(By.CSS_SELECTOR, f"{STATS_FORM} button[type=submit]").click()
         ids[name] = launched_id(browser, ids.values())
 
     for name, execution_id in ids.items():
@@ -435,12 +440,12 @@ def test_a_running_fan_out_stopped_from_the_page_ends_stopped(
     app.fake.control.update({"latency_ms": 100})
     try:
         open_console(browser, app)
-        set_date(browser, "launch-fanout", STOP_DATE)
-        Select(browser.find_element(By.CSS_SELECTOR, "#launch-fanout select")).select_by_value(
+        set_date(browser, FANOUT_FORM, STOP_DATE)
+        Select(browser.find_element(By.CSS_SELECTOR, f"{FANOUT_FORM} select")).select_by_value(
             str(STOP_HOUR)
         )
-        browser.find_element(By.CSS_SELECTOR, "#launch-fanout input[name=dryRun]").click()
-        submit = browser.find_element(By.CSS_SELECTOR, "#launch-fanout button[type=submit]")
+        browser.find_element(By.CSS_SELECTOR, f"{FANOUT_FORM} input[name=dryRun]").click()
+        submit = browser.find_element(By.CSS_SELECTOR, f"{FANOUT_FORM} button[type=submit]")
         # a real fan-out: confirmed first, with the hour and the members it reads
         expected = CONFIRM.format(hour=f"{STOP_DATE} 09:00", count=len(STOP_MEMBERS))
         submit.click()
@@ -578,13 +583,14 @@ def test_the_pickers_default_to_the_service_zone_not_the_browser_s(
     open_console(browser, app)
     browser.refresh()  # the defaults are set as the page loads
     wait_for(browser, lambda d: d.find_element(By.ID, "zone").text, "the zone shown")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#launch form"), "the forms")
     after = datetime.now(SERVICE_ZONE)
     zone = browser.execute_script("return Intl.DateTimeFormat().resolvedOptions().timeZone")
     assert zone == BROWSER_ZONE
     values = browser.execute_script(
-        "return [document.querySelector('#launch-stats input[name=runDate]').value,"
-        " document.querySelector('#launch-fanout input[name=runDate]').value,"
-        " document.querySelector('#launch-fanout select[name=targetHour]').value]"
+        f"return [document.querySelector('{STATS_FORM} input[name=runDate]').value,"
+        f" document.querySelector('{FANOUT_FORM} input[name=runDate]').value,"
+        f" document.querySelector('{FANOUT_FORM} select[name=targetHour]').value]"
     )
     assert values in (expected(before), expected(after))
     assert browser.find_element(By.ID, "zone").text == "times in Asia/Seoul (UTC+09:00)"

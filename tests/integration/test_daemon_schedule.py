@@ -17,7 +17,7 @@ from asyncmy.pool import Pool
 from app.composition import JOBS, schedules
 from app.config import Settings
 from app.edges.db import fetch_all
-from app.jobs import fcm_send, usage_stats
+from app.jobs import fcm_send_spec, usage_stats_spec
 from app.repository import JobRepository
 from app.runtime.launcher import Launcher
 from app.runtime.reconciler import Reconciler
@@ -75,8 +75,8 @@ async def failed(pool: Pool, count: int) -> bool:
 
 
 def test_the_schedules() -> None:
-    assert (STATS.cron, STATS.job) == ("0 1 * * *", usage_stats.SPEC)
-    assert (FANOUT.cron, FANOUT.job) == ("0 * * * *", fcm_send.SPEC)
+    assert (STATS.cron, STATS.job) == ("0 1 * * *", usage_stats_spec.SPEC)
+    assert (FANOUT.cron, FANOUT.job) == ("0 * * * *", fcm_send_spec.SPEC)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ async def test_scheduler_fires_on_its_cron_and_stops(replicas: list[Launcher], p
         return {"runDate": "2025-10-26"}
 
     scheduler = Scheduler(
-        replicas[0], SEOUL, [Schedule("* * * * * *", usage_stats.SPEC, parameters)], POLICY
+        replicas[0], SEOUL, [Schedule("* * * * * *", usage_stats_spec.SPEC, parameters)], POLICY
     )
     scheduler.start(catch_up=False)
     try:
@@ -206,7 +206,7 @@ async def test_a_missed_fanout_hour_runs_on_start_only_within_its_grace(
         asked.append(scheduled)
         return {"runDate": "2025-10-26"}
 
-    punctual = Schedule("0 * * * *", usage_stats.SPEC, parameters, punctual=True)
+    punctual = Schedule("0 * * * *", usage_stats_spec.SPEC, parameters, punctual=True)
     policy = replace(POLICY, misfire_grace=timedelta(minutes=grace_minutes))
     scheduler = Scheduler(replicas[0], SEOUL, [punctual], policy)
     scheduler.start()
@@ -231,7 +231,7 @@ async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
     async with open_resources(down, broker=False) as resources:
         launcher = Launcher(resources, JOBS)
         policy = RestartPolicy(attempts=2, backoff_seconds=0.1, misfire_grace=timedelta(0))
-        schedule = Schedule("0 1 * * *", usage_stats.SPEC, lambda _: {"runDate": "2025-10-26"})
+        schedule = Schedule("0 1 * * *", usage_stats_spec.SPEC, lambda _: {"runDate": "2025-10-26"})
         scheduler = Scheduler(launcher, SEOUL, [schedule], policy)
         scheduler.start()  # the catch-up fires it
         try:
@@ -256,7 +256,7 @@ async def test_replicas_restart_a_failing_instance_at_most_attempts_times_in_all
         )
     down = replace(settings, STORE_SERVICE_URL="http://127.0.0.1:9", RETRY_BUDGET_SECONDS=0.2)
     policy = RestartPolicy(attempts=2, backoff_seconds=0.1, misfire_grace=timedelta(0))
-    schedule = Schedule("0 1 * * *", usage_stats.SPEC, lambda _: {"runDate": "2025-10-26"})
+    schedule = Schedule("0 1 * * *", usage_stats_spec.SPEC, lambda _: {"runDate": "2025-10-26"})
     async with AsyncExitStack() as stack:
         schedulers = []
         for _ in range(3):
@@ -285,9 +285,9 @@ async def test_the_reconciler_takes_over_dead_executions_and_restarts_those_wort
     now = datetime.now(SEOUL)
     dead = []
     for spec, raw in [
-        (usage_stats.SPEC, {"runDate": "2025-10-26"}),
-        (fcm_send.SPEC, {"runDate": "2025-10-25", "targetHour": "10"}),
-        (usage_stats.SPEC, {"runDate": "2025-10-25"}),
+        (usage_stats_spec.SPEC, {"runDate": "2025-10-26"}),
+        (fcm_send_spec.SPEC, {"runDate": "2025-10-25", "targetHour": "10"}),
+        (usage_stats_spec.SPEC, {"runDate": "2025-10-25"}),
     ]:
         dead.append(
             await repository.start_execution(spec.name, spec.parse(raw, now), rerun_completed=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.repository import JobRepository
 from tests.proxy import FaultProxy, through
+from tests.reliability.support import age_execution, free_port
 from tests.settings import TEST_JWT_KEY, TEST_JWT_SECRET
 
 RUN_DATE = "2025-10-26"
@@ -57,12 +57,6 @@ def admin_headers() -> dict[str, str]:
     now = int(time.time())
     claims = {"sub": "1", "username": "ops", "memberType": "ADMIN", "iat": now, "exp": now + 600}
     return {"Authorization": f"Bearer {jwt.encode(claims, TEST_JWT_KEY)}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @asynccontextmanager
@@ -268,7 +262,7 @@ async def test_sigterm_during_a_database_stall_exits_within_the_grace_and_says_s
     assert "outcome(s) could not be recorded" in log
     db_proxy.resume()
 
-    await asyncio.sleep(4)  # past JOB_ABANDON_AFTER_SECONDS: the lease has run out
+    await age_execution(pool, execution_id, 5)  # past JOB_ABANDON_AFTER_SECONDS: no lease
     repository = JobRepository(pool, abandon_after_seconds=4)
     stale = await repository.get_execution(execution_id)
     assert stale is not None and stale.status == "STARTED"  # what the stall left

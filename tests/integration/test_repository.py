@@ -19,6 +19,7 @@ from app.model import (
 )
 from app.repository import AlreadyCommitted, JobRepository
 from app.spring_format import decode_context, job_key
+from tests.reliability.support import age_execution
 
 JOB = "couponUsageStatsJob"
 PARAMS = [JobParameter("runDate", "java.time.LocalDate", "2025-10-31")]
@@ -242,15 +243,6 @@ async def test_an_abandoned_execution_says_so_and_keeps_a_failure_s_cause(
     assert (abandoned_step.status, abandoned_step.exit_message) == ("ABANDONED", expected)
 
 
-async def _age(pool: Pool, execution_id: int, seconds: int) -> None:
-    async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(
-            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL %s SECOND"
-            " WHERE JOB_EXECUTION_ID = %s",
-            (seconds, execution_id),
-        )
-
-
 async def _row(pool: Pool, execution_id: int) -> tuple:
     [row] = await fetch_all(
         pool,
@@ -278,7 +270,7 @@ async def test_the_expired_executions_are_taken_over_once(pool: Pool) -> None:
     ]
     assert await repository.request_stop(stopping.id) == Status.STARTED
     for execution in (started, starting, stopping):
-        await _age(pool, execution.id, 121)
+        await age_execution(pool, execution.id, 121)
     expired = await repository.expired_executions()
     assert sorted(e.id for e in expired) == [started.id, starting.id, stopping.id]
 
@@ -306,7 +298,7 @@ async def test_a_stop_keeps_the_lease_and_abandon_takes_a_stopping_execution(poo
     """Asking a dead execution to stop does not renew it: it still expires."""
     repository = repo(pool, abandon_after=120)
     execution = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
-    await _age(pool, execution.id, 121)
+    await age_execution(pool, execution.id, 121)
     assert await repository.request_stop(execution.id) == Status.STARTED
     assert await _row(pool, execution.id) == ("STOPPING", "UNKNOWN", "", 0, 121)
     assert [e.id for e in await repository.expired_executions()] == [execution.id]

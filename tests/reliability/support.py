@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,7 +39,6 @@ from app.devtools.fake_peers import CONTROL_PATH
 from app.edges.db import fetch_all
 from app.runtime.launcher import RunningJob
 from tests.integration import rabbit
-from tests.integration.test_daemon_serve import free_port
 from tests.integration.test_fcm_send_job import (
     expected_body,
     insert_events,
@@ -296,6 +296,23 @@ async def until(
                 return value
             await asyncio.sleep(every)
     raise AssertionError(f"never happened: {what}")  # pragma: no cover
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def age_execution(pool: Pool, execution_id: int, seconds: float) -> None:
+    """The execution's LAST_UPDATED `seconds` back: its lease as if that long had passed
+    without a heartbeat, instead of waiting for it."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL %s SECOND"
+            " WHERE JOB_EXECUTION_ID = %s",
+            (seconds, execution_id),
+        )
 
 
 async def after_commits(run: RunningJob, commits: int) -> None:

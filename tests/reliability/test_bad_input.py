@@ -33,11 +33,12 @@ from schemathesis import Case, checks
 from schemathesis.generation import GenerationMode
 from yarl import URL
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.edges.peers import REGIONS
-from app.web.openapi import OPENAPI
+from app.web.openapi import openapi
 from tests.conftest import DB_SERVER
 from tests.integration.test_usage_stats_job import (
     add_histories,
@@ -89,6 +90,7 @@ def map_path_parameters(context: object, path_parameters: dict | None) -> dict |
 # The document /v3/api-docs serves (test_the_fuzzed_document_is_the_served_one): parametrizing
 # needs it at collection, before any server runs. (`schemathesis.pytest.from_fixture` would
 # load it from the live app but fails under pytest 9: it sets `Function._nodeid`.)
+OPENAPI = openapi(JOBS)
 fuzz = schemathesis.openapi.from_dict(OPENAPI)
 fuzz.config.generation.update(
     modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=100

@@ -26,7 +26,6 @@ from app.model import JobExecution
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
-from tests.integration.test_daemon_serve import free_port
 from tests.integration.test_fcm_send_job import JOB as FANOUT_JOB
 from tests.integration.test_usage_stats_job import counts, stats
 from tests.reliability.support import (
@@ -38,6 +37,7 @@ from tests.reliability.support import (
     drain,
     fake_peers_process,
     fanout_world,
+    free_port,
     skipped_items,
     stats_world,
     trace_ids_of,

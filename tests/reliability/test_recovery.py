@@ -129,6 +129,10 @@ async def test_serve_killed_mid_fanout_and_restarted_at_once_delivers_every_trac
     assert {m.body for m in got} == world.expected_bodies()
 
 
+async def lease_lost(daemon: Daemon) -> bool:
+    return "lease lost: execution=" in daemon.log_text()
+
+
 async def test_a_lost_lease_fails_the_run_and_the_schedule_restarts_it(
     pool: Pool, settings: Settings, queue: str, tmp_path: Path, db_proxy: FaultProxy
 ) -> None:
@@ -143,7 +147,7 @@ async def test_a_lost_lease_fails_the_run_and_the_schedule_restarts_it(
     ):
         await until(lambda: fanout_commits(pool), within=60, what="a committed fan-out chunk")
         db_proxy.stall()
-        await asyncio.sleep(6)  # past half the lease, within JOB_ABANDON_AFTER_SECONDS
+        await until(lambda: lease_lost(d), within=30, what="the runner's lease lost")
         db_proxy.resume()
         await until_fanout_completed(pool, d, within=180)
     (_, status, message), *restarts = await executions_of(pool, FANOUT_JOB)

@@ -9,7 +9,6 @@ import pytest
 
 from app.contracts import PushRequest
 from app.jobs.fcm_send import (
-    SPEC,
     Filtered,
     LatestStats,
     active_event_count,
@@ -17,6 +16,7 @@ from app.jobs.fcm_send import (
     reference_time,
     stats_window,
 )
+from app.jobs.fcm_send_spec import SPEC
 from app.model import JobParameter
 from app.runtime.parameters import ParameterError
 from app.spring_format import job_key

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app.runtime.launcher import _settle
+from app.pipeline.retry import settle
 
 
 async def test_an_update_past_the_deadline_is_cancelled_and_awaited() -> None:
@@ -21,8 +21,8 @@ async def test_an_update_past_the_deadline_is_cancelled_and_awaited() -> None:
             ended.append("update")
 
     with pytest.raises(TimeoutError):
-        await _settle(update(), time.monotonic() + 0.05)
-    assert ended == ["update"]  # over before _settle returned: nothing left running
+        await settle(update(), time.monotonic() + 0.05)
+    assert ended == ["update"]  # over before settle returned: nothing left running
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
 
 
@@ -35,7 +35,7 @@ async def test_a_cancelled_caller_lets_the_update_finish_then_is_cancelled() -> 
         await asyncio.sleep(0.1)
         done.append("recorded")
 
-    caller = asyncio.create_task(_settle(update(), time.monotonic() + 10))
+    caller = asyncio.create_task(settle(update(), time.monotonic() + 10))
     await started.wait()
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -48,4 +48,4 @@ async def test_the_update_s_own_error_is_raised_as_itself() -> None:
         raise ConnectionResetError("gone")
 
     with pytest.raises(ConnectionResetError, match="gone"):
-        await _settle(update(), time.monotonic() + 1)
+        await settle(update(), time.monotonic() + 1)

@@ -1,21 +1,18 @@
-"""What a run loads: the composition root imports a job's module when the job is launched,
-so a stats run starts without the fan-out job, the broker client, PyJWT or aiohttp."""
+"""What a run loads: the composition root imports the jobs' declarations, and a job's code
+is imported when a run builds its step, so a stats run starts without the fan-out job, the
+broker client, PyJWT or aiohttp."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from datetime import datetime
 
 import pytest
 
-from app.composition import JOBS
-from app.jobs import fcm_send, usage_stats
-from app.runtime.job import find_job, job_in
-
 # Not needed to start a stats run: aiohttp is imported by the first peer call (none on
 # an empty window); `cryptography` is, by asyncmy (caching_sha2_password's RSA).
+JOB_CODE = ("app.jobs.usage_stats", "app.jobs.fcm_send", "app.jobs.history_window")
 NOT_LOADED = ("app.jobs.fcm_send", "app.edges.broker", "aio_pika", "aiormq", "jwt", "aiohttp")
 
 
@@ -27,9 +24,10 @@ def _loaded_after(code: str) -> list[str]:
     return json.loads(done.stdout)
 
 
-def test_the_command_line_loads_no_job() -> None:
+def test_the_command_line_loads_no_job_code() -> None:
+    """The jobs' declarations only (`*_spec`), not their steps' code."""
     loaded = _loaded_after("import app.__main__")
-    assert [name for name in loaded if name.startswith("app.jobs.")] == []
+    assert [name for name in loaded if name in JOB_CODE] == []
     assert [name for name in NOT_LOADED if name in loaded] == []
 
 
@@ -41,22 +39,21 @@ def test_a_stats_run_loads_neither_the_broker_nor_pyjwt_nor_aiohttp() -> None:
     assert [name for name in NOT_LOADED if name in loaded] == []
 
 
-@pytest.mark.parametrize("module", [usage_stats, fcm_send])
-def test_the_registry_names_each_job_as_its_module_does(module: object) -> None:
-    spec = module.SPEC  # type: ignore[attr-defined]
-    registered = find_job(JOBS, spec.path)
-    assert (registered.name, registered.path, registered.publishes) == (
-        spec.name,
-        spec.path,
-        spec.publishes,
+def test_a_job_s_code_is_imported_at_its_first_call() -> None:
+    loaded = _loaded_after(
+        "from datetime import date; import sys; from app.runtime.job import code;"
+        " window = code('app.jobs.fcm_send:stats_window');"
+        " assert 'app.jobs.fcm_send' not in sys.modules;"
+        " assert window(date(2025, 10, 31)) == (date(2025, 10, 29), date(2025, 10, 31))"
     )
-    assert (registered.estimate is None) == (spec.estimate is None)
-    now = datetime(2025, 11, 1, 9, 30)
-    raw = {"runDate": "2025-10-31", "targetHour": "10"}
-    assert registered.parse(raw, now) == spec.parse(raw, now)
+    assert "app.jobs.fcm_send" in loaded
 
 
-def test_a_job_registered_under_another_name_fails_when_loaded() -> None:
-    wrong = job_in("app.jobs.usage_stats", "couponUsageStatsJob", "coupon-usage-stat")
-    with pytest.raises(RuntimeError, match="registered as"):
-        wrong.parse({"runDate": "2025-10-31"}, datetime(2025, 11, 1))
+@pytest.mark.parametrize("path", ["coupon-usage-stats", "coupon-usage-stats-fcm-send"])
+def test_parsing_a_job_s_parameters_loads_no_job_code(path: str) -> None:
+    loaded = _loaded_after(
+        "from datetime import datetime; from app.composition import JOBS;"
+        " from app.runtime.job import find_job;"
+        f" find_job(JOBS, {path!r}).parse({{'runDate': '2025-10-31'}}, datetime(2025, 11, 1))"
+    )
+    assert [name for name in loaded if name in JOB_CODE] == []

@@ -13,10 +13,10 @@ from app.jobs.usage_stats import (
     favourite,
     hour_of,
     id_ranges,
-    parse,
     time_ranges,
     window,
 )
+from app.jobs.usage_stats_spec import parse
 from app.runtime.parameters import ParameterError
 
 EPOCH = datetime(1, 1, 1)

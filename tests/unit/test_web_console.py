@@ -22,7 +22,7 @@ CSP = (
 
 @pytest.fixture
 async def client() -> TestClient:
-    app = create_app(SimpleNamespace(settings=make_settings()), {})  # type: ignore[arg-type]
+    app = create_app(SimpleNamespace(settings=make_settings(), jobs={}), {})  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -107,7 +107,7 @@ async def test_the_script_writes_text_only(client: TestClient) -> None:
 @pytest.mark.parametrize("zone", ["Asia/Seoul", "America/Argentina/Buenos_Aires"])
 async def test_the_page_names_the_service_zone(zone: str) -> None:
     settings = make_settings(APP_TIMEZONE=zone)
-    app = create_app(SimpleNamespace(settings=settings), {})  # type: ignore[arg-type]
+    app = create_app(SimpleNamespace(settings=settings, jobs={}), {})  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as client:
         parser = _Tags()
         parser.feed(await (await client.get(CONSOLE_PATH)).text())

@@ -8,17 +8,20 @@ from types import SimpleNamespace
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from app.composition import JOBS
 from app.web.app import create_app
 from app.web.console import CONSOLE_PATH
-from app.web.openapi import OPENAPI
+from app.web.openapi import openapi
 from tests.settings import make_settings
 
+OPENAPI = openapi(JOBS)
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 
 def app() -> web.Application:
     # The routes need no database; only the settings of the launcher are read here.
-    return create_app(SimpleNamespace(settings=make_settings()), {})  # type: ignore[arg-type]
+    launcher = SimpleNamespace(settings=make_settings(), jobs={spec.path: spec for spec in JOBS})
+    return create_app(launcher, {})  # type: ignore[arg-type]
 
 
 def routes(application: web.Application) -> set[tuple[str, str]]:

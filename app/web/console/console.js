@@ -17,10 +17,10 @@ const ACTIONS = [
   ["restart", "Restart", new Set(["FAILED", "STOPPED"])],
   ["abandon", "Abandon", new Set(["FAILED", "STOPPED", "STOPPING"])],
 ];
-const JOB_LABELS = {
-  couponUsageStatsJob: "usage stats",
-  couponUsageStatsFcmSendJob: "push fan-out",
-};
+// Java types of job parameters, as the jobs declare them (GET /api/v1/jobs).
+const LOCAL_DATE = "java.time.LocalDate";
+const INTEGER = "java.lang.Integer";
+const BOOLEAN = "java.lang.Boolean";
 
 const $ = (id) => document.getElementById(id);
 const numbers = new Intl.NumberFormat("en-US");
@@ -95,12 +95,6 @@ function zoneOffset() {
     .formatToParts(new Date())
     .find((part) => part.type === "timeZoneName").value;
   return name === "GMT" ? "+00:00" : name.replace("GMT", "");
-}
-
-function dayBefore(isoDate) {
-  const day = new Date(`${isoDate}T00:00:00Z`);
-  day.setUTCDate(day.getUTCDate() - 1);
-  return day.toISOString().slice(0, 10);
 }
 
 // The API's times are ISO 8601 with their offset (APP_TIMEZONE's), with microseconds.
@@ -351,7 +345,7 @@ function renderRow(entry, execution) {
   const actions = ACTIONS.filter(([, , statuses]) => statuses.has(execution.status)).map(([a]) => a);
   update(entry, "id", String(execution.executionId), setText);
   update(entry, "job", execution.jobName, (cell, name) => {
-    cell.textContent = JOB_LABELS[name] || name;
+    cell.textContent = jobLabels[name] || name;
     cell.title = name;
   });
   update(entry, "params", `${parameterText(execution.parameters)}|${dry}`, (cell) => {
@@ -582,6 +576,7 @@ async function tick() {
   inflight = true;
   let stop = false;
   try {
+    await loadJobs();
     await refresh();
     if (lastError) say("connected again");
     lastError = "";
@@ -606,44 +601,103 @@ function refreshNow() {
 
 // ---- actions -------------------------------------------------------------------------------
 
-function launchQuery(form) {
-  const data = new FormData(form);
-  const query = new URLSearchParams({ runDate: data.get("runDate") });
-  if (data.has("targetHour")) query.set("targetHour", data.get("targetHour"));
-  if (data.get("dryRun")) query.set("dryRun", "true");
+// ---- the jobs: a launch form each, as they declare themselves ----------------------
+
+let jobs = null; // GET /api/v1/jobs, once a token is set
+let jobLabels = {}; // Spring name -> what the list calls it
+
+async function loadJobs() {
+  if (jobs) return;
+  const answer = await api("GET", API);
+  jobs = answer.jobs;
+  jobLabels = Object.fromEntries(jobs.map((job) => [job.name, job.title.toLowerCase()]));
+  $("launch").replaceChildren(...jobs.map(launchForm));
+  $("filters").elements.job.append(...jobs.map((job) => el("option", { value: job.path }, job.title.toLowerCase())));
+}
+
+// runDate -> "Run date"
+function fieldLabel(name) {
+  const words = name.replace(/([A-Z])/g, " $1").toLowerCase();
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+function launchForm(job) {
+  const form = el("form", { id: `launch-${job.path}`, class: "card" }, el("h2", {}, job.title));
+  for (const parameter of job.parameters) form.append(parameterField(job, parameter));
+  form.append(el("button", { type: "submit" }, "Launch"));
+  form.addEventListener("submit", (event) => launch(event, job));
+  return form;
+}
+
+// A field starting from what the job's schedule would launch now (`suggested`).
+function parameterField(job, parameter) {
+  const name = parameter.name;
+  const label = fieldLabel(name);
+  const suggested = job.suggested?.[name] ?? "";
+  if (parameter.type === BOOLEAN) {
+    // a dry run is the console's default: a real one is chosen, then confirmed
+    const checked = name === "dryRun" || suggested === "true";
+    return el("label", { class: "check" }, el("input", { type: "checkbox", name, checked }), ` ${label}`);
+  }
+  if (parameter.choices.length) {
+    const width = Math.max(...parameter.choices.map((choice) => choice.length));
+    const options = parameter.choices.map((choice) =>
+      el("option", { value: choice, selected: choice === suggested }, /^\d+$/.test(choice) ? choice.padStart(width, "0") : choice),
+    );
+    return el("label", {}, `${label} `, el("select", { name }, ...options));
+  }
+  const type = { [LOCAL_DATE]: "date", [INTEGER]: "number" }[parameter.type] || "text";
+  return el("label", {}, `${label} `, el("input", { type, name, value: suggested, required: parameter.default === null }));
+}
+
+function launchQuery(form, job) {
+  const query = new URLSearchParams();
+  for (const { name } of job.parameters) {
+    const input = form.elements[name];
+    if (input.type === "checkbox") {
+      if (input.checked) query.set(name, "true");
+    } else if (input.value !== "") {
+      query.set(name, input.value);
+    }
+  }
   return query;
 }
 
-// A real fan-out pushes to members' phones: the operator confirms the hour and about
-// how many members it reads (the job's estimate) first.
-async function confirmFanOut(job, query) {
-  const hour = `${query.get("runDate")} ${query.get("targetHour").padStart(2, "0")}:00 (${ZONE})`;
-  const asked = new URLSearchParams({ runDate: query.get("runDate"), targetHour: query.get("targetHour") });
-  let reads;
-  try {
-    const estimate = await api("GET", `${API}/${job}/estimate?${asked}`);
-    reads = `about ${numbers.format(estimate.count)} ${estimate.unit}`;
-  } catch (error) {
-    reads = `an unknown number of members (no estimate: ${error.message})`;
+// A real run of a job that publishes (the fan-out pushes to members' phones): the
+// operator confirms it first, with the job's own question naming its parameters and
+// about how much it reads (the job's estimate).
+async function confirmRealRun(job, form, query) {
+  let estimate = "";
+  if (job.estimates) {
+    const asked = new URLSearchParams(query);
+    asked.delete("dryRun");
+    try {
+      const answer = await api("GET", `${API}/${job.path}/estimate?${asked}`);
+      estimate = `about ${numbers.format(answer.count)} ${answer.unit}`;
+    } catch (error) {
+      estimate = `an unknown number (no estimate: ${error.message})`;
+    }
   }
-  return confirm(
-    `Send real pushes for ${hour}? Not a dry run: it reads ${reads} whose latest stats` +
-      " name that hour, and pushes each who has a push token and an active coupon event in their dong.",
-  );
+  const values = { zone: ZONE, estimate };
+  for (const { name } of job.parameters) {
+    const input = form.elements[name];
+    values[name] = input.tagName === "SELECT" ? input.selectedOptions[0]?.text ?? input.value : input.value;
+  }
+  return confirm(job.confirm.replace(/\{(\w+)\}/g, (whole, name) => values[name] ?? whole));
 }
 
 async function launch(event, job) {
   event.preventDefault();
   const form = event.currentTarget;
-  const query = launchQuery(form);
+  const query = launchQuery(form, job);
   const button = form.querySelector("button[type=submit]");
   button.disabled = true;
   try {
-    if (query.has("targetHour") && !query.get("dryRun") && !(await confirmFanOut(job, query))) {
+    if (job.publishes && job.confirm && !query.get("dryRun") && !(await confirmRealRun(job, form, query))) {
       say("launch cancelled");
       return;
     }
-    const launched = await api("POST", `${API}/${job}?${query}`);
+    const launched = await api("POST", `${API}/${job.path}?${query}`);
     const dry = query.get("dryRun") ? " (dry run)" : "";
     say(`launched execution ${launched.executionId}: ${launched.jobName} ${parameterText(launched.parameters)}${dry}`);
     select(launched.executionId);
@@ -684,20 +738,11 @@ function onTableClick(event) {
 // ---- start -------------------------------------------------------------------------------
 
 function start() {
-  // The service's today: the stats default to yesterday (the schedule's run date), the
-  // fan-out to today and this hour.
-  const now = inZone(Date.now());
   $("zone").textContent = `times in ${ZONE} (UTC${zoneOffset()})`;
-  $("launch-stats").elements.runDate.value = dayBefore(now.date);
-  $("launch-fanout").elements.runDate.value = now.date;
-  const hours = $("launch-fanout").elements.targetHour;
-  for (let h = 0; h < 24; h++) hours.append(el("option", { value: String(h), selected: h === now.hour }, String(h).padStart(2, "0")));
   showPager();
 
   $("token-form").addEventListener("submit", useToken);
   $("forget").addEventListener("click", forgetToken);
-  $("launch-stats").addEventListener("submit", (e) => launch(e, "coupon-usage-stats"));
-  $("launch-fanout").addEventListener("submit", (e) => launch(e, "coupon-usage-stats-fcm-send"));
   $("filters").addEventListener("change", filtersChanged);
   $("filters").addEventListener("submit", (e) => e.preventDefault());
   $("filters").addEventListener("reset", () => setTimeout(filtersChanged)); // after the reset

@@ -1,0 +1,30 @@
+"""couponUsageStatsJob declared: its parameters and schedule (this module imports nothing
+heavy; the step's code, app.jobs.usage_stats, is imported when a run builds it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from app.model import JobParameter
+from app.runtime.job import Cron, JobSpec, Parameter, code
+from app.runtime.parameters import LOCAL_DATE, run_date
+
+WINDOW_DAYS = 20  # the run date's window of coupon uses, in days up to it
+
+
+def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
+    return [run_date(raw, lookback_days=WINDOW_DAYS)]
+
+
+SPEC = JobSpec(
+    name="couponUsageStatsJob",
+    path="coupon-usage-stats",
+    title="Usage stats",
+    parameters=(Parameter("runDate", LOCAL_DATE, "YYYY-MM-DD"),),
+    parse=parse,
+    build=code("app.jobs.usage_stats:build"),
+    backfills=True,
+    # Every night at 01:00 for yesterday.
+    schedule=Cron("0 1 * * *", lambda at: {"runDate": (at.date() - timedelta(days=1)).isoformat()}),
+)

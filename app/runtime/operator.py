@@ -1,0 +1,168 @@
+"""Spring Batch's JobOperator: start, restart, stop, abandon and list executions, with the
+status rules stated once. The CLI and the admin API are thin adapters over it: each
+turns the operator's answers and refusals into its own exit codes or HTTP statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from typing import TextIO
+
+from app.model import ABANDONABLE, RESTARTABLE, RUNNING, JobExecution, LaunchRefused, Status
+from app.repository import JobRepository
+from app.runtime.launcher import ON_REQUEST, Launcher, RunningJob
+from app.runtime.parameters import ParameterError, backfill_dates
+
+
+class NoSuchExecution(LookupError):
+    pass
+
+
+class Refused(Exception):
+    """The execution's status does not allow the command; `status` is the one it has."""
+
+    def __init__(self, message: str, status: Status) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotRestartable(Exception):
+    """Only a FAILED or STOPPED execution, its instance's last, restarts."""
+
+
+class NotRunning(Refused):
+    """Only a STARTING, STARTED or STOPPING execution stops."""
+
+
+class NotAbandonable(Refused):
+    """Only a STOPPED, FAILED or STOPPING execution is abandoned."""
+
+
+class JobOperator:
+    """The operator's commands over the job repository, and over this process's launcher
+    where it has one (the daemon, `run`, `restart`); `stop` and `abandon` need none:
+    the runner, on whichever replica, reads them in the job repository."""
+
+    def __init__(self, repository: JobRepository, launcher: Launcher | None = None) -> None:
+        self.repository = repository
+        self._launcher = launcher
+
+    @classmethod
+    def of(cls, launcher: Launcher) -> JobOperator:
+        return cls(launcher.repository, launcher)
+
+    @property
+    def launcher(self) -> Launcher:
+        if self._launcher is None:
+            raise RuntimeError("this operator launches nothing: it has no launcher")
+        return self._launcher
+
+    async def start(
+        self,
+        job: str,
+        raw_parameters: Mapping[str, str],
+        *,
+        rerun: bool,
+        dry_run_output: TextIO | None = None,
+    ) -> RunningJob:
+        """Launch `job` (its path or Spring name) in the background. Raises UnknownJob,
+        ParameterError, LaunchRefused or ShuttingDown."""
+        launcher = self.launcher
+        spec = launcher.find(job)
+        return await launcher.launch(
+            spec, raw_parameters, rerun=rerun, dry_run_output=dry_run_output
+        )
+
+    async def backfill(
+        self, job: str, first: str, last: str, raw_parameters: Mapping[str, str], *, rerun: bool
+    ) -> tuple[list[tuple[date, RunningJob]], list[tuple[date, LaunchRefused]]]:
+        """Every date `first`..`last` (a backfill's from and to) launched as its own
+        instance, beyond MAX_RUNNING_EXECUTIONS queued (STARTING): the runs and the
+        refusals, by date. Raises UnknownJob, ParameterError or ShuttingDown."""
+        days = backfill_dates(first, last)
+        if "runDate" in raw_parameters:
+            raise ParameterError("runDate", "give either runDate or from/to")
+        launcher = self.launcher
+        spec = launcher.find(job)
+        launched, refused = [], []
+        for day in days:
+            parameters = {**raw_parameters, "runDate": day.isoformat()}
+            try:
+                launched.append((day, await launcher.launch(spec, parameters, rerun=rerun)))
+            except LaunchRefused as exc:
+                refused.append((day, exc))
+        return launched, refused
+
+    async def restart(self, execution_id: int, *, max_executions: int | None = None) -> RunningJob:
+        """A FAILED or STOPPED execution's instance runs again with the same parameters,
+        from its checkpoint. Only the instance's last execution restarts, as in Spring
+        Batch: one its instance ran on after is NotRestartable (JobRestartException), or
+        refused by the launch rules if the instance is running or completed since.
+        Raises NoSuchExecution, NotRestartable, LaunchRefused or ShuttingDown; an
+        automatic restart (the scheduler's) passes `max_executions`."""
+        launcher = self.launcher
+        launcher.refuse_if_shutting_down()
+        execution = await self.get(execution_id)
+        if execution.status not in RESTARTABLE:
+            raise NotRestartable(
+                f"execution {execution_id} is {execution.status}: only a FAILED or STOPPED"
+                " execution restarts"
+            )
+        last = await self.repository.last_execution(execution.instance_id)
+        if last.id != execution_id and last.status not in (*RUNNING, Status.COMPLETED):
+            raise NotRestartable(
+                f"execution {execution_id} is not its instance's last: execution {last.id}"
+                f" ran on after it and is {last.status}; only the last one restarts"
+            )
+        spec = launcher.find(execution.job_name)
+        parameters = await self.repository.get_parameters(execution_id)
+        return await launcher.relaunch(spec, parameters, max_executions=max_executions)
+
+    async def stop(self, execution_id: int) -> Status:
+        """STOPPING in the job repository, for a runner on any replica (it reads it at its
+        next chunk commit or heartbeat); a run of this process stops at once. The status
+        it had; raises NoSuchExecution or NotRunning."""
+        found = await self.repository.request_stop(execution_id)
+        if found is None:
+            raise NoSuchExecution(f"no job execution {execution_id}")
+        if found not in RUNNING:
+            raise NotRunning(f"execution {execution_id} is {found}, not running", found)
+        run = self._launcher.running.get(execution_id) if self._launcher else None
+        if run is not None:
+            run.request_stop(ON_REQUEST)
+        return found
+
+    async def abandon(self, execution_id: int) -> Status:
+        """A STOPPED, FAILED or STOPPING execution becomes ABANDONED: never restarted, the
+        next launch of its instance starts from scratch. The status it had; raises
+        NoSuchExecution or NotAbandonable."""
+        found = await self.repository.abandon(execution_id)
+        if found is None:
+            raise NoSuchExecution(f"no job execution {execution_id}")
+        if found not in ABANDONABLE:
+            raise NotAbandonable(
+                f"execution {execution_id} is {found}: only a STOPPED, FAILED or STOPPING"
+                " execution is abandoned",
+                found,
+            )
+        return found
+
+    async def get(self, execution_id: int) -> JobExecution:
+        execution = await self.repository.get_execution(execution_id)
+        if execution is None:
+            raise NoSuchExecution(f"no job execution {execution_id}")
+        return execution
+
+    async def executions(
+        self,
+        *,
+        job_name: str | None = None,
+        status: str | None = None,
+        run_date: date | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[JobExecution]:
+        """The most recent executions, newest first, filtered as given."""
+        return await self.repository.find_executions(
+            job_name=job_name, status=status, run_date=run_date, before=before, limit=limit
+        )
