@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -254,7 +255,9 @@ async def test_every_dashboard_metric_is_exposed(
 
 async def test_the_scheduler_gauge_follows_the_scheduler() -> None:
     policy = RestartPolicy(attempts=0, backoff_seconds=1, misfire_grace=timedelta(0))
-    scheduler = Scheduler(None, make_settings().timezone, (), policy)  # type: ignore[arg-type]
+    # No schedule: the scheduler never reaches its launcher's repository.
+    launcher = SimpleNamespace(repository=None)
+    scheduler = Scheduler(launcher, make_settings().timezone, (), policy)  # type: ignore[arg-type]
     scheduler.start(catch_up=False)
     running = sample("batch_scheduler_enabled")
     await scheduler.stop()

@@ -47,7 +47,14 @@ async def test_what_a_run_left_in_reference_cycles_is_freed_when_it_ends(
     def build(context: JobContext) -> StepDefinition[int, Rows]:
         return StepDefinition("memoryTestStep", read, process, DatabaseWriter(write), int)
 
-    spec = JobSpec("memoryTestJob", "memory-test", parse=lambda raw, now: [], build=build)
+    spec = JobSpec(
+        "memoryTestJob",
+        "memory-test",
+        title="Memory test",
+        parameters=(),
+        parse=lambda raw, now: [],
+        build=build,
+    )
     gc.disable()  # as if the next automatic collection were runs away
     try:
         async with open_resources(settings, broker=False) as resources:
