@@ -97,7 +97,11 @@ async def serve(settings: Settings) -> int:
                 every=settings.HEARTBEAT_SECONDS,
             )
             runner = web.AppRunner(
-                create_app(launcher, resource_checks(launcher.resources)),
+                create_app(
+                    launcher,
+                    resource_checks(launcher.resources),
+                    schedules=scheduled if settings.SCHEDULER_ENABLED else (),
+                ),
                 access_log=None,
                 shutdown_timeout=_HTTP_SHUTDOWN_SECONDS,
             )

@@ -223,21 +223,24 @@ class JobRepository:
         assert execution is not None
         return execution
 
-    async def _instance_id(self, job_name: str, parameters: Sequence[JobParameter]) -> int:
-        """The instance under the first of its keys found (the old Spring service's, with
-        the parameter types it may have used, or this service's legacy key), else a new
-        one under this service's own key."""
-        keys = instance_keys(parameters)
-        select = (
-            "SELECT JOB_KEY, JOB_INSTANCE_ID FROM BATCH_JOB_INSTANCE WHERE JOB_NAME = %s"
-            f" AND JOB_KEY IN ({', '.join(['%s'] * len(keys))})"
+    async def _find_instance(self, job_name: str, keys: Sequence[str]) -> int | None:
+        """The instance under the first of `keys` found (the old Spring service's, with
+        the parameter types it may have used, or this service's legacy key)."""
+        found = dict(
+            await fetch_all(
+                self.pool,
+                "SELECT JOB_KEY, JOB_INSTANCE_ID FROM BATCH_JOB_INSTANCE WHERE JOB_NAME = %s"
+                f" AND JOB_KEY IN ({', '.join(['%s'] * len(keys))})",
+                (job_name, *keys),
+            )
         )
+        return next((int(found[key]) for key in keys if key in found), None)
 
-        async def existing() -> int | None:
-            found = dict(await fetch_all(self.pool, select, (job_name, *keys)))
-            return next((int(found[key]) for key in keys if key in found), None)
-
-        instance_id = await existing()
+    async def _instance_id(self, job_name: str, parameters: Sequence[JobParameter]) -> int:
+        """The instance under the first of its keys found, else a new one under this
+        service's own key."""
+        keys = instance_keys(parameters)
+        instance_id = await self._find_instance(job_name, keys)
         if instance_id is not None:
             return instance_id
         instance_id = await _next_id(self.pool, "BATCH_JOB_SEQ")
@@ -250,9 +253,24 @@ class JobRepository:
                 )
                 return instance_id
         except IntegrityError:  # another process created it a moment ago
-            raced = await existing()
+            raced = await self._find_instance(job_name, keys)
             assert raced is not None
             return raced
+
+    async def instance_status(
+        self, job_name: str, parameters: Sequence[JobParameter]
+    ) -> Status | None:
+        """The status of the instance's latest execution; None: no such instance."""
+        instance_id = await self._find_instance(job_name, instance_keys(parameters))
+        if instance_id is None:
+            return None
+        rows = await fetch_all(
+            self.pool,
+            "SELECT STATUS FROM BATCH_JOB_EXECUTION WHERE JOB_INSTANCE_ID = %s"
+            " ORDER BY JOB_EXECUTION_ID DESC LIMIT 1",
+            (instance_id,),
+        )
+        return Status(rows[0][0]) if rows else None
 
     async def _mark_abandoned(
         self,

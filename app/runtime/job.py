@@ -8,7 +8,7 @@ import importlib
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from app.model import JobParameter
@@ -61,6 +61,10 @@ class Cron:
     cron: str
     parameters: Callable[[datetime], dict[str, str]]  # from the scheduled time
     punctual: bool = False  # worth running only within the misfire grace of its time
+    # How long after its time a scheduled run may take to end COMPLETED: a run still
+    # not COMPLETED then raises the alert BatchScheduledRunNotCompleted (the metric
+    # batch_job_scheduled_run_timestamp_seconds), whichever job it is.
+    completes_within: timedelta = timedelta(hours=1)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from cronsim import CronSim
 
 from app.metrics import SCHEDULER_ENABLED
 from app.model import LaunchRefused, RestartLimitReached, Status
+from app.repository import JobRepository
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
 from app.runtime.operator import JobOperator, NotRestartable
@@ -36,12 +37,19 @@ class Schedule:
     job: JobSpec
     parameters: Callable[[datetime], dict[str, str]]  # from the scheduled time
     punctual: bool = False  # worth running only within the misfire grace of its time
+    completes_within: timedelta = timedelta(hours=1)  # then a run not COMPLETED is late
 
 
 def schedules_of(jobs: Iterable[JobSpec]) -> tuple[Schedule, ...]:
     """The schedules the jobs declare."""
     return tuple(
-        Schedule(spec.schedule.cron, spec, spec.schedule.parameters, spec.schedule.punctual)
+        Schedule(
+            spec.schedule.cron,
+            spec,
+            spec.schedule.parameters,
+            spec.schedule.punctual,
+            spec.schedule.completes_within,
+        )
         for spec in jobs
         if spec.schedule is not None
     )
@@ -62,6 +70,30 @@ class RestartPolicy:
 def last_due(cron: str, now: datetime) -> datetime:
     """The latest time at or before `now` that `cron` fires at."""
     return next(CronSim(cron, now.replace(microsecond=0) + timedelta(seconds=1), reverse=True))
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """A schedule's latest run that should have ended COMPLETED by now."""
+
+    job_name: str
+    at: datetime  # its scheduled time
+    status: Status | None  # of its instance's latest execution; None: never launched
+
+
+async def scheduled_runs(
+    repository: JobRepository, schedules: Iterable[Schedule], now: datetime
+) -> list[ScheduledRun]:
+    """Each schedule's latest time at least its `completes_within` before `now`, with the
+    status of that time's instance: what the alert on scheduled runs not COMPLETED
+    reads, whichever job it is."""
+    runs = []
+    for schedule in schedules:
+        job = schedule.job
+        at = last_due(schedule.cron, now - schedule.completes_within)
+        status = await repository.instance_status(job.name, job.parse(schedule.parameters(at), now))
+        runs.append(ScheduledRun(job.name, at, status))
+    return runs
 
 
 def scheduled_time(now: datetime) -> datetime:

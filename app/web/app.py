@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -25,6 +26,7 @@ from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
 from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused
 from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources
+from app.runtime.scheduler import Schedule, scheduled_runs
 from app.spring_format import UNDECODABLE
 from app.web.console import console_routes
 from app.web.errors import ApiError, ServerLog, error_middleware
@@ -36,7 +38,12 @@ from app.web.metrics import (
     prometheus,
 )
 from app.web.openapi import openapi
-from app.web.repository_metrics import READ_TIMEOUT_SECONDS, READ_TTL_SECONDS, RepositoryMetrics
+from app.web.repository_metrics import (
+    READ_TIMEOUT_SECONDS,
+    READ_TTL_SECONDS,
+    Figures,
+    RepositoryMetrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +133,10 @@ def create_app(
     health_timeout: float = HEALTH_TIMEOUT_SECONDS,
     metrics_ttl: float = READ_TTL_SECONDS,
     metrics_timeout: float = READ_TIMEOUT_SECONDS,
+    schedules: Iterable[Schedule] = (),
 ) -> web.Application:
+    """The admin API, console and actuator of `launcher`; `schedules`: those this process
+    runs (their latest due runs are exposed for the alert on runs not COMPLETED)."""
     settings = launcher.settings
     app = web.Application(
         middlewares=[
@@ -140,7 +150,9 @@ def create_app(
     app[DOCUMENT] = openapi(list(launcher.jobs.values()))
     app[HEALTH] = Health(health_checks, health_timeout)
     app[REPOSITORY_METRICS] = RepositoryMetrics(
-        lambda: launcher.repository.job_tallies(), ttl=metrics_ttl, timeout=metrics_timeout
+        functools.partial(_read_figures, launcher, tuple(schedules)),
+        ttl=metrics_ttl,
+        timeout=metrics_timeout,
     )
     app[EXPOSITION] = exposition_registry(settings.APPLICATION_NAME, app[REPOSITORY_METRICS])
     app.cleanup_ctx.append(_close_health)
@@ -167,6 +179,12 @@ def create_app(
         ]
     )
     return app
+
+
+async def _read_figures(launcher: Launcher, schedules: Sequence[Schedule]) -> Figures:
+    repository = launcher.repository
+    now = datetime.now(launcher.settings.timezone)
+    return Figures(await repository.job_tallies(), await scheduled_runs(repository, schedules, now))
 
 
 async def _close_health(app: web.Application) -> AsyncIterator[None]:

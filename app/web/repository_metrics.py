@@ -24,25 +24,38 @@ from prometheus_client.registry import Collector
 
 from app.errors import is_availability_fault
 from app.model import RESTARTABLE, JobTally, Status
+from app.runtime.scheduler import ScheduledRun
 
 log = logging.getLogger(__name__)
 
 READ_TTL_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 2.0
 
-ReadTallies = Callable[[], Awaitable[list[JobTally]]]
+NEVER_LAUNCHED = "NONE"  # the status label of a scheduled run with no execution
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What one read of the job repository gives the metrics."""
+
+    tallies: list[JobTally]
+    # Each schedule's latest run due to have COMPLETED: in processes that run schedules
+    scheduled: list[ScheduledRun]
+
+
+ReadFigures = Callable[[], Awaitable[Figures]]
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    tallies: list[JobTally]
+    figures: Figures
     read_at: float  # Unix time
 
 
 class RepositoryMetrics(Collector):
     """The last figures read from the job repository, as gauges labelled by job."""
 
-    def __init__(self, read: ReadTallies, *, ttl: float, timeout: float) -> None:
+    def __init__(self, read: ReadFigures, *, ttl: float, timeout: float) -> None:
         self._read = read
         self._ttl = ttl
         self._timeout = timeout
@@ -61,7 +74,7 @@ class RepositoryMetrics(Collector):
 
     async def _read_snapshot(self) -> None:
         try:
-            tallies = await self._read()
+            figures = await self._read()
         except Exception as exc:  # the last figures stay
             if not self._failing:  # once, until a read succeeds; a bug with its traceback
                 log.warning(
@@ -71,7 +84,7 @@ class RepositoryMetrics(Collector):
                 )
             self._failing = True
         else:
-            self._snapshot = _Snapshot(tallies, time.time())
+            self._snapshot = _Snapshot(figures, time.time())
             if self._failing:
                 log.info("the job repository's metrics are read again")
             self._failing = False
@@ -116,7 +129,18 @@ class RepositoryMetrics(Collector):
             "When an execution of the job last ended COMPLETED, in any process (Unix time)",
             labels=["job"],
         )
-        for tally in snapshot.tallies:
+        scheduled = GaugeMetricFamily(
+            "batch_job_scheduled_run_timestamp_seconds",
+            "The job's latest scheduled time that its run should have ended COMPLETED by"
+            " (that time plus the job's allowance is past), by the status of that"
+            " instance's latest execution (NONE: never launched); exposed by the"
+            " processes that run the schedules (Unix time)",
+            labels=["job", "status"],
+        )
+        for run in snapshot.figures.scheduled:
+            status = NEVER_LAUNCHED if run.status is None else run.status.value
+            scheduled.add_metric([run.job_name, status], run.at.timestamp())
+        for tally in snapshot.figures.tallies:
             job = tally.job_name
             for status in Status:
                 executions.add_metric([job, status.value], tally.executions.get(status, 0))
@@ -126,4 +150,4 @@ class RepositoryMetrics(Collector):
                 last_start.add_metric([job], tally.last_start.timestamp())
             if tally.last_success is not None:
                 last_success.add_metric([job], tally.last_success.timestamp())
-        yield from (executions, unrecovered, last_start, last_success)
+        yield from (executions, unrecovered, last_start, last_success, scheduled)

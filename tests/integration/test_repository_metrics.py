@@ -6,6 +6,7 @@ the scrape answering at once with the last figures read."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.__main__ import EXIT_FAILED
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
+from app.jobs import fcm_send_spec, usage_stats_spec
 from app.model import JobExecution, JobParameter, Status
 from app.repository import JobRepository
+from app.runtime.job import JobSpec
+from app.runtime.scheduler import Schedule
 from tests.integration.test_web_health_metrics import serving
 from tests.proxy import FaultProxy, through
 from tests.reliability.support import cli, cli_environment, stats_world, until
@@ -195,6 +199,68 @@ async def test_a_night_failed_and_restarted_from_the_command_line_is_scraped(
                 (("job", STATS),): restarted.end_time.timestamp(),
             },
         }
+
+
+def yearly(spec: JobSpec, cron: str, completes_within: timedelta) -> Schedule:
+    """The job's schedule with another cron: a due run that stays the same all year."""
+    assert spec.schedule is not None
+    return Schedule(cron, spec, spec.schedule.parameters, completes_within=completes_within)
+
+
+def scheduled_figures(values: dict[tuple[str, frozenset], float]) -> dict[tuple, float]:
+    return {
+        tuple(sorted(labels)): value
+        for (name, labels), value in values.items()
+        if name == "batch_job_scheduled_run_timestamp_seconds"
+    }
+
+
+async def test_the_latest_due_run_of_each_schedule_is_scraped_with_its_status(
+    settings: Settings, pool: Pool
+) -> None:
+    """What BatchScheduledRunNotCompleted reads, for any job: each schedule's latest time
+    whose allowance has passed, labelled with its instance's latest status."""
+    seoul = settings.timezone
+    now = datetime.now(seoul)
+    # Both runs of this year are due from 09:00 on 1 January (01:00 + 8 h, 03:00 + 6 h)
+    year = now.year if now >= datetime(now.year, 1, 1, 9, 0, tzinfo=seoul) else now.year - 1
+    stats_at = datetime(year, 1, 1, 1, 0, tzinfo=seoul)
+    fanout_at = datetime(year, 1, 1, 3, 0, tzinfo=seoul)
+    schedules = (
+        yearly(usage_stats_spec.SPEC, "0 1 1 1 *", timedelta(hours=8)),
+        yearly(fcm_send_spec.SPEC, "0 3 1 1 *", timedelta(hours=6)),
+    )
+    day_before = f"{year - 1}-12-31"  # the stats run of 01:00 is yesterday's
+    fanout_parameters = fcm_send_spec.parse(
+        {"runDate": f"{year}-01-01", "targetHour": "3"}, fanout_at
+    )
+
+    def figures(stats: str, fanout: str) -> dict[tuple, float]:
+        return {
+            (("job", STATS), ("status", stats)): stats_at.timestamp(),
+            (("job", FANOUT), ("status", fanout)): fanout_at.timestamp(),
+        }
+
+    other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    async with serving(settings, broker=False, metrics_ttl=0, schedules=schedules) as client:
+        assert scheduled_figures(await scrape(client)) == figures("NONE", "NONE")
+
+        failed = await ended(other, STATS, day_before, Status.FAILED)
+        sent = await other.start_execution(FANOUT, fanout_parameters, rerun_completed=False)
+        assert scheduled_figures(await scrape(client)) == figures("FAILED", "STARTED")
+
+        await other.finish_execution(sent.id, Status.COMPLETED, "")
+        restarted = await ended(other, STATS, day_before, Status.COMPLETED)
+        assert restarted.instance_id == failed.instance_id
+        assert scheduled_figures(await scrape(client)) == figures("COMPLETED", "COMPLETED")
+
+        # Another instance of the job is not the scheduled run's
+        await ended(other, STATS, f"{year - 1}-12-30", Status.FAILED)
+        assert scheduled_figures(await scrape(client)) == figures("COMPLETED", "COMPLETED")
+
+    # A process that runs no schedules exposes none
+    async with serving(settings, broker=False, metrics_ttl=0) as client:
+        assert scheduled_figures(await scrape(client)) == {}
 
 
 async def test_a_scrape_storm_reads_once_within_the_ttl(settings: Settings, pool: Pool) -> None:

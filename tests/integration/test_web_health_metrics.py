@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import jwt
 from aiohttp.test_utils import TestClient, TestServer
@@ -68,7 +69,7 @@ async def serving(
     *,
     broker: bool,
     extra: dict[str, HealthCheck] | None = None,
-    **app_options: float,
+    **app_options: Any,
 ) -> AsyncIterator[TestClient]:
     async with AsyncExitStack() as stack:
         resources = await stack.enter_async_context(open_resources(settings, broker=broker))
