@@ -398,7 +398,7 @@ async def test_an_outcome_is_recorded_once_the_database_answers_again(
         await after_commits(run, 2)
         async with db_proxy.outage():  # the database away: every connection reset, refused
             setup.store.control.update({"fail_status": 503, "fail_times": -1})  # the step fails
-            await asyncio.sleep(3)
+            await asyncio.sleep(3)  # the outage's length, and that the run does not end in it
             assert not run.task.done()  # still trying to record its outcome
         await run.task
     assert a.launcher.unrecorded == 0
