@@ -40,7 +40,7 @@ from app.web.console import CONSOLE_PATH
 from tests.conftest import DATA_TABLES, DB_SERVER
 from tests.integration import rabbit
 from tests.integration.test_web_api import token
-from tests.reliability.support_web import LiveApp, live_app
+from tests.reliability.support import LiveApp, live_app
 from tests.settings import make_settings
 
 CHROMIUM = Path("/usr/bin/chromium")

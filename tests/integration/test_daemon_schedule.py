@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -72,6 +72,19 @@ async def completed(pool: Pool) -> bool:
 
 async def failed(pool: Pool, count: int) -> bool:
     return [status for _, status, _ in await executions(pool)].count("FAILED") >= count
+
+
+def ended(caplog: pytest.LogCaptureFixture, count: int) -> Callable[[], Awaitable[bool]]:
+    """Whether `count` launch chains of the schedulers (a fire and its restarts) have
+    ended: each ends in one "not launched" (or "launch failed") record of the scheduler,
+    once its next launch is refused. Needs the scheduler's INFO records in `caplog`."""
+
+    async def check() -> bool:
+        messages = [r.getMessage() for r in caplog.records if r.name == "app.runtime.scheduler"]
+        ends = [m for m in messages if ": not launched" in m or ": launch failed" in m]
+        return len(ends) >= count
+
+    return check
 
 
 def test_the_schedules() -> None:
@@ -161,7 +174,7 @@ async def test_scheduler_fires_on_its_cron_and_stops(replicas: list[Launcher], p
     finally:
         await scheduler.stop()
     count = len(fired)
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)  # that nothing happens: the cron would have fired meanwhile
     assert len(fired) == count  # nothing fires after stop()
     # the first trigger launched; the later ones found it running or completed
     assert [status for _, status, _ in await executions(pool)] == ["COMPLETED"]
@@ -198,7 +211,7 @@ async def test_a_missed_night_is_caught_up_on_start_once_across_replicas(
 
 @pytest.mark.parametrize(("grace_minutes", "launched"), [(0, False), (61, True)])
 async def test_a_missed_fanout_hour_runs_on_start_only_within_its_grace(
-    replicas: list[Launcher], grace_minutes: int, launched: bool
+    replicas: list[Launcher], grace_minutes: int, launched: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     asked: list[datetime] = []
 
@@ -209,9 +222,16 @@ async def test_a_missed_fanout_hour_runs_on_start_only_within_its_grace(
     punctual = Schedule("0 * * * *", usage_stats_spec.SPEC, parameters, punctual=True)
     policy = replace(POLICY, misfire_grace=timedelta(minutes=grace_minutes))
     scheduler = Scheduler(replicas[0], SEOUL, [punctual], policy)
-    scheduler.start()
-    await asyncio.sleep(0.5)
-    await scheduler.stop()
+
+    async def caught_up() -> bool:  # launched (it asked the parameters) or said it is not
+        return bool(asked) or "not launched: later than the misfire grace" in caplog.text
+
+    with caplog.at_level(logging.WARNING, logger="app.runtime.scheduler"):
+        scheduler.start()
+        try:
+            await until(caught_up, within=10, what="the catch-up's launch or its refusal")
+        finally:
+            await scheduler.stop()
     due = last_due("0 * * * *", datetime.now(SEOUL))
     if datetime.now(SEOUL) - due < timedelta(seconds=1):
         pytest.skip("started exactly at the top of the hour: both graces admit it")
@@ -219,9 +239,10 @@ async def test_a_missed_fanout_hour_runs_on_start_only_within_its_grace(
 
 
 async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
-    settings: Settings, pool: Pool
+    settings: Settings, pool: Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The store service is down: each run fails; the schedule restarts it twice more."""
+    caplog.set_level(logging.INFO, logger="app.runtime.scheduler")
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute(
             "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
@@ -236,7 +257,7 @@ async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
         scheduler.start()  # the catch-up fires it
         try:
             await until(lambda: failed(pool, 3), within=30, what="three FAILED runs")
-            await asyncio.sleep(0.5)  # no fourth
+            await until(ended(caplog, 1), within=30, what="the restarts refused a fourth")
         finally:
             await scheduler.stop()
             await launcher.shutdown(5)
@@ -244,11 +265,12 @@ async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
 
 
 async def test_replicas_restart_a_failing_instance_at_most_attempts_times_in_all(
-    settings: Settings, pool: Pool
+    settings: Settings, pool: Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """AUTO_RESTART_ATTEMPTS=2: the instance runs 3 executions across two replicas, started
     together, and none more when a third daemon starts later (the count is the job
     repository's, not a process's)."""
+    caplog.set_level(logging.INFO, logger="app.runtime.scheduler")
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute(
             "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
@@ -268,10 +290,10 @@ async def test_replicas_restart_a_failing_instance_at_most_attempts_times_in_all
             scheduler.start()  # the catch-up fires it on both
             stack.push_async_callback(scheduler.stop)
         await until(lambda: failed(pool, 3), within=30, what="three FAILED runs")
-        await asyncio.sleep(1.0)  # backoffs of 0.1, 0.2 s: every replica's restarts done
+        await until(ended(caplog, 2), within=30, what="both replicas' restarts done")
         schedulers[2].start()
         stack.push_async_callback(schedulers[2].stop)
-        await asyncio.sleep(1.0)
+        await until(ended(caplog, 3), within=30, what="the third daemon's launch refused")
     assert [status for _, status, _ in await executions(pool)] == ["FAILED"] * 3
 
 

@@ -49,7 +49,7 @@ from tests.integration.test_usage_stats_job import (
     stats,
 )
 from tests.integration.test_web_api import assert_error, rs256_token, token
-from tests.reliability.support_web import LiveApp, is_error_body, live_app
+from tests.reliability.support import LiveApp, is_error_body, live_app
 from tests.settings import TEST_JWT_KEY, make_settings
 
 STATS = "/api/v1/jobs/coupon-usage-stats"

@@ -24,7 +24,7 @@ from tests.integration import rabbit
 from tests.integration.test_daemon_serve import admin_headers, serve
 from tests.integration.test_usage_stats_job import add_histories, rows_of
 from tests.integration.test_web_api import assert_error, bearer, until_finished
-from tests.reliability.support_web import live_app
+from tests.reliability.support import live_app
 from tests.settings import TEST_JWT_KEY
 
 STATS = "/api/v1/jobs/coupon-usage-stats"

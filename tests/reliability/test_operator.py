@@ -31,8 +31,10 @@ from tests.reliability.support import (
     STATS_RUN_DATE,
     StatsWorld,
     after_commits,
+    age_execution,
     drain,
     fanout_world,
+    heartbeat_age,
     stats_world,
     trace_ids_of,
     until,
@@ -232,9 +234,10 @@ async def test_a_stalled_runner_loses_its_lease_and_writes_nothing_after_the_tak
     pool: Pool, settings: Settings, db_proxy: FaultProxy
 ) -> None:
     """Replica A reaches the database through a proxy that stalls; replica B finds A's
-    heartbeat stale, takes the instance over and completes it; when A's bytes flow again,
-    A commits nothing more. A may be cut off mid-transaction, holding row locks that B
-    needs: the server drops A's silent session DB_STALL_SECONDS + 1 s in."""
+    heartbeat stale (backdated, once A's renewals have stopped), takes the instance over
+    and completes it; when A's bytes flow again, A commits nothing more. A may be cut off
+    mid-transaction, holding row locks that B needs: the server drops A's silent session
+    DB_STALL_SECONDS + 1 s in."""
     lease = {"JOB_ABANDON_AFTER_SECONDS": 2, "HEARTBEAT_SECONDS": 0.2, "CHUNK_SIZE": 20}
     async with AsyncExitStack() as stack:
         setup = await stats_setup(stack, pool, settings, 400, latency_ms=20, **lease)
@@ -245,7 +248,13 @@ async def test_a_stalled_runner_loses_its_lease_and_writes_nothing_after_the_tak
         assert run.task is not None
         await after_commits(run, 3)
         db_proxy.stall()
-        await asyncio.sleep(2.5)  # past JOB_ABANDON_AFTER_SECONDS without a heartbeat
+
+        async def renewals_stopped() -> bool:  # 2.5 beats: no renewal is on its way still
+            return await heartbeat_age(pool, run.execution.id) > 0.5
+
+        await until(renewals_stopped, within=30, what="A's heartbeat held by the stall")
+        # past JOB_ABANDON_AFTER_SECONDS without a heartbeat, instead of waiting that long
+        await age_execution(pool, run.execution.id, 3)
         taken = await b.launcher.run(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
         assert taken.status == "COMPLETED", taken.exit_message
         assert await status_of(pool, run.execution.id) == "FAILED"
@@ -389,7 +398,7 @@ async def test_an_outcome_is_recorded_once_the_database_answers_again(
         await after_commits(run, 2)
         async with db_proxy.outage():  # the database away: every connection reset, refused
             setup.store.control.update({"fail_status": 503, "fail_times": -1})  # the step fails
-            await asyncio.sleep(3)
+            await asyncio.sleep(3)  # the outage's length, and that the run does not end in it
             assert not run.task.done()  # still trying to record its outcome
         await run.task
     assert a.launcher.unrecorded == 0
