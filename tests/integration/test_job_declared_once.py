@@ -1,13 +1,15 @@
 """A job is declared once (issue 20): a third job, declared here and nowhere else, is in the
 CLI (its choices, its flags, a run), the OpenAPI document, the API's job list that the
-console renders its forms from, and the schedules, with no other file changed."""
+console renders its forms from, the schedules and the figure its alert reads, with no other
+file changed."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from datetime import date, datetime
+from dataclasses import replace
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +30,7 @@ from app.runtime.job import Cron, JobContext, JobSpec, Parameter
 from app.runtime.launcher import Launcher
 from app.runtime.parameters import INTEGER, LOCAL_DATE, now_in, run_date
 from app.runtime.resources import open_resources
-from app.runtime.scheduler import Schedule, fire, schedules_of
+from app.runtime.scheduler import Schedule, ScheduledRun, fire, scheduled_runs, schedules_of
 from app.web.app import create_app
 from app.web.openapi import openapi
 from tests.integration.test_web_api import bearer
@@ -222,12 +224,20 @@ async def test_the_scheduler_fires_the_job_as_it_declares(tables: Pool, settings
     *_, schedule = schedules_of(WITH_DIGEST)
     assert (schedule.cron, schedule.job, schedule.punctual) == ("0 9 * * 1", DIGEST, False)
     assert isinstance(schedule, Schedule)
+    monday = datetime(2025, 10, 27, 9, 0, tzinfo=SEOUL)
+    # Its run is due within the default allowance (an hour): what the alert reads
+    due = ScheduledRun("weeklyDigestJob", monday, None)
     async with open_resources(settings, broker=False) as resources:
         launcher = Launcher(resources, WITH_DIGEST)
-        run = await fire(launcher, schedule, datetime(2025, 10, 27, 9, 0, 0, 2000, tzinfo=SEOUL))
+        late = monday + timedelta(hours=1, minutes=30)
+        assert await scheduled_runs(launcher.repository, [schedule], late) == [due]
+        run = await fire(launcher, schedule, monday + timedelta(milliseconds=2))
         assert run is not None and run.task is not None
         await run.task
         final = await launcher.repository.get_execution(run.execution.id)
+        assert await scheduled_runs(launcher.repository, [schedule], late) == [
+            replace(due, status=Status.COMPLETED)
+        ]
     assert final is not None
     assert (final.status, final.parameters) == (
         Status.COMPLETED,
