@@ -35,11 +35,11 @@ def due_time_of(
     """The time within `grace` before `now` at which `schedule` fires the execution's
     instance (its identifying parameters), if any."""
     for at in CronSim(
-        schedule.cron, now.replace(microsecond=0) + timedelta(seconds=1), reverse=True
+        schedule.when.cron, now.replace(microsecond=0) + timedelta(seconds=1), reverse=True
     ):
         if now - at > grace:
             return None
-        parsed = schedule.job.parse(schedule.parameters(at), now)
+        parsed = schedule.job.parse(schedule.when.parameters(at), now)
         if all(execution.parameters.get(p.name) == p.value for p in parsed if p.identifying):
             return at
     return None  # pragma: no cover (a cron fires forever)
@@ -116,7 +116,7 @@ class Reconciler:
         no schedule and why not."""
         mine = [s for s in self._schedules if s.job.name == execution.job_name]
         for schedule in mine:
-            if not schedule.punctual:
+            if not schedule.when.punctual:
                 return schedule, None, ""
         for schedule in mine:
             at = due_time_of(schedule, execution, now, self._grace)

@@ -24,7 +24,7 @@ from cronsim import CronSim
 from app.metrics import SCHEDULER_ENABLED
 from app.model import LaunchRefused, RestartLimitReached, Status
 from app.repository import JobRepository
-from app.runtime.job import JobSpec
+from app.runtime.job import Cron, JobSpec
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
 from app.runtime.operator import JobOperator, NotRestartable
 
@@ -33,26 +33,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Schedule:
-    cron: str
+    """A job and when it runs: the schedule it declares (`JobSpec.schedule`)."""
+
     job: JobSpec
-    parameters: Callable[[datetime], dict[str, str]]  # from the scheduled time
-    punctual: bool = False  # worth running only within the misfire grace of its time
-    completes_within: timedelta = timedelta(hours=1)  # then a run not COMPLETED is late
+    when: Cron
 
 
 def schedules_of(jobs: Iterable[JobSpec]) -> tuple[Schedule, ...]:
     """The schedules the jobs declare."""
-    return tuple(
-        Schedule(
-            spec.schedule.cron,
-            spec,
-            spec.schedule.parameters,
-            spec.schedule.punctual,
-            spec.schedule.completes_within,
-        )
-        for spec in jobs
-        if spec.schedule is not None
-    )
+    return tuple(Schedule(spec, spec.schedule) for spec in jobs if spec.schedule is not None)
 
 
 @dataclass(frozen=True)
@@ -89,9 +78,9 @@ async def scheduled_runs(
     reads, whichever job it is."""
     runs = []
     for schedule in schedules:
-        job = schedule.job
-        at = last_due(schedule.cron, now - schedule.completes_within)
-        status = await repository.instance_status(job.name, job.parse(schedule.parameters(at), now))
+        job, when = schedule.job, schedule.when
+        at = last_due(when.cron, now - when.completes_within)
+        status = await repository.instance_status(job.name, job.parse(when.parameters(at), now))
         runs.append(ScheduledRun(job.name, at, status))
     return runs
 
@@ -113,7 +102,7 @@ async def fire(
     return await _guarded(
         f"schedule {schedule.job.name} at {at.isoformat()}",
         lambda: launcher.launch(
-            schedule.job, schedule.parameters(at), rerun=False, max_executions=max_executions
+            schedule.job, schedule.when.parameters(at), rerun=False, max_executions=max_executions
         ),
     )
 
@@ -158,7 +147,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         for schedule in self._schedules:
             cron = aiocron.Cron(
-                schedule.cron, func=self._trigger, args=(schedule,), loop=loop, tz=self._tz
+                schedule.when.cron, func=self._trigger, args=(schedule,), loop=loop, tz=self._tz
             )
             cron.start()  # not start=True: that defers the start past a prompt stop()
             self._crons.append(cron)
@@ -166,7 +155,7 @@ class Scheduler:
         if catch_up:
             now = datetime.now(self._tz)
             for schedule in self._schedules:
-                at = last_due(schedule.cron, now)
+                at = last_due(schedule.when.cron, now)
                 log.info("catch-up: schedule %s last due at %s", schedule.job.name, at.isoformat())
                 self._watch(schedule, at)
 
@@ -190,7 +179,7 @@ class Scheduler:
         task.add_done_callback(self._watches.discard)
 
     def _in_time(self, schedule: Schedule, at: datetime | None, delay: float = 0.0) -> bool:
-        if not schedule.punctual or at is None:
+        if not schedule.when.punctual or at is None:
             return True
         late = datetime.now(self._tz) + timedelta(seconds=delay) - at
         return late <= self._policy.misfire_grace

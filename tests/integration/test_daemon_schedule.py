@@ -19,6 +19,7 @@ from app.config import Settings
 from app.edges.db import fetch_all
 from app.jobs import fcm_send_spec, usage_stats_spec
 from app.repository import JobRepository
+from app.runtime.job import Cron
 from app.runtime.launcher import Launcher
 from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
@@ -88,8 +89,8 @@ def ended(caplog: pytest.LogCaptureFixture, count: int) -> Callable[[], Awaitabl
 
 
 def test_the_schedules() -> None:
-    assert (STATS.cron, STATS.job) == ("0 1 * * *", usage_stats_spec.SPEC)
-    assert (FANOUT.cron, FANOUT.job) == ("0 * * * *", fcm_send_spec.SPEC)
+    assert (STATS.when.cron, STATS.job) == ("0 1 * * *", usage_stats_spec.SPEC)
+    assert (FANOUT.when.cron, FANOUT.job) == ("0 * * * *", fcm_send_spec.SPEC)
 
 
 @pytest.mark.parametrize(
@@ -107,8 +108,8 @@ def test_parameters_come_from_the_scheduled_minute(
     now: str, stats: str, fanout: tuple[str, str]
 ) -> None:
     scheduled = scheduled_time(at(now))
-    assert STATS.parameters(scheduled) == {"runDate": stats}
-    assert FANOUT.parameters(scheduled) == {"runDate": fanout[0], "targetHour": fanout[1]}
+    assert STATS.when.parameters(scheduled) == {"runDate": stats}
+    assert FANOUT.when.parameters(scheduled) == {"runDate": fanout[0], "targetHour": fanout[1]}
 
 
 async def test_replicas_firing_together_run_one_execution(
@@ -164,9 +165,8 @@ async def test_scheduler_fires_on_its_cron_and_stops(replicas: list[Launcher], p
             twice.set()
         return {"runDate": "2025-10-26"}
 
-    scheduler = Scheduler(
-        replicas[0], SEOUL, [Schedule("* * * * * *", usage_stats_spec.SPEC, parameters)], POLICY
-    )
+    every_second = Schedule(usage_stats_spec.SPEC, Cron("* * * * * *", parameters))
+    scheduler = Scheduler(replicas[0], SEOUL, [every_second], POLICY)
     scheduler.start(catch_up=False)
     try:
         async with asyncio.timeout(5):
@@ -198,7 +198,8 @@ async def test_a_missed_night_is_caught_up_on_start_once_across_replicas(
 ) -> None:
     """A daemon down at 01:00 left the date without stats; starting launches it, and a
     second replica starting too finds it done."""
-    expected = (last_due(STATS.cron, datetime.now(SEOUL)).date() - timedelta(days=1)).isoformat()
+    night = last_due(STATS.when.cron, datetime.now(SEOUL))
+    expected = (night.date() - timedelta(days=1)).isoformat()
     for launcher in replicas:
         scheduler = Scheduler(launcher, SEOUL, [STATS], POLICY)
         scheduler.start()
@@ -219,7 +220,7 @@ async def test_a_missed_fanout_hour_runs_on_start_only_within_its_grace(
         asked.append(scheduled)
         return {"runDate": "2025-10-26"}
 
-    punctual = Schedule("0 * * * *", usage_stats_spec.SPEC, parameters, punctual=True)
+    punctual = Schedule(usage_stats_spec.SPEC, Cron("0 * * * *", parameters, punctual=True))
     policy = replace(POLICY, misfire_grace=timedelta(minutes=grace_minutes))
     scheduler = Scheduler(replicas[0], SEOUL, [punctual], policy)
 
@@ -238,22 +239,31 @@ async def test_a_missed_fanout_hour_runs_on_start_only_within_its_grace(
     assert asked == ([due] if launched else [])
 
 
-async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
-    settings: Settings, pool: Pool, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The store service is down: each run fails; the schedule restarts it twice more."""
-    caplog.set_level(logging.INFO, logger="app.runtime.scheduler")
+# A night's schedule whose runs fail (a_night_that_fails), restarted twice at most
+NIGHT = Schedule(usage_stats_spec.SPEC, Cron("0 1 * * *", lambda _: {"runDate": "2025-10-26"}))
+TWO_RESTARTS = RestartPolicy(attempts=2, backoff_seconds=0.1, misfire_grace=timedelta(0))
+
+
+async def a_night_that_fails(pool: Pool, settings: Settings) -> Settings:
+    """A use in NIGHT's window, and settings whose store service is down: each run of
+    NIGHT fails (after a retry budget of 0.2 s)."""
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute(
             "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
             " coupon_status, created_at) VALUES (1, 1, 1, 1, 'USED', '2025-10-20 10:00:00')"
         )
-    down = replace(settings, STORE_SERVICE_URL="http://127.0.0.1:9", RETRY_BUDGET_SECONDS=0.2)
+    return replace(settings, STORE_SERVICE_URL="http://127.0.0.1:9", RETRY_BUDGET_SECONDS=0.2)
+
+
+async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
+    settings: Settings, pool: Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store service is down: each run fails; the schedule restarts it twice more."""
+    caplog.set_level(logging.INFO, logger="app.runtime.scheduler")
+    down = await a_night_that_fails(pool, settings)
     async with open_resources(down, broker=False) as resources:
         launcher = Launcher(resources, JOBS)
-        policy = RestartPolicy(attempts=2, backoff_seconds=0.1, misfire_grace=timedelta(0))
-        schedule = Schedule("0 1 * * *", usage_stats_spec.SPEC, lambda _: {"runDate": "2025-10-26"})
-        scheduler = Scheduler(launcher, SEOUL, [schedule], policy)
+        scheduler = Scheduler(launcher, SEOUL, [NIGHT], TWO_RESTARTS)
         scheduler.start()  # the catch-up fires it
         try:
             await until(lambda: failed(pool, 3), within=30, what="three FAILED runs")
@@ -271,21 +281,14 @@ async def test_replicas_restart_a_failing_instance_at_most_attempts_times_in_all
     together, and none more when a third daemon starts later (the count is the job
     repository's, not a process's)."""
     caplog.set_level(logging.INFO, logger="app.runtime.scheduler")
-    async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(
-            "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
-            " coupon_status, created_at) VALUES (1, 1, 1, 1, 'USED', '2025-10-20 10:00:00')"
-        )
-    down = replace(settings, STORE_SERVICE_URL="http://127.0.0.1:9", RETRY_BUDGET_SECONDS=0.2)
-    policy = RestartPolicy(attempts=2, backoff_seconds=0.1, misfire_grace=timedelta(0))
-    schedule = Schedule("0 1 * * *", usage_stats_spec.SPEC, lambda _: {"runDate": "2025-10-26"})
+    down = await a_night_that_fails(pool, settings)
     async with AsyncExitStack() as stack:
         schedulers = []
         for _ in range(3):
             resources = await stack.enter_async_context(open_resources(down, broker=False))
             launcher = Launcher(resources, JOBS)
             stack.push_async_callback(launcher.shutdown, 5)
-            schedulers.append(Scheduler(launcher, SEOUL, [schedule], policy))
+            schedulers.append(Scheduler(launcher, SEOUL, [NIGHT], TWO_RESTARTS))
         for scheduler in schedulers[:2]:
             scheduler.start()  # the catch-up fires it on both
             stack.push_async_callback(scheduler.stop)

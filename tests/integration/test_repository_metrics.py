@@ -6,6 +6,7 @@ the scrape answering at once with the last figures read."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -204,7 +205,7 @@ async def test_a_night_failed_and_restarted_from_the_command_line_is_scraped(
 def yearly(spec: JobSpec, cron: str, completes_within: timedelta) -> Schedule:
     """The job's schedule with another cron: a due run that stays the same all year."""
     assert spec.schedule is not None
-    return Schedule(cron, spec, spec.schedule.parameters, completes_within=completes_within)
+    return Schedule(spec, replace(spec.schedule, cron=cron, completes_within=completes_within))
 
 
 def scheduled_figures(values: dict[tuple[str, frozenset], float]) -> dict[tuple, float]:
