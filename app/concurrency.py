@@ -52,10 +52,15 @@ class SharedLookup(Generic[K, V]):
         self._known: dict[K, V | None] = {}  # None: the source has no value for the key
         self._pending: dict[K, asyncio.Future[None]] = {}
 
+    @property
+    def known(self) -> Mapping[K, V | None]:
+        """The values fetched so far (None where the source has none): the cache itself,
+        to be read, not kept; hot loops read it once per item."""
+        return self._known
+
     async def get(self, keys: Collection[K]) -> Mapping[K, V | None]:
-        """The values of `keys` (None where the source has none), fetching the unknown
-        ones in one call. The mapping is the cache itself, to be read, not kept: hot
-        loops read it once per row."""
+        """`known`, once it holds every one of `keys`: the unknown ones are fetched in
+        one call."""
         known, pending = self._known, self._pending
         missing = set(keys) - known.keys()
         if missing:

@@ -49,7 +49,7 @@ Favourite = tuple[int, str, int]  # (member_id, top_dong, top_hour)
 Output = tuple[int | None, int | None, list[Favourite]]
 TimeRange = tuple[datetime | None, datetime | None]  # from (included) .. to (excluded)
 Bounds = list[tuple[str, Any]]  # conditions of one query beside the window's, their values
-_member = itemgetter(0)  # of a Row
+_member = itemgetter(0)  # of a Row or a Favourite
 _store = itemgetter(1)  # of a Row
 _rows = itemgetter(1)  # of a Member
 
@@ -111,10 +111,11 @@ def favourite(rows: Sequence[Row], dong_of: Mapping[int, str | None]) -> tuple[s
     """(top dong, top hour) of one member from its rows, in any order; None when the
     member is not eligible.
 
-    Rows of a store without a dong in `dong_of` (absent or None) are dropped first.
-    Eligible: MIN_ROWS rows or more. Top dong: most rows, then the latest row, then the
-    greatest name in code-point order. Top hour: among the top dong's rows, most rows,
-    then the latest row, then the greatest hour.
+    `dong_of` names the dong of every store of `rows`, None for a store without one;
+    a store it lacks (not looked up yet) raises KeyError. Rows of a store without a
+    dong are dropped first. Eligible: MIN_ROWS rows or more. Top dong: most rows, then
+    the latest row, then the greatest name in code-point order. Top hour: among the
+    top dong's rows, most rows, then the latest row, then the greatest hour.
 
     Plain loops, lists of times, a max over (count, latest, name) tuples for the dong
     and a running maximum for the hour on purpose: for the handful of rows of a member
@@ -122,10 +123,9 @@ def favourite(rows: Sequence[Row], dong_of: Mapping[int, str | None]) -> tuple[s
     over the hours at the end), the dong of each row is looked up once, and this runs
     once per member of the window.
     """
-    get = dong_of.get
     times: dict[str, list[int]] = {}  # dong -> the times of its rows
     for _, store, at in rows:
-        dong = get(store)
+        dong = dong_of[store]
         if dong is not None:
             found = times.get(dong)
             if found is None:
@@ -158,6 +158,27 @@ def favourite(rows: Sequence[Row], dong_of: Mapping[int, str | None]) -> tuple[s
         if count > top_count or (count == top_count and last > top_at) or hour == top_hour:
             top_hour, top_count, top_at = hour, count, last
     return top, top_hour
+
+
+async def _favourites(
+    members: Sequence[Member], dong_of: Mapping[int, str | None], unseen: list[Member] | None
+) -> list[Favourite]:
+    """The eligible members' favourites in member order, a slice of members at a time,
+    the event loop running between. A member with a store `dong_of` lacks goes to
+    `unseen`; with no `unseen`, the KeyError is raised."""
+    output: list[Favourite] = []
+    async for some in in_slices(members, _MEMBERS_PER_SLICE):
+        for member in some:
+            try:
+                found = favourite(member[1], dong_of)
+            except KeyError:
+                if unseen is None:
+                    raise
+                unseen.append(member)
+                continue
+            if found is not None:
+                output.append((member[0], *found))
+    return output
 
 
 # ---- the step --------------------------------------------------------------------
@@ -259,14 +280,15 @@ class UsageStatsStep:
 
     async def process(self, chunk: Chunk[Member]) -> Processed[Output]:
         members = chunk.items
-        stores = set(map(_store, chain.from_iterable(map(_rows, members))))
-        dongs = await self.dongs.get(stores)
-        output: list[Favourite] = []
-        async for some in in_slices(members, _MEMBERS_PER_SLICE):
-            for member_id, rows in some:
-                found = favourite(rows, dongs)
-                if found is not None:
-                    output.append((member_id, *found))
+        unseen: list[Member] = []
+        output = await _favourites(members, self.dongs.known, unseen)
+        if unseen:
+            # Members with a store not looked up yet (in the first chunks mostly): their
+            # stores are looked up and they are computed again. Later chunks meet a new
+            # store rarely, and no pass over every row gathers each chunk's stores.
+            stores = set(map(_store, chain.from_iterable(map(_rows, unseen))))
+            found = await _favourites(unseen, await self.dongs.get(stores), None)
+            output = sorted(output + found, key=_member)  # member order, as read
         upto = None if chunk.final else chunk.checkpoint
         return Processed(output=(chunk.after, upto, output), filtered=len(members) - len(output))
 

@@ -352,6 +352,26 @@ async def test_each_store_asked_once_with_concurrent_workers(
     assert all(len(body) <= 2 for body in fake.calls[REGIONS])
 
 
+async def test_rows_are_written_in_member_order_when_a_chunk_meets_a_new_store(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """A member with a store not looked up yet is computed after the others of its chunk
+    (UsageStatsStep.process); its row must still be inserted in member order, as Spring's
+    writer inserted the chunk's items, so that the rows' ids follow the members."""
+    stores = {1: 1, 2: 1, 3: 2, 4: 1, 5: 3, 6: 1}  # member -> its one store
+    for member, store in stores.items():
+        await add_histories(
+            pool, rows_of(member, store, *(f"2025-10-1{d} 09:00" for d in range(5)))
+        )
+    execution = await run_job(job_settings(settings, fake, CHUNK_SIZE=3, ENRICH_WORKERS=1))
+    assert execution.status == "COMPLETED", execution.exit_message
+    written = await fetch_all(
+        pool, "SELECT member_id, top_dong FROM coupon_usage_stats ORDER BY id"
+    )
+    assert [tuple(row) for row in written] == [(m, STORES[s]) for m, s in stores.items()]
+    assert asked_stores(fake) == [1, 2, 3]
+
+
 @pytest.mark.parametrize(("streams", "fetch_rows"), [(1, 5000), (2, 3), (3, 1)])
 async def test_members_spread_over_the_id_ranges_of_the_read_streams(
     pool: Pool, settings: Settings, fake: FakePeers, streams: int, fetch_rows: int

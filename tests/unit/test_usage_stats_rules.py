@@ -215,7 +215,7 @@ def test_favourite_equal_latest_times_in_either_order() -> None:
     assert fav(*tie[::-1], *early) == ("하동", 10)
 
 
-STORES = {1: "상도동", 2: "흑석동", 3: "노량진동"}
+STORES = {1: "상도동", 2: "흑석동", 3: "노량진동", 99: None}  # 99: the store service has none
 
 
 def rows_of(*uses: tuple[int, str]) -> list[tuple[int, int, int]]:
@@ -256,6 +256,14 @@ def test_favourite_drops_unknown_stores_first(rows, expected) -> None:
     assert favourite(rows, STORES) == expected
 
 
+def test_a_store_not_looked_up_yet_is_a_key_error_not_a_store_without_dong() -> None:
+    """The job looks a member's stores up and computes it again (UsageStatsStep.process):
+    counted as a store without a dong, it would change the member's favourite."""
+    rows = rows_of(*[(1, f"{D}{d} 10:00:00") for d in range(5)], (4, f"{D}6 11:00:00"))
+    with pytest.raises(KeyError):
+        favourite(rows, STORES)
+
+
 def reference(rows, dong_of) -> tuple[str, int] | None:
     """favourite() as its docstring states it, written plainly (Counter, sort keys)."""
     known = [(dong_of[store], at) for _, store, at in rows if dong_of.get(store) is not None]
@@ -274,7 +282,7 @@ def reference(rows, dong_of) -> tuple[str, int] | None:
 def test_favourite_equals_the_plain_reference_on_random_members() -> None:
     """Few stores, dongs, hours and times per member: ties of every kind are common."""
     draw = random.Random(20251031)
-    dong_of = {1: "상도동", 2: "상도동", 3: "흑석동", 4: "사당동", 5: None, 6: "가동"}
+    dong_of = {1: "상도동", 2: "상도동", 3: "흑석동", 4: "사당동", 5: None, 6: "가동", 7: None}
     start = to_seconds(f"{D}0 00:00:00")
     for _ in range(3000):
         rows = [
