@@ -6,12 +6,11 @@ no index but its primary key, and its ids follow time: the queries share the win
 span of ids, found by a binary search over ids (`history_window`); where an index
 starts with `created_at`, they share the window's time instead and the server ranges
 over that index; with STATS_READ=full, they share the table's ids. A chunk is up to
-CHUNK_SIZE whole members. Processing looks the chunk's stores up (once per run each)
-and computes each member's favourite; writing replaces the runDate's rows of the
-chunk's member-id range
-(after the previous checkpoint, up to this one; the last chunk's range is open), so a
-rerun or a restart leaves exactly the rows a first run writes, members who no longer
-qualify or no longer appear at all included.
+CHUNK_SIZE whole members. Processing computes each member's favourite, looking a store
+up the first time a member meets it (once per run each); writing replaces the runDate's
+rows of the chunk's member-id range (after the previous checkpoint, up to this one; the
+last chunk's range is open), so a rerun or a restart leaves exactly the rows a first
+run writes, members who no longer qualify or no longer appear at all included.
 """
 
 from __future__ import annotations
