@@ -133,8 +133,9 @@ class RepositoryMetrics(Collector):
             "batch_job_scheduled_run_timestamp_seconds",
             "The job's latest scheduled time that its run should have ended COMPLETED by"
             " (that time plus the job's allowance is past), by the status of that"
-            " instance's latest execution (NONE: never launched); exposed by the"
-            " processes that run the schedules (Unix time)",
+            " instance's latest execution (NONE: never launched; not for a run due before"
+            " this process or the job's first execution); exposed by the processes that run"
+            " the schedules (Unix time)",
             labels=["job", "status"],
         )
         for run in snapshot.figures.scheduled:
