@@ -105,15 +105,15 @@ def repository_figures(values: dict[tuple[str, frozenset], float]) -> dict[str, 
 
 def executions(job: str, **counts: int) -> dict[tuple, float]:
     return {
-        (("job", job), ("status", status.value)): counts.get(status.value, 0)
+        (("spring_batch_job_name", job), ("status", status.value)): counts.get(status.value, 0)
         for status in Status
     }
 
 
 def unrecovered(job: str, failed: int, stopped: int) -> dict[tuple, float]:
     return {
-        (("job", job), ("status", "FAILED")): failed,
-        (("job", job), ("status", "STOPPED")): stopped,
+        (("spring_batch_job_name", job), ("status", "FAILED")): failed,
+        (("spring_batch_job_name", job), ("status", "STOPPED")): stopped,
     }
 
 
@@ -137,11 +137,11 @@ async def test_executions_of_another_process_are_scraped(settings: Settings, poo
                 **unrecovered(FANOUT, failed=0, stopped=1),
             },
             "batch_job_last_start_timestamp_seconds": {
-                (("job", STATS),): completed.start_time.timestamp(),
-                (("job", FANOUT),): running.start_time.timestamp(),
+                (("spring_batch_job_name", STATS),): completed.start_time.timestamp(),
+                (("spring_batch_job_name", FANOUT),): running.start_time.timestamp(),
             },
             "batch_job_last_success_timestamp_seconds": {
-                (("job", STATS),): completed.end_time.timestamp(),
+                (("spring_batch_job_name", STATS),): completed.end_time.timestamp(),
             },
         }
 
@@ -161,11 +161,11 @@ async def test_executions_of_another_process_are_scraped(settings: Settings, poo
                 **unrecovered(FANOUT, failed=0, stopped=0),
             },
             "batch_job_last_start_timestamp_seconds": {
-                (("job", STATS),): restarted.start_time.timestamp(),
-                (("job", FANOUT),): running.start_time.timestamp(),
+                (("spring_batch_job_name", STATS),): restarted.start_time.timestamp(),
+                (("spring_batch_job_name", FANOUT),): running.start_time.timestamp(),
             },
             "batch_job_last_success_timestamp_seconds": {
-                (("job", STATS),): restarted.end_time.timestamp(),
+                (("spring_batch_job_name", STATS),): restarted.end_time.timestamp(),
             },
         }
 
@@ -199,7 +199,7 @@ async def test_a_night_failed_and_restarted_from_the_command_line_is_scraped(
             "batch_job_repository_executions": executions(STATS, FAILED=1),
             "batch_job_unrecovered_instances": unrecovered(STATS, failed=1, stopped=0),
             "batch_job_last_start_timestamp_seconds": {
-                (("job", STATS),): failed.start_time.timestamp(),
+                (("spring_batch_job_name", STATS),): failed.start_time.timestamp(),
             },
         }
 
@@ -214,10 +214,10 @@ async def test_a_night_failed_and_restarted_from_the_command_line_is_scraped(
             "batch_job_repository_executions": executions(STATS, FAILED=1, COMPLETED=1),
             "batch_job_unrecovered_instances": unrecovered(STATS, failed=0, stopped=0),
             "batch_job_last_start_timestamp_seconds": {
-                (("job", STATS),): restarted.start_time.timestamp(),
+                (("spring_batch_job_name", STATS),): restarted.start_time.timestamp(),
             },
             "batch_job_last_success_timestamp_seconds": {
-                (("job", STATS),): restarted.end_time.timestamp(),
+                (("spring_batch_job_name", STATS),): restarted.end_time.timestamp(),
             },
         }
 
@@ -258,8 +258,8 @@ async def test_the_latest_due_run_of_each_schedule_is_scraped_with_its_status(
 
     def figures(stats: str, fanout: str) -> dict[tuple, float]:
         return {
-            (("job", STATS), ("status", stats)): stats_at.timestamp(),
-            (("job", FANOUT), ("status", fanout)): fanout_at.timestamp(),
+            (("spring_batch_job_name", STATS), ("status", stats)): stats_at.timestamp(),
+            (("spring_batch_job_name", FANOUT), ("status", fanout)): fanout_at.timestamp(),
         }
 
     other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
