@@ -7,7 +7,8 @@ No label is one that Prometheus sets on its targets (`job`, `instance`; `endpoin
 `namespace`, `pod`, `service`, `container` under the Prometheus Operator): under a scrape
 config without `honor_labels` it would be renamed `exported_*`. A job is
 `spring_batch_job_name` and a step `spring_batch_step_name`, as in Spring Batch's own
-metrics (the `spring_batch_*` below, shaped as the old service exposed them; docs/metrics.md).
+metrics (the `spring_batch_*` below, shaped as the old service exposed them:
+docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -161,11 +162,8 @@ SCHEDULER_ENABLED = Gauge(
 ITEMS = Counter(
     "batch_items",
     "Items through the chunk steps, by what happened to them",
-    [
-        "spring_batch_job_name",
-        "spring_batch_step_name",
-        "outcome",
-    ],  # outcome: read, written, filtered, skipped
+    # outcome: read, written, filtered, skipped
+    ["spring_batch_job_name", "spring_batch_step_name", "outcome"],
     registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge(
