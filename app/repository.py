@@ -272,6 +272,18 @@ class JobRepository:
         )
         return Status(rows[0][0]) if rows else None
 
+    async def first_execution_time(self, job_name: str) -> datetime | None:
+        """When the job's earliest execution in the job repository was created, by this
+        service or the old one; None: it never ran."""
+        [(created,)] = await fetch_all(
+            self.pool,
+            "SELECT MIN(e.CREATE_TIME) FROM BATCH_JOB_EXECUTION e"
+            " JOIN BATCH_JOB_INSTANCE i ON i.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID"
+            " WHERE i.JOB_NAME = %s",
+            (job_name,),
+        )
+        return _on(await self._database_clock(), created)
+
     async def _mark_abandoned(
         self,
         conn: Connection,

@@ -14,7 +14,16 @@ from typing import TextIO
 
 from app.errors import DataError, is_availability_fault
 from app.logs import bind_log_context
-from app.metrics import JOB_DURATION, JOB_OUTCOMES, STEP_DURATION
+from app.metrics import (
+    JOB_DURATION,
+    JOB_OUTCOMES,
+    SPRING_BATCH_JOB,
+    SPRING_BATCH_JOB_ACTIVE,
+    SPRING_BATCH_JOB_LAUNCH_COUNT,
+    SPRING_BATCH_STEP,
+    SPRING_BATCH_STEP_ACTIVE,
+    STEP_DURATION,
+)
 from app.model import COMPLETED_WITH_SKIPS, RUNNING, JobExecution, JobParameter, Status
 from app.pipeline.chunk import StepProgress
 from app.pipeline.retry import retrying_until
@@ -59,6 +68,7 @@ class _Outcome:
     status: Status = Status.FAILED
     message: str = ""
     skipped: int = 0
+    step_started: bool = False  # False: the job failed before its step (building, recording it)
 
     @property
     def exit_code(self) -> str:
@@ -149,6 +159,7 @@ class Launcher:
         dry_run_output: TextIO | None,
         max_executions: int | None = None,
     ) -> RunningJob:
+        SPRING_BATCH_JOB_LAUNCH_COUNT.inc()  # as Spring's launcher counts, before its rules
         # Recorded as what it is: STARTED, or STARTING while it waits for a slot. Only a
         # recorded execution takes a slot (launches refused by the launch rules never do).
         queued = self._slots.locked()
@@ -289,6 +300,7 @@ class Launcher:
             outcome.message = f"{type(exc).__name__}: {exc}"
             log.exception("job failed to start its step: job=%s", spec.name)
             return
+        outcome.step_started = True
         bind_log_context(stepName=step.name)
         if step.checkpoint is not None:
             log.info(
@@ -309,8 +321,10 @@ class Launcher:
             stop_requested=lambda: run.request_stop(ON_REQUEST),
         )
         step_started = time.monotonic()
+        active = SPRING_BATCH_STEP_ACTIVE.labels(step.name, spec.name, "EXECUTING")
         try:
-            finished = await runner.run(step)
+            with active.running():
+                finished = await runner.run(step)
             outcome.status = Status.COMPLETED if finished else run.stop_status
             if not finished:
                 outcome.message = run.stop_reason
@@ -336,9 +350,14 @@ class Launcher:
                     step.id, outcome.status, outcome.message, outcome.exit_code
                 )
             )
-            STEP_DURATION.labels(spec.name, step.name, outcome.status.value).observe(
-                time.monotonic() - step_started
-            )
+            elapsed = time.monotonic() - step_started
+            STEP_DURATION.labels(spec.name, step.name, outcome.status.value).observe(elapsed)
+            SPRING_BATCH_STEP.labels(
+                step.name,
+                spec.name,
+                outcome.exit_code,
+                _spring_error(outcome.status in (Status.FAILED, Status.STOPPED)),
+            ).record(elapsed)
 
     @asynccontextmanager
     async def _lease(self, run: RunningJob) -> AsyncIterator[None]:
@@ -452,12 +471,27 @@ def _expected(exc: BaseException) -> bool:
     return is_availability_fault(exc) or isinstance(exc, DataError | SkipLimitExceeded | LeaseLost)
 
 
+def _spring_error(failed: bool) -> str:
+    """The `error` tag of Spring Batch's job and step timers: Spring merges an execution's
+    failure exceptions into one IllegalStateException for its observation."""
+    return "IllegalStateException" if failed else "none"
+
+
 @contextmanager
 def _job_metrics(job_name: str, outcome: _Outcome) -> Iterator[None]:
-    """The outcome and the duration once the body has run."""
+    """The job as active while the body runs; its outcome and duration once it has.
+    Spring's job has failure exceptions when it was stopped or failed outside its step."""
     started = time.monotonic()
     try:
-        yield
+        with SPRING_BATCH_JOB_ACTIVE.labels(job_name).running():
+            yield
     finally:
+        elapsed = time.monotonic() - started
         JOB_OUTCOMES.labels(job_name, outcome.exit_code).inc()
-        JOB_DURATION.labels(job_name, outcome.status.value).observe(time.monotonic() - started)
+        JOB_DURATION.labels(job_name, outcome.status.value).observe(elapsed)
+        failed_outside_step = outcome.status == Status.FAILED and not outcome.step_started
+        SPRING_BATCH_JOB.labels(
+            job_name,
+            outcome.exit_code,
+            _spring_error(outcome.status == Status.STOPPED or failed_outside_step),
+        ).record(elapsed)

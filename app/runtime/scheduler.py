@@ -71,16 +71,25 @@ class ScheduledRun:
 
 
 async def scheduled_runs(
-    repository: JobRepository, schedules: Iterable[Schedule], now: datetime
+    repository: JobRepository, schedules: Iterable[Schedule], now: datetime, *, since: datetime
 ) -> list[ScheduledRun]:
     """Each schedule's latest time at least its `completes_within` before `now`, with the
     status of that time's instance: what the alert on scheduled runs not COMPLETED
-    reads, whichever job it is."""
+    reads, whichever job it is.
+
+    Left out: a run never launched that was due before the schedules were run, by this
+    process (`since`, its start) or by any before it (the job's first execution in the
+    job repository, the old Spring service's included): a fresh deployment owes nothing
+    for the night before it existed."""
     runs = []
     for schedule in schedules:
         job, when = schedule.job, schedule.when
         at = last_due(when.cron, now - when.completes_within)
         status = await repository.instance_status(job.name, job.parse(when.parameters(at), now))
+        if status is None and at < since:
+            first = await repository.first_execution_time(job.name)
+            if first is None or at < first:
+                continue
         runs.append(ScheduledRun(job.name, at, status))
     return runs
 

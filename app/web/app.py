@@ -136,7 +136,8 @@ def create_app(
     schedules: Iterable[Schedule] = (),
 ) -> web.Application:
     """The admin API, console and actuator of `launcher`; `schedules`: those this process
-    runs (their latest due runs are exposed for the alert on runs not COMPLETED)."""
+    runs from now on (their latest due runs are exposed for the alert on runs not
+    COMPLETED, but not those due before anyone ran them: `scheduled_runs`)."""
     settings = launcher.settings
     app = web.Application(
         middlewares=[
@@ -150,7 +151,9 @@ def create_app(
     app[DOCUMENT] = openapi(list(launcher.jobs.values()))
     app[HEALTH] = Health(health_checks, health_timeout)
     app[REPOSITORY_METRICS] = RepositoryMetrics(
-        functools.partial(_read_figures, launcher, tuple(schedules)),
+        functools.partial(
+            _read_figures, launcher, tuple(schedules), datetime.now(settings.timezone)
+        ),
         ttl=metrics_ttl,
         timeout=metrics_timeout,
     )
@@ -181,10 +184,14 @@ def create_app(
     return app
 
 
-async def _read_figures(launcher: Launcher, schedules: Sequence[Schedule]) -> Figures:
+async def _read_figures(
+    launcher: Launcher, schedules: Sequence[Schedule], since: datetime
+) -> Figures:
+    """The job repository's figures; `since`: when this process began to run `schedules`."""
     repository = launcher.repository
     now = datetime.now(launcher.settings.timezone)
-    return Figures(await repository.job_tallies(), await scheduled_runs(repository, schedules, now))
+    scheduled = await scheduled_runs(repository, schedules, now, since=since)
+    return Figures(await repository.job_tallies(), scheduled)
 
 
 async def _close_health(app: web.Application) -> AsyncIterator[None]:

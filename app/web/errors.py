@@ -31,6 +31,11 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+# The exception a request met that the API does not mean (answered 500): the
+# `exception` tag of http_server_requests_seconds
+UNEXPECTED_ERROR = web.RequestKey("unexpected_error", Exception)
+
+
 def _status_text(status: int) -> str:
     """`400 BAD_REQUEST`: Spring's HttpStatus rendering."""
     try:
@@ -71,8 +76,9 @@ def error_middleware(tz: tzinfo) -> Middleware:
             if exc.status < 400:
                 raise
             error = _from_http_exception(request, exc)
-        except Exception:
+        except Exception as exc:
             log.exception("unexpected error: %s %s", request.method, request.path)
+            request[UNEXPECTED_ERROR] = exc
             error = ApiError(500, "INTERNAL_SERVER_ERROR", "an unexpected error occurred")
         body = {
             "error": {

@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from app.metrics import HTTP_SERVER_REQUESTS, REGISTRY
+from app.web.errors import UNEXPECTED_ERROR
 from app.web.repository_metrics import RepositoryMetrics
 
 EXPOSITION = web.AppKey("exposition", CollectorRegistry)
@@ -66,16 +67,32 @@ async def prometheus(request: web.Request) -> web.Response:
 
 def _uri(request: web.Request, status: int) -> str:
     """The route's template (`/api/v1/jobs/executions/{id}`), never the raw path: an
-    unbounded label would grow the registry with every probe of a random URL."""
+    unbounded label would grow the registry with every probe of a random URL. Without
+    a route, Spring MVC's names: NOT_FOUND, REDIRECTION, else UNKNOWN."""
     resource = request.match_info.route.resource
     if resource is not None:
         return resource.canonical
-    return "NOT_FOUND" if status == 404 else "UNKNOWN"
+    if status == 404:
+        return "NOT_FOUND"
+    return "REDIRECTION" if 300 <= status < 400 else "UNKNOWN"
+
+
+# Spring's HttpOutcome, by the status's first digit
+_OUTCOMES = {
+    1: "INFORMATIONAL",
+    2: "SUCCESS",
+    3: "REDIRECTION",
+    4: "CLIENT_ERROR",
+    5: "SERVER_ERROR",
+}
 
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Records http_server_requests_seconds; outermost, so it sees the final status."""
+    """Records http_server_requests_seconds with Spring MVC's tags; outermost, so it
+    sees the final status. `exception` and `error` name the class of an unexpected
+    exception answered 500 (`none` for the rest: the answers the API means, like those
+    of a Spring @ExceptionHandler)."""
     started = time.perf_counter()
     status = 500
     try:
@@ -86,6 +103,13 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        HTTP_SERVER_REQUESTS.labels(request.method, _uri(request, status), str(status)).observe(
-            time.perf_counter() - started
-        )
+        failure = request.get(UNEXPECTED_ERROR)
+        exception = "none" if failure is None else type(failure).__name__
+        HTTP_SERVER_REQUESTS.labels(
+            request.method,
+            _uri(request, status),
+            str(status),
+            _OUTCOMES.get(status // 100, "UNKNOWN"),
+            exception,
+            exception,
+        ).record(time.perf_counter() - started)

@@ -111,31 +111,32 @@ class RepositoryMetrics(Collector):
         executions = GaugeMetricFamily(
             "batch_job_repository_executions",
             "Job executions in the job repository by status, whichever process ran them",
-            labels=["job", "status"],
+            labels=["spring_batch_job_name", "status"],
         )
         unrecovered = GaugeMetricFamily(
             "batch_job_unrecovered_instances",
             "Job instances whose latest execution is FAILED or STOPPED (neither restarted"
             " nor abandoned since)",
-            labels=["job", "status"],
+            labels=["spring_batch_job_name", "status"],
         )
         last_start = GaugeMetricFamily(
             "batch_job_last_start_timestamp_seconds",
             "When an execution of the job last started, in any process (Unix time)",
-            labels=["job"],
+            labels=["spring_batch_job_name"],
         )
         last_success = GaugeMetricFamily(
             "batch_job_last_success_timestamp_seconds",
             "When an execution of the job last ended COMPLETED, in any process (Unix time)",
-            labels=["job"],
+            labels=["spring_batch_job_name"],
         )
         scheduled = GaugeMetricFamily(
             "batch_job_scheduled_run_timestamp_seconds",
             "The job's latest scheduled time that its run should have ended COMPLETED by"
             " (that time plus the job's allowance is past), by the status of that"
-            " instance's latest execution (NONE: never launched); exposed by the"
-            " processes that run the schedules (Unix time)",
-            labels=["job", "status"],
+            " instance's latest execution (NONE: never launched; not for a run due before"
+            " this process or the job's first execution); exposed by the processes that run"
+            " the schedules (Unix time)",
+            labels=["spring_batch_job_name", "status"],
         )
         for run in snapshot.figures.scheduled:
             status = NEVER_LAUNCHED if run.status is None else run.status.value

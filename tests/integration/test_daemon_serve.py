@@ -22,7 +22,7 @@ from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.repository import JobRepository
 from tests.proxy import FaultProxy, through
-from tests.reliability.support import age_execution, free_port
+from tests.reliability.support import age_execution, free_port, until_ready
 from tests.settings import TEST_JWT_KEY, TEST_JWT_SECRET
 
 RUN_DATE = "2025-10-26"
@@ -83,16 +83,7 @@ async def serve(
         )  # fmt: skip
     daemon = Daemon(process, f"http://127.0.0.1:{port}", log)
     try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
-            while True:
-                assert process.returncode is None, daemon.log_text()
-                try:
-                    async with http.get(f"{daemon.url}/actuator/health") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
+        await until_ready(f"{daemon.url}/actuator/health", process, daemon.log_text)
         yield daemon
     finally:
         if process.returncode is None:

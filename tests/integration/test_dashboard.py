@@ -27,6 +27,7 @@ from app.edges.peers import REGIONS
 from app.metrics import QUEUE_DEPTH, REGISTRY
 from app.runtime.scheduler import RestartPolicy, Scheduler
 from app.web.app import LAUNCHER
+from tests.dashboard import DASHBOARD, dashboard_queries, resolved
 from tests.integration.test_fcm_send_job import NORYANGJIN_10, queue_depth
 from tests.integration.test_fcm_send_job import load_old_service_rows as load_fanout_rows
 from tests.integration.test_usage_stats_job import OLD_SERVICE_EXPECTED
@@ -35,39 +36,12 @@ from tests.integration.test_web_health_metrics import serving
 from tests.samples import SAMPLE_STORES
 from tests.settings import TEST_JWT_KEY, make_settings
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "couponpop-batch.json"
-# Grafana's variables, as a query would be sent for this service
-VARIABLES = {"$application": "batch-service", "$__rate_interval": "1m"}
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
 KEYWORDS |= {"and", "or", "unless", "inf", "nan"}
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 SELECTOR = re.compile(r"([a-zA-Z_:][\w:]*)?\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"')
 IDENTIFIER = re.compile(r"[a-zA-Z_:][\w:]*")
-
-
-def dashboard_queries() -> list[str]:
-    """The PromQL of every panel target and every query variable."""
-    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    queries = [
-        target["expr"]
-        for panel in board["panels"]
-        for target in panel.get("targets", [])
-        if target.get("expr")
-    ]
-    for variable in board["templating"]["list"]:
-        if variable["type"] == "query":
-            found = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["definition"])
-            assert found, variable["definition"]
-            queries.append(f"count by ({found[2]}) ({found[1]})")
-    return queries
-
-
-def resolved(query: str) -> str:
-    for name, value in VARIABLES.items():
-        query = query.replace(name, value)
-    assert "$" not in query, query
-    return query
 
 
 def names_in(query: str) -> tuple[set[str], dict[str, set[str]], set[str]]:
@@ -105,7 +79,7 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: run scripts/bootstrap (Debian package prometheus)"
     queries = dashboard_queries()
-    assert len(queries) == 19
+    assert len(queries) == 27
     rules = {
         "groups": [
             {
@@ -154,7 +128,7 @@ async def test_every_dashboard_metric_is_exposed(
     await load_stats_rows(pool)
     await load_fanout_rows(pool)
     confirmed = sample("batch_messages_total", outcome="confirmed")
-    store_5xx = sample("batch_peer_errors_total", peer="store", endpoint=REGIONS, kind="status_5xx")
+    store_5xx = sample("batch_peer_errors_total", peer="store", uri=REGIONS, kind="status_5xx")
     before = time.time()
     issued = int(before)
     admin = {"sub": "1", "memberType": "ADMIN", "iat": issued, "exp": issued + 300}
@@ -205,8 +179,7 @@ async def test_every_dashboard_metric_is_exposed(
     assert await queue_depth(queue) == len(NORYANGJIN_10)
     assert sample("batch_messages_total", outcome="confirmed") - confirmed == 2
     assert (
-        sample("batch_peer_errors_total", peer="store", endpoint=REGIONS, kind="status_5xx")
-        - store_5xx
+        sample("batch_peer_errors_total", peer="store", uri=REGIONS, kind="status_5xx") - store_5xx
         == 1
     )
 
@@ -222,7 +195,7 @@ async def test_every_dashboard_metric_is_exposed(
     assert "# TYPE batch_pipeline_queue_depth gauge" in text
     exposed["batch_pipeline_queue_depth"] = {"application", *QUEUE_DEPTH._labelnames}
     for job in ("couponUsageStatsJob", "couponUsageStatsFcmSendJob"):
-        labels = frozenset({"application": "batch-service", "job": job}.items())
+        labels = frozenset({"application": "batch-service", "spring_batch_job_name": job}.items())
         assert before <= values["batch_job_last_start_timestamp_seconds", labels] <= after
         assert before <= values["batch_job_last_success_timestamp_seconds", labels] <= after
 
@@ -250,6 +223,15 @@ async def test_every_dashboard_metric_is_exposed(
         "batch_job_unrecovered_instances",
         "batch_job_last_success_timestamp_seconds",
         "process_resident_memory_bytes",
+        # The old service's names
+        "spring_batch_job_seconds_sum",
+        "spring_batch_job_active_seconds_count",
+        "spring_batch_step_seconds_count",
+        "spring_batch_step_active_seconds_count",
+        "spring_batch_item_read_seconds_sum",
+        "spring_batch_item_process_seconds_sum",
+        "spring_batch_chunk_write_seconds_count",
+        "http_server_requests_seconds_count",
     } <= used_metrics
 
 

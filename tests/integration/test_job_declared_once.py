@@ -226,17 +226,19 @@ async def test_the_scheduler_fires_the_job_as_it_declares(tables: Pool, settings
     assert (when.cron, schedule.job, when.punctual) == ("0 9 * * 1", DIGEST, False)
     assert isinstance(schedule, Schedule)
     monday = datetime(2025, 10, 27, 9, 0, tzinfo=SEOUL)
-    # Its run is due within the default allowance (an hour): what the alert reads
+    # Its run is due within the default allowance (an hour): what the alert reads, in a
+    # process that ran the schedules since before it
     due = ScheduledRun("weeklyDigestJob", monday, None)
+    since = monday - timedelta(days=1)
     async with open_resources(settings, broker=False) as resources:
         launcher = Launcher(resources, WITH_DIGEST)
         late = monday + timedelta(hours=1, minutes=30)
-        assert await scheduled_runs(launcher.repository, [schedule], late) == [due]
+        assert await scheduled_runs(launcher.repository, [schedule], late, since=since) == [due]
         run = await fire(launcher, schedule, monday + timedelta(milliseconds=2))
         assert run is not None and run.task is not None
         await run.task
         final = await launcher.repository.get_execution(run.execution.id)
-        assert await scheduled_runs(launcher.repository, [schedule], late) == [
+        assert await scheduled_runs(launcher.repository, [schedule], late, since=since) == [
             replace(due, status=Status.COMPLETED)
         ]
     assert final is not None

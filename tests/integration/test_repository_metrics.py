@@ -22,7 +22,7 @@ from app.jobs import fcm_send_spec, usage_stats_spec
 from app.model import JobExecution, JobParameter, Status
 from app.repository import JobRepository
 from app.runtime.job import JobSpec
-from app.runtime.scheduler import Schedule
+from app.runtime.scheduler import Schedule, ScheduledRun, scheduled_runs
 from tests.integration.test_web_health_metrics import serving
 from tests.proxy import FaultProxy, through
 from tests.reliability.support import cli, cli_environment, stats_world, until
@@ -48,6 +48,25 @@ async def ended(
     found = await repository.get_execution(execution.id)
     assert found is not None
     return found
+
+
+async def pin_creation(pool: Pool, execution: JobExecution, local_time: str) -> None:
+    """The execution's CREATE_TIME, as the database's clock reads it."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE BATCH_JOB_EXECUTION SET CREATE_TIME = %s WHERE JOB_EXECUTION_ID = %s",
+            (local_time, execution.id),
+        )
+
+
+async def backdated(pool: Pool, execution: JobExecution) -> None:
+    """The execution as if created three years ago: the old service's history."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE BATCH_JOB_EXECUTION SET CREATE_TIME = CREATE_TIME - INTERVAL 3 YEAR"
+            " WHERE JOB_EXECUTION_ID = %s",
+            (execution.id,),
+        )
 
 
 async def scrape(client: TestClient) -> dict[tuple[str, frozenset], float]:
@@ -86,14 +105,15 @@ def repository_figures(values: dict[tuple[str, frozenset], float]) -> dict[str, 
 
 def executions(job: str, **counts: int) -> dict[tuple, float]:
     return {
-        (("job", job), ("status", status.value)): counts.get(status.value, 0) for status in Status
+        (("spring_batch_job_name", job), ("status", status.value)): counts.get(status.value, 0)
+        for status in Status
     }
 
 
 def unrecovered(job: str, failed: int, stopped: int) -> dict[tuple, float]:
     return {
-        (("job", job), ("status", "FAILED")): failed,
-        (("job", job), ("status", "STOPPED")): stopped,
+        (("spring_batch_job_name", job), ("status", "FAILED")): failed,
+        (("spring_batch_job_name", job), ("status", "STOPPED")): stopped,
     }
 
 
@@ -117,11 +137,11 @@ async def test_executions_of_another_process_are_scraped(settings: Settings, poo
                 **unrecovered(FANOUT, failed=0, stopped=1),
             },
             "batch_job_last_start_timestamp_seconds": {
-                (("job", STATS),): completed.start_time.timestamp(),
-                (("job", FANOUT),): running.start_time.timestamp(),
+                (("spring_batch_job_name", STATS),): completed.start_time.timestamp(),
+                (("spring_batch_job_name", FANOUT),): running.start_time.timestamp(),
             },
             "batch_job_last_success_timestamp_seconds": {
-                (("job", STATS),): completed.end_time.timestamp(),
+                (("spring_batch_job_name", STATS),): completed.end_time.timestamp(),
             },
         }
 
@@ -141,11 +161,11 @@ async def test_executions_of_another_process_are_scraped(settings: Settings, poo
                 **unrecovered(FANOUT, failed=0, stopped=0),
             },
             "batch_job_last_start_timestamp_seconds": {
-                (("job", STATS),): restarted.start_time.timestamp(),
-                (("job", FANOUT),): running.start_time.timestamp(),
+                (("spring_batch_job_name", STATS),): restarted.start_time.timestamp(),
+                (("spring_batch_job_name", FANOUT),): running.start_time.timestamp(),
             },
             "batch_job_last_success_timestamp_seconds": {
-                (("job", STATS),): restarted.end_time.timestamp(),
+                (("spring_batch_job_name", STATS),): restarted.end_time.timestamp(),
             },
         }
 
@@ -179,7 +199,7 @@ async def test_a_night_failed_and_restarted_from_the_command_line_is_scraped(
             "batch_job_repository_executions": executions(STATS, FAILED=1),
             "batch_job_unrecovered_instances": unrecovered(STATS, failed=1, stopped=0),
             "batch_job_last_start_timestamp_seconds": {
-                (("job", STATS),): failed.start_time.timestamp(),
+                (("spring_batch_job_name", STATS),): failed.start_time.timestamp(),
             },
         }
 
@@ -194,10 +214,10 @@ async def test_a_night_failed_and_restarted_from_the_command_line_is_scraped(
             "batch_job_repository_executions": executions(STATS, FAILED=1, COMPLETED=1),
             "batch_job_unrecovered_instances": unrecovered(STATS, failed=0, stopped=0),
             "batch_job_last_start_timestamp_seconds": {
-                (("job", STATS),): restarted.start_time.timestamp(),
+                (("spring_batch_job_name", STATS),): restarted.start_time.timestamp(),
             },
             "batch_job_last_success_timestamp_seconds": {
-                (("job", STATS),): restarted.end_time.timestamp(),
+                (("spring_batch_job_name", STATS),): restarted.end_time.timestamp(),
             },
         }
 
@@ -238,12 +258,19 @@ async def test_the_latest_due_run_of_each_schedule_is_scraped_with_its_status(
 
     def figures(stats: str, fanout: str) -> dict[tuple, float]:
         return {
-            (("job", STATS), ("status", stats)): stats_at.timestamp(),
-            (("job", FANOUT), ("status", fanout)): fanout_at.timestamp(),
+            (("spring_batch_job_name", STATS), ("status", stats)): stats_at.timestamp(),
+            (("spring_batch_job_name", FANOUT), ("status", fanout)): fanout_at.timestamp(),
         }
 
     other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
     async with serving(settings, broker=False, metrics_ttl=0, schedules=schedules) as client:
+        # A fresh deployment: neither this process nor any before it ran the schedules
+        # when these runs were due, and it owes nothing for them
+        assert scheduled_figures(await scrape(client)) == {}
+
+        # The old service had run both jobs since the year before: it was due to run them
+        for job in (STATS, FANOUT):
+            await backdated(pool, await ended(other, job, f"{year - 2}-06-01", Status.COMPLETED))
         assert scheduled_figures(await scrape(client)) == figures("NONE", "NONE")
 
         failed = await ended(other, STATS, day_before, Status.FAILED)
@@ -262,6 +289,36 @@ async def test_the_latest_due_run_of_each_schedule_is_scraped_with_its_status(
     # A process that runs no schedules exposes none
     async with serving(settings, broker=False, metrics_ttl=0) as client:
         assert scheduled_figures(await scrape(client)) == {}
+
+
+async def test_a_run_never_launched_is_owed_from_the_first_execution_or_the_process_start(
+    settings: Settings, pool: Pool
+) -> None:
+    """A run due before the job's first execution and before the process that runs the
+    schedules started is left out; one due after either is exposed NONE."""
+    seoul = settings.timezone
+    schedule = yearly(usage_stats_spec.SPEC, "0 1 1 1 *", timedelta(hours=8))
+    due = datetime(2024, 1, 1, 1, 0, tzinfo=seoul)
+    late = datetime(2024, 6, 1, tzinfo=seoul)
+    never_launched = [ScheduledRun(STATS, due, None)]
+    repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+
+    async def runs(since: datetime) -> list[ScheduledRun]:
+        return await scheduled_runs(repository, [schedule], late, since=since)
+
+    # No execution of the job ever: owed only by a process that ran the schedules then
+    assert await runs(since=due + timedelta(hours=1)) == []
+    assert await runs(since=due - timedelta(minutes=1)) == never_launched
+    # Its first execution (another instance), created after the run was due, then before
+    first = await ended(repository, STATS, "2024-03-01", Status.COMPLETED)
+    await pin_creation(pool, first, "2024-02-01 00:00:00")
+    assert await runs(since=late) == []
+    await pin_creation(pool, first, "2023-12-31 00:00:00")  # the old service's night
+    assert await runs(since=late) == never_launched
+    # Another job's history is not this job's
+    await pin_creation(pool, first, "2024-02-01 00:00:00")
+    await backdated(pool, await ended(repository, FANOUT, "2023-06-01", Status.COMPLETED))
+    assert await runs(since=late) == []
 
 
 async def test_a_scrape_storm_reads_once_within_the_ttl(settings: Settings, pool: Pool) -> None:

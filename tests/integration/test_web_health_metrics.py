@@ -215,6 +215,10 @@ async def test_prometheus_exposition(settings: Settings, pool: Pool) -> None:
     samples = [s for family in families.values() for s in family.samples]
     assert samples
     assert all(s.labels.get("application") == "batch-service" for s in samples)
+    # No label that Prometheus (or its Operator) sets on targets: a default scrape would
+    # rename it exported_*
+    target_labels = {"job", "instance", "endpoint", "namespace", "pod", "service", "container"}
+    assert {label for s in samples for label in s.labels} & target_labels == set()
 
     requests = {
         (s.labels["method"], s.labels["uri"], s.labels["status"])
@@ -230,11 +234,10 @@ async def test_prometheus_exposition(settings: Settings, pool: Pool) -> None:
     outcomes = {
         s.labels["outcome"]
         for s in families["batch_items"].samples
-        if s.labels["job"] == "couponUsageStatsJob"
+        if s.labels["spring_batch_job_name"] == "couponUsageStatsJob"
     }
     assert {"read", "written"} <= outcomes
     peers = {
-        (s.labels["peer"], s.labels["endpoint"])
-        for s in families["batch_peer_request_seconds"].samples
+        (s.labels["peer"], s.labels["uri"]) for s in families["batch_peer_request_seconds"].samples
     }
     assert ("store", "/internal/v1/stores/regions") in peers

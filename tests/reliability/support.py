@@ -306,6 +306,23 @@ async def until(
     raise AssertionError(f"never happened: {what}")  # pragma: no cover
 
 
+async def until_ready(
+    url: str, process: asyncio.subprocess.Process, log_text: Callable[[], str]
+) -> None:
+    """Until `url` answers 200, while `process` lives (its log says why if it died);
+    30 s at most."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+        while True:
+            assert process.returncode is None, log_text()
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -63,12 +63,12 @@ def mocked(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
 
 
 def _errors(endpoint: str, kind: str, peer: str = "store") -> float:
-    labels = {"peer": peer, "endpoint": endpoint, "kind": kind}
+    labels = {"peer": peer, "uri": endpoint, "kind": kind}
     return REGISTRY.get_sample_value("batch_peer_errors_total", labels) or 0.0
 
 
 def _requests(endpoint: str, outcome: str, peer: str = "store") -> float:
-    labels = {"peer": peer, "endpoint": endpoint, "outcome": outcome}
+    labels = {"peer": peer, "uri": endpoint, "outcome": outcome}
     return REGISTRY.get_sample_value("batch_peer_request_seconds_count", labels) or 0.0
 
 

@@ -18,9 +18,15 @@ def test_every_sample_carries_the_application_label() -> None:
     assert samples
     assert all(s.labels["application"] == "other-app" for s in samples)
     outcome = next(
-        s for s in families["batch_job_executions"].samples if s.labels.get("job") == "someJob"
+        s
+        for s in families["batch_job_executions"].samples
+        if s.labels.get("spring_batch_job_name") == "someJob"
     )
-    assert outcome.labels == {"job": "someJob", "status": "COMPLETED", "application": "other-app"}
+    assert outcome.labels == {
+        "spring_batch_job_name": "someJob",
+        "status": "COMPLETED",
+        "application": "other-app",
+    }
 
 
 def test_two_expositions_do_not_collide() -> None:
