@@ -20,6 +20,7 @@ from app.composition import JOBS, schedules
 from app.config import Settings
 from app.edges.db import fetch_all
 from app.jobs import fcm_send_spec, usage_stats_spec
+from app.model import Status
 from app.replicas import ReplicaRegistry
 from app.repository import JobRepository
 from app.runtime.automation import RestartPolicy, Schedule, due_slot, last_due
@@ -28,6 +29,7 @@ from app.runtime.launcher import Launcher
 from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
 from app.runtime.scheduler import Scheduler
+from tests.proxy import FaultProxy, through
 from tests.reliability.support import until
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -385,3 +387,32 @@ async def test_the_reconciler_takes_over_dead_executions_and_the_passes_restart_
         r" later than the misfire grace \(0:10:00\)",
         late[0],
     ), late
+
+
+async def test_a_restart_the_database_refused_is_made_by_a_later_pass(
+    settings: Settings, pool: Pool, db_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart due while the database refuses every connection: those passes fail, and
+    the first one after the outage restarts it (before: a restart launch that failed once
+    was never tried again)."""
+    repository = JobRepository(pool, abandon_after_seconds=120)
+    parameters = usage_stats_spec.SPEC.parse({"runDate": "2025-10-26"}, datetime.now(SEOUL))
+    failed = await repository.start_execution(STATS.job.name, parameters, rerun_completed=False)
+    await repository.finish_execution(failed.id, Status.FAILED, "boom")
+    caplog.set_level(logging.WARNING, logger="app.runtime.scheduler")
+    async with open_resources(through(settings, db=db_proxy), broker=False) as resources:
+        launcher = Launcher(resources, JOBS)
+        passing = scheduler(launcher, [NIGHT], replace(POLICY, attempts=1), every=0.1)
+        try:
+            async with db_proxy.outage():
+                passing.start()
+
+                async def refused() -> bool:
+                    return "scheduler: pass failed" in caplog.text
+
+                await until(refused, within=20, what="a pass the database refused")
+            await until(lambda: completed(pool), within=30, what="the restart, after the outage")
+        finally:
+            await passing.stop()
+            await launcher.shutdown(5)
+    assert [status for _, status, _ in await executions(pool)] == ["FAILED", "COMPLETED"]
