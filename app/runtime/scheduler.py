@@ -33,6 +33,7 @@ from app.runtime.automation import (
     Decision,
     Launch,
     Leave,
+    Restart,
     RestartPolicy,
     Schedule,
     Wait,
@@ -226,19 +227,21 @@ class Scheduler:
         else:
             failed = decision.execution_id
             bound = None if decision.resume else self._policy.max_executions
-            log.warning(
-                "%s: execution %d %s; restarting it from its checkpoint",
-                what,
-                failed,
-                "was interrupted by a shutdown" if decision.resume else "FAILED",
-            )
             launching = functools.partial(
                 self._operator.restart, failed, automatic=AutomaticLaunch(failed, bound)
             )
         launch = asyncio.ensure_future(_guarded(what, launching))
         self._launches.add(launch)
         launch.add_done_callback(self._launches.discard)
-        await asyncio.shield(launch)  # stop() awaits a launch, never cuts it
+        run = await asyncio.shield(launch)  # stop() awaits a launch, never cuts it
+        if run is not None and isinstance(decision, Restart):
+            log.warning(
+                "%s: execution %d %s; restarting it from its checkpoint as execution %d",
+                what,
+                decision.execution_id,
+                "was interrupted by a shutdown" if decision.resume else "FAILED",
+                run.execution.id,
+            )
 
     async def _agree_on_zone(self) -> bool:
         """Renew this process's row in the registry; whether it runs the schedules now.
