@@ -39,7 +39,7 @@ from app.repository import JobRepository
 from app.runtime.job import declared_parameters, find_job
 from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.memory import tune_gc
-from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused
+from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused, Stopped
 from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError, backfill_dates
 from app.runtime.signals import stop_signals
 from app.schema.migrate import MigrationDenied, migrate
@@ -308,24 +308,33 @@ async def _operate(settings: Settings, action: str, execution_id: int) -> int:
         operator = JobOperator(repository)
         try:
             if action == "stop":
-                found = await operator.stop(execution_id)
+                said = _stopped(execution_id, await operator.stop(execution_id))
             else:
                 found = await operator.abandon(execution_id)
+                said = f"execution {execution_id} ABANDONED (was {found})"
         except NoSuchExecution as exc:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
         except Refused as exc:
             _say(settings, f"not done: execution {execution_id} is {exc.status}", logging.WARNING)
             return EXIT_REFUSED
-    if action == "stop":
-        _say(
-            settings,
-            f"stop requested: execution {execution_id} was {found}; it ends STOPPED"
-            " after the chunks it is processing, at its next chunk commit",
-        )
-    else:
-        _say(settings, f"execution {execution_id} ABANDONED (was {found})")
+    _say(settings, said)
     return 0
+
+
+def _stopped(execution_id: int, stopped: Stopped) -> str:
+    """What a stop did, in words."""
+    reached = stopped.execution_id
+    went_on = "" if reached == execution_id else f"its run went on as execution {reached}; "
+    if stopped.was == Status.FAILED:
+        return (
+            f"stopped: {went_on}execution {reached} had ended FAILED: STOPPED now,"
+            " restartable by an operator, never automatically"
+        )
+    return (
+        f"stop requested: {went_on}execution {reached} was {stopped.was}; it ends STOPPED"
+        " after the chunks it is processing, at its next chunk commit"
+    )
 
 
 async def _until_done_or_signal(

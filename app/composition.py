@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.jobs import fcm_send_spec, usage_stats_spec
+from app.replicas import ReplicaRegistry
+from app.runtime.automation import RestartPolicy, Schedule, schedules_of
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher
 from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
-from app.runtime.scheduler import RestartPolicy, Schedule, Scheduler, schedules_of
+from app.runtime.scheduler import Scheduler
 from app.runtime.signals import stop_signals
 
 if TYPE_CHECKING:
@@ -84,23 +86,25 @@ async def serve(settings: Settings) -> int:
 
     with stop_signals() as stopping:
         async with open_launcher(settings, broker=True) as launcher:
-            policy, scheduled = restart_policy(settings), schedules()
-            scheduler = Scheduler(launcher, settings.timezone, scheduled, policy)
-            # Every replica takes over the executions whose runner died; one whose
-            # scheduler is enabled also restarts the scheduled ones.
-            reconciler = Reconciler(
-                launcher.repository,
+            registry = ReplicaRegistry(
+                launcher.resources.pool, lease_seconds=settings.JOB_ABANDON_AFTER_SECONDS
+            )
+            scheduler = Scheduler(
+                launcher,
                 settings.timezone,
-                scheduled,
-                policy.misfire_grace,
-                scheduler.resume if settings.SCHEDULER_ENABLED else None,
+                schedules(),
+                restart_policy(settings),
+                registry,
                 every=settings.HEARTBEAT_SECONDS,
             )
+            # Every replica takes over the executions whose runner died; those that run
+            # the schedules restart them, as every automatic launch, by their passes.
+            reconciler = Reconciler(launcher.repository, every=settings.HEARTBEAT_SECONDS)
             runner = web.AppRunner(
                 create_app(
                     launcher,
                     resource_checks(launcher.resources),
-                    schedules=scheduled if settings.SCHEDULER_ENABLED else (),
+                    schedules=scheduler.active_schedules,
                 ),
                 access_log=None,
                 shutdown_timeout=_HTTP_SHUTDOWN_SECONDS,

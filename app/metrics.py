@@ -147,7 +147,8 @@ STEP_DURATION = Histogram(
 )
 JOB_OUTCOMES = Counter(
     "batch_job_executions",
-    "Finished job executions by exit code (COMPLETED, COMPLETED WITH SKIPS, FAILED, STOPPED)",
+    "Finished job executions by exit code (COMPLETED, COMPLETED WITH SKIPS, FAILED, STOPPED,"
+    " INTERRUPTED: a shutdown's)",
     ["spring_batch_job_name", "status"],
     registry=REGISTRY,
 )

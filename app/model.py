@@ -35,6 +35,11 @@ ABANDONABLE = (*RESTARTABLE, Status.STOPPING)
 # A COMPLETED execution whose step skipped items: Spring Batch's own example of an exit code
 # of its own beside the status.
 COMPLETED_WITH_SKIPS = "COMPLETED WITH SKIPS"
+# A FAILED execution cut by a shutdown (SIGTERM/SIGINT of `serve` or of a CLI run), not by a
+# fault of its own nor by an operator (whose word is STOPPED): resumed by the automatic
+# launches, and not counted against AUTO_RESTART_ATTEMPTS. STATUS stays a BatchStatus
+# (FAILED), so Spring Batch restarts it as any FAILED one.
+INTERRUPTED = "INTERRUPTED"
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,41 @@ class ChunkCounts:
     skipped: int
 
 
+@dataclass(frozen=True)
+class InstanceSummary:
+    """One job instance as the automatic launches read it: its latest execution, and how
+    many of its executions count against the automatic attempts."""
+
+    instance_id: int
+    job_name: str
+    latest: int  # the latest execution's id
+    status: Status  # and its status, exit code, end (None: never recorded) and parameters
+    exit_code: str
+    end_time: datetime | None
+    parameters: dict[str, str]
+    counted: int  # executions, the interrupted ones (INTERRUPTED) left out
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status == Status.FAILED and self.exit_code == INTERRUPTED
+
+    @property
+    def dry_run(self) -> bool:
+        return self.parameters.get("dryRun") == "true"
+
+
+@dataclass(frozen=True)
+class AutomaticLaunch:
+    """What an automatic launch decided from, checked again under the instance's lock:
+    the instance's latest execution is still `after` (None: it had none) and FAILED, and
+    the instance has fewer than `max_executions` counted executions (None: no bound, as
+    for the resume of an interrupted run). A launch decided from an older read is refused
+    (Superseded), so two replicas deciding at once launch once, and never early."""
+
+    after: int | None
+    max_executions: int | None
+
+
 class LaunchRefused(Exception):
     def __init__(self, message: str, execution_id: int) -> None:
         super().__init__(message)
@@ -104,6 +144,11 @@ class AlreadyRunning(LaunchRefused):
 
 class AlreadyComplete(LaunchRefused):
     """The instance completed and the launch did not ask for a rerun."""
+
+
+class Superseded(LaunchRefused):
+    """An automatic launch whose decision is out of date: the instance was launched,
+    stopped or abandoned since it was read."""
 
 
 class RestartLimitReached(LaunchRefused):

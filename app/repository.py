@@ -15,22 +15,27 @@ from itertools import groupby
 from typing import Any
 
 from asyncmy.connection import Connection
+from asyncmy.cursors import Cursor
 from asyncmy.errors import IntegrityError
 
 from app.edges.db import DbPool, fetch_all, transaction
 from app.model import (
     ABANDONABLE,
+    INTERRUPTED,
     RESTARTABLE,
     RUNNING,
     AlreadyComplete,
     AlreadyRunning,
+    AutomaticLaunch,
     ChunkCounts,
+    InstanceSummary,
     JobExecution,
     JobParameter,
     JobTally,
     RestartLimitReached,
     Status,
     StepExecution,
+    Superseded,
 )
 from app.spring_format import decode_context, encode_context, instance_keys
 
@@ -54,6 +59,16 @@ _ABANDONED_MESSAGE = (
     " IF(STATUS = 'FAILED' AND EXIT_MESSAGE <> '', CONCAT('; it had failed: ', EXIT_MESSAGE),"
     f" '')), {_MESSAGE_LIMIT}), "
 )
+
+
+def _finish_sql(table: str, id_column: str) -> str:
+    """The end of a job or step execution (status, exit code, message, id), unless another
+    replica has taken the execution over meanwhile."""
+    return (
+        f"UPDATE {table} SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
+        " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
+        f" WHERE {id_column} = %s AND STATUS IN {_RUNNING_SQL}"
+    )
 
 
 def _clip(text: str) -> str:
@@ -145,7 +160,7 @@ class JobRepository:
         *,
         rerun_completed: bool,
         queued: bool = False,
-        max_executions: int | None = None,
+        automatic: AutomaticLaunch | None = None,
     ) -> JobExecution:
         """Apply the launch rules and record a STARTED execution, or raise LaunchRefused.
 
@@ -153,10 +168,10 @@ class JobRepository:
         the abandon limit is marked FAILED first. FAILED and STOPPED instances restart
         (their steps resume from the checkpoint); COMPLETED ones run again only when
         `rerun_completed`. A `queued` execution is recorded STARTING (waiting for a slot of
-        the process's MAX_RUNNING_EXECUTIONS) until `mark_started`. With `max_executions`
-        (an automatic launch), an instance that has that many executions already is
-        refused (RestartLimitReached): counted under the instance's lock, so replicas
-        restarting it at once never exceed it.
+        the process's MAX_RUNNING_EXECUTIONS) until `mark_started`. An `automatic` launch
+        is checked against what it was decided from (Superseded) and its instance's
+        counted executions (RestartLimitReached), under the instance's lock, so replicas
+        deciding at once launch once and never exceed the bound.
         """
         status = Status.STARTING if queued else Status.STARTED
         instance_id = await self._instance_id(job_name, parameters)
@@ -188,18 +203,8 @@ class JobRepository:
                     raise AlreadyComplete(
                         f"{job_name} already completed as execution {last_id}", last_id
                     )
-                if max_executions is not None:
-                    await cur.execute(
-                        "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION WHERE JOB_INSTANCE_ID = %s",
-                        (instance_id,),
-                    )
-                    (count,) = await cur.fetchone()
-                    if count >= max_executions:
-                        raise RestartLimitReached(
-                            f"{job_name} has run {count} executions of this instance already"
-                            f" (at most {max_executions} automatically); not restarted",
-                            last_id,
-                        )
+            if automatic is not None:
+                await self._check_automatic(cur, job_name, instance_id, last, automatic)
             await cur.execute(
                 "INSERT INTO BATCH_JOB_EXECUTION (JOB_EXECUTION_ID, VERSION, JOB_INSTANCE_ID,"
                 " CREATE_TIME, START_TIME, STATUS, EXIT_CODE, EXIT_MESSAGE, LAST_UPDATED)"
@@ -222,6 +227,38 @@ class JobRepository:
         execution = await self.get_execution(execution_id)
         assert execution is not None
         return execution
+
+    @staticmethod
+    async def _check_automatic(
+        cur: Cursor,
+        job_name: str,
+        instance_id: int,
+        last: tuple | None,
+        automatic: AutomaticLaunch,
+    ) -> None:
+        """Refuse an automatic launch whose decision is out of date, or past its bound."""
+        last_id = last[0] if last is not None else None
+        if last_id != automatic.after or (last is not None and last[1] != Status.FAILED):
+            now = f"execution {last_id} is {last[1]}" if last is not None else "none"
+            raise Superseded(
+                f"{job_name}: the instance changed since the automatic launch was decided"
+                f" (its latest execution: {now})",
+                last_id or 0,
+            )
+        if automatic.max_executions is None:
+            return
+        await cur.execute(
+            "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION WHERE JOB_INSTANCE_ID = %s"
+            " AND EXIT_CODE <> %s",
+            (instance_id, INTERRUPTED),
+        )
+        (count,) = await cur.fetchone()
+        if count >= automatic.max_executions:
+            raise RestartLimitReached(
+                f"{job_name} has run {count} executions of this instance already"
+                f" (at most {automatic.max_executions} automatically); not restarted",
+                last_id or 0,
+            )
 
     async def _find_instance(self, job_name: str, keys: Sequence[str]) -> int | None:
         """The instance under the first of `keys` found (the old Spring service's, with
@@ -283,6 +320,77 @@ class JobRepository:
             (job_name,),
         )
         return _on(await self._database_clock(), created)
+
+    async def database_now(self) -> datetime:
+        """The database clock's time, as BATCH_* times are written (with its offset)."""
+        [(now,)] = await fetch_all(self.pool, "SELECT NOW(6)")
+        assert isinstance(now, datetime)
+        return now.replace(tzinfo=await self._database_clock())
+
+    async def instance_summary(
+        self, job_name: str, parameters: Sequence[JobParameter]
+    ) -> InstanceSummary | None:
+        """The instance of these parameters as the automatic launches read it; None: it was
+        never launched."""
+        instance_id = await self._find_instance(job_name, instance_keys(parameters))
+        if instance_id is None:
+            return None
+        found = await self._summaries("e.JOB_INSTANCE_ID = %s", (instance_id,))
+        return found[0] if found else None
+
+    async def resumable_instances(
+        self, job_names: Sequence[str], within: timedelta
+    ) -> list[InstanceSummary]:
+        """The instances of these jobs whose latest execution is FAILED: interrupted by a
+        shutdown (whenever), or ended within `within` by the database clock."""
+        if not job_names:
+            return []
+        names = ", ".join(["%s"] * len(job_names))
+        return await self._summaries(
+            f"i.JOB_NAME IN ({names}) AND e.STATUS = 'FAILED' AND (e.EXIT_CODE = %s"
+            " OR e.END_TIME > NOW(6) - INTERVAL %s MICROSECOND)",
+            (*job_names, INTERRUPTED, int(within.total_seconds() * 1e6)),
+        )
+
+    async def _summaries(self, where: str, args: tuple) -> list[InstanceSummary]:
+        """The instances whose latest execution `e` (of instance `i`) matches `where`."""
+        rows = await fetch_all(
+            self.pool,
+            "SELECT e.JOB_EXECUTION_ID, e.JOB_INSTANCE_ID, i.JOB_NAME, e.STATUS, e.EXIT_CODE,"
+            " e.END_TIME, (SELECT COUNT(*) FROM BATCH_JOB_EXECUTION c"
+            " WHERE c.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID AND c.EXIT_CODE <> %s)"
+            " FROM BATCH_JOB_EXECUTION e"
+            " JOIN BATCH_JOB_INSTANCE i ON i.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID"
+            f" WHERE {where} AND e.JOB_EXECUTION_ID = (SELECT MAX(l.JOB_EXECUTION_ID)"
+            " FROM BATCH_JOB_EXECUTION l WHERE l.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID)"
+            " ORDER BY e.JOB_EXECUTION_ID",
+            (INTERRUPTED, *args),
+        )
+        if not rows:
+            return []
+        parameters: dict[int, dict[str, str]] = {row[0]: {} for row in rows}
+        marks = ", ".join(["%s"] * len(parameters))
+        for execution_id, name, value in await fetch_all(
+            self.pool,
+            "SELECT JOB_EXECUTION_ID, PARAMETER_NAME, PARAMETER_VALUE"
+            f" FROM BATCH_JOB_EXECUTION_PARAMS WHERE JOB_EXECUTION_ID IN ({marks})",
+            tuple(parameters),
+        ):
+            parameters[execution_id][name] = value
+        clock = await self._database_clock()
+        return [
+            InstanceSummary(
+                instance_id=row[1],
+                job_name=row[2],
+                latest=row[0],
+                status=Status(row[3]),
+                exit_code=row[4] or "",
+                end_time=_on(clock, row[5]),
+                parameters=parameters[row[0]],
+                counted=int(row[6]),
+            )
+            for row in rows
+        ]
 
     async def _mark_abandoned(
         self,
@@ -377,6 +485,55 @@ class JobRepository:
         is not renewed: a row whose runner is gone still expires (and ends STOPPED)."""
         return await self._transition(execution_id, RUNNING, Status.STOPPING, steps=False)
 
+    async def executions_since(self, execution_id: int) -> list[tuple[int, Status]]:
+        """The execution and the later ones of its instance, oldest first, with their
+        statuses: the run a stop is addressed to. Empty: no such execution."""
+        rows = await fetch_all(
+            self.pool,
+            "SELECT e.JOB_EXECUTION_ID, e.STATUS FROM BATCH_JOB_EXECUTION x"
+            " JOIN BATCH_JOB_EXECUTION e ON e.JOB_INSTANCE_ID = x.JOB_INSTANCE_ID"
+            " AND e.JOB_EXECUTION_ID >= x.JOB_EXECUTION_ID"
+            " WHERE x.JOB_EXECUTION_ID = %s ORDER BY e.JOB_EXECUTION_ID",
+            (execution_id,),
+        )
+        return [(int(row_id), Status(status)) for row_id, status in rows]
+
+    async def stop_failed(self, execution_id: int) -> bool:
+        """A stop of a run that ended FAILED and awaits its automatic restart (or resume):
+        STOPPED, the operator's word, which no automatic launch restarts; restartable by
+        an operator from its checkpoint. Only while it is its instance's latest execution
+        and FAILED, checked under the instance's lock (an automatic launch takes it too);
+        False otherwise."""
+        async with transaction(self.pool) as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT i.JOB_INSTANCE_ID FROM BATCH_JOB_INSTANCE i JOIN BATCH_JOB_EXECUTION e"
+                " ON e.JOB_INSTANCE_ID = i.JOB_INSTANCE_ID WHERE e.JOB_EXECUTION_ID = %s"
+                " FOR UPDATE",
+                (execution_id,),
+            )
+            found = await cur.fetchone()
+            if found is None:
+                return False
+            await cur.execute(
+                "SELECT JOB_EXECUTION_ID, STATUS FROM BATCH_JOB_EXECUTION"
+                " WHERE JOB_INSTANCE_ID = %s ORDER BY JOB_EXECUTION_ID DESC LIMIT 1 FOR UPDATE",
+                (found[0],),
+            )
+            if tuple(await cur.fetchone()) != (execution_id, Status.FAILED):
+                return False
+            for table in ("BATCH_STEP_EXECUTION", "BATCH_JOB_EXECUTION"):
+                # EXIT_MESSAGE first: MariaDB and MySQL assign left to right.
+                await cur.execute(
+                    f"UPDATE {table} SET EXIT_MESSAGE = LEFT(CONCAT('stopped on request after"
+                    " it ended ', EXIT_CODE, IF(EXIT_MESSAGE <> '', CONCAT(': ', EXIT_MESSAGE),"
+                    " ''), '; restartable from the checkpoint, never automatically'),"
+                    f" {_MESSAGE_LIMIT}), EXIT_CODE = 'STOPPED', STATUS = 'STOPPED',"
+                    " LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
+                    " WHERE JOB_EXECUTION_ID = %s AND STATUS = 'FAILED'",
+                    (execution_id,),
+                )
+            return True
+
     async def abandon(self, execution_id: int) -> Status | None:
         """Spring Batch's abandon: a STOPPED, FAILED or STOPPING execution becomes
         ABANDONED, never restarted; the next launch of its instance starts from scratch
@@ -424,6 +581,34 @@ class JobRepository:
         await self._finish(
             "BATCH_JOB_EXECUTION", "JOB_EXECUTION_ID", execution_id, status, message, exit_code
         )
+
+    async def finish_interrupted(
+        self, execution_id: int, step_id: int | None, message: str, stopped: str
+    ) -> Status | None:
+        """Record the end of a run cut by a shutdown (its step's too): FAILED, EXIT_CODE
+        INTERRUPTED, `message`; but STOPPED, `stopped`, where an operator asked it to stop
+        (STOPPING) before the runner read it: a stop is never lost. The status recorded;
+        None where another replica has taken the execution over meanwhile."""
+        async with transaction(self.pool) as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT STATUS FROM BATCH_JOB_EXECUTION WHERE JOB_EXECUTION_ID = %s FOR UPDATE",
+                (execution_id,),
+            )
+            row = await cur.fetchone()
+            if row is None or row[0] not in RUNNING:
+                return None
+            if row[0] == Status.STOPPING:
+                status, exit_code, text = Status.STOPPED, Status.STOPPED.value, stopped
+            else:
+                status, exit_code, text = Status.FAILED, INTERRUPTED, message
+            ended = [("BATCH_JOB_EXECUTION", "JOB_EXECUTION_ID", execution_id)]
+            if step_id is not None:
+                ended.insert(0, ("BATCH_STEP_EXECUTION", "STEP_EXECUTION_ID", step_id))
+            for table, id_column, row_id in ended:
+                await cur.execute(
+                    _finish_sql(table, id_column), (status.value, exit_code, _clip(text), row_id)
+                )
+            return status
 
     async def set_execution_context(self, execution_id: int, context: dict[str, Any]) -> None:
         await self._execute(
@@ -559,9 +744,7 @@ class JobRepository:
         """Record the end (EXIT_CODE is the status unless said otherwise), unless another
         replica has taken the execution over meanwhile."""
         await self._execute(
-            f"UPDATE {table} SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
-            " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
-            f" WHERE {id_column} = %s AND STATUS IN {_RUNNING_SQL}",
+            _finish_sql(table, id_column),
             (status.value, exit_code or status.value, _clip(message), row_id),
         )
 

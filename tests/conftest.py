@@ -27,6 +27,7 @@ DATA_TABLES = (
     "BATCH_JOB_EXECUTION_PARAMS",
     "BATCH_JOB_EXECUTION",
     "BATCH_JOB_INSTANCE",
+    "batch_service_replicas",
 )
 
 

@@ -24,7 +24,15 @@ from app.metrics import (
     SPRING_BATCH_STEP_ACTIVE,
     STEP_DURATION,
 )
-from app.model import COMPLETED_WITH_SKIPS, RUNNING, JobExecution, JobParameter, Status
+from app.model import (
+    COMPLETED_WITH_SKIPS,
+    INTERRUPTED,
+    RUNNING,
+    AutomaticLaunch,
+    JobExecution,
+    JobParameter,
+    Status,
+)
 from app.pipeline.chunk import StepProgress
 from app.pipeline.retry import retrying_until
 from app.pipeline.step import SkipLimitExceeded, StepRunner
@@ -39,6 +47,7 @@ log = logging.getLogger(__name__)
 # Once the shutdown's grace is over, recording what the runs came to may take this long.
 _RECORD_AFTER_GRACE_SECONDS = 3.0
 ON_REQUEST = "stopped on request; restartable from the checkpoint"
+ON_SHUTDOWN = "interrupted by a shutdown; the schedules' next pass resumes it from its checkpoint"
 
 
 class ShuttingDown(RuntimeError):
@@ -52,15 +61,25 @@ class RunningJob:
     progress: StepProgress = field(default_factory=StepProgress)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    # Why `stop` was set: on shutdown (the default), by request, or the lease lost; and
-    # what the execution ends as: STOPPED (the operator's word), FAILED (a fault).
-    stop_reason: str = "stopped on shutdown; restartable from the checkpoint"
+    # Why `stop` was set: by request, on shutdown, or the lease lost; and what the
+    # execution ends as: STOPPED (the operator's word), FAILED INTERRUPTED (a shutdown),
+    # FAILED (a fault).
+    stop_reason: str = ON_REQUEST
     stop_status: Status = Status.STOPPED
+    stop_exit_code: str = Status.STOPPED.value
 
-    def request_stop(self, reason: str, status: Status = Status.STOPPED) -> None:
+    def request_stop(
+        self, reason: str, status: Status = Status.STOPPED, exit_code: str | None = None
+    ) -> None:
         if not self.stop.is_set():
             self.stop_reason, self.stop_status = reason, status
+            self.stop_exit_code = exit_code or status.value
             self.stop.set()
+
+    def interrupt(self) -> None:
+        """Stop it for a shutdown: FAILED, INTERRUPTED, resumed by the automatic launches
+        (unless an operator's stop came first)."""
+        self.request_stop(ON_SHUTDOWN, Status.FAILED, INTERRUPTED)
 
 
 @dataclass
@@ -69,13 +88,25 @@ class _Outcome:
     message: str = ""
     skipped: int = 0
     step_started: bool = False  # False: the job failed before its step (building, recording it)
+    code: str = ""  # an exit code of its own (INTERRUPTED); "": the status's
+    step_id: int | None = None  # its step execution, once recorded
 
     @property
     def exit_code(self) -> str:
         """The status, but COMPLETED WITH SKIPS for a completed run that skipped items."""
+        if self.code:
+            return self.code
         if self.status == Status.COMPLETED and self.skipped:
             return COMPLETED_WITH_SKIPS
         return self.status.value
+
+    @property
+    def interrupted(self) -> bool:
+        return self.code == INTERRUPTED
+
+    def stopped_as(self, run: RunningJob) -> None:
+        """The outcome of a run whose `stop` was set: what its stop said."""
+        self.status, self.message, self.code = run.stop_status, run.stop_reason, run.stop_exit_code
 
 
 class Launcher:
@@ -116,11 +147,11 @@ class Launcher:
         *,
         rerun: bool,
         dry_run_output: TextIO | None = None,
-        max_executions: int | None = None,
+        automatic: AutomaticLaunch | None = None,
     ) -> RunningJob:
         """Check the parameters, apply the launch rules, start the execution in the
         background. Raises ParameterError, LaunchRefused or ShuttingDown; an automatic
-        launch passes `max_executions` (the repository's RestartLimitReached)."""
+        launch passes what it was decided from (`automatic`)."""
         self.refuse_if_shutting_down()
         parameters = spec.parse(raw_parameters, now_in(self.settings.timezone))
         return await self._start(
@@ -128,7 +159,7 @@ class Launcher:
             parameters,
             rerun=rerun,
             dry_run_output=dry_run_output,
-            max_executions=max_executions,
+            automatic=automatic,
         )
 
     async def relaunch(
@@ -136,14 +167,14 @@ class Launcher:
         spec: JobSpec,
         parameters: Sequence[JobParameter],
         *,
-        max_executions: int | None = None,
+        automatic: AutomaticLaunch | None = None,
     ) -> RunningJob:
         """The instance of these recorded parameters runs again, from its checkpoint: the
         JobOperator's restart, once its rules allow it. Raises LaunchRefused or
-        ShuttingDown; an automatic restart passes `max_executions`."""
+        ShuttingDown; an automatic restart passes what it was decided from."""
         self.refuse_if_shutting_down()
         return await self._start(
-            spec, parameters, rerun=False, dry_run_output=None, max_executions=max_executions
+            spec, parameters, rerun=False, dry_run_output=None, automatic=automatic
         )
 
     def refuse_if_shutting_down(self) -> None:
@@ -157,7 +188,7 @@ class Launcher:
         *,
         rerun: bool,
         dry_run_output: TextIO | None,
-        max_executions: int | None = None,
+        automatic: AutomaticLaunch | None = None,
     ) -> RunningJob:
         SPRING_BATCH_JOB_LAUNCH_COUNT.inc()  # as Spring's launcher counts, before its rules
         # Recorded as what it is: STARTED, or STARTING while it waits for a slot. Only a
@@ -168,7 +199,7 @@ class Launcher:
             parameters,
             rerun_completed=rerun,
             queued=queued,
-            max_executions=max_executions,
+            automatic=automatic,
         )
         has_slot = not self._slots.locked()
         if has_slot:
@@ -232,7 +263,7 @@ class Launcher:
             async with self._lease(run):
                 holding = holding or await self._take_slot(run)
                 if not holding:
-                    outcome.status, outcome.message = run.stop_status, run.stop_reason
+                    outcome.stopped_as(run)
                 elif not queued or await self.repository.mark_started(execution.id):
                     with _job_metrics(spec.name, outcome):
                         await self._run_step(run, dry_run_output, outcome)
@@ -240,11 +271,7 @@ class Launcher:
                     outcome.status = Status.STOPPED
                     outcome.message = "stopped on request before it started"
         finally:
-            await self._record(
-                lambda: self.repository.finish_execution(
-                    execution.id, outcome.status, outcome.message, outcome.exit_code
-                )
-            )
+            await self._record(lambda: self._finish(execution.id, outcome))
             if holding:
                 self._slots.release()
             if owned_output is not None:
@@ -325,9 +352,10 @@ class Launcher:
         try:
             with active.running():
                 finished = await runner.run(step)
-            outcome.status = Status.COMPLETED if finished else run.stop_status
-            if not finished:
-                outcome.message = run.stop_reason
+            if finished:
+                outcome.status = Status.COMPLETED
+            else:
+                outcome.stopped_as(run)
         except Exception as exc:
             outcome.message = f"{type(exc).__name__}: {exc}"
             if _expected(exc):  # its message says it all: no traceback in the log
@@ -340,16 +368,18 @@ class Launcher:
             else:
                 log.exception("step failed: job=%s execution=%d", spec.name, execution.id)
         except asyncio.CancelledError:
-            outcome.status = Status.STOPPED
-            outcome.message = "cancelled after the shutdown grace period"
+            outcome.status, outcome.code = Status.FAILED, INTERRUPTED
+            outcome.message = f"{ON_SHUTDOWN} (cancelled after the shutdown grace period)"
             raise
         finally:
             outcome.skipped = run.progress.skipped
-            await self._record(
-                lambda: self.repository.finish_step(
-                    step.id, outcome.status, outcome.message, outcome.exit_code
+            outcome.step_id = step.id
+            if not outcome.interrupted:  # else recorded with the job's end (`_finish`)
+                await self._record(
+                    lambda: self.repository.finish_step(
+                        step.id, outcome.status, outcome.message, outcome.exit_code
+                    )
                 )
-            )
             elapsed = time.monotonic() - step_started
             STEP_DURATION.labels(spec.name, step.name, outcome.status.value).observe(elapsed)
             SPRING_BATCH_STEP.labels(
@@ -414,6 +444,18 @@ class Launcher:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    async def _finish(self, execution_id: int, outcome: _Outcome) -> None:
+        """Record the execution's end; an interrupted run's with its step's, where an
+        operator's stop, not yet read by the runner, turns it STOPPED."""
+        if outcome.interrupted:
+            await self.repository.finish_interrupted(
+                execution_id, outcome.step_id, outcome.message, ON_REQUEST
+            )
+        else:
+            await self.repository.finish_execution(
+                execution_id, outcome.status, outcome.message, outcome.exit_code
+            )
+
     async def _record(self, update: Callable[[], Awaitable[None]]) -> None:
         """Record an outcome, retried with backoff while the database does not answer:
         for up to half of JOB_ABANDON_AFTER_SECONDS (the lease), or once shutting down,
@@ -448,13 +490,14 @@ class Launcher:
         return final
 
     async def shutdown(self, grace_seconds: float) -> None:
-        """Launch nothing more; ask running steps to stop after their chunks in flight;
+        """Launch nothing more; ask running steps to stop after their chunks in flight
+        (FAILED, INTERRUPTED: resumed by the automatic launches, not an operator's stop);
         cancel what has not stopped within the grace period."""
         self._accepting = False
         self._record_deadline = time.monotonic() + grace_seconds + _RECORD_AFTER_GRACE_SECONDS
         runs = list(self.running.values())
         for run in runs:
-            run.request_stop("stopped on shutdown; restartable from the checkpoint")
+            run.interrupt()
         tasks = [run.task for run in runs if run.task is not None]
         if not tasks:
             return

@@ -4,11 +4,20 @@ turns the operator's answers and refusals into its own exit codes or HTTP status
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import TextIO
 
-from app.model import ABANDONABLE, RESTARTABLE, RUNNING, JobExecution, LaunchRefused, Status
+from app.model import (
+    ABANDONABLE,
+    RESTARTABLE,
+    RUNNING,
+    AutomaticLaunch,
+    JobExecution,
+    LaunchRefused,
+    Status,
+)
 from app.repository import JobRepository
 from app.runtime.launcher import ON_REQUEST, Launcher, RunningJob
 from app.runtime.parameters import ParameterError, backfill_dates
@@ -36,6 +45,47 @@ class NotRunning(Refused):
 
 class NotAbandonable(Refused):
     """Only a STOPPED, FAILED or STOPPING execution is abandoned."""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What a stop did: the execution it reached (the one asked for, or the one that
+    carries its run on) and the status that one had."""
+
+    execution_id: int
+    was: Status
+
+
+@dataclass(frozen=True)
+class StopTarget:
+    """Where a stop lands: `execution_id` to STOPPING (running) or STOPPED (FAILED,
+    awaiting its automatic restart); None: the run ended, `status` says how."""
+
+    execution_id: int | None
+    status: Status
+
+
+def stop_target(run: Sequence[tuple[int, Status]]) -> StopTarget:
+    """The rule of a stop that meets a takeover: a stop is addressed to a run, not to a
+    process. `run` is the execution asked for and its instance's later ones, oldest
+    first. The run goes on through restarts (after FAILED or STOPPED) and ends at a
+    COMPLETED, ABANDONED or UNKNOWN execution; its latest execution is stopped:
+
+    - running (STARTING, STARTED, STOPPING; its runner alive or not): STOPPING, which its
+      runner reads, or its taker ends STOPPED;
+    - FAILED (a fault, a lost runner or a shutdown; its automatic restart pending):
+      STOPPED at once, so that no automatic launch restarts it;
+    - otherwise nothing is running: the stop is refused with that status.
+
+    So a stop before a takeover holds through it, and one after it reaches the successor
+    (or the FAILED execution its successor would restart)."""
+    *before, (latest, status) = run
+    ended = next((s for _, s in before if s not in RESTARTABLE), None)
+    if ended is not None:
+        return StopTarget(None, ended)
+    if status in RUNNING or status == Status.FAILED:
+        return StopTarget(latest, status)
+    return StopTarget(None, status)
 
 
 class JobOperator:
@@ -93,13 +143,15 @@ class JobOperator:
                 refused.append((day, exc))
         return launched, refused
 
-    async def restart(self, execution_id: int, *, max_executions: int | None = None) -> RunningJob:
+    async def restart(
+        self, execution_id: int, *, automatic: AutomaticLaunch | None = None
+    ) -> RunningJob:
         """A FAILED or STOPPED execution's instance runs again with the same parameters,
         from its checkpoint. Only the instance's last execution restarts, as in Spring
         Batch: one its instance ran on after is NotRestartable (JobRestartException), or
         refused by the launch rules if the instance is running or completed since.
         Raises NoSuchExecution, NotRestartable, LaunchRefused or ShuttingDown; an
-        automatic restart (the scheduler's) passes `max_executions`."""
+        automatic restart (the scheduler's) passes what it was decided from."""
         launcher = self.launcher
         launcher.refuse_if_shutting_down()
         execution = await self.get(execution_id)
@@ -116,21 +168,44 @@ class JobOperator:
             )
         spec = launcher.find(execution.job_name)
         parameters = await self.repository.get_parameters(execution_id)
-        return await launcher.relaunch(spec, parameters, max_executions=max_executions)
+        return await launcher.relaunch(spec, parameters, automatic=automatic)
 
-    async def stop(self, execution_id: int) -> Status:
-        """STOPPING in the job repository, for a runner on any replica (it reads it at its
-        next chunk commit or heartbeat); a run of this process stops at once. The status
-        it had; raises NoSuchExecution or NotRunning."""
-        found = await self.repository.request_stop(execution_id)
-        if found is None:
-            raise NoSuchExecution(f"no job execution {execution_id}")
-        if found not in RUNNING:
-            raise NotRunning(f"execution {execution_id} is {found}, not running", found)
-        run = self._launcher.running.get(execution_id) if self._launcher else None
-        if run is not None:
-            run.request_stop(ON_REQUEST)
-        return found
+    async def stop(self, execution_id: int) -> Stopped:
+        """Stop the execution's run, wherever it is now (`stop_target`): a running one
+        STOPPING in the job repository, for a runner on any replica (it reads it at its
+        next chunk commit or heartbeat; a run of this process stops at once); a FAILED one
+        awaiting its automatic restart STOPPED. Raises NoSuchExecution or NotRunning."""
+        while True:  # again if the run moved on between the read and the change
+            run = await self.repository.executions_since(execution_id)
+            if not run:
+                raise NoSuchExecution(f"no job execution {execution_id}")
+            target = stop_target(run)
+            if target.execution_id is None:
+                raise NotRunning(self._not_running(execution_id, run, target), run[0][1])
+            if target.status == Status.FAILED:
+                if await self.repository.stop_failed(target.execution_id):
+                    return Stopped(target.execution_id, Status.FAILED)
+                continue
+            found = await self.repository.request_stop(target.execution_id)
+            if found in RUNNING:
+                running = (
+                    self._launcher.running.get(target.execution_id) if self._launcher else None
+                )
+                if running is not None:
+                    running.request_stop(ON_REQUEST)
+                return Stopped(target.execution_id, found)
+
+    @staticmethod
+    def _not_running(
+        execution_id: int, run: Sequence[tuple[int, Status]], target: StopTarget
+    ) -> str:
+        (_, status), (latest, _) = run[0], run[-1]
+        if latest == execution_id:
+            return f"execution {execution_id} is {status}, not running"
+        return (
+            f"execution {execution_id} is {status}, not running; its run ended"
+            f" {target.status} (execution {latest} is its instance's latest)"
+        )
 
     async def abandon(self, execution_id: int) -> Status:
         """A STOPPED, FAILED or STOPPING execution becomes ABANDONED: never restarted, the

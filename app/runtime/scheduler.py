@@ -1,12 +1,15 @@
-"""The cron triggers of the daemon, in APP_TIMEZONE, with catch-up and restarts.
+"""The schedules of the daemon, in APP_TIMEZONE: passes over the job repository that apply
+the automatic launches' rules (`app.runtime.automation`).
 
-Every replica fires every schedule; the job repository's launch rules make exactly one
-of them run the instance, and the others are refused (AlreadyRunning/AlreadyComplete).
-On start, each schedule's last due time is fired too, so a night the daemon missed (a
-deploy, a crash) is caught up; a punctual schedule (the hourly fan-out, whose pushes
-would arrive at the wrong hour) only within its misfire grace. A FAILED scheduled
-execution is restarted with backoff (a punctual one only within its grace) until its
-instance has 1 + attempts executions, counted in the job repository across replicas.
+Every replica whose scheduler is enabled (and whose zone agrees with the replicas already
+running the schedules) makes a pass every HEARTBEAT_SECONDS, and one at each cron time:
+it launches each schedule's due instance if it was never launched (so a night or an hour
+missed while the daemons were down is caught up, a punctual one only within its misfire
+grace), restarts a FAILED instance once its backoff is over (by the database clock, from
+its last execution's end, within 1 + AUTO_RESTART_ATTEMPTS executions), and resumes a run
+cut by a shutdown at once. The job repository's launch rules make exactly one replica
+launch each; the others are refused. Nothing is remembered between passes but what the
+log has said already.
 """
 
 from __future__ import annotations
@@ -14,51 +17,36 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import aiocron
-from cronsim import CronSim
 
 from app.metrics import SCHEDULER_ENABLED
-from app.model import LaunchRefused, RestartLimitReached, Status
+from app.model import AutomaticLaunch, InstanceSummary, LaunchRefused, RestartLimitReached, Status
+from app.replicas import ReplicaRegistry, this_process
 from app.repository import JobRepository
-from app.runtime.job import Cron, JobSpec
+from app.runtime.automation import (
+    RESTART_HORIZON,
+    Decision,
+    Launch,
+    Leave,
+    Restart,
+    RestartPolicy,
+    Schedule,
+    Wait,
+    decide,
+    due_slot,
+    due_time_of,
+    last_due,
+    schedules_zone,
+)
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
 from app.runtime.operator import JobOperator, NotRestartable
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A job and when it runs: the schedule it declares (`JobSpec.schedule`)."""
-
-    job: JobSpec
-    when: Cron
-
-
-def schedules_of(jobs: Iterable[JobSpec]) -> tuple[Schedule, ...]:
-    """The schedules the jobs declare."""
-    return tuple(Schedule(spec, spec.schedule) for spec in jobs if spec.schedule is not None)
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    attempts: int  # restarts of a FAILED scheduled execution
-    backoff_seconds: float  # before the first restart; doubled for each next one
-    misfire_grace: timedelta  # how late a punctual schedule may still run
-
-    @property
-    def max_executions(self) -> int:
-        """Executions of one instance that the automatic launches may make, in all."""
-        return 1 + self.attempts
-
-
-def last_due(cron: str, now: datetime) -> datetime:
-    """The latest time at or before `now` that `cron` fires at."""
-    return next(CronSim(cron, now.replace(microsecond=0) + timedelta(seconds=1), reverse=True))
 
 
 @dataclass(frozen=True)
@@ -94,26 +82,15 @@ async def scheduled_runs(
     return runs
 
 
-def scheduled_time(now: datetime) -> datetime:
-    """The minute a trigger was meant for: the loop's monotonic timer may fire a few
-    milliseconds before the wall clock reaches it, and 00:59:59.998 must not launch
-    the instance of the hour (or the day) before."""
-    return (now + timedelta(seconds=30)).replace(second=0, microsecond=0)
+@dataclass(frozen=True)
+class _Plan:
+    """A pass's decision about one instance, and what the log calls it."""
 
-
-async def fire(
-    launcher: Launcher, schedule: Schedule, now: datetime, *, max_executions: int | None = None
-) -> RunningJob | None:
-    """Launch the schedule's instance for `now` unless it ran or runs already (never a
-    rerun of a completed one), or has `max_executions` already. Logs and swallows every
-    failure: a schedule must never bring the daemon down."""
-    at = scheduled_time(now)
-    return await _guarded(
-        f"schedule {schedule.job.name} at {at.isoformat()}",
-        lambda: launcher.launch(
-            schedule.job, schedule.when.parameters(at), rerun=False, max_executions=max_executions
-        ),
-    )
+    schedule: Schedule
+    decision: Decision
+    what: str
+    key: object  # the instance, for the log's memory of what it said
+    parameters: Mapping[str, str] = field(default_factory=dict)  # a Launch's
 
 
 async def _guarded(what: str, launch: Callable[[], Awaitable[RunningJob]]) -> RunningJob | None:
@@ -132,113 +109,178 @@ async def _guarded(what: str, launch: Callable[[], Awaitable[RunningJob]]) -> Ru
 
 
 class Scheduler:
-    """The triggers of one process; `stop` ends them and their restarts, and awaits the
-    launches in progress."""
+    """The passes of one process; `stop` ends them, awaits the launches in progress and
+    leaves the replicas' registry."""
 
     def __init__(
         self,
         launcher: Launcher,
-        tz: tzinfo,
+        tz: ZoneInfo,
         schedules: Sequence[Schedule],
         policy: RestartPolicy,
+        registry: ReplicaRegistry,
+        *,
+        every: float,
     ) -> None:
         self._launcher = launcher
         self._operator = JobOperator.of(launcher)
         self._tz = tz
         self._schedules = tuple(schedules)
         self._policy = policy
+        self._registry = registry
+        self._every = every
         self._crons: list[aiocron.Cron] = []
+        self._nudge = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
         self._launches: set[asyncio.Future[RunningJob | None]] = set()
-        self._watches: set[asyncio.Task[None]] = set()
+        self._replica: int | None = None  # this process's row in the registry
+        self._running = False  # whether this process runs the schedules (its zone agrees)
+        self._said: dict[object, str] = {}  # what the last pass logged, by instance
+        self._said_zone = False  # the ERROR about the zone was logged (and still holds)
         self._stopped = False
 
-    def start(self, *, catch_up: bool = True) -> None:
+    @property
+    def running(self) -> bool:
+        """Whether this process runs the schedules: its zone agrees with the replicas'."""
+        return self._running
+
+    def active_schedules(self) -> Sequence[Schedule]:
+        """The schedules this process runs now (none while its zone disagrees)."""
+        return self._schedules if self._running else ()
+
+    def start(self) -> None:
+        """The passes: the first at once (the catch-up), then every `every` seconds and at
+        each cron time."""
         loop = asyncio.get_running_loop()
         for schedule in self._schedules:
-            cron = aiocron.Cron(
-                schedule.when.cron, func=self._trigger, args=(schedule,), loop=loop, tz=self._tz
-            )
+            cron = aiocron.Cron(schedule.when.cron, func=self._nudge.set, loop=loop, tz=self._tz)
             cron.start()  # not start=True: that defers the start past a prompt stop()
             self._crons.append(cron)
-        SCHEDULER_ENABLED.set(1)
-        if catch_up:
-            now = datetime.now(self._tz)
-            for schedule in self._schedules:
-                at = last_due(schedule.when.cron, now)
-                log.info("catch-up: schedule %s last due at %s", schedule.job.name, at.isoformat())
-                self._watch(schedule, at)
+        self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
 
-    def _trigger(self, schedule: Schedule) -> None:
-        # aiocron runs this in a task of its own that nobody awaits; the launch goes in
-        # a task of ours, so that stop() can await it.
-        if not self._stopped:
-            self._watch(schedule, scheduled_time(datetime.now(self._tz)))
+    async def _loop(self) -> None:
+        while not self._stopped:
+            self._nudge.clear()
+            try:
+                await self.run_pass()
+            except Exception as exc:  # the database away: the next pass tries again
+                log.warning("scheduler: pass failed: %r", exc)
+            try:
+                async with asyncio.timeout(self._every):
+                    await self._nudge.wait()
+            except TimeoutError:
+                pass
 
-    def resume(self, schedule: Schedule, at: datetime | None, failed: int) -> None:
-        """Restart the FAILED execution `failed` of the schedule's instance for `at` (None:
-        a schedule that is not punctual, where it does not matter) from its checkpoint
-        now, and keep restarting it as a fired one: how the reconciler recovers an
-        execution whose runner died."""
-        if not self._stopped:
-            self._watch(schedule, at, failed)
-
-    def _watch(self, schedule: Schedule, at: datetime | None, failed: int | None = None) -> None:
-        task = asyncio.create_task(self._launch_and_restart(schedule, at, failed))
-        self._watches.add(task)
-        task.add_done_callback(self._watches.discard)
-
-    def _in_time(self, schedule: Schedule, at: datetime | None, delay: float = 0.0) -> bool:
-        if not schedule.when.punctual or at is None:
-            return True
-        late = datetime.now(self._tz) + timedelta(seconds=delay) - at
-        return late <= self._policy.misfire_grace
-
-    async def _launch_and_restart(
-        self, schedule: Schedule, at: datetime | None, failed: int | None
-    ) -> None:
-        """Fire for `at` (or restart the execution `failed`); while the execution ends
-        FAILED, restart it with backoff, within the grace of a punctual schedule, until
-        the instance has run the policy's executions (the repository refuses more)."""
-        name, policy = schedule.job.name, self._policy
-        what = f"schedule {name} at {at.isoformat() if at else 'its last run'}"
-        limit = policy.max_executions
-        if not self._in_time(schedule, at):
-            log.warning(
-                "%s: not launched: later than the misfire grace (%s)", what, policy.misfire_grace
-            )
+    async def run_pass(self) -> None:
+        """One pass: agree on the zone, read the instances, act on each decision."""
+        if not await self._agree_on_zone():
             return
-        restarts = 0
-        while True:
-            if failed is None:
-                assert at is not None
-                launching = fire(self._launcher, schedule, at, max_executions=limit)
+        said: dict[object, str] = {}
+        for plan in await self._plans():
+            if self._stopped:
+                return
+            await self._act(plan, said)
+        self._said = said
+
+    async def _plans(self) -> list[_Plan]:
+        repository, policy = self._launcher.repository, self._policy
+        now = await repository.database_now()
+        local = now.astimezone(self._tz)
+        plans: list[_Plan] = []
+        seen: set[int] = set()
+        for schedule in self._schedules:
+            job, when = schedule.job, schedule.when
+            due = due_slot(when.cron, local)
+            raw = when.parameters(due)
+            instance = await repository.instance_summary(job.name, job.parse(raw, local))
+            decision = decide(instance, now, policy, punctual=when.punctual, due=due)
+            what = f"schedule {job.name} at {due.isoformat()}"
+            key = instance.instance_id if instance else (job.name, due)
+            plans.append(_Plan(schedule, decision, what, key, raw))
+            if instance is not None:
+                seen.add(instance.instance_id)
+        by_job = {schedule.job.name: schedule for schedule in reversed(self._schedules)}
+        for instance in await repository.resumable_instances(list(by_job), RESTART_HORIZON):
+            if instance.instance_id in seen:
+                continue
+            schedule = by_job[instance.job_name]
+            punctual = schedule.when.punctual
+            fired = (
+                due_time_of(schedule, instance.parameters, local, policy.misfire_grace)
+                if punctual
+                else None
+            )
+            decision = decide(instance, now, policy, punctual=punctual, due=fired)
+            plans.append(_Plan(schedule, decision, _named(instance), instance.instance_id))
+        return plans
+
+    async def _act(self, plan: _Plan, said: dict[object, str]) -> None:
+        decision, what = plan.decision, plan.what
+        if isinstance(decision, Leave | Wait):
+            if isinstance(decision, Wait):
+                text, level = _waiting(decision), logging.WARNING
             else:
-                launching = _guarded(
-                    f"{what}: restart of execution {failed}",
-                    functools.partial(self._operator.restart, failed, max_executions=limit),
-                )
-            launch = asyncio.ensure_future(launching)
-            self._launches.add(launch)
-            launch.add_done_callback(self._launches.discard)
-            run = await asyncio.shield(launch)  # stop() awaits a launch, never cuts it
-            if run is None or run.task is None:
-                return
-            await asyncio.wait({run.task})  # a stop() cancels this wait, not the run
-            final = await self._launcher.repository.get_execution(run.execution.id)
-            if final is None or final.status != Status.FAILED:
-                return
-            restarts += 1
-            delay = policy.backoff_seconds * 2 ** (restarts - 1)
-            if not self._in_time(schedule, at, delay):
-                log.warning(
-                    "%s: FAILED; not restarted: later than the misfire grace (%s)",
-                    what,
-                    policy.misfire_grace,
-                )
-                return
-            log.warning("%s: FAILED; restart in %g s", what, delay)
-            await asyncio.sleep(delay)
-            failed = final.id
+                text, level = decision.reason, decision.level
+            said[plan.key] = text
+            if level and self._said.get(plan.key) != text:
+                log.log(level, "%s: %s", what, text)
+            return
+        if isinstance(decision, Launch):
+            launching = functools.partial(
+                self._launcher.launch,
+                plan.schedule.job,
+                plan.parameters,
+                rerun=False,
+                automatic=AutomaticLaunch(None, self._policy.max_executions),
+            )
+        else:
+            failed = decision.execution_id
+            bound = None if decision.resume else self._policy.max_executions
+            launching = functools.partial(
+                self._operator.restart, failed, automatic=AutomaticLaunch(failed, bound)
+            )
+        launch = asyncio.ensure_future(_guarded(what, launching))
+        self._launches.add(launch)
+        launch.add_done_callback(self._launches.discard)
+        run = await asyncio.shield(launch)  # stop() awaits a launch, never cuts it
+        if run is not None and isinstance(decision, Restart):
+            log.warning(
+                "%s: execution %d %s; restarting it from its checkpoint as execution %d",
+                what,
+                decision.execution_id,
+                "was interrupted by a shutdown" if decision.resume else "FAILED",
+                run.execution.id,
+            )
+
+    async def _agree_on_zone(self) -> bool:
+        """Renew this process's row in the registry; whether it runs the schedules now.
+        Logs an ERROR naming both zones when it may not."""
+        registry, zone = self._registry, self._tz.key
+        replicas = None
+        if self._replica is not None:
+            replicas = await registry.renew(self._replica, runs_schedules=self._running)
+        if replicas is None:
+            self._replica = await registry.join(this_process(), zone)
+            replicas = await registry.renew(self._replica, runs_schedules=self._running)
+        reference = schedules_zone(replicas or [])
+        running = reference is None or reference.zone == zone
+        if reference is not None and not running and not self._said_zone:
+            log.error(
+                "APP_TIMEZONE is %s, but the replicas already running the schedules run them"
+                " in %s (replica %s): this replica runs no schedules (it serves the API and"
+                " takes over the runs of dead replicas); give it APP_TIMEZONE=%s, or stop"
+                " those replicas",
+                zone,
+                reference.zone,
+                reference.name,
+                reference.zone,
+            )
+        elif running and self._said_zone:
+            log.warning("this replica runs the schedules now, in %s", zone)
+        self._said_zone = not running
+        self._running = running
+        SCHEDULER_ENABLED.set(int(running))
+        return running
 
     async def stop(self) -> None:
         self._stopped = True
@@ -246,8 +288,23 @@ class Scheduler:
         for cron in self._crons:
             cron.stop()
         self._crons.clear()
-        for task in self._watches:
-            task.cancel()
-        pending = self._watches | self._launches
-        if pending:
-            await asyncio.wait(pending)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._launches:
+            await asyncio.wait(self._launches)
+        if self._replica is not None:
+            try:
+                await self._registry.leave(self._replica)
+            except Exception as exc:  # its row expires with the lease
+                log.warning("scheduler: could not leave the replicas' registry: %r", exc)
+
+
+def _named(instance: InstanceSummary) -> str:
+    """An instance as the log names it: its job and identifying parameters' values."""
+    values = ", ".join(f"{k}={v}" for k, v in sorted(instance.parameters.items()))
+    return f"{instance.job_name} ({values})"
+
+
+def _waiting(wait: Wait) -> str:
+    return f"execution {wait.execution_id} FAILED; restart due at {wait.until.isoformat()}"

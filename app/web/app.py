@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -21,12 +21,13 @@ from app.model import (
     Status,
 )
 from app.pipeline.chunk import StepProgress
+from app.runtime.automation import Schedule
 from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
-from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused
+from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused, Stopped
 from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources
-from app.runtime.scheduler import Schedule, scheduled_runs
+from app.runtime.scheduler import scheduled_runs
 from app.spring_format import UNDECODABLE
 from app.web.console import console_routes
 from app.web.errors import ApiError, ServerLog, error_middleware
@@ -133,11 +134,11 @@ def create_app(
     health_timeout: float = HEALTH_TIMEOUT_SECONDS,
     metrics_ttl: float = READ_TTL_SECONDS,
     metrics_timeout: float = READ_TIMEOUT_SECONDS,
-    schedules: Iterable[Schedule] = (),
+    schedules: Callable[[], Sequence[Schedule]] = tuple,
 ) -> web.Application:
     """The admin API, console and actuator of `launcher`; `schedules`: those this process
-    runs from now on (their latest due runs are exposed for the alert on runs not
-    COMPLETED, but not those due before anyone ran them: `scheduled_runs`)."""
+    runs at the time of a scrape (their latest due runs are exposed for the alert on runs
+    not COMPLETED, but not those due before anyone ran them: `scheduled_runs`)."""
     settings = launcher.settings
     app = web.Application(
         middlewares=[
@@ -151,9 +152,7 @@ def create_app(
     app[DOCUMENT] = openapi(list(launcher.jobs.values()))
     app[HEALTH] = Health(health_checks, health_timeout)
     app[REPOSITORY_METRICS] = RepositoryMetrics(
-        functools.partial(
-            _read_figures, launcher, tuple(schedules), datetime.now(settings.timezone)
-        ),
+        functools.partial(_read_figures, launcher, schedules, datetime.now(settings.timezone)),
         ttl=metrics_ttl,
         timeout=metrics_timeout,
     )
@@ -185,12 +184,13 @@ def create_app(
 
 
 async def _read_figures(
-    launcher: Launcher, schedules: Sequence[Schedule], since: datetime
+    launcher: Launcher, schedules: Callable[[], Sequence[Schedule]], since: datetime
 ) -> Figures:
-    """The job repository's figures; `since`: when this process began to run `schedules`."""
+    """The job repository's figures; `since`: when this process began (the schedules it
+    runs at a scrape are owed their runs from then on, or from their job's first run)."""
     repository = launcher.repository
     now = datetime.now(launcher.settings.timezone)
-    scheduled = await scheduled_runs(repository, schedules, now, since=since)
+    scheduled = await scheduled_runs(repository, schedules(), now, since=since)
     return Figures(await repository.job_tallies(), scheduled)
 
 
@@ -390,24 +390,34 @@ async def _operated(
     what: str,
 ) -> JobExecution:
     """The operator's stop or abandon of the path's execution, its refusals as the API's
-    errors (404, 409 `refusal`); the execution as it is now."""
+    errors (404, 409 `refusal`); the execution it reached (a stop may reach the one that
+    carries the run on), as it is now."""
     operator = _operator(request)
     execution_id = _execution_id(request)
     if execution_id is None:
         raise _not_found(request)
     try:
-        await command(operator, execution_id)
+        done = await command(operator, execution_id)
     except NoSuchExecution:
         raise _not_found(request) from None
     except Refused as exc:
         raise ApiError(409, refusal, str(exc)) from None
-    log.info("%s through the API: execution=%d by=%s", what, execution_id, _who(request))
-    return await operator.get(execution_id)
+    reached = done.execution_id if isinstance(done, Stopped) else execution_id
+    log.info(
+        "%s through the API: execution=%d%s by=%s",
+        what,
+        execution_id,
+        "" if reached == execution_id else f" (its run's execution {reached})",
+        _who(request),
+    )
+    return await operator.get(reached)
 
 
 async def stop_execution(request: web.Request) -> web.Response:
-    """JobOperator's stop: STOPPING now; the runner stops after the chunks it is processing
-    (STOPPED, restartable): at once on this replica, at its next chunk commit on another."""
+    """JobOperator's stop of the execution's run: STOPPING now; the runner stops after the
+    chunks it is processing (STOPPED, restartable): at once on this replica, at its next
+    chunk commit on another. A run taken over answers with the execution that carries it
+    on (its Location); one awaiting its automatic restart is STOPPED at once."""
     execution = await _operated(request, JobOperator.stop, "JOB_NOT_RUNNING", "stop requested")
     return web.json_response(
         _view(request, execution), status=202, headers={"Location": execution_url(execution.id)}

@@ -201,11 +201,15 @@ _DOCUMENT: dict[str, Any] = {
         },
         "/api/v1/jobs/executions/{id}/stop": {
             "post": {
-                "summary": "Stop a running execution (JobOperator.stop)",
-                "description": "STOPPING now; the runner starts no new chunk, commits those it"
-                " is processing and ends STOPPED (restartable): at once on the replica that"
-                " answers, at its next chunk commit on another. A STOPPING execution whose"
-                " runner is gone ends STOPPED once its lease expires.",
+                "summary": "Stop an execution's run (JobOperator.stop)",
+                "description": "A stop reaches the execution's run wherever it is now: the"
+                " execution, or the one that carries its run on after a takeover (the answer"
+                " and its Location name it). A running one is STOPPING now; the runner starts"
+                " no new chunk, commits those it is processing and ends STOPPED (restartable):"
+                " at once on the replica that answers, at its next chunk commit on another. A"
+                " STOPPING execution whose runner is gone ends STOPPED once its lease expires."
+                " A FAILED one awaiting its automatic restart is STOPPED at once: restartable"
+                " by an operator, never automatically.",
                 "operationId": "stopExecution",
                 "security": [{"bearerAuth": []}],
                 "parameters": _ID,
@@ -214,7 +218,7 @@ _DOCUMENT: dict[str, Any] = {
                     "400": _error("The id is not a number (INVALID_PARAMETER)"),
                     **_AUTH_ERRORS,
                     "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
-                    "409": _error("The execution is not running (JOB_NOT_RUNNING)"),
+                    "409": _error("The execution's run has ended (JOB_NOT_RUNNING)"),
                 },
             }
         },

@@ -1,4 +1,5 @@
-"""The schedules: what they launch, replicas firing at once, failures, start and stop."""
+"""The schedules: what their passes launch, replicas passing at once, failures, start and
+stop, takeovers restarted."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,19 +20,16 @@ from app.composition import JOBS, schedules
 from app.config import Settings
 from app.edges.db import fetch_all
 from app.jobs import fcm_send_spec, usage_stats_spec
+from app.model import Status
+from app.replicas import ReplicaRegistry
 from app.repository import JobRepository
+from app.runtime.automation import RestartPolicy, Schedule, due_slot, last_due
 from app.runtime.job import Cron
 from app.runtime.launcher import Launcher
 from app.runtime.reconciler import Reconciler
 from app.runtime.resources import open_resources
-from app.runtime.scheduler import (
-    RestartPolicy,
-    Schedule,
-    Scheduler,
-    fire,
-    last_due,
-    scheduled_time,
-)
+from app.runtime.scheduler import Scheduler
+from tests.proxy import FaultProxy, through
 from tests.reliability.support import until
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -40,6 +39,19 @@ POLICY = RestartPolicy(attempts=0, backoff_seconds=0.1, misfire_grace=timedelta(
 
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=SEOUL)
+
+
+def scheduler(
+    launcher: Launcher,
+    plan: list[Schedule] | tuple[Schedule, ...],
+    policy: RestartPolicy = POLICY,
+    *,
+    every: float = 60,
+) -> Scheduler:
+    """A scheduler in Seoul over `launcher`, passing every `every` seconds (and at each
+    cron time)."""
+    registry = ReplicaRegistry(launcher.resources.pool, lease_seconds=120)
+    return Scheduler(launcher, SEOUL, plan, policy, registry, every=every)
 
 
 @pytest.fixture
@@ -75,15 +87,13 @@ async def failed(pool: Pool, count: int) -> bool:
     return [status for _, status, _ in await executions(pool)].count("FAILED") >= count
 
 
-def ended(caplog: pytest.LogCaptureFixture, count: int) -> Callable[[], Awaitable[bool]]:
-    """Whether `count` launch chains of the schedulers (a fire and its restarts) have
-    ended: each ends in one "not launched" (or "launch failed") record of the scheduler,
-    once its next launch is refused. Needs the scheduler's INFO records in `caplog`."""
+def given_up(caplog: pytest.LogCaptureFixture, count: int) -> Callable[[], Awaitable[bool]]:
+    """Whether `count` schedulers have said that the instance has used its automatic
+    executions (each says it once)."""
 
     async def check() -> bool:
         messages = [r.getMessage() for r in caplog.records if r.name == "app.runtime.scheduler"]
-        ends = [m for m in messages if ": not launched" in m or ": launch failed" in m]
-        return len(ends) >= count
+        return sum("not restarted: FAILED after" in m for m in messages) >= count
 
     return check
 
@@ -97,44 +107,44 @@ def test_the_schedules() -> None:
     ("now", "stats", "fanout"),
     [
         ("2025-10-27 01:00:00.004", "2025-10-26", ("2025-10-27", "1")),
-        # the loop's timer may fire a hair before the wall clock reaches the minute
+        # a cron trigger may wake a pass a hair before the clock reaches the minute
         ("2025-10-27 00:59:59.998", "2025-10-26", ("2025-10-27", "1")),
         ("2025-10-27 09:59:59.999", "2025-10-26", ("2025-10-27", "10")),
-        ("2025-10-26 23:59:59.900", "2025-10-26", ("2025-10-27", "0")),
-        ("2025-01-01 00:00:00.000", "2024-12-31", ("2025-01-01", "0")),
+        ("2025-10-26 23:59:59.900", "2025-10-25", ("2025-10-27", "0")),
+        ("2025-01-01 00:00:00.000", "2024-12-30", ("2025-01-01", "0")),
     ],
 )
-def test_parameters_come_from_the_scheduled_minute(
+def test_a_pass_fires_the_instance_of_each_schedule_s_due_time(
     now: str, stats: str, fanout: tuple[str, str]
 ) -> None:
-    scheduled = scheduled_time(at(now))
-    assert STATS.when.parameters(scheduled) == {"runDate": stats}
-    assert FANOUT.when.parameters(scheduled) == {"runDate": fanout[0], "targetHour": fanout[1]}
+    assert STATS.when.parameters(due_slot(STATS.when.cron, at(now))) == {"runDate": stats}
+    assert FANOUT.when.parameters(due_slot(FANOUT.when.cron, at(now))) == {
+        "runDate": fanout[0],
+        "targetHour": fanout[1],
+    }
 
 
-async def test_replicas_firing_together_run_one_execution(
-    replicas: list[Launcher], pool: Pool, caplog: pytest.LogCaptureFixture
+async def test_replicas_passing_together_run_one_execution(
+    replicas: list[Launcher], pool: Pool
 ) -> None:
     days = ["2025-10-22", "2025-10-23", "2025-10-24", "2025-10-25", "2025-10-26"]
     for day in days:
-        now = at(f"{day} 01:00:00.001")
-        runs = await asyncio.gather(*(fire(launcher, STATS, now) for launcher in replicas))
-        launched = [run for run in runs if run is not None]
+        night = Schedule(usage_stats_spec.SPEC, Cron("0 1 * * *", lambda _, d=day: {"runDate": d}))
+        passes = [scheduler(launcher, [night]) for launcher in replicas]
+        await asyncio.gather(*(p.run_pass() for p in passes))
+        launched = [run for launcher in replicas for run in launcher.running.values()]
         assert len(launched) == 1, day
         assert launched[0].task is not None
         await launched[0].task
+        recorded = await executions(pool)
+        assert [(status, d) for _, status, d in recorded][-1:] == [("COMPLETED", day)]
 
-    recorded = await executions(pool)
-    assert len(recorded) == len(days)
-    assert {status for _, status, _ in recorded} == {"COMPLETED"}
-
-    # firing again never reruns a completed instance
-    with caplog.at_level(logging.INFO, logger="app.runtime.scheduler"):
-        runs = await asyncio.gather(*(fire(launcher, STATS, now) for launcher in replicas))
-    assert runs == [None, None]
-    assert await executions(pool) == recorded
-    refusals = [r for r in caplog.records if "already completed" in r.getMessage()]
-    assert len(refusals) == 2 and all(r.levelno == logging.INFO for r in refusals)
+        # passing again never reruns a completed instance
+        await asyncio.gather(*(p.run_pass() for p in passes))
+        assert not any(launcher.running for launcher in replicas)
+        assert await executions(pool) == recorded
+        await asyncio.gather(*(p.stop() for p in passes))
+    assert len(await executions(pool)) == len(days)
 
 
 async def test_a_failing_launch_is_logged_and_swallowed(
@@ -147,36 +157,36 @@ async def test_a_failing_launch_is_logged_and_swallowed(
 
     launcher.launch = broken  # type: ignore[method-assign]
     with caplog.at_level(logging.INFO, logger="app.runtime.scheduler"):
-        assert await fire(launcher, STATS, at("2025-10-27 01:00")) is None
+        await scheduler(launcher, [NIGHT]).run_pass()
         await replicas[1].shutdown(0)
-        assert await fire(replicas[1], STATS, at("2025-10-27 01:00")) is None
+        await scheduler(replicas[1], [NIGHT]).run_pass()
     failed, stopping = caplog.records
     assert failed.levelno == logging.ERROR and "database exploded" in (failed.exc_text or "")
     assert stopping.levelno == logging.INFO and "shutting down" in stopping.getMessage()
 
 
-async def test_scheduler_fires_on_its_cron_and_stops(replicas: list[Launcher], pool: Pool) -> None:
-    fired: list[datetime] = []
+async def test_scheduler_passes_at_its_cron_and_stops(replicas: list[Launcher], pool: Pool) -> None:
+    passes: list[datetime] = []
     twice = asyncio.Event()
 
     def parameters(scheduled: datetime) -> dict[str, str]:
-        fired.append(scheduled)
-        if len(fired) == 2:
+        passes.append(scheduled)
+        if len(passes) == 2:
             twice.set()
         return {"runDate": "2025-10-26"}
 
     every_second = Schedule(usage_stats_spec.SPEC, Cron("* * * * * *", parameters))
-    scheduler = Scheduler(replicas[0], SEOUL, [every_second], POLICY)
-    scheduler.start(catch_up=False)
+    per_second = scheduler(replicas[0], [every_second])  # passes only at its cron time
+    per_second.start()
     try:
         async with asyncio.timeout(5):
             await twice.wait()
     finally:
-        await scheduler.stop()
-    count = len(fired)
+        await per_second.stop()
+    count = len(passes)
     await asyncio.sleep(1.5)  # that nothing happens: the cron would have fired meanwhile
-    assert len(fired) == count  # nothing fires after stop()
-    # the first trigger launched; the later ones found it running or completed
+    assert len(passes) == count  # no pass after stop()
+    # the first pass launched; the later ones found it running or completed
     assert [status for _, status, _ in await executions(pool)] == ["COMPLETED"]
 
 
@@ -201,12 +211,12 @@ async def test_a_missed_night_is_caught_up_on_start_once_across_replicas(
     night = last_due(STATS.when.cron, datetime.now(SEOUL))
     expected = (night.date() - timedelta(days=1)).isoformat()
     for launcher in replicas:
-        scheduler = Scheduler(launcher, SEOUL, [STATS], POLICY)
-        scheduler.start()
+        started = scheduler(launcher, [STATS])
+        started.start()
         try:
             await until(lambda: completed(pool), within=20, what="the caught-up run")
         finally:
-            await scheduler.stop()
+            await started.stop()
     assert [(status, day) for _, status, day in await executions(pool)] == [("COMPLETED", expected)]
 
 
@@ -222,21 +232,25 @@ async def test_a_missed_fanout_hour_runs_on_start_only_within_its_grace(
 
     punctual = Schedule(usage_stats_spec.SPEC, Cron("0 * * * *", parameters, punctual=True))
     policy = replace(POLICY, misfire_grace=timedelta(minutes=grace_minutes))
-    scheduler = Scheduler(replicas[0], SEOUL, [punctual], policy)
+    hourly = scheduler(replicas[0], [punctual], policy)
 
-    async def caught_up() -> bool:  # launched (it asked the parameters) or said it is not
-        return bool(asked) or "not launched: later than the misfire grace" in caplog.text
+    async def caught_up() -> bool:  # launched or said it is not
+        return bool(await executions_of_any()) or "not launched: later than" in caplog.text
+
+    async def executions_of_any() -> list[tuple]:
+        return await fetch_all(replicas[0].resources.pool, "SELECT 1 FROM BATCH_JOB_EXECUTION")
 
     with caplog.at_level(logging.WARNING, logger="app.runtime.scheduler"):
-        scheduler.start()
+        hourly.start()
         try:
             await until(caught_up, within=10, what="the catch-up's launch or its refusal")
         finally:
-            await scheduler.stop()
+            await hourly.stop()
     due = last_due("0 * * * *", datetime.now(SEOUL))
     if datetime.now(SEOUL) - due < timedelta(seconds=1):
         pytest.skip("started exactly at the top of the hour: both graces admit it")
-    assert asked == ([due] if launched else [])
+    assert set(asked) == {due}  # the pass asked the due hour's instance
+    assert bool(await executions_of_any()) == launched
 
 
 # A night's schedule whose runs fail (a_night_that_fails), restarted twice at most
@@ -258,20 +272,27 @@ async def a_night_that_fails(pool: Pool, settings: Settings) -> Settings:
 async def test_a_failed_scheduled_execution_is_restarted_with_backoff(
     settings: Settings, pool: Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The store service is down: each run fails; the schedule restarts it twice more."""
+    """The store service is down: each run fails; the passes restart it twice more, each
+    once its backoff from the last one's END_TIME is over (0.1 s, then 0.2 s)."""
     caplog.set_level(logging.INFO, logger="app.runtime.scheduler")
     down = await a_night_that_fails(pool, settings)
     async with open_resources(down, broker=False) as resources:
         launcher = Launcher(resources, JOBS)
-        scheduler = Scheduler(launcher, SEOUL, [NIGHT], TWO_RESTARTS)
-        scheduler.start()  # the catch-up fires it
+        passing = scheduler(launcher, [NIGHT], TWO_RESTARTS, every=0.05)
+        passing.start()  # the first pass fires it
         try:
             await until(lambda: failed(pool, 3), within=30, what="three FAILED runs")
-            await until(ended(caplog, 1), within=30, what="the restarts refused a fourth")
+            await until(given_up(caplog, 1), within=30, what="the restarts given up")
         finally:
-            await scheduler.stop()
+            await passing.stop()
             await launcher.shutdown(5)
-    assert [status for _, status, _ in await executions(pool)] == ["FAILED"] * 3
+    rows = await fetch_all(
+        pool,
+        "SELECT STATUS, START_TIME, END_TIME FROM BATCH_JOB_EXECUTION ORDER BY JOB_EXECUTION_ID",
+    )
+    assert [status for status, _, _ in rows] == ["FAILED"] * 3
+    waits = [later[1] - earlier[2] for earlier, later in pairwise(rows)]
+    assert waits[0] >= timedelta(seconds=0.1) and waits[1] >= timedelta(seconds=0.2), waits
 
 
 async def test_replicas_restart_a_failing_instance_at_most_attempts_times_in_all(
@@ -283,28 +304,29 @@ async def test_replicas_restart_a_failing_instance_at_most_attempts_times_in_all
     caplog.set_level(logging.INFO, logger="app.runtime.scheduler")
     down = await a_night_that_fails(pool, settings)
     async with AsyncExitStack() as stack:
-        schedulers = []
+        passing = []
         for _ in range(3):
             resources = await stack.enter_async_context(open_resources(down, broker=False))
             launcher = Launcher(resources, JOBS)
             stack.push_async_callback(launcher.shutdown, 5)
-            schedulers.append(Scheduler(launcher, SEOUL, [NIGHT], TWO_RESTARTS))
-        for scheduler in schedulers[:2]:
-            scheduler.start()  # the catch-up fires it on both
-            stack.push_async_callback(scheduler.stop)
+            passing.append(scheduler(launcher, [NIGHT], TWO_RESTARTS, every=0.05))
+        for started in passing[:2]:
+            started.start()  # the first pass fires it on both
+            stack.push_async_callback(started.stop)
         await until(lambda: failed(pool, 3), within=30, what="three FAILED runs")
-        await until(ended(caplog, 2), within=30, what="both replicas' restarts done")
-        schedulers[2].start()
-        stack.push_async_callback(schedulers[2].stop)
-        await until(ended(caplog, 3), within=30, what="the third daemon's launch refused")
+        await until(given_up(caplog, 2), within=30, what="both replicas' restarts given up")
+        passing[2].start()
+        stack.push_async_callback(passing[2].stop)
+        await until(given_up(caplog, 3), within=30, what="the third daemon's given up too")
     assert [status for _, status, _ in await executions(pool)] == ["FAILED"] * 3
 
 
-async def test_the_reconciler_takes_over_dead_executions_and_restarts_those_worth_it(
-    replicas: list[Launcher], pool: Pool
+async def test_the_reconciler_takes_over_dead_executions_and_the_passes_restart_those_worth_it(
+    replicas: list[Launcher], pool: Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A dead stats run is restarted from its checkpoint at once; a dead fan-out of an hour
-    long past its grace ends FAILED saying so; a dead STOPPING run ends STOPPED."""
+    """A dead stats run is restarted from its checkpoint by the next pass; a dead fan-out
+    of an hour long past its grace stays FAILED, the pass saying so; a dead STOPPING run
+    ends STOPPED and stays so."""
     launcher, other = replicas
     repository = JobRepository(pool, abandon_after_seconds=2)
     now = datetime.now(SEOUL)
@@ -323,25 +345,25 @@ async def test_the_reconciler_takes_over_dead_executions_and_restarts_those_wort
         await cur.execute(
             "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 3 SECOND"
         )
-    policy = replace(POLICY, attempts=1)
-    scheduler = Scheduler(launcher, SEOUL, schedules(), policy)
     reconcilers = [
-        Reconciler(
-            JobRepository(r.resources.pool, abandon_after_seconds=2),
-            SEOUL,
-            schedules(),
-            policy.misfire_grace,
-            scheduler.resume,
-            every=0.1,
-        )
+        Reconciler(JobRepository(r.resources.pool, abandon_after_seconds=2), every=0.1)
         for r in (launcher, other)
     ]
-    try:
-        taken = await asyncio.gather(*(r.reconcile() for r in reconcilers))
-        assert sorted(taken[0] + taken[1]) == [e.id for e in dead]  # each by one replica
-        await until(lambda: completed(pool), within=20, what="the restarted stats run")
-    finally:
-        await scheduler.stop()
+    taken = await asyncio.gather(*(r.reconcile() for r in reconcilers))
+    assert sorted(taken[0] + taken[1]) == [e.id for e in dead]  # each by one replica
+    # schedules whose due instances are the dead ones: the night of 10-26, the hour
+    # 2025-10-25 10h (long past its grace)
+    that_hour = Cron(
+        "0 10 25 10 *", lambda _: {"runDate": "2025-10-25", "targetHour": "10"}, punctual=True
+    )
+    plan = [NIGHT, Schedule(fcm_send_spec.SPEC, that_hour)]
+    passing = scheduler(launcher, plan, replace(POLICY, attempts=1), every=0.1)
+    with caplog.at_level(logging.INFO, logger="app.runtime.scheduler"):
+        passing.start()
+        try:
+            await until(lambda: completed(pool), within=20, what="the restarted stats run")
+        finally:
+            await passing.stop()
     rows = await fetch_all(
         pool,
         "SELECT JOB_EXECUTION_ID, STATUS, EXIT_MESSAGE FROM BATCH_JOB_EXECUTION"
@@ -355,8 +377,42 @@ async def test_the_reconciler_takes_over_dead_executions_and_restarts_those_wort
     ]
     heartbeat = r"no heartbeat for \d+ s \(JOB_ABANDON_AFTER_SECONDS=2\)"
     assert re.fullmatch(f"abandoned: {heartbeat}", rows[0][2])
-    grace = "not restarted: its scheduled time passed more than 0:10:00 ago"
-    assert re.fullmatch(f"abandoned: {heartbeat}; {grace}", rows[1][2])
+    assert re.fullmatch(f"abandoned: {heartbeat}", rows[1][2])
     assert re.fullmatch(f"stopped on request, its runner gone: {heartbeat}", rows[2][2])
     restarted = await repository.get_execution(stopping.id + 1)
     assert restarted is not None and restarted.instance_id == stats_run.instance_id
+    late = [r.getMessage() for r in caplog.records if "misfire grace" in r.getMessage()]
+    assert len(late) == 1 and re.fullmatch(
+        r"schedule couponUsageStatsFcmSendJob at \d{4}-10-25T10:00:00\+09:00: not restarted:"
+        r" later than the misfire grace \(0:10:00\)",
+        late[0],
+    ), late
+
+
+async def test_a_restart_the_database_refused_is_made_by_a_later_pass(
+    settings: Settings, pool: Pool, db_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart due while the database refuses every connection: those passes fail, and
+    the first one after the outage restarts it (before: a restart launch that failed once
+    was never tried again)."""
+    repository = JobRepository(pool, abandon_after_seconds=120)
+    parameters = usage_stats_spec.SPEC.parse({"runDate": "2025-10-26"}, datetime.now(SEOUL))
+    failed = await repository.start_execution(STATS.job.name, parameters, rerun_completed=False)
+    await repository.finish_execution(failed.id, Status.FAILED, "boom")
+    caplog.set_level(logging.WARNING, logger="app.runtime.scheduler")
+    async with open_resources(through(settings, db=db_proxy), broker=False) as resources:
+        launcher = Launcher(resources, JOBS)
+        passing = scheduler(launcher, [NIGHT], replace(POLICY, attempts=1), every=0.1)
+        try:
+            async with db_proxy.outage():
+                passing.start()
+
+                async def refused() -> bool:
+                    return "scheduler: pass failed" in caplog.text
+
+                await until(refused, within=20, what="a pass the database refused")
+            await until(lambda: completed(pool), within=30, what="the restart, after the outage")
+        finally:
+            await passing.stop()
+            await launcher.shutdown(5)
+    assert [status for _, status, _ in await executions(pool)] == ["FAILED", "COMPLETED"]

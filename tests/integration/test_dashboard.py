@@ -13,19 +13,23 @@ import time
 from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import jwt
 from asyncmy.pool import Pool
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.edges.db import fetch_all
 from app.edges.peers import REGIONS
 from app.metrics import QUEUE_DEPTH, REGISTRY
-from app.runtime.scheduler import RestartPolicy, Scheduler
+from app.replicas import ReplicaRegistry
+from app.runtime.automation import RestartPolicy
+from app.runtime.launcher import Launcher
+from app.runtime.resources import open_resources
+from app.runtime.scheduler import Scheduler
 from app.web.app import LAUNCHER
 from tests.dashboard import DASHBOARD, dashboard_queries, resolved
 from tests.integration.test_fcm_send_job import NORYANGJIN_10, queue_depth
@@ -235,12 +239,13 @@ async def test_every_dashboard_metric_is_exposed(
     } <= used_metrics
 
 
-async def test_the_scheduler_gauge_follows_the_scheduler() -> None:
+async def test_the_scheduler_gauge_follows_the_scheduler(settings: Settings) -> None:
     policy = RestartPolicy(attempts=0, backoff_seconds=1, misfire_grace=timedelta(0))
-    # No schedule: the scheduler never reaches its launcher's repository.
-    launcher = SimpleNamespace(repository=None)
-    scheduler = Scheduler(launcher, make_settings().timezone, (), policy)  # type: ignore[arg-type]
-    scheduler.start(catch_up=False)
-    running = sample("batch_scheduler_enabled")
-    await scheduler.stop()
+    async with open_resources(settings, broker=False) as resources:
+        launcher = Launcher(resources, JOBS)
+        registry = ReplicaRegistry(resources.pool, lease_seconds=120)
+        scheduler = Scheduler(launcher, settings.timezone, (), policy, registry, every=60)
+        await scheduler.run_pass()  # no schedule: it agrees on the zone, and that is all
+        running = sample("batch_scheduler_enabled")
+        await scheduler.stop()
     assert (running, sample("batch_scheduler_enabled")) == (1, 0)

@@ -471,7 +471,7 @@ async def test_notification_service_failing_once_then_recovering(
 # --- restart -----------------------------------------------------------------------------
 
 
-async def test_stopped_run_resumes_after_its_checkpoint(
+async def test_a_run_interrupted_by_a_shutdown_resumes_after_its_checkpoint(
     pool: Pool, settings: Settings, queue: str
 ) -> None:
     members = range(301, 311)
@@ -497,7 +497,7 @@ async def test_stopped_run_resumes_after_its_checkpoint(
             )
         token_calls = fake.calls[TOKEN_SEARCH]
     assert first is not None
-    assert first.status == "STOPPED"
+    assert (first.status, first.exit_code) == ("FAILED", "INTERRUPTED")  # not an operator's stop
     done = first.steps[0].read_count
     assert 2 <= done < len(members)
     assert first.steps[0].checkpoint == members[done - 1]

@@ -26,11 +26,13 @@ from app.edges.db import fetch_all
 from app.model import JobParameter, Status
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.pipeline.writers import DatabaseWriter
+from app.replicas import ReplicaRegistry
+from app.runtime.automation import RestartPolicy, Schedule, due_slot, schedules_of
 from app.runtime.job import Cron, JobContext, JobSpec, Parameter
 from app.runtime.launcher import Launcher
 from app.runtime.parameters import INTEGER, LOCAL_DATE, now_in, run_date
 from app.runtime.resources import open_resources
-from app.runtime.scheduler import Schedule, ScheduledRun, fire, scheduled_runs, schedules_of
+from app.runtime.scheduler import ScheduledRun, Scheduler, scheduled_runs
 from app.web.app import create_app
 from app.web.openapi import openapi
 from tests.integration.test_web_api import bearer
@@ -225,17 +227,22 @@ async def test_the_scheduler_fires_the_job_as_it_declares(tables: Pool, settings
     when = schedule.when
     assert (when.cron, schedule.job, when.punctual) == ("0 9 * * 1", DIGEST, False)
     assert isinstance(schedule, Schedule)
-    monday = datetime(2025, 10, 27, 9, 0, tzinfo=SEOUL)
+    monday = due_slot(when.cron, datetime.now(SEOUL))
     # Its run is due within the default allowance (an hour): what the alert reads, in a
     # process that ran the schedules since before it
     due = ScheduledRun("weeklyDigestJob", monday, None)
     since = monday - timedelta(days=1)
+    policy = RestartPolicy(attempts=0, backoff_seconds=1, misfire_grace=timedelta(0))
     async with open_resources(settings, broker=False) as resources:
         launcher = Launcher(resources, WITH_DIGEST)
         late = monday + timedelta(hours=1, minutes=30)
         assert await scheduled_runs(launcher.repository, [schedule], late, since=since) == [due]
-        run = await fire(launcher, schedule, monday + timedelta(milliseconds=2))
-        assert run is not None and run.task is not None
+        registry = ReplicaRegistry(resources.pool, lease_seconds=120)
+        scheduler = Scheduler(launcher, SEOUL, [schedule], policy, registry, every=60)
+        await scheduler.run_pass()  # its last due time's instance, never launched
+        await scheduler.stop()
+        [run] = launcher.running.values()
+        assert run.task is not None
         await run.task
         final = await launcher.repository.get_execution(run.execution.id)
         assert await scheduled_runs(launcher.repository, [schedule], late, since=since) == [
@@ -244,6 +251,6 @@ async def test_the_scheduler_fires_the_job_as_it_declares(tables: Pool, settings
     assert final is not None
     assert (final.status, final.parameters) == (
         Status.COMPLETED,
-        {"runDate": "2025-10-27", "limit": "3"},
+        {"runDate": monday.date().isoformat(), "limit": "3"},
     )
-    assert await doubles(tables) == [(n, 2 * n, date(2025, 10, 27)) for n in (1, 2, 3)]
+    assert await doubles(tables) == [(n, 2 * n, monday.date()) for n in (1, 2, 3)]

@@ -18,6 +18,7 @@ ALL = [
     "V002__coupon_usage_stats",
     "V003__coupon_usage_stats_by_date",
     "V004__spring_batch_job_keys",
+    "V005__batch_service_replicas",
 ]
 
 

@@ -10,6 +10,7 @@ that were due before it existed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -270,16 +271,24 @@ def _evaluated_at(rule: dict[str, Any]) -> float:
 async def check_everything_shipped(prometheus: Prometheus, target: str, started: float) -> None:
     rules = await evaluated_rules(prometheus)
 
-    # Every query of the dashboard has series over the test's time
-    now = time.time()
-    empty = []
-    for query in dashboard_queries():
-        expr = resolved(query, RATE_INTERVAL)
-        found = await prometheus.api(
-            "query_range", query=expr, start=str(started), end=str(now), step="1"
-        )
-        if not found["result"]:
-            empty.append(expr)
+    # Every query of the dashboard has series over the test's time: a rate needs two
+    # samples of its series, which a loaded machine may scrape a few seconds late
+    empty = [resolved(query, RATE_INTERVAL) for query in dashboard_queries()]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(WITHIN):
+            while empty:
+                now = time.time()
+                empty = [
+                    expr
+                    for expr in empty
+                    if not (
+                        await prometheus.api(
+                            "query_range", query=expr, start=str(started), end=str(now), step="1"
+                        )
+                    )["result"]
+                ]
+                if empty:
+                    await asyncio.sleep(0.5)
     assert empty == []
 
     # No label renamed by the scrape; `application` on every series of the service

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from asyncmy.pool import Pool
@@ -10,12 +11,15 @@ from asyncmy.pool import Pool
 from app.config import Settings
 from app.edges.db import fetch_all, open_pool, transaction
 from app.model import (
+    INTERRUPTED,
     AlreadyComplete,
     AlreadyRunning,
+    AutomaticLaunch,
     ChunkCounts,
     JobParameter,
     RestartLimitReached,
     Status,
+    Superseded,
 )
 from app.repository import AlreadyCommitted, JobRepository
 from app.spring_format import decode_context, job_key
@@ -308,22 +312,137 @@ async def test_a_stop_keeps_the_lease_and_abandon_takes_a_stopping_execution(poo
 
 
 async def test_automatic_launches_stop_at_the_instance_s_execution_count(pool: Pool) -> None:
+    """Counted under the instance's lock, the interrupted executions left out: a rolling
+    deploy does not use the attempts up."""
     repository = repo(pool)
-    for _ in range(3):
+    latest = None
+    for exit_code in ("FAILED", INTERRUPTED, "FAILED", "FAILED"):
         execution = await repository.start_execution(
-            JOB, PARAMS, rerun_completed=False, max_executions=3
+            JOB, PARAMS, rerun_completed=False, automatic=AutomaticLaunch(latest, 3)
         )
-        await repository.finish_execution(execution.id, Status.FAILED, "boom")
+        status = Status.FAILED
+        await repository.finish_execution(execution.id, status, "boom", exit_code)
+        latest = execution.id
     with pytest.raises(RestartLimitReached) as refused:
-        await repository.start_execution(JOB, PARAMS, rerun_completed=False, max_executions=3)
+        await repository.start_execution(
+            JOB, PARAMS, rerun_completed=False, automatic=AutomaticLaunch(latest, 3)
+        )
     assert str(refused.value) == (
         f"{JOB} has run 3 executions of this instance already (at most 3 automatically);"
         " not restarted"
     )
-    # an operator's launch is not counted
-    fourth = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    # the resume of an interrupted run is not bounded; an operator's launch is not counted
+    fifth = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
     [(count,)] = await fetch_all(pool, "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION")
-    assert count == 4 and fourth.status == Status.STARTED
+    assert count == 5 and fifth.status == Status.STARTED
+
+
+async def test_an_automatic_launch_decided_from_an_older_read_is_refused(pool: Pool) -> None:
+    """Two replicas decide from the same read: the first launches, the second is
+    Superseded, whatever became of the first's execution; and none relaunches an
+    instance stopped or abandoned since its read."""
+    repository = repo(pool)
+    first = await repository.start_execution(
+        JOB, PARAMS, rerun_completed=False, automatic=AutomaticLaunch(None, 4)
+    )
+    await repository.finish_execution(first.id, Status.FAILED, "boom")  # a quick failure
+    with pytest.raises(Superseded) as late:
+        await repository.start_execution(
+            JOB, PARAMS, rerun_completed=False, automatic=AutomaticLaunch(None, 4)
+        )
+    assert str(late.value) == (
+        f"{JOB}: the instance changed since the automatic launch was decided (its latest"
+        f" execution: execution {first.id} is FAILED)"
+    )
+    assert await repository.stop_failed(first.id)  # an operator's stop meanwhile
+    with pytest.raises(Superseded):
+        await repository.start_execution(
+            JOB, PARAMS, rerun_completed=False, automatic=AutomaticLaunch(first.id, 4)
+        )
+    [(count,)] = await fetch_all(pool, "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION")
+    assert count == 1
+
+
+async def test_a_stop_of_a_failed_run_makes_it_the_operator_s_stopped(pool: Pool) -> None:
+    """Only the instance's latest execution, only FAILED: its job and step rows become
+    STOPPED, the message keeping what it had ended as."""
+    repository = repo(pool)
+    older = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    await repository.finish_execution(older.id, Status.FAILED, "first")
+    latest = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    step = await repository.start_step(latest, "couponUsageStatsStep")
+    await repository.finish_step(step.id, Status.FAILED, "cut", INTERRUPTED)
+    await repository.finish_execution(latest.id, Status.FAILED, "cut", INTERRUPTED)
+    assert not await repository.stop_failed(older.id)  # not the latest
+    assert await repository.stop_failed(latest.id)
+    assert not await repository.stop_failed(latest.id)  # STOPPED already
+    message = (
+        "stopped on request after it ended INTERRUPTED: cut; restartable from the"
+        " checkpoint, never automatically"
+    )
+    assert (await _row(pool, latest.id))[:3] == ("STOPPED", "STOPPED", message)
+    stopped = await repository.get_execution(latest.id)
+    assert stopped is not None
+    assert [(s.status, s.exit_message) for s in stopped.steps] == [("STOPPED", message)]
+    assert await repository.executions_since(older.id) == [
+        (older.id, Status.FAILED),
+        (latest.id, Status.STOPPED),
+    ]
+    assert await repository.executions_since(latest.id) == [(latest.id, Status.STOPPED)]
+    assert await repository.executions_since(999) == []
+
+
+async def test_an_interrupted_run_ends_failed_unless_a_stop_came_first(pool: Pool) -> None:
+    repository = repo(pool)
+    runs = []
+    for day in ("2025-10-30", "2025-10-31"):
+        parameters = [JobParameter("runDate", "java.time.LocalDate", day)]
+        execution = await repository.start_execution(JOB, parameters, rerun_completed=False)
+        runs.append((execution, await repository.start_step(execution, "couponUsageStatsStep")))
+    (cut, cut_step), (asked, _) = runs
+    await repository.request_stop(asked.id)  # the runner had not read it yet
+    for execution, step in runs:
+        await repository.finish_interrupted(execution.id, step.id, "cut", "stopped")
+    for execution, expected in (
+        (cut, ("FAILED", INTERRUPTED, "cut")),
+        (asked, ("STOPPED",) * 2 + ("stopped",)),
+    ):
+        found = await repository.get_execution(execution.id)
+        assert found is not None
+        assert (found.status, found.exit_code, found.exit_message) == expected
+        [step] = found.steps
+        assert (step.status, step.exit_message) == (expected[0], expected[2])
+    # taken over meanwhile: nothing recorded over the taker's end
+    assert await repository.finish_interrupted(cut.id, cut_step.id, "again", "again") is None
+
+
+async def test_instance_summaries_read_the_latest_execution_and_the_counted_ones(
+    pool: Pool,
+) -> None:
+    repository = repo(pool)
+    assert await repository.instance_summary(JOB, PARAMS) is None
+    ids = []
+    for status, exit_code in (("FAILED", "FAILED"), ("FAILED", INTERRUPTED)):
+        execution = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+        await repository.finish_execution(execution.id, Status(status), "x", exit_code)
+        ids.append(execution.id)
+    other = [JobParameter("runDate", "java.time.LocalDate", "2025-10-30")]
+    done = await repository.start_execution(JOB, other, rerun_completed=False)
+    await repository.finish_execution(done.id, Status.COMPLETED)
+    summary = await repository.instance_summary(JOB, PARAMS)
+    assert summary is not None
+    now = await repository.database_now()
+    assert summary.end_time is not None and now - summary.end_time < timedelta(seconds=5)
+    assert (summary.latest, summary.status, summary.exit_code, summary.counted) == (
+        ids[1],
+        Status.FAILED,
+        INTERRUPTED,
+        1,
+    )
+    assert summary.interrupted and summary.parameters == {"runDate": "2025-10-31"}
+    resumable = await repository.resumable_instances([JOB, "otherJob"], timedelta(hours=1))
+    assert resumable == [summary]  # not the COMPLETED one
+    assert await repository.resumable_instances(["otherJob"], timedelta(hours=1)) == []
 
 
 async def test_a_chunk_commit_reads_a_stop_requested_elsewhere(pool: Pool) -> None:

@@ -21,8 +21,9 @@ from app.devtools.fake_peers import run_fake_peers
 from app.jobs import fcm_send_spec, usage_stats_spec
 from app.model import JobExecution, JobParameter, Status
 from app.repository import JobRepository
+from app.runtime.automation import Schedule
 from app.runtime.job import JobSpec
-from app.runtime.scheduler import Schedule, ScheduledRun, scheduled_runs
+from app.runtime.scheduler import ScheduledRun, scheduled_runs
 from tests.integration.test_web_health_metrics import serving
 from tests.proxy import FaultProxy, through
 from tests.reliability.support import cli, cli_environment, stats_world, until
@@ -263,7 +264,9 @@ async def test_the_latest_due_run_of_each_schedule_is_scraped_with_its_status(
         }
 
     other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
-    async with serving(settings, broker=False, metrics_ttl=0, schedules=schedules) as client:
+    async with serving(
+        settings, broker=False, metrics_ttl=0, schedules=lambda: schedules
+    ) as client:
         # A fresh deployment: neither this process nor any before it ran the schedules
         # when these runs were due, and it owes nothing for them
         assert scheduled_figures(await scrape(client)) == {}
