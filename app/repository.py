@@ -73,7 +73,10 @@ def _duration(seconds: float) -> str:
 
 
 def _owned_context(context: dict[str, Any], step_id: int) -> tuple[str, str | None]:
-    """The step's context as stored, marked as written by step execution `step_id`."""
+    """The step's context as stored, its checkpoint marked as written by step execution
+    `step_id`."""
+    if context.get("checkpoint") is None:
+        return encode_context(context)
     return encode_context({**context, CHECKPOINT_OWNER: step_id})
 
 
