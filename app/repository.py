@@ -23,6 +23,7 @@ from operator import itemgetter
 from typing import Any
 
 from asyncmy.connection import Connection
+from asyncmy.cursors import Cursor
 from asyncmy.errors import IntegrityError
 
 from app.config import Settings
@@ -235,7 +236,7 @@ class JobRepository:
             self._session_zone = timezone(timedelta(minutes=round(int(seconds) / 60)))
         return self._session_zone
 
-    async def _silence(self, cur: Any, execution_id: int) -> float:
+    async def _silence(self, cur: Cursor, execution_id: int) -> float:
         """Seconds since the execution's last sign of life (its row's or any step's
         LAST_UPDATED), with its step rows locked first: no chunk commits between this
         reading and what the caller's transaction does with it. The caller holds the

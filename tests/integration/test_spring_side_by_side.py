@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from app.repository import JobRepository, spring_launch_refusal
 from app.runtime.reconciler import Reconciler
 from app.spring_format import decode_context, encode_context, job_key
 from tests.integration.test_cli_database_errors import cli
+from tests.integration.test_daemon_serve import serve
 from tests.integration.test_spring_repository import OLD_SERVICE_HISTORIES
 from tests.integration.test_web_api import Client, bearer, client, until_finished
 from tests.reliability.support import cli_environment, until
@@ -240,6 +242,10 @@ async def test_with_the_platforms_url_every_time_written_is_seoul_wall_time(
     assert recorded is not None and recorded.start_time is not None
     assert recorded.start_time.utcoffset() == timedelta(hours=9)
     assert abs(recorded.start_time - datetime.now(UTC)) < timedelta(seconds=30)
+    # what batch_job_last_start_timestamp_seconds exposes: the instant, not 9 h off
+    [tally] = await repository.job_tallies()
+    assert tally.last_start is not None
+    assert abs(tally.last_start.timestamp() - time.time()) < 30
 
 
 async def test_without_a_declared_zone_the_session_clock_writes_as_before(pool: Pool) -> None:
@@ -255,7 +261,7 @@ async def test_without_a_declared_zone_the_session_clock_writes_as_before(pool: 
 
 
 async def test_a_run_written_in_another_zone_is_named_ahead_of_the_clock(
-    pool: Pool, settings: Settings, tmp_path: Path
+    pool: Pool, settings: Settings, fake: FakePeers, vhost: str, tmp_path: Path
 ) -> None:
     """Spring's rows in Seoul time read by a clock of UTC: 9 h ahead, never taken over (the
     issue's first finding). `migrate` and `serve` warn, naming both zones."""
@@ -276,24 +282,17 @@ async def test_a_run_written_in_another_zone_is_named_ahead_of_the_clock(
         " ahead of the BATCH_* clock, in UTC (UTC+00:00) (DB_TIMEZONE): it was written in"
         " another zone, about UTC+08:00."
     ), err
-    async with asyncio.timeout(60):
-        serve = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "app", "serve"),
-            env={**env, "SERVER_PORT": "0", "SCHEDULER_ENABLED": "false"},
-            cwd=tmp_path,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert serve.stderr is not None
-        try:
-            lines = []
-            while not any("ahead of the BATCH_* clock" in line for line in lines):
-                line = (await serve.stderr.readline()).decode()
-                assert line, "".join(lines)
-                lines.append(line)
-        finally:
-            serve.terminate()
-            await serve.wait()
-    assert "BATCH_* times in UTC (UTC+00:00) (DB_TIMEZONE)" in "".join(lines)
+    log = tmp_path / "serve.log"
+    async with serve(
+        settings, fake, vhost, log, DB_TIMEZONE="UTC", SCHEDULER_ENABLED="false"
+    ) as daemon:
+
+        async def warned() -> bool:
+            return "ahead of the BATCH_* clock" in daemon.log_text()
+
+        await until(warned, within=30, what="serve's warning")
+        assert await daemon.stop() == 0
+    assert "BATCH_* times in UTC (UTC+00:00) (DB_TIMEZONE)" in daemon.log_text()
 
 
 # ---- alive means any sign of life ----------------------------------------------------
