@@ -1,5 +1,5 @@
 """Command line: `python -m app migrate | run | serve | executions | stop | restart |
-abandon | backfill | token`."""
+abandon | backfill | token | prepare-rollback`."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from app.config import (
     ConfigError,
     Settings,
     load_settings,
+    parse_time_zone,
 )
 from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
 from app.model import (
     COMPLETED_WITH_SKIPS,
-    RUNNING,
     JobExecution,
     LaunchRefused,
     Status,
@@ -41,6 +41,7 @@ from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.memory import tune_gc
 from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused, Stopped
 from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError, backfill_dates
+from app.runtime.rollback import ABANDON, STOP, SpringZone, prepare_rollback
 from app.runtime.signals import stop_signals
 from app.schema.migrate import MigrationDenied, migrate
 
@@ -119,6 +120,28 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--sub", default="operator", help="who the token names (the API logs it as by=NAME)"
     )
+
+    rollback = commands.add_parser(
+        "prepare-rollback",
+        help="before a roll-back to the Spring Batch service: list what it would trip on;"
+        " stop or abandon the running executions; exit 0 when nothing is left",
+        description="List what Spring Batch 5.2 would trip on in the job repository (running"
+        " executions, instances it would refuse, a second clock); offer to stop or abandon"
+        " each running execution; exit 0 when nothing is left, 1 otherwise (docs/rollback.md).",
+    )
+    rollback.add_argument(
+        "--spring-timezone",
+        metavar="ZONE",
+        help="the zone the old service writes BATCH_* times in: its JDBC URL's serverTimezone"
+        " (or connectionTimeZone), else its JVM's zone",
+    )
+    answer = rollback.add_mutually_exclusive_group()
+    answer.add_argument(
+        "--stop", action="store_true", help="stop every running execution, without asking"
+    )
+    answer.add_argument(
+        "--abandon", action="store_true", help="abandon every running execution, without asking"
+    )
     return parser
 
 
@@ -159,6 +182,9 @@ async def _migrate(settings: Settings, dev_schema: bool) -> int:
         except MigrationDenied as exc:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
+        repository = JobRepository.of(pool, settings)
+        for line in await repository.second_clock_warnings(settings.database.clock.source):
+            _say(settings, f"warning: {line}", logging.WARNING)
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     return 0
 
@@ -274,7 +300,7 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _executions(settings: Settings, status: str | None, limit: int) -> int:
     async with open_pool(settings.database) as pool:
-        repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+        repository = JobRepository.of(pool, settings)
         executions = await JobOperator(repository).executions(
             status=status, limit=max(1, min(limit, 100))
         )
@@ -292,7 +318,9 @@ async def _executions(settings: Settings, status: str | None, limit: int) -> int
         parameters = " ".join(
             f"{k}={v}" for k, v in e.parameters.items() if k not in ("dryRun", "run.id")
         )
-        exit_code = e.exit_code if e.status not in RUNNING else e.status.value
+        # The status, but the exit code of a completed run (COMPLETED WITH SKIPS): an
+        # abandoned one keeps the exit code it had, as Spring's abandon writes it.
+        exit_code = e.exit_code if e.status == Status.COMPLETED else e.status.value
         print(
             f"{e.id:>7}  {e.job_name:<27}  {exit_code:<20}  {start:<19}  {counts:<29}  "
             f"{parameters}{' (dry run)' if e.dry_run else ''}"
@@ -304,7 +332,7 @@ async def _executions(settings: Settings, status: str | None, limit: int) -> int
 async def _operate(settings: Settings, action: str, execution_id: int) -> int:
     """stop or abandon, through the job repository (any replica's runner obeys)."""
     async with open_pool(settings.database) as pool:
-        repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+        repository = JobRepository.of(pool, settings)
         operator = JobOperator(repository)
         try:
             if action == "stop":
@@ -335,6 +363,40 @@ def _stopped(execution_id: int, stopped: Stopped) -> str:
         f"stop requested: {went_on}execution {reached} was {stopped.was}; it ends STOPPED"
         " after the chunks it is processing, at its next chunk commit"
     )
+
+
+async def _prepare_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    spring = None
+    if args.spring_timezone is not None:
+        try:
+            spring = SpringZone(parse_time_zone(args.spring_timezone), args.spring_timezone)
+        except ValueError as exc:
+            _say(settings, f"error: --spring-timezone {exc}", logging.ERROR)
+            return EXIT_USAGE
+    action = STOP if args.stop else ABANDON if args.abandon else None
+    async with open_pool(settings.database) as pool:
+        ready = await prepare_rollback(
+            JobRepository.of(pool, settings),
+            settings.database.clock,
+            spring,
+            action=action,
+            ask=_ask,
+            say=print,
+            wait=settings.JOB_ABANDON_AFTER_SECONDS + settings.HEARTBEAT_SECONDS,
+        )
+    return 0 if ready else EXIT_FAILED
+
+
+async def _ask(question: str) -> str:
+    """The operator's answer on stdin (read off the event loop); none where stdin ended.
+    Answers piped in are echoed, so that the transcript reads as a terminal's."""
+    try:
+        answer = await asyncio.to_thread(input, question)
+    except EOFError:
+        answer = ""
+    if not sys.stdin.isatty():
+        print(answer)
+    return answer
 
 
 async def _until_done_or_signal(
@@ -471,6 +533,8 @@ def _command(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(_restart(settings, args.execution, args.quiet))
     if args.command == "backfill":
         return asyncio.run(_backfill(settings, args))
+    if args.command == "prepare-rollback":
+        return asyncio.run(_prepare_rollback(settings, args))
     return asyncio.run(serve(settings))
 
 

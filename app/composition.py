@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from app.config import Settings
 from app.jobs import fcm_send_spec, usage_stats_spec
 from app.replicas import ReplicaRegistry
+from app.repository import zone_label
 from app.runtime.automation import RestartPolicy, Schedule, schedules_of
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher
@@ -116,12 +117,17 @@ async def serve(settings: Settings) -> int:
                 if settings.SCHEDULER_ENABLED:
                     scheduler.start()
                 reconciler.start()
+                clock = settings.database.clock
                 log.info(
-                    "serving on port %d; scheduler %s (%s)",
+                    "serving on port %d; scheduler %s (%s); BATCH_* times in %s (%s)",
                     runner.addresses[0][1],
                     "enabled" if settings.SCHEDULER_ENABLED else "disabled",
                     settings.APP_TIMEZONE,
+                    zone_label(await launcher.repository.clock_zone()),
+                    clock.source,
                 )
+                for line in await launcher.repository.second_clock_warnings(clock.source):
+                    log.warning(line)
                 await stopping.wait()
                 log.info(
                     "signal received: stopping (grace %g s for running jobs)",

@@ -17,10 +17,12 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import ssl
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -55,6 +57,20 @@ class DbTarget:
     # Whether a login may ask the server for its RSA key (MySQL 8's caching_sha2_password
     # full authentication without TLS): a man in the middle could hand out its own key.
     allow_public_key_retrieval: bool = False
+    # The URL's connectionTimeZone or its alias serverTimezone (that option's name), as
+    # written; empty: none.
+    time_zone: str = ""
+    time_zone_option: str = ""
+
+
+@dataclass(frozen=True)
+class RepositoryClock:
+    """The zone BATCH_* times are written and compared in, as Connector/J's
+    connectionTimeZone makes Spring Batch write them: that zone's wall time, whatever the
+    server's own zone. `zone` None: the database session's zone (the server's NOW())."""
+
+    zone: tzinfo | None
+    source: str  # where it is declared, for the logs: "DB_URL serverTimezone", ...
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,7 @@ class DatabaseSettings:
     target: DbTarget
     pool_size: int
     stall_seconds: float  # the longest wait for an answer to one statement or transaction
+    clock: RepositoryClock = RepositoryClock(None, "the database session's zone")
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,7 @@ class Settings:
     DB_SSL_MODE: str
     DB_SSL_CA: str
     DB_STALL_SECONDS: float
+    DB_TIMEZONE: str
     RABBITMQ_HOST: str
     RABBITMQ_PORT: int
     RABBITMQ_USERNAME: str
@@ -161,7 +179,10 @@ class Settings:
             ssl_ca=self.DB_SSL_CA,
         )
         return DatabaseSettings(
-            target=target, pool_size=self.DB_POOL_SIZE, stall_seconds=self.DB_STALL_SECONDS
+            target=target,
+            pool_size=self.DB_POOL_SIZE,
+            stall_seconds=self.DB_STALL_SECONDS,
+            clock=repository_clock(target, self.DB_TIMEZONE),
         )
 
     @property
@@ -221,6 +242,7 @@ DATABASE_SETTINGS = frozenset(
         "DB_SSL_MODE",
         "DB_SSL_CA",
         "DB_STALL_SECONDS",
+        "DB_TIMEZONE",
     }
 )
 LOG_SETTINGS = frozenset({"LOG_LEVEL", "LOG_FORMAT", "APPLICATION_NAME", "APP_TIMEZONE"})
@@ -258,10 +280,10 @@ def parse_db_url(
 ) -> DbTarget:
     """`jdbc:mysql://host:port/db?...` or `mysql://[user[:password]@]host[:port]/db?...`.
 
-    Of the URL's options, the TLS ones of Connector/J count (`sslMode`, or the older
-    `useSSL`, `requireSSL`, `verifyServerCertificate`) and `allowPublicKeyRetrieval`;
-    others (`serverTimezone`, ...) are ignored. A non-empty `ssl_mode` (DB_SSL_MODE)
-    wins over the URL's.
+    Of the URL's options, those of Connector/J below count: the TLS ones (`sslMode`, or
+    the older `useSSL`, `requireSSL`, `verifyServerCertificate`),
+    `allowPublicKeyRetrieval`, and `connectionTimeZone` or its alias `serverTimezone`;
+    others are ignored. A non-empty `ssl_mode` (DB_SSL_MODE) wins over the URL's.
     """
     raw = url.removeprefix("jdbc:")
     parts = urlsplit(raw)
@@ -274,7 +296,8 @@ def parse_db_url(
         port = parts.port or 3306
     except ValueError as exc:
         raise ValueError("the port is not a number") from exc
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    # A JDBC URL's query is not form-encoded: a + is itself (serverTimezone=+09:00).
+    options = dict(parse_qsl(parts.query.replace("+", "%2B"), keep_blank_values=True))
     flags: dict[str, bool] = {}
     for name in ("useSSL", "requireSSL", "verifyServerCertificate", "allowPublicKeyRetrieval"):
         if name in options:
@@ -293,6 +316,12 @@ def parse_db_url(
             raise ValueError(f"option sslMode {exc}") from None
     else:
         mode = _legacy_ssl_mode(flags)
+    zone_option = next((o for o in _ZONE_OPTIONS if o in options), None)
+    if zone_option is not None:
+        try:
+            parse_time_zone(options[zone_option])
+        except ValueError as exc:
+            raise ValueError(f"option {zone_option} {exc}") from None
     return DbTarget(
         host=parts.hostname,
         port=port,
@@ -302,7 +331,61 @@ def parse_db_url(
         ssl_mode=mode,
         ssl_ca=ssl_ca,
         allow_public_key_retrieval=flags.get("allowPublicKeyRetrieval", False),
+        time_zone=options[zone_option] if zone_option is not None else "",
+        time_zone_option=zone_option or "",
     )
+
+
+# Connector/J's option first, then its alias (the name before 8.0.23).
+_ZONE_OPTIONS = ("connectionTimeZone", "serverTimezone")
+# An offset as java.time.ZoneId parses one: Z, +9, +09:00, UTC+09:00, GMT-0530, ...
+_OFFSET = re.compile(r"(?:UTC|GMT|UT)?([+-])(\d{1,2})(?::?(\d{2}))?")
+
+
+def parse_time_zone(name: str) -> tzinfo | None:
+    """A zone named as Connector/J's connectionTimeZone takes it: an IANA name
+    (`Asia/Seoul`, `UTC`), an offset (`+09:00`, `GMT+9`), `LOCAL` (this process's zone)
+    or `SERVER` (None: the database session's). ValueError if none of these."""
+    text = name.strip()
+    if text.upper() == "SERVER":
+        return None
+    if text.upper() == "LOCAL":
+        return _local_zone()
+    if text == "Z":
+        return UTC
+    offset = _OFFSET.fullmatch(text)
+    if offset is not None:
+        sign, hours, minutes = offset.groups()
+        span = timedelta(hours=int(hours), minutes=int(minutes or 0))
+        if span < timedelta(hours=18):
+            return timezone(-span if sign == "-" else span)
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"is not a known time zone (got {name!r})") from None
+
+
+def _local_zone() -> tzinfo:
+    """This process's zone: TZ, else the system's (/etc/localtime), else UTC."""
+    key = os.environ.get("TZ", "").removeprefix(":")
+    try:
+        if key:
+            return ZoneInfo(key)
+        with open("/etc/localtime", "rb") as system:
+            return ZoneInfo.from_file(system, key="localtime")
+    except (OSError, ValueError, ZoneInfoNotFoundError):
+        return UTC
+
+
+def repository_clock(target: DbTarget, setting: str) -> RepositoryClock:
+    """The URL's zone where it names one (as Connector/J), else DB_TIMEZONE's, else the
+    database session's. Both are checked by `load_settings`."""
+    if target.time_zone_option:
+        zone = parse_time_zone(target.time_zone)
+        return RepositoryClock(zone, f"DB_URL {target.time_zone_option}")
+    if setting:
+        return RepositoryClock(parse_time_zone(setting), "DB_TIMEZONE")
+    return RepositoryClock(None, "the database session's zone")
 
 
 def _ssl_mode(value: str) -> str:
@@ -386,6 +469,11 @@ def _validate(name: str, value: Any) -> str | None:
             return str(exc)
     if name == "DB_SSL_CA" and value:
         return _unusable_ca_file(value)
+    if name == "DB_TIMEZONE" and value:
+        try:
+            parse_time_zone(value)
+        except ValueError as exc:
+            return str(exc)
     if name == "APP_TIMEZONE":
         try:
             ZoneInfo(value)

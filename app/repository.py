@@ -3,21 +3,30 @@
 A job instance is a job name plus its identifying parameters; each launch of it is
 a job execution with one step execution per step. Launch rules run in a single
 transaction that locks the instance row, so two processes launching the same
-instance at once are serialized and exactly one of them runs. All times come from
-the database clock, so replicas with skewed clocks agree on heartbeats.
+instance at once are serialized and exactly one of them runs.
+
+One clock writes and compares every BATCH_* time: the database's, so that replicas with
+skewed clocks agree on heartbeats, read as the wall time of the declared zone (the
+JDBC URL's serverTimezone, in which Connector/J has Spring Batch write them; or
+DB_TIMEZONE), else the session's NOW(6). An execution is alive while its own row or any
+of its step executions was updated within JOB_ABANDON_AFTER_SECONDS: Spring Batch
+renews only the step's row, at each chunk commit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from asyncmy.connection import Connection
 from asyncmy.cursors import Cursor
 from asyncmy.errors import IntegrityError
 
+from app.config import Settings
 from app.edges.db import DbPool, fetch_all, transaction
 from app.model import (
     ABANDONABLE,
@@ -37,10 +46,20 @@ from app.model import (
     StepExecution,
     Superseded,
 )
-from app.spring_format import decode_context, encode_context, instance_keys
+from app.spring_format import decode_context, encode_context, instance_keys, written_as_json
 
 _MESSAGE_LIMIT = 2500  # EXIT_MESSAGE is VARCHAR(2500)
 _RUNNING_SQL = "(" + ", ".join(f"'{status.value}'" for status in RUNNING) + ")"
+# The step execution that wrote the checkpoint beside it in its context. Spring's restart
+# copies the last step's whole context into its new step (SimpleStepHandler), so a
+# checkpoint is trusted only in the context of the step execution it names.
+CHECKPOINT_OWNER = "checkpoint.stepExecutionId"
+# The last sign of life of execution `e`: its own row's LAST_UPDATED, or any of its step
+# executions' (Spring's chunk commits renew only the step's).
+_LAST_SIGN_OF_LIFE = (
+    "GREATEST(e.LAST_UPDATED, COALESCE((SELECT MAX(s.LAST_UPDATED) FROM BATCH_STEP_EXECUTION s"
+    " WHERE s.JOB_EXECUTION_ID = e.JOB_EXECUTION_ID), e.LAST_UPDATED))"
+)
 
 
 class AlreadyCommitted(Exception):
@@ -49,24 +68,29 @@ class AlreadyCommitted(Exception):
 
 
 class LeaseLost(Exception):
-    """This runner's execution is no longer running: another replica found its heartbeat
-    stale and took the instance over. Nothing more may be committed for it."""
+    """This runner's execution is no longer running: another replica found it silent and
+    took the instance over, or an operator abandoned it. Nothing more may be committed
+    for it."""
 
 
-# Set before STATUS: MariaDB and MySQL assign left to right, so it reads the old status.
-_ABANDONED_MESSAGE = (
-    "EXIT_MESSAGE = LEFT(CONCAT('abandoned on request (was ', STATUS, '); never restarted',"
-    " IF(STATUS = 'FAILED' AND EXIT_MESSAGE <> '', CONCAT('; it had failed: ', EXIT_MESSAGE),"
-    f" '')), {_MESSAGE_LIMIT}), "
-)
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-def _finish_sql(table: str, id_column: str) -> str:
-    """The end of a job or step execution (status, exit code, message, id), unless another
-    replica has taken the execution over meanwhile."""
+def _owned_context(context: dict[str, Any], step_id: int) -> tuple[str, str | None]:
+    """The step's context as stored, its checkpoint marked as written by step execution
+    `step_id`."""
+    if context.get("checkpoint") is None:
+        return encode_context(context)
+    return encode_context({**context, CHECKPOINT_OWNER: step_id})
+
+
+def _finish_sql(table: str, id_column: str, now: str) -> str:
+    """The end of a job or step execution (status, exit code, message, id) at `now` (the
+    clock's SQL), unless another replica has taken the execution over meanwhile."""
     return (
         f"UPDATE {table} SET STATUS = %s, EXIT_CODE = %s, EXIT_MESSAGE = %s,"
-        " END_TIME = NOW(6), LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
+        f" END_TIME = {now}, LAST_UPDATED = {now}, VERSION = VERSION + 1"
         f" WHERE {id_column} = %s AND STATUS IN {_RUNNING_SQL}"
     )
 
@@ -100,11 +124,11 @@ _STEP_COLUMNS = (
 )
 
 
-def _on(clock: timezone, value: datetime | None) -> datetime | None:
+def _on(clock: tzinfo, value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=clock) if value is not None else None
 
 
-def _tally(job_name: str, rows: list[tuple], clock: timezone) -> JobTally:
+def _tally(job_name: str, rows: list[tuple], clock: tzinfo) -> JobTally:
     """A job's tally from its rows of `job_tallies`' read, one per status."""
     starts = [row[4] for row in rows if row[4] is not None]
     successes = [row[5] for row in rows if row[1] == Status.COMPLETED]
@@ -119,12 +143,13 @@ def _tally(job_name: str, rows: list[tuple], clock: timezone) -> JobTally:
 
 def _step_from_row(row: tuple) -> StepExecution:
     context = decode_context(row[4], row[13])
+    owned = context.get(CHECKPOINT_OWNER) == row[0] or written_as_json(row[4], row[13])
     return StepExecution(
         id=row[0],
         job_execution_id=row[1],
         name=row[2],
         status=Status(row[3]),
-        checkpoint=context.get("checkpoint"),
+        checkpoint=context.get("checkpoint") if owned else None,
         read_count=row[5],
         write_count=row[6],
         filter_count=row[7],
@@ -137,21 +162,111 @@ def _step_from_row(row: tuple) -> StepExecution:
     )
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Spring Batch's refusal of a launch: the exception, and the execution that caused it."""
+
+    exception: str
+    execution_id: int
+    status: Status
+
+
+def spring_launch_refusal(executions: Sequence[tuple[int, Status, bool]]) -> Refusal | None:
+    """What Spring Batch 5.2's `SimpleJobRepository.createJobExecution` throws for an
+    instance with these executions (id, status, whether it has identifying parameters),
+    newest first as its JdbcJobExecutionDao lists them; None: it would launch one. The
+    first execution that matches a rule decides, as its loop does."""
+    for execution_id, status, identifying in executions:
+        if status in RUNNING:
+            return Refusal("JobExecutionAlreadyRunningException", execution_id, status)
+        if status == Status.UNKNOWN:
+            return Refusal("JobRestartException", execution_id, status)
+        if identifying and status in (Status.COMPLETED, Status.ABANDONED):
+            return Refusal("JobInstanceAlreadyCompleteException", execution_id, status)
+    return None
+
+
+@dataclass(frozen=True)
+class AheadOfClock:
+    """A running execution last updated ahead of the clock's now: written by a clock in
+    another zone (a replica or the old service with another serverTimezone)."""
+
+    execution_id: int
+    job_name: str
+    status: Status
+    seconds: float
+
+
+def zone_label(zone: tzinfo, at: datetime | None = None) -> str:
+    """`Asia/Seoul (UTC+09:00)`, or `UTC+09:00` for a bare offset: the zone and its
+    offset at `at` (now)."""
+    offset = (at or datetime.now(UTC)).astimezone(zone).utcoffset() or timedelta()
+    minutes = round(offset.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    text = f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    key = getattr(zone, "key", None)
+    return f"{key} ({text})" if key and key != "localtime" else text
+
+
 class JobRepository:
-    def __init__(self, pool: DbPool, *, abandon_after_seconds: int) -> None:
+    def __init__(
+        self, pool: DbPool, *, abandon_after_seconds: int, zone: tzinfo | None = None
+    ) -> None:
+        """`zone`: the zone BATCH_* times are written and compared in (None: the database
+        session's, NOW(6))."""
         self.pool = pool
         self.abandon_after_seconds = abandon_after_seconds
-        self._clock: timezone | None = None
+        self._zone = zone
+        self._session_zone: timezone | None = None
 
-    async def _database_clock(self) -> timezone:
-        """The offset of the database's NOW(6), which wrote every BATCH_* time: the times
-        read back carry it, so that every time the service shows has its offset."""
-        if self._clock is None:
+    @classmethod
+    def of(cls, pool: DbPool, settings: Settings) -> JobRepository:
+        """The repository as the settings declare it: its lease, its clock's zone."""
+        return cls(
+            pool,
+            abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS,
+            zone=settings.database.clock.zone,
+        )
+
+    def _now(self) -> str:
+        """The SQL of the clock's now: the database's UTC clock as the zone's wall time
+        (its offset as of now: a zone's DST change moves it), or the session's NOW(6)."""
+        if self._zone is None:
+            return "NOW(6)"
+        offset = datetime.now(self._zone).utcoffset() or timedelta()
+        return f"(UTC_TIMESTAMP(6) + INTERVAL {int(offset.total_seconds())} SECOND)"
+
+    async def clock_zone(self) -> tzinfo:
+        """The zone of every BATCH_* time: the declared one, else the session's. The times
+        read back carry it, so that every time shown has its offset."""
+        return self._zone if self._zone is not None else await self.session_zone()
+
+    async def session_zone(self) -> timezone:
+        """The offset of the database session's NOW(6) (read once)."""
+        if self._session_zone is None:
             [(seconds,)] = await fetch_all(
                 self.pool, "SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(6), NOW(6))"
             )
-            self._clock = timezone(timedelta(minutes=round(int(seconds) / 60)))
-        return self._clock
+            self._session_zone = timezone(timedelta(minutes=round(int(seconds) / 60)))
+        return self._session_zone
+
+    async def _silence(self, cur: Cursor, execution_id: int) -> float:
+        """Seconds since the execution's last sign of life (its row's or any step's
+        LAST_UPDATED), with its step rows locked first: no chunk commits between this
+        reading and what the caller's transaction does with it. The caller holds the
+        job execution's row lock."""
+        await cur.execute(
+            "SELECT STEP_EXECUTION_ID FROM BATCH_STEP_EXECUTION WHERE JOB_EXECUTION_ID = %s"
+            " FOR UPDATE",
+            (execution_id,),
+        )
+        await cur.execute(
+            f"SELECT TIMESTAMPDIFF(MICROSECOND, {_LAST_SIGN_OF_LIFE}, {self._now()})"
+            " FROM BATCH_JOB_EXECUTION e WHERE e.JOB_EXECUTION_ID = %s",
+            (execution_id,),
+        )
+        (idle_us,) = await cur.fetchone()
+        return (idle_us or 0) / 1e6
 
     async def start_execution(
         self,
@@ -164,14 +279,15 @@ class JobRepository:
     ) -> JobExecution:
         """Apply the launch rules and record a STARTED execution, or raise LaunchRefused.
 
-        A live STARTED execution refuses the launch; one whose heartbeat is older than
-        the abandon limit is marked FAILED first. FAILED and STOPPED instances restart
-        (their steps resume from the checkpoint); COMPLETED ones run again only when
-        `rerun_completed`. A `queued` execution is recorded STARTING (waiting for a slot of
-        the process's MAX_RUNNING_EXECUTIONS) until `mark_started`. An `automatic` launch
-        is checked against what it was decided from (Superseded) and its instance's
-        counted executions (RestartLimitReached), under the instance's lock, so replicas
-        deciding at once launch once and never exceed the bound.
+        A live STARTED execution refuses the launch; one silent for longer than the
+        abandon limit (neither its row nor a step updated) is marked FAILED first.
+        FAILED and STOPPED instances restart (their steps resume from the checkpoint);
+        COMPLETED ones run again only when `rerun_completed`. A `queued` execution is
+        recorded STARTING (waiting for a slot of the process's MAX_RUNNING_EXECUTIONS)
+        until `mark_started`. An `automatic` launch is checked against what it was decided
+        from (Superseded) and its instance's counted executions (RestartLimitReached),
+        under the instance's lock, so replicas deciding at once launch once and never
+        exceed the bound.
         """
         status = Status.STARTING if queued else Status.STARTED
         instance_id = await self._instance_id(job_name, parameters)
@@ -183,16 +299,15 @@ class JobRepository:
                 (instance_id,),
             )
             await cur.execute(
-                "SELECT JOB_EXECUTION_ID, STATUS, TIMESTAMPDIFF(MICROSECOND, LAST_UPDATED, NOW(6))"
-                " FROM BATCH_JOB_EXECUTION WHERE JOB_INSTANCE_ID = %s"
-                " ORDER BY JOB_EXECUTION_ID DESC LIMIT 1 FOR UPDATE",
+                "SELECT JOB_EXECUTION_ID, STATUS FROM BATCH_JOB_EXECUTION"
+                " WHERE JOB_INSTANCE_ID = %s ORDER BY JOB_EXECUTION_ID DESC LIMIT 1 FOR UPDATE",
                 (instance_id,),
             )
             last = await cur.fetchone()
             if last is not None:
-                last_id, last_status, idle_us = last
+                last_id, last_status = last
                 if last_status in RUNNING:
-                    idle = (idle_us or 0) / 1e6
+                    idle = await self._silence(cur, last_id)
                     if idle < self.abandon_after_seconds:
                         raise AlreadyRunning(
                             f"{job_name} is already running as execution {last_id}", last_id
@@ -205,10 +320,11 @@ class JobRepository:
                     )
             if automatic is not None:
                 await self._check_automatic(cur, job_name, instance_id, last, automatic)
+            now = self._now()
             await cur.execute(
                 "INSERT INTO BATCH_JOB_EXECUTION (JOB_EXECUTION_ID, VERSION, JOB_INSTANCE_ID,"
                 " CREATE_TIME, START_TIME, STATUS, EXIT_CODE, EXIT_MESSAGE, LAST_UPDATED)"
-                " VALUES (%s, 0, %s, NOW(6), IF(%s, NULL, NOW(6)), %s, 'UNKNOWN', '', NOW(6))",
+                f" VALUES (%s, 0, %s, {now}, IF(%s, NULL, {now}), %s, 'UNKNOWN', '', {now})",
                 (execution_id, instance_id, queued, status.value),
             )
             await cur.executemany(
@@ -319,13 +435,13 @@ class JobRepository:
             " WHERE i.JOB_NAME = %s",
             (job_name,),
         )
-        return _on(await self._database_clock(), created)
+        return _on(await self.clock_zone(), created)
 
     async def database_now(self) -> datetime:
-        """The database clock's time, as BATCH_* times are written (with its offset)."""
-        [(now,)] = await fetch_all(self.pool, "SELECT NOW(6)")
+        """The clock's time, as BATCH_* times are written (with its zone)."""
+        [(now,)] = await fetch_all(self.pool, f"SELECT {self._now()}")
         assert isinstance(now, datetime)
-        return now.replace(tzinfo=await self._database_clock())
+        return now.replace(tzinfo=await self.clock_zone())
 
     async def instance_summary(
         self, job_name: str, parameters: Sequence[JobParameter]
@@ -348,7 +464,7 @@ class JobRepository:
         names = ", ".join(["%s"] * len(job_names))
         return await self._summaries(
             f"i.JOB_NAME IN ({names}) AND e.STATUS = 'FAILED' AND (e.EXIT_CODE = %s"
-            " OR e.END_TIME > NOW(6) - INTERVAL %s MICROSECOND)",
+            f" OR e.END_TIME > {self._now()} - INTERVAL %s MICROSECOND)",
             (*job_names, INTERRUPTED, int(within.total_seconds() * 1e6)),
         )
 
@@ -377,7 +493,7 @@ class JobRepository:
             tuple(parameters),
         ):
             parameters[execution_id][name] = value
-        clock = await self._database_clock()
+        clock = await self.clock_zone()
         return [
             InstanceSummary(
                 instance_id=row[1],
@@ -408,11 +524,12 @@ class JobRepository:
             f" (JOB_ABANDON_AFTER_SECONDS={self.abandon_after_seconds})"
             + (f"; {note}" if note else "")
         )
+        now = self._now()
         async with conn.cursor() as cur:
             for table in ("BATCH_JOB_EXECUTION", "BATCH_STEP_EXECUTION"):
                 await cur.execute(
                     f"UPDATE {table} SET STATUS = %s, EXIT_CODE = %s,"
-                    " EXIT_MESSAGE = %s, END_TIME = NOW(6), LAST_UPDATED = NOW(6),"
+                    f" EXIT_MESSAGE = %s, END_TIME = {now}, LAST_UPDATED = {now},"
                     " VERSION = VERSION + 1"
                     f" WHERE JOB_EXECUTION_ID = %s AND STATUS IN {_RUNNING_SQL}",
                     (status.value, status.value, _clip(message), execution_id),
@@ -420,29 +537,111 @@ class JobRepository:
 
     async def expired_executions(self) -> list[JobExecution]:
         """Executions still recorded running (STARTING, STARTED, STOPPING) whose lease
-        expired: no heartbeat for JOB_ABANDON_AFTER_SECONDS, by the database clock."""
+        expired: no sign of life (neither their row nor a step's updated) for
+        JOB_ABANDON_AFTER_SECONDS, by the clock."""
         return await self._executions(
-            f"e.STATUS IN {_RUNNING_SQL} AND e.LAST_UPDATED < NOW(6) - INTERVAL %s MICROSECOND",
+            f"e.STATUS IN {_RUNNING_SQL}"
+            f" AND {_LAST_SIGN_OF_LIFE} < {self._now()} - INTERVAL %s MICROSECOND",
             (int(self.abandon_after_seconds * 1e6),),
             limit=100,
         )
 
+    async def running_executions(self) -> list[tuple[JobExecution, float]]:
+        """Every execution recorded running, oldest first, with the seconds since its last
+        sign of life."""
+        running = await self._executions(f"e.STATUS IN {_RUNNING_SQL}", (), limit=1000)
+        if not running:
+            return []
+        silence = dict(
+            await fetch_all(
+                self.pool,
+                f"SELECT e.JOB_EXECUTION_ID, TIMESTAMPDIFF(MICROSECOND, {_LAST_SIGN_OF_LIFE},"
+                f" {self._now()}) FROM BATCH_JOB_EXECUTION e"
+                f" WHERE e.JOB_EXECUTION_ID IN ({', '.join(['%s'] * len(running))})",
+                tuple(e.id for e in running),
+            )
+        )
+        return [(e, (silence.get(e.id) or 0) / 1e6) for e in reversed(running)]
+
+    async def ahead_of_clock(self, margin_seconds: float = 60) -> list[AheadOfClock]:
+        """The running executions last updated (their row or a step) more than `margin`
+        ahead of the clock: the sign of a second clock, written in another zone. Such an
+        execution is never taken over, and refuses every launch of its instance."""
+        rows = await fetch_all(
+            self.pool,
+            "SELECT * FROM (SELECT e.JOB_EXECUTION_ID, i.JOB_NAME, e.STATUS,"
+            f" TIMESTAMPDIFF(MICROSECOND, {self._now()}, {_LAST_SIGN_OF_LIFE}) AS ahead"
+            " FROM BATCH_JOB_EXECUTION e"
+            " JOIN BATCH_JOB_INSTANCE i ON i.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID"
+            f" WHERE e.STATUS IN {_RUNNING_SQL}) running WHERE ahead > %s"
+            " ORDER BY JOB_EXECUTION_ID",
+            (int(margin_seconds * 1e6),),
+        )
+        return [AheadOfClock(row[0], row[1], Status(row[2]), row[3] / 1e6) for row in rows]
+
+    async def second_clock_warnings(self, declared: str) -> list[str]:
+        """A line for each running execution last updated more than a minute ahead of
+        the clock (`ahead_of_clock`), naming both zones: the clock's (`declared`: where
+        it comes from) and the one the row seems written in."""
+        ours = await self.clock_zone()
+        now = datetime.now(UTC)
+        offset = now.astimezone(ours).utcoffset() or timedelta()
+        lines = []
+        for ahead in await self.ahead_of_clock():
+            quarters = round(ahead.seconds / 900) * 900
+            theirs = timezone(offset + timedelta(seconds=quarters))
+            lines.append(
+                f"execution {ahead.execution_id} of {ahead.job_name} ({ahead.status}) was last"
+                f" updated {_duration(ahead.seconds)} ahead of the BATCH_* clock, in"
+                f" {zone_label(ours, now)} ({declared}): it was written in another zone, about"
+                f" {zone_label(theirs, now)}. Until both write in one zone it is never taken"
+                " over and every launch of its instance is refused as running: set DB_URL's"
+                " serverTimezone (or DB_TIMEZONE) to the zone the old service writes in"
+                ' (docs/rollback.md, "Which zone")'
+            )
+        return lines
+
+    async def spring_refusals(self) -> list[tuple[JobExecution, Refusal]]:
+        """The instances left to run again (their last execution FAILED, STOPPED or
+        UNKNOWN) that Spring Batch would refuse to launch: each one's last execution
+        and Spring's refusal (`spring_launch_refusal`)."""
+        rows = await fetch_all(
+            self.pool,
+            "SELECT e.JOB_INSTANCE_ID, e.JOB_EXECUTION_ID, e.STATUS, EXISTS (SELECT 1"
+            " FROM BATCH_JOB_EXECUTION_PARAMS p WHERE p.JOB_EXECUTION_ID = e.JOB_EXECUTION_ID"
+            " AND p.IDENTIFYING = 'Y') FROM BATCH_JOB_EXECUTION e WHERE e.JOB_INSTANCE_ID IN"
+            " (SELECT l.JOB_INSTANCE_ID FROM BATCH_JOB_EXECUTION l"
+            " WHERE l.STATUS IN ('FAILED', 'STOPPED', 'UNKNOWN') AND l.JOB_EXECUTION_ID ="
+            " (SELECT MAX(m.JOB_EXECUTION_ID) FROM BATCH_JOB_EXECUTION m"
+            " WHERE m.JOB_INSTANCE_ID = l.JOB_INSTANCE_ID))"
+            " ORDER BY e.JOB_INSTANCE_ID, e.JOB_EXECUTION_ID DESC",
+        )
+        refused: list[tuple[JobExecution, Refusal]] = []
+        for _, group in groupby(rows, key=itemgetter(0)):
+            executions = [(row[1], Status(row[2]), bool(row[3])) for row in group]
+            refusal = spring_launch_refusal(executions)
+            if refusal is not None:
+                last = await self.get_execution(executions[0][0])
+                assert last is not None
+                refused.append((last, refusal))
+        return refused
+
     async def take_over(self, execution_id: int, note: str = "") -> Status | None:
         """End an execution whose lease expired, as its runner is gone: a STOPPING one
-        STOPPED (the stop it was asked for), any other FAILED "abandoned" (restartable);
-        `note` is added to the message. The status set, or None when the execution is
-        not (any more) expired: its runner renewed the lease, or another replica took it
-        over first (the row lock serializes them)."""
+        STOPPED (the stop it was asked for), any other FAILED "abandoned" (restartable),
+        its running steps with it; `note` is added to the message. The status set, or
+        None when the execution is not (any more) expired: its runner renewed the lease
+        or committed a chunk, or another replica took it over first (the row locks of the
+        execution and its steps serialize them)."""
         async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(
-                "SELECT STATUS, TIMESTAMPDIFF(MICROSECOND, LAST_UPDATED, NOW(6))"
-                " FROM BATCH_JOB_EXECUTION WHERE JOB_EXECUTION_ID = %s FOR UPDATE",
+                "SELECT STATUS FROM BATCH_JOB_EXECUTION WHERE JOB_EXECUTION_ID = %s FOR UPDATE",
                 (execution_id,),
             )
             row = await cur.fetchone()
             if row is None or row[0] not in RUNNING:
                 return None
-            idle = (row[1] or 0) / 1e6
+            idle = await self._silence(cur, execution_id)
             if idle < self.abandon_after_seconds:
                 return None
             ended = Status.STOPPED if row[0] == Status.STOPPING else Status.FAILED
@@ -455,7 +654,8 @@ class JobRepository:
         running: another replica found the heartbeat stale and took the instance over)."""
         async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(
-                "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
+                f"UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = {self._now()},"
+                " VERSION = VERSION + 1"
                 f" WHERE JOB_EXECUTION_ID = %s AND STATUS IN {_RUNNING_SQL}",
                 (execution_id,),
             )
@@ -470,9 +670,10 @@ class JobRepository:
         """A queued (STARTING) execution got its slot: STARTED now. False if it was asked
         to stop meanwhile."""
         async with transaction(self.pool) as conn, conn.cursor() as cur:
+            now = self._now()
             await cur.execute(
-                "UPDATE BATCH_JOB_EXECUTION SET STATUS = 'STARTED', START_TIME = NOW(6),"
-                " LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
+                f"UPDATE BATCH_JOB_EXECUTION SET STATUS = 'STARTED', START_TIME = {now},"
+                f" LAST_UPDATED = {now}, VERSION = VERSION + 1"
                 " WHERE JOB_EXECUTION_ID = %s AND STATUS = 'STARTING'",
                 (execution_id,),
             )
@@ -483,7 +684,9 @@ class JobRepository:
         replica, reads at its next chunk commit or heartbeat. The status it had (None: no
         such execution); only a running one changes (a STOPPING one stays so). The lease
         is not renewed: a row whose runner is gone still expires (and ends STOPPED)."""
-        return await self._transition(execution_id, RUNNING, Status.STOPPING, steps=False)
+        return await self._transition(
+            execution_id, RUNNING, "STATUS = 'STOPPING', VERSION = VERSION + 1"
+        )
 
     async def executions_since(self, execution_id: int) -> list[tuple[int, Status]]:
         """The execution and the later ones of its instance, oldest first, with their
@@ -528,22 +731,31 @@ class JobRepository:
                     " it ended ', EXIT_CODE, IF(EXIT_MESSAGE <> '', CONCAT(': ', EXIT_MESSAGE),"
                     " ''), '; restartable from the checkpoint, never automatically'),"
                     f" {_MESSAGE_LIMIT}), EXIT_CODE = 'STOPPED', STATUS = 'STOPPED',"
-                    " LAST_UPDATED = NOW(6), VERSION = VERSION + 1"
+                    f" LAST_UPDATED = {self._now()}, VERSION = VERSION + 1"
                     " WHERE JOB_EXECUTION_ID = %s AND STATUS = 'FAILED'",
                     (execution_id,),
                 )
             return True
 
     async def abandon(self, execution_id: int) -> Status | None:
-        """Spring Batch's abandon: a STOPPED, FAILED or STOPPING execution becomes
-        ABANDONED, never restarted; the next launch of its instance starts from scratch
-        (a runner still alive reads it as a lost lease). The status it had (None: no
-        such execution)."""
-        return await self._transition(execution_id, ABANDONABLE, Status.ABANDONED, steps=True)
+        """Spring Batch's abandon, written as its SimpleJobOperator.abandon writes it: a
+        STOPPED, FAILED or STOPPING execution becomes ABANDONED with END_TIME now, its
+        EXIT_CODE and EXIT_MESSAGE kept and its step rows untouched. Never restarted: the
+        next launch of its instance here starts from scratch (Spring refuses it); a
+        runner still alive reads it as a lost lease. The status it had (None: no such
+        execution)."""
+        now = self._now()
+        return await self._transition(
+            execution_id,
+            ABANDONABLE,
+            f"STATUS = 'ABANDONED', END_TIME = {now}, LAST_UPDATED = {now}, VERSION = VERSION + 1",
+        )
 
     async def _transition(
-        self, execution_id: int, allowed: tuple[Status, ...], to: Status, *, steps: bool
+        self, execution_id: int, allowed: tuple[Status, ...], assignments: str
     ) -> Status | None:
+        """Apply `assignments` to the execution's row if its status is `allowed`; the
+        status it had (None: no such execution)."""
         async with transaction(self.pool) as conn, conn.cursor() as cur:
             await cur.execute(
                 "SELECT STATUS FROM BATCH_JOB_EXECUTION WHERE JOB_EXECUTION_ID = %s FOR UPDATE",
@@ -554,25 +766,10 @@ class JobRepository:
                 return None
             status = Status(row[0])
             if status in allowed:
-                tables = ["BATCH_JOB_EXECUTION"] + (["BATCH_STEP_EXECUTION"] if steps else [])
-                # An abandoned execution's exit code and message say so (the message keeps
-                # a failure's cause), and it has ended; a stopping one's stay EXECUTING
-                # until its runner records the end, and its lease is the runner's to renew.
-                ended = to == Status.ABANDONED
-                for table in tables:
-                    await cur.execute(
-                        f"UPDATE {table} SET "
-                        + (_ABANDONED_MESSAGE if ended else "")
-                        + "STATUS = %s, VERSION = VERSION + 1"
-                        + (
-                            ", EXIT_CODE = STATUS, END_TIME = COALESCE(END_TIME, NOW(6)),"
-                            " LAST_UPDATED = NOW(6)"
-                            if ended
-                            else ""
-                        )
-                        + " WHERE JOB_EXECUTION_ID = %s",
-                        (to.value, execution_id),
-                    )
+                await cur.execute(
+                    f"UPDATE BATCH_JOB_EXECUTION SET {assignments} WHERE JOB_EXECUTION_ID = %s",
+                    (execution_id,),
+                )
             return status
 
     async def finish_execution(
@@ -604,9 +801,11 @@ class JobRepository:
             ended = [("BATCH_JOB_EXECUTION", "JOB_EXECUTION_ID", execution_id)]
             if step_id is not None:
                 ended.insert(0, ("BATCH_STEP_EXECUTION", "STEP_EXECUTION_ID", step_id))
+            now = self._now()
             for table, id_column, row_id in ended:
                 await cur.execute(
-                    _finish_sql(table, id_column), (status.value, exit_code, _clip(text), row_id)
+                    _finish_sql(table, id_column, now),
+                    (status.value, exit_code, _clip(text), row_id),
                 )
             return status
 
@@ -628,36 +827,42 @@ class JobRepository:
         return [JobParameter(name, kind, value, flag == "Y") for name, kind, value, flag in rows]
 
     async def start_step(self, execution: JobExecution, step_name: str) -> StepExecution:
-        """Record a step execution; it resumes from the checkpoint of this instance's last
-        execution of the step unless that one completed (then this is a fresh rerun)."""
+        """Record a step execution. It resumes from the checkpoint of this instance's last
+        execution of the step when that one is FAILED or STOPPED, its job execution was
+        not abandoned, and the checkpoint is its own: written by this service for that
+        very step execution (CHECKPOINT_OWNER), not copied into it by Spring's restart.
+        Otherwise it starts from scratch (a rerun of a completed step, a resume across
+        the two implementations)."""
         rows = await fetch_all(
             self.pool,
-            f"SELECT {_STEP_COLUMNS} FROM BATCH_STEP_EXECUTION s"
+            f"SELECT {_STEP_COLUMNS}, e.STATUS FROM BATCH_STEP_EXECUTION s"
             " JOIN BATCH_JOB_EXECUTION e ON e.JOB_EXECUTION_ID = s.JOB_EXECUTION_ID"
             " LEFT JOIN BATCH_STEP_EXECUTION_CONTEXT c ON c.STEP_EXECUTION_ID = s.STEP_EXECUTION_ID"
             " WHERE e.JOB_INSTANCE_ID = %s AND s.STEP_NAME = %s AND s.JOB_EXECUTION_ID < %s"
             " ORDER BY s.STEP_EXECUTION_ID DESC LIMIT 1",
             (execution.instance_id, step_name, execution.id),
         )
-        previous = _step_from_row(rows[0]) if rows else None
         checkpoint = None
-        if previous is not None and previous.status in RESTARTABLE:
-            checkpoint = previous.checkpoint
+        if rows and rows[0][14] != Status.ABANDONED:
+            previous = _step_from_row(rows[0])
+            if previous.status in RESTARTABLE:
+                checkpoint = previous.checkpoint
         step_id = await _next_id(self.pool, "BATCH_STEP_EXECUTION_SEQ")
         async with transaction(self.pool) as conn, conn.cursor() as cur:
+            now = self._now()
             await cur.execute(
                 "INSERT INTO BATCH_STEP_EXECUTION (STEP_EXECUTION_ID, VERSION, STEP_NAME,"
                 " JOB_EXECUTION_ID, CREATE_TIME, START_TIME, STATUS, COMMIT_COUNT, READ_COUNT,"
                 " FILTER_COUNT, WRITE_COUNT, READ_SKIP_COUNT, WRITE_SKIP_COUNT,"
                 " PROCESS_SKIP_COUNT, ROLLBACK_COUNT, EXIT_CODE, EXIT_MESSAGE, LAST_UPDATED)"
-                " VALUES (%s, 0, %s, %s, NOW(6), NOW(6), 'STARTED', 0, 0, 0, 0, 0, 0, 0, 0,"
-                " 'EXECUTING', '', NOW(6))",
+                f" VALUES (%s, 0, %s, %s, {now}, {now}, 'STARTED', 0, 0, 0, 0, 0, 0, 0, 0,"
+                f" 'EXECUTING', '', {now})",
                 (step_id, step_name, execution.id),
             )
             await cur.execute(
                 "INSERT INTO BATCH_STEP_EXECUTION_CONTEXT"
                 " (STEP_EXECUTION_ID, SHORT_CONTEXT, SERIALIZED_CONTEXT) VALUES (%s, %s, %s)",
-                (step_id, *encode_context({"checkpoint": checkpoint})),
+                (step_id, *_owned_context({"checkpoint": checkpoint}, step_id)),
             )
         return StepExecution(
             id=step_id,
@@ -678,17 +883,17 @@ class JobRepository:
         """Record a chunk's counts and the step's context (its checkpoint) inside the
         caller's (the chunk's) transaction; the job execution's status, in which the
         runner reads a stop requested through any replica (STOPPING) at once. Two
-        fences: the step still STARTED (once another replica has taken the execution
-        over, LeaseLost), and its COMMIT_COUNT still `commits_before` (an attempt whose
-        answer was lost may have committed the chunk already: AlreadyCommitted). Either
-        way the chunk's transaction rolls back, its writes with it, so a chunk counts
-        and writes once."""
+        fences: the step and its job execution still running (once another replica has
+        taken the execution over, or an operator abandoned it, LeaseLost), and its
+        COMMIT_COUNT still `commits_before` (an attempt whose answer was lost may have
+        committed the chunk already: AlreadyCommitted). Either way the chunk's
+        transaction rolls back, its writes with it, so a chunk counts and writes once."""
         async with conn.cursor() as cur:
             await cur.execute(
                 "UPDATE BATCH_STEP_EXECUTION SET READ_COUNT = READ_COUNT + %s,"
                 " WRITE_COUNT = WRITE_COUNT + %s, FILTER_COUNT = FILTER_COUNT + %s,"
                 " PROCESS_SKIP_COUNT = PROCESS_SKIP_COUNT + %s, COMMIT_COUNT = COMMIT_COUNT + 1,"
-                " VERSION = VERSION + 1, LAST_UPDATED = NOW(6)"
+                f" VERSION = VERSION + 1, LAST_UPDATED = {self._now()}"
                 " WHERE STEP_EXECUTION_ID = %s AND STATUS = 'STARTED' AND COMMIT_COUNT = %s",
                 (
                     counts.read,
@@ -710,12 +915,12 @@ class JobRepository:
                     raise AlreadyCommitted(f"step execution {step_id}: commit {commits} exists")
                 raise LeaseLost(
                     f"step execution {step_id} is no longer STARTED here: another replica took"
-                    " its execution over (no heartbeat for JOB_ABANDON_AFTER_SECONDS)"
+                    " its execution over (no sign of life for JOB_ABANDON_AFTER_SECONDS)"
                 )
             await cur.execute(
                 "UPDATE BATCH_STEP_EXECUTION_CONTEXT SET SHORT_CONTEXT = %s,"
                 " SERIALIZED_CONTEXT = %s WHERE STEP_EXECUTION_ID = %s",
-                (*encode_context(context), step_id),
+                (*_owned_context(context, step_id), step_id),
             )
             await cur.execute(
                 "SELECT e.STATUS FROM BATCH_JOB_EXECUTION e JOIN BATCH_STEP_EXECUTION s"
@@ -723,6 +928,11 @@ class JobRepository:
                 (step_id,),
             )
             (status,) = await cur.fetchone()
+            if status not in RUNNING:
+                raise LeaseLost(
+                    f"step execution {step_id}: its job execution is {status} (abandoned or"
+                    " taken over)"
+                )
             return Status(status)
 
     async def finish_step(
@@ -743,8 +953,9 @@ class JobRepository:
     ) -> None:
         """Record the end (EXIT_CODE is the status unless said otherwise), unless another
         replica has taken the execution over meanwhile."""
+        now = self._now()
         await self._execute(
-            _finish_sql(table, id_column),
+            _finish_sql(table, id_column, now),
             (status.value, exit_code or status.value, _clip(message), row_id),
         )
 
@@ -800,7 +1011,7 @@ class JobRepository:
             f" WHERE {where} ORDER BY e.JOB_EXECUTION_ID DESC LIMIT {int(limit)}",
             args,
         )
-        clock = await self._database_clock()
+        clock = await self.clock_zone()
         executions = {
             row[0]: JobExecution(
                 id=row[0],
@@ -859,7 +1070,7 @@ class JobRepository:
             " GROUP BY JOB_INSTANCE_ID) latest ON latest.ID = e.JOB_EXECUTION_ID"
             " GROUP BY i.JOB_NAME, e.STATUS ORDER BY i.JOB_NAME",
         )
-        clock = await self._database_clock()
+        clock = await self.clock_zone()
         return [
             _tally(name, list(job_rows), clock)
             for name, job_rows in groupby(rows, key=lambda row: row[0])

@@ -86,6 +86,12 @@ def encode_context(context: dict[str, Any]) -> tuple[str, str | None]:
     return text[: SHORT_CONTEXT_LIMIT - 8] + " ...", text
 
 
+def written_as_json(short: str | None, serialized: str | None) -> bool:
+    """Whether the context is the JSON this service wrote before it wrote Spring's format:
+    one Spring can read neither, nor copy into a step of its own."""
+    return (serialized or short or "").lstrip().startswith("{")
+
+
 def decode_context(short: str | None, serialized: str | None) -> dict[str, Any]:
     """A context as Spring writes it (Java-serialized map, base64) or as this service wrote
     it before (JSON). One neither can read is `{UNDECODABLE: reason}`: no checkpoint."""
@@ -93,7 +99,7 @@ def decode_context(short: str | None, serialized: str | None) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        if text.lstrip().startswith("{"):
+        if written_as_json(short, serialized):
             decoded = json.loads(text)
         else:
             decoded = _python(java_loads(base64.b64decode(text, validate=True)))

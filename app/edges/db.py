@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from bisect import bisect_left
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -224,7 +224,9 @@ async def open_connection(settings: DatabaseSettings) -> AsyncIterator[Connectio
     """
     deadline = StallDeadline.of(settings)
     async with deadline.bound("a new connection"):
-        conn = await asyncmy.connect(**await _connect_args(settings))
+        conn = await _not_losing_a_cancel(
+            asyncmy.connect(**await _connect_args(settings)), lambda c: c.close()
+        )
     try:
         yield conn
     finally:
@@ -247,7 +249,7 @@ async def transaction(pool: DbPool) -> AsyncIterator[Connection]:
     """
     deadline = pool.deadline
     async with deadline.bound("a connection from the pool"):
-        conn = await pool.acquire()
+        conn = await _checkout(pool)
     try:
         async with deadline.bound("a transaction"):
             await conn.begin()
@@ -273,7 +275,8 @@ async def transaction(pool: DbPool) -> AsyncIterator[Connection]:
 
 async def fetch_all(pool: DbPool, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
     """The rows of one query, on a connection of the pool, within the stall deadline."""
-    async with pool.deadline.bound("a query"), pool.acquire() as conn:
+    async with pool.deadline.bound("a query"):
+        conn = await _checkout(pool)
         try:
             async with conn.cursor() as cur:
                 await cur.execute(sql, args)
@@ -281,6 +284,30 @@ async def fetch_all(pool: DbPool, sql: str, args: Sequence[Any] = ()) -> list[tu
         except asyncio.CancelledError:
             conn.close()  # mid-statement: never back into the pool
             raise
+        finally:
+            await pool.release(conn)
+
+
+async def _checkout(pool: DbPool) -> Connection:
+    """A connection of the pool (`_not_losing_a_cancel`: it may connect a new one)."""
+    return await _not_losing_a_cancel(pool.acquire(), pool.release)
+
+
+async def _not_losing_a_cancel(
+    connecting: Awaitable[Connection], give_back: Callable[[Connection], object]
+) -> Connection:
+    """The connection `connecting` gives, unless this task was cancelled meanwhile: then
+    it is given back and CancelledError raised, even where the cancel was lost. asyncmy
+    connects through asyncio.wait_for, which on Python 3.11 returns the connection when a
+    cancel meets the connect's completion (CPython gh-86296, fixed in 3.12): a loop whose
+    cancel was lost never stopped (`serve` hung on SIGTERM in its reconciler's stop)."""
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    conn = await connecting
+    if task is not None and task.cancelling() > before:
+        give_back(conn)
+        raise asyncio.CancelledError
+    return conn
 
 
 async def stream_rows(

@@ -117,9 +117,7 @@ class Launcher:
         self.resources = resources
         self.settings = resources.settings
         self.jobs: dict[str, JobSpec] = {spec.path: spec for spec in jobs}
-        self.repository = JobRepository(
-            resources.pool, abandon_after_seconds=self.settings.JOB_ABANDON_AFTER_SECONDS
-        )
+        self.repository = JobRepository.of(resources.pool, self.settings)
         self.running: dict[int, RunningJob] = {}
         self._accepting = True
         self._record_deadline: float | None = None  # monotonic; set by shutdown

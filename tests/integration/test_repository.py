@@ -21,7 +21,7 @@ from app.model import (
     Status,
     Superseded,
 )
-from app.repository import AlreadyCommitted, JobRepository
+from app.repository import AlreadyCommitted, JobRepository, LeaseLost
 from app.spring_format import decode_context, job_key
 from tests.reliability.support import age_execution
 
@@ -94,7 +94,11 @@ async def test_failed_execution_restarts_from_the_step_checkpoint(pool: Pool) ->
         (step.id,),
     )
     assert short.startswith("rO0AB") and serialized is None  # a Java-serialized HashMap
-    assert decode_context(short, serialized) == {"checkpoint": 4242}
+    # the checkpoint, and the step execution that wrote it (its owner)
+    assert decode_context(short, serialized) == {
+        "checkpoint": 4242,
+        "checkpoint.stepExecutionId": step.id,
+    }
 
 
 async def test_rerun_after_completion_starts_from_scratch(pool: Pool) -> None:
@@ -114,13 +118,9 @@ async def test_stale_heartbeat_is_abandoned_then_restarted(pool: Pool) -> None:
     repository = repo(pool, abandon_after=120)
     first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
     step = await repository.start_step(first, "couponUsageStatsStep")
-    async with pool.acquire() as conn, conn.cursor() as cur:
+    async with pool.acquire() as conn:
         await repository.commit_chunk(conn, step.id, ChunkCounts(5, 5, 0, 0), {"checkpoint": 17}, 0)
-        await cur.execute(
-            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 121 SECOND"
-            " WHERE JOB_EXECUTION_ID = %s",
-            (first.id,),
-        )
+    await age_execution(pool, first.id, 121)  # its row and its step's: no sign of life
 
     second = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
     assert second.id != first.id
@@ -211,40 +211,46 @@ async def test_a_chunk_whose_commit_applied_unseen_is_not_committed_twice(pool: 
 
 
 @pytest.mark.parametrize(
-    ("status", "message", "expected"),
+    ("status", "message"),
     [
-        (
-            Status.STOPPED,
-            "stopped on request; restartable from the checkpoint",
-            "abandoned on request (was STOPPED); never restarted",
-        ),
-        (
-            Status.FAILED,
-            "PeerUnavailable: store service answered 503",
-            "abandoned on request (was FAILED); never restarted;"
-            " it had failed: PeerUnavailable: store service answered 503",
-        ),
+        (Status.STOPPED, "stopped on request; restartable from the checkpoint"),
+        (Status.FAILED, "PeerUnavailable: store service answered 503"),
     ],
 )
-async def test_an_abandoned_execution_says_so_and_keeps_a_failure_s_cause(
-    pool: Pool, status: Status, message: str, expected: str
+async def test_abandon_is_written_as_spring_writes_it(
+    pool: Pool, status: Status, message: str
 ) -> None:
+    """As SimpleJobOperator.abandon (SimpleJobOperator.java:373-389): upgradeStatus(ABANDONED),
+    setEndTime(now), then SimpleJobRepository.update (SimpleJobRepository.java:187-203), which
+    sets LAST_UPDATED and writes the job row alone: EXIT_CODE and EXIT_MESSAGE kept, the
+    step rows untouched. The instance's next launch here starts from scratch although its
+    step is FAILED or STOPPED with a checkpoint of its own."""
     repository = repo(pool)
     first = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
     step = await repository.start_step(first, "couponUsageStatsStep")
+    async with pool.acquire() as conn:
+        await repository.commit_chunk(conn, step.id, ChunkCounts(5, 5, 0, 0), {"checkpoint": 9}, 0)
     await repository.finish_step(step.id, status, message)
     await repository.finish_execution(first.id, status, message)
+    await age_execution(pool, first.id, 3600)
+    columns = "STATUS, EXIT_CODE, EXIT_MESSAGE, VERSION, TIMESTAMPDIFF(SECOND, END_TIME, NOW(6))"
+    step_row = f"SELECT {columns} FROM BATCH_STEP_EXECUTION WHERE STEP_EXECUTION_ID = %s"
+    [step_before] = await fetch_all(pool, step_row, (step.id,))
 
     assert await repository.abandon(first.id) == status
-    abandoned = await repository.get_execution(first.id)
-    assert abandoned is not None
-    assert (abandoned.status, abandoned.exit_code, abandoned.exit_message) == (
-        "ABANDONED",
-        "ABANDONED",
-        expected,
+    [job_after] = await fetch_all(
+        pool,
+        f"SELECT {columns}, TIMESTAMPDIFF(SECOND, LAST_UPDATED, NOW(6))"
+        " FROM BATCH_JOB_EXECUTION WHERE JOB_EXECUTION_ID = %s",
+        (first.id,),
     )
-    [abandoned_step] = abandoned.steps
-    assert (abandoned_step.status, abandoned_step.exit_message) == ("ABANDONED", expected)
+    # ABANDONED, exit code and message kept, VERSION + 1 (0 at insert, 1 at its end), ended now
+    assert job_after == ("ABANDONED", status.value, message, 2, 0, 0)
+    assert await fetch_all(pool, step_row, (step.id,)) == [step_before]
+    assert step_before[:2] == (status.value, status.value)
+
+    again = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    assert (await repository.start_step(again, "couponUsageStatsStep")).checkpoint is None
 
 
 async def _row(pool: Pool, execution_id: int) -> tuple:
@@ -307,8 +313,29 @@ async def test_a_stop_keeps_the_lease_and_abandon_takes_a_stopping_execution(poo
     assert await _row(pool, execution.id) == ("STOPPING", "UNKNOWN", "", 0, 121)
     assert [e.id for e in await repository.expired_executions()] == [execution.id]
     assert await repository.abandon(execution.id) == Status.STOPPING
-    assert (await _row(pool, execution.id))[:2] == ("ABANDONED", "ABANDONED")
-    assert (await _row(pool, execution.id))[3] == 1  # it has ended
+    # Spring's abandon: the exit code kept (a running execution's UNKNOWN), ended now
+    assert (await _row(pool, execution.id))[:2] == ("ABANDONED", "UNKNOWN")
+    assert (await _row(pool, execution.id))[3] == 1
+
+
+async def test_a_runner_s_commit_after_an_abandon_is_fenced(pool: Pool) -> None:
+    """Spring's abandon leaves the step rows alone (STARTED here): the job execution's
+    status fences a runner still alive, and its chunk rolls back."""
+    repository = repo(pool)
+    execution = await repository.start_execution(JOB, PARAMS, rerun_completed=False)
+    step = await repository.start_step(execution, "couponUsageStatsStep")
+    assert await repository.request_stop(execution.id) == Status.STARTED
+    assert await repository.abandon(execution.id) == Status.STOPPING
+    with pytest.raises(LeaseLost):
+        async with transaction(pool) as conn:
+            await repository.commit_chunk(
+                conn, step.id, ChunkCounts(1, 1, 0, 0), {"checkpoint": 1}, 0
+            )
+    assert await fetch_all(
+        pool,
+        "SELECT STATUS, COMMIT_COUNT FROM BATCH_STEP_EXECUTION WHERE STEP_EXECUTION_ID = %s",
+        (step.id,),
+    ) == [("STARTED", 0)]
 
 
 async def test_automatic_launches_stop_at_the_instance_s_execution_count(pool: Pool) -> None:

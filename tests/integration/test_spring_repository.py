@@ -400,10 +400,12 @@ async def test_java_reads_every_context_this_service_writes(
     assert sorted(described) == sorted(
         [
             "java.util.HashMap{dryRunOutput=java.lang.String:var/노량진동 😀.jsonl}",
-            "java.util.HashMap{checkpoint=java.lang.Long:4242, messages=java.util.HashMap"
+            "java.util.HashMap{checkpoint=java.lang.Long:4242,"
+            f" checkpoint.stepExecutionId=java.lang.Long:{step.id}, messages=java.util.HashMap"
             "{confirmed=java.lang.Long:2, published=java.lang.Long:3},"
             " skipped=java.util.ArrayList[java.lang.Long:17, java.lang.Long:42]}",
             "java.util.HashMap{checkpoint=java.lang.Long:7,"
+            f" checkpoint.stepExecutionId=java.lang.Long:{fresh.id},"
             f" skipped=java.util.ArrayList[{long_list}]}}",
         ]
     )

@@ -330,14 +330,15 @@ def free_port() -> int:
 
 
 async def age_execution(pool: Pool, execution_id: int, seconds: float) -> None:
-    """The execution's LAST_UPDATED `seconds` back: its lease as if that long had passed
-    without a heartbeat, instead of waiting for it."""
+    """The execution's LAST_UPDATED and its steps' `seconds` back: its lease as if that
+    long had passed without a heartbeat or a chunk commit, instead of waiting for it."""
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(
-            "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL %s SECOND"
-            " WHERE JOB_EXECUTION_ID = %s",
-            (seconds, execution_id),
-        )
+        for table in ("BATCH_JOB_EXECUTION", "BATCH_STEP_EXECUTION"):
+            await cur.execute(
+                f"UPDATE {table} SET LAST_UPDATED = NOW(6) - INTERVAL %s SECOND"
+                " WHERE JOB_EXECUTION_ID = %s",
+                (seconds, execution_id),
+            )
 
 
 async def after_commits(run: RunningJob, commits: int) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta, timezone, tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -10,6 +12,7 @@ from app.config import (
     DATABASE_SETTINGS,
     LOG_SETTINGS,
     ConfigError,
+    RepositoryClock,
     Settings,
     load_settings,
     parse_db_url,
@@ -224,4 +227,50 @@ def test_the_stats_read_settings() -> None:
     assert str(error.value) == (
         "invalid configuration: STATS_READ expected window or full;"
         " WINDOW_SLACK_MINUTES must be 0 or more"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "zone", "source"),
+    [
+        ({}, None, "the database session's zone"),
+        ({"DB_TIMEZONE": "Asia/Seoul"}, ZoneInfo("Asia/Seoul"), "DB_TIMEZONE"),
+        (
+            {"DB_URL": "jdbc:mysql://h:3306/d?useSSL=false&serverTimezone=Asia/Seoul"},
+            ZoneInfo("Asia/Seoul"),
+            "DB_URL serverTimezone",
+        ),
+        # the URL's wins, as with Connector/J; connectionTimeZone before its alias
+        (
+            {"DB_URL": "mysql://h/d?serverTimezone=UTC&connectionTimeZone=+09:00"},
+            timezone(timedelta(hours=9)),
+            "DB_URL connectionTimeZone",
+        ),
+        (
+            {"DB_URL": "mysql://h/d?serverTimezone=GMT-05:30", "DB_TIMEZONE": "Asia/Seoul"},
+            timezone(-timedelta(hours=5, minutes=30)),
+            "DB_URL serverTimezone",
+        ),
+        ({"DB_URL": "mysql://h/d?serverTimezone=SERVER"}, None, "DB_URL serverTimezone"),
+        ({"DB_TIMEZONE": "Z"}, UTC, "DB_TIMEZONE"),
+    ],
+)
+def test_the_repository_clock_is_the_urls_zone_else_db_timezone(
+    env: dict[str, str], zone: tzinfo | None, source: str
+) -> None:
+    assert load(env).database.clock == RepositoryClock(zone, source)
+
+
+def test_a_local_zone_is_this_process_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    clock = load({"DB_URL": "mysql://h/d?serverTimezone=LOCAL"}).database.clock
+    assert clock.zone == ZoneInfo("America/New_York")
+
+
+def test_an_unknown_zone_is_named_on_one_line() -> None:
+    with pytest.raises(ConfigError) as error:
+        load({"DB_URL": "mysql://h/d?serverTimezone=KST", "DB_TIMEZONE": "+25:00"})
+    assert str(error.value) == (
+        "invalid configuration: DB_URL option serverTimezone is not a known time zone"
+        " (got 'KST'); DB_TIMEZONE is not a known time zone (got '+25:00')"
     )
