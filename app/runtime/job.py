@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from app.model import JobParameter
 from app.pipeline.chunk import StepDefinition
+from app.runtime.parameters import DRY_RUN, ParameterError
 from app.runtime.resources import Resources
 
 
@@ -72,7 +73,10 @@ class JobSpec:
     name: str  # the Spring job name, as recorded in BATCH_JOB_INSTANCE
     path: str  # its name in the CLI and the admin API
     title: str  # its name for people: the console's form, the API's job list
-    parameters: tuple[Parameter, ...]  # what `parse` reads, as declared to operators
+    # What `parse` reads, as declared to operators; nothing else is taken (`read`). A job
+    # that declares dryRun can dry-run: its parse gives a dry run's parameters
+    # (`parameters.dry_run`) and its step writes to the dry run's output instead.
+    parameters: tuple[Parameter, ...]
     parse: Callable[[Mapping[str, str], datetime], list[JobParameter]]  # raises ParameterError
     build: Callable[[JobContext], StepDefinition[Any, Any]]
     publishes: bool = False  # its writer needs the broker, unless in a dry run
@@ -84,6 +88,25 @@ class JobSpec:
     # What a run with these parsed parameters would process (the console's confirmation
     # before a real fan-out); None: the job has no estimate.
     estimate: Callable[[Resources, Mapping[str, str]], Awaitable[Estimate]] | None = None
+
+    @property
+    def dry_runs(self) -> bool:
+        """Whether the job can dry-run (it declares dryRun); one that cannot refuses it."""
+        return any(parameter.name == DRY_RUN for parameter in self.parameters)
+
+    def undeclared(self, names: Iterable[str]) -> list[str]:
+        """Those of `names` that are not parameters of this job, in their order."""
+        declared = {parameter.name for parameter in self.parameters}
+        return [name for name in names if name not in declared]
+
+    def read(self, raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
+        """The parameters an operator (or a schedule) gave, parsed: a name the job does
+        not declare is a ParameterError naming it, never dropped (a `dryRun` given to a
+        job that cannot dry-run would otherwise make a real run)."""
+        for name in self.undeclared(raw):
+            takes = ", ".join(parameter.name for parameter in self.parameters) or "none"
+            raise ParameterError(name, f"is not a parameter of {self.path} (it takes {takes})")
+        return self.parse(raw, now)
 
 
 def code(target: str) -> Callable[..., Any]:

@@ -112,7 +112,7 @@ class Launcher:
         background. Raises ParameterError, LaunchRefused or ShuttingDown; an automatic
         launch passes `max_executions` (the repository's RestartLimitReached)."""
         self.refuse_if_shutting_down()
-        parameters = spec.parse(raw_parameters, now_in(self.settings.timezone))
+        parameters = spec.read(raw_parameters, now_in(self.settings.timezone))
         return await self._start(
             spec,
             parameters,

@@ -84,6 +84,8 @@ class JobOperator:
             raise ParameterError("runDate", "give either runDate or from/to")
         launcher = self.launcher
         spec = launcher.find(job)
+        if not spec.backfills:
+            raise ParameterError("from", f"{spec.path} does not backfill: it takes no from, to")
         launched, refused = [], []
         for day in days:
             parameters = {**raw_parameters, "runDate": day.isoformat()}

@@ -138,16 +138,18 @@ def create_app(
     """The admin API, console and actuator of `launcher`; `schedules`: those this process
     runs (their latest due runs are exposed for the alert on runs not COMPLETED)."""
     settings = launcher.settings
+    document = openapi(list(launcher.jobs.values()))
     app = web.Application(
         middlewares=[
             metrics_middleware,
             error_middleware(settings.timezone),
             _auth_middleware(settings.jwt_key),
+            _query_middleware(document),
         ],
         handler_args={"logger": ServerLog()},
     )
     app[LAUNCHER] = launcher
-    app[DOCUMENT] = openapi(list(launcher.jobs.values()))
+    app[DOCUMENT] = document
     app[HEALTH] = Health(health_checks, health_timeout)
     app[REPOSITORY_METRICS] = RepositoryMetrics(
         functools.partial(_read_figures, launcher, tuple(schedules)),
@@ -207,6 +209,42 @@ def _auth_middleware(key: bytes) -> Middleware:
         return await handler(request)
 
     return authorize
+
+
+def _query_middleware(document: Mapping[str, Any]) -> Middleware:
+    """Under /api/, the query parameters an operation declares in the OpenAPI document,
+    each once: another name, or one given twice, is a 400 naming it (never ignored, nor
+    the first of repeats taken). What a job takes is the job's own check (`JobSpec.read`)."""
+    declared = {
+        (path, method.upper()): [
+            p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"
+        ]
+        for path, operations in document["paths"].items()
+        if path.startswith("/api/")
+        for method, operation in operations.items()
+    }
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        names = None if resource is None else declared.get((resource.canonical, request.method))
+        if names is not None:
+            for name in request.query:
+                if name not in names:
+                    takes = ", ".join(names) or "none"
+                    raise ApiError(
+                        400,
+                        "INVALID_PARAMETER",
+                        f"{name[:40]}: not a parameter of this call (it takes {takes})",
+                    )
+                given = len(request.query.getall(name))
+                if given > 1:
+                    raise ApiError(
+                        400, "INVALID_PARAMETER", f"{name}: given {given} times; give it once"
+                    )
+        return await handler(request)
+
+    return check
 
 
 # ---- the admin API ----------------------------------------------------------------
@@ -274,7 +312,7 @@ async def launch_job(request: web.Request) -> web.Response:
     operators call the API for). `from` and `to` instead of `runDate` launch a backfill:
     each date its own instance, queued behind MAX_RUNNING_EXECUTIONS."""
     spec = _job(request)
-    raw = {name: request.query[name] for name in request.query}  # the first of repeats
+    raw = dict(request.query)  # each given once (`_query_middleware`)
     if "from" in raw or "to" in raw:
         return await _backfill(request, spec, raw)
     operator = _operator(request)
@@ -512,9 +550,8 @@ async def estimate_job(request: web.Request) -> web.Response:
     spec = _job(request)
     if spec.estimate is None:
         raise ApiError(404, "NO_ESTIMATE", f"job {spec.path} has no estimate")
-    raw = {name: request.query[name] for name in request.query}
     try:
-        parsed = spec.parse(raw, now_in(launcher.settings.timezone))
+        parsed = spec.read(request.query, now_in(launcher.settings.timezone))
     except ParameterError as exc:
         raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
     values = {p.name: p.value for p in parsed if p.identifying}
