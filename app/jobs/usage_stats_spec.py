@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 from app.model import JobParameter
 from app.runtime import parameters
-from app.runtime.job import Cron, JobSpec, Parameter, code
-from app.runtime.parameters import BOOLEAN, DRY_RUN, LOCAL_DATE
+from app.runtime.job import DRY_RUN_PARAMETER, Cron, JobSpec, Parameter, code
+from app.runtime.parameters import LOCAL_DATE
 
 WINDOW_DAYS = 20  # the run date's window of coupon uses, in days up to it
 
@@ -27,14 +27,7 @@ SPEC = JobSpec(
     title="Usage stats",
     parameters=(
         Parameter("runDate", LOCAL_DATE, "YYYY-MM-DD"),
-        Parameter(
-            DRY_RUN,
-            BOOLEAN,
-            "compute the rows and write them as JSON lines to DRY_RUN_DIR (the CLI: stdout"
-            " or --output), store nothing; an instance of its own (dryRun=true and a fresh"
-            " run.id): the run date's real instance is neither run nor completed",
-            default="false",
-        ),
+        DRY_RUN_PARAMETER,
     ),
     parse=parse,
     build=code("app.jobs.usage_stats:build"),

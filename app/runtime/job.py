@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from app.model import JobParameter
 from app.pipeline.chunk import StepDefinition
-from app.runtime.parameters import DRY_RUN, ParameterError
+from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError
 from app.runtime.resources import Resources
 
 
@@ -55,6 +55,18 @@ class Parameter:
         return self.default is None
 
 
+# The parameter of a job that can dry-run: it declares this among its parameters, and its
+# parse gives `parameters.dry_run` (its step then writes to the dry run's output).
+DRY_RUN_PARAMETER = Parameter(
+    DRY_RUN,
+    BOOLEAN,
+    "everything but storing or publishing: what the run would store or publish goes as JSON"
+    " lines to DRY_RUN_DIR (the CLI: stdout or --output); an instance of its own (dryRun=true"
+    " and a fresh run.id), which no real run meets",
+    default="false",
+)
+
+
 @dataclass(frozen=True)
 class Cron:
     """When the daemon launches the job, in APP_TIMEZONE."""
@@ -74,8 +86,7 @@ class JobSpec:
     path: str  # its name in the CLI and the admin API
     title: str  # its name for people: the console's form, the API's job list
     # What `parse` reads, as declared to operators; nothing else is taken (`read`). A job
-    # that declares dryRun can dry-run: its parse gives a dry run's parameters
-    # (`parameters.dry_run`) and its step writes to the dry run's output instead.
+    # that declares DRY_RUN_PARAMETER can dry-run; one that does not refuses dryRun.
     parameters: tuple[Parameter, ...]
     parse: Callable[[Mapping[str, str], datetime], list[JobParameter]]  # raises ParameterError
     build: Callable[[JobContext], StepDefinition[Any, Any]]
@@ -130,6 +141,20 @@ def declared_parameters(jobs: Iterable[JobSpec]) -> dict[str, tuple[Parameter, l
         for parameter in spec.parameters:
             declared.setdefault(parameter.name, (parameter, []))[1].append(spec)
     return declared
+
+
+def takers(name: str, jobs: Iterable[JobSpec]) -> str:
+    """Which of `jobs` take the parameter `name`, each with its default or `required`,
+    and its own help where it differs from the first's: the CLI's help, the OpenAPI
+    document's description (`coupon-usage-stats: required; ...: default today`)."""
+    found = [(spec, p) for spec in jobs for p in spec.parameters if p.name == name]
+    first = found[0][1].help if found else ""
+    return "; ".join(
+        f"{spec.path}: "
+        + ("required" if mine.required else f"default {mine.default}")
+        + ("" if mine.help == first else f", {mine.help}")
+        for spec, mine in found
+    )
 
 
 class UnknownJob(LookupError):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.model import Status
-from app.runtime.job import JobSpec, Parameter, declared_parameters
+from app.runtime.job import JobSpec, Parameter, declared_parameters, takers
 from app.runtime.parameters import BOOLEAN, DRY_RUN, INTEGER, LOCAL_DATE, LONG
 
 
@@ -588,14 +588,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
 
 def _query(parameter: Parameter, jobs: Sequence[JobSpec]) -> dict[str, Any]:
     """A job parameter as a query parameter, saying which jobs take it and its default."""
-    takes = "; ".join(
-        f"{spec.path}: "
-        + ("required" if mine.required else f"default {mine.default}")
-        + ("" if mine.help == parameter.help else f", {mine.help}")
-        for spec in jobs
-        for mine in spec.parameters
-        if mine.name == parameter.name
-    )
+    takes = takers(parameter.name, jobs)
     schema: dict[str, Any] = dict(_SCHEMAS[parameter.type])
     if parameter.choices and parameter.type == INTEGER:
         values = [int(choice) for choice in parameter.choices]
