@@ -68,7 +68,8 @@ _EXIT_CODES = {
 _OPERATED_EXIT_CODES = {
     EXIT_OK: "done",
     EXIT_USAGE: "no such execution, or bad arguments or settings",
-    EXIT_REFUSED: "not done: the execution's status does not allow it",
+    EXIT_REFUSED: "not done: the execution's status does not allow it, or its instance ran"
+    " on after it",
 }
 
 
@@ -510,7 +511,7 @@ async def _operate(settings: Settings, action: str, execution_id: int) -> int:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
         except Refused as exc:
-            _say(settings, f"not done: execution {execution_id} is {exc.status}", logging.WARNING)
+            _say(settings, f"not done: {exc}", logging.WARNING)
             return EXIT_REFUSED
     if action == "stop":
         _say(

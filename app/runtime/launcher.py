@@ -312,8 +312,7 @@ class Launcher:
         try:
             finished = await runner.run(step)
             outcome.status = Status.COMPLETED if finished else run.stop_status
-            if not finished:
-                outcome.message = run.stop_reason
+            outcome.message = runner.skip_summary() if finished else run.stop_reason
         except Exception as exc:
             outcome.message = f"{type(exc).__name__}: {exc}"
             if _expected(exc):  # its message says it all: no traceback in the log

@@ -23,7 +23,13 @@ from app.model import (
 from app.pipeline.chunk import StepProgress
 from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
-from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused
+from app.runtime.operator import (
+    JobOperator,
+    NoSuchExecution,
+    NotRestartable,
+    Refused,
+    allowed,
+)
 from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources
 from app.runtime.scheduler import Schedule, scheduled_runs
@@ -411,7 +417,7 @@ async def get_execution(request: web.Request) -> web.Response:
         execution = await _operator(request).get(execution_id)
     except NoSuchExecution:
         raise _not_found(request) from None
-    return web.json_response(_view(request, execution))
+    return web.json_response(await _view(request, execution))
 
 
 async def _operated(
@@ -441,7 +447,9 @@ async def stop_execution(request: web.Request) -> web.Response:
     (STOPPED, restartable): at once on this replica, at its next chunk commit on another."""
     execution = await _operated(request, JobOperator.stop, "JOB_NOT_RUNNING", "stop requested")
     return web.json_response(
-        _view(request, execution), status=202, headers={"Location": execution_url(execution.id)}
+        await _view(request, execution),
+        status=202,
+        headers={"Location": execution_url(execution.id)},
     )
 
 
@@ -465,7 +473,7 @@ async def abandon_execution(request: web.Request) -> web.Response:
     """JobOperator's abandon: a STOPPED, FAILED or STOPPING execution becomes ABANDONED;
     it is never restarted, and the next launch of its instance starts from scratch."""
     execution = await _operated(request, JobOperator.abandon, "JOB_NOT_ABANDONABLE", "abandoned")
-    return web.json_response(_view(request, execution))
+    return web.json_response(await _view(request, execution))
 
 
 def _limit(request: web.Request, default: int) -> int:
@@ -484,7 +492,7 @@ async def list_executions(request: web.Request) -> web.Response:
     spec = _job(request)
     limit = _limit(request, LIST_LIMIT_DEFAULT)
     executions = await _operator(request).executions(job_name=spec.name, limit=limit)
-    views = [_view(request, e) for e in executions]
+    views = await _views(request, executions)
     return web.json_response({"jobName": spec.name, "executions": views})
 
 
@@ -537,7 +545,7 @@ async def list_recent_executions(request: web.Request) -> web.Response:
     older = len(executions) > limit
     return web.json_response(
         {
-            "executions": [_view(request, e) for e in page],
+            "executions": await _views(request, page),
             "nextBefore": page[-1].id if older else None,
         }
     )
@@ -566,17 +574,33 @@ async def estimate_job(request: web.Request) -> web.Response:
     )
 
 
-def _view(request: web.Request, execution: JobExecution) -> dict[str, Any]:
+async def _view(request: web.Request, execution: JobExecution) -> dict[str, Any]:
+    [view] = await _views(request, [execution])
+    return view
+
+
+async def _views(request: web.Request, executions: Sequence[JobExecution]) -> list[dict[str, Any]]:
+    """The executions as the API shows them, each with the commands the rules allow on it
+    now (which needs its instance's newest execution)."""
     launcher = request.app[LAUNCHER]
-    return execution_view(execution, launcher.running.get(execution.id), launcher.settings.timezone)
+    latest = await launcher.repository.latest_executions({e.instance_id for e in executions})
+    return [
+        execution_view(
+            e,
+            launcher.running.get(e.id),
+            launcher.settings.timezone,
+            allowed(e, latest.get(e.instance_id, e.id)),
+        )
+        for e in executions
+    ]
 
 
 def execution_view(
-    execution: JobExecution, running: RunningJob | None, tz: tzinfo
+    execution: JobExecution, running: RunningJob | None, tz: tzinfo, actions: Sequence[str]
 ) -> dict[str, Any]:
     """Counts are the committed ones (summed over the steps); `progress` holds the live
     counts while the execution runs in this process, else null. Times are in APP_TIMEZONE,
-    with their offset."""
+    with their offset. `actions`: the commands the rules allow on it now."""
 
     def time(value: datetime | None) -> str | None:
         return value.astimezone(tz).isoformat() if value is not None else None
@@ -584,6 +608,7 @@ def execution_view(
     steps = execution.steps
     skip_count = sum(s.skip_count for s in steps)
     skipped = [key for s in steps for key in s.context.get("skipped", [])]
+    causes = [cause for s in steps for cause in s.context.get("skipCauses", [])]
     messages = [s.context["messages"] for s in steps if "messages" in s.context]
     return {
         "executionId": execution.id,
@@ -603,7 +628,7 @@ def execution_view(
         "filterCount": sum(s.filter_count for s in steps),
         "skipCount": skip_count,
         "commitCount": sum(s.commit_count for s in steps),
-        "skippedItems": {"count": skip_count, "ids": skipped},
+        "skippedItems": {"count": skip_count, "ids": skipped, "causes": causes},
         "messages": messages[0] if messages else None,
         "steps": [
             {
@@ -623,6 +648,7 @@ def execution_view(
             for s in steps
         ],
         "progress": progress_view(running.progress, tz) if running is not None else None,
+        "actions": list(actions),
     }
 
 

@@ -251,7 +251,10 @@ _DOCUMENT: dict[str, Any] = {
                     "400": _error("The id is not a number (INVALID_PARAMETER)"),
                     **_AUTH_ERRORS,
                     "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
-                    "409": _error("Not STOPPED, FAILED or STOPPING (JOB_NOT_ABANDONABLE)"),
+                    "409": _error(
+                        "Not STOPPED, FAILED or STOPPING, or not its instance's newest"
+                        " execution (JOB_NOT_ABANDONABLE)"
+                    ),
                 },
             }
         },
@@ -471,7 +474,30 @@ _DOCUMENT: dict[str, Any] = {
                         "properties": {
                             "count": {"type": "integer"},
                             "ids": {"type": "array", "description": "the first 50 skipped"},
+                            "causes": {
+                                "type": "array",
+                                "description": "the same first skipped, grouped by the data"
+                                " fault that skipped them, in the order met",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "cause": {
+                                            "type": "string",
+                                            "example": "PeerAnswerError: store service"
+                                            " /internal/v1/stores/regions: HTTP 400",
+                                        },
+                                        "keys": {"type": "array"},
+                                    },
+                                },
+                            },
                         },
+                    },
+                    "actions": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": ["stop", "restart", "abandon"]},
+                        "description": "The commands the rules allow on it now: stop while"
+                        " it runs; restart (FAILED, STOPPED) and abandon (also STOPPING) only"
+                        " on its instance's newest execution",
                     },
                     "messages": {
                         "type": "object",

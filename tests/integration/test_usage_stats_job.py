@@ -576,6 +576,12 @@ async def test_a_malformed_answer_skips_its_members_and_the_run_completes_with_s
     assert (execution.status, execution.exit_code) == ("COMPLETED", "COMPLETED WITH SKIPS")
     assert execution.steps[0].status == "COMPLETED"
     assert execution.steps[0].context["skipped"] == [1, 2]
+    # Why, in the exit message and the step's context (before: an empty message, the
+    # cause in WARNING lines only).
+    cause = "PeerAnswerError: store service /internal/v1/stores/regions: HTTP 400"
+    assert execution.exit_message == f"2 skipped; member ids 1, 2: {cause}"
+    assert execution.steps[0].exit_message == execution.exit_message
+    assert execution.steps[0].context["skipCauses"] == [{"cause": cause, "keys": [1, 2]}]
     assert await stats(pool) == [(3, "서교동", 15, DAY), (5, "상도동", 13, DAY)]
     assert counts(execution) == {"read": 5, "written": 2, "filtered": 1, "skipped": 2}
 
