@@ -19,12 +19,14 @@ from asyncmy.errors import OperationalError
 
 from app.composition import JOBS, CannotListen, open_launcher, serve
 from app.config import (
+    BROKER_SETTINGS,
     DATABASE_SETTINGS,
     LOG_SETTINGS,
     ConfigError,
     Settings,
     load_settings,
 )
+from app.contracts import CONSUMER_QUEUE, ROUTING_KEY
 from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
@@ -111,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         "--dev-schema",
         action="store_true",
         help="also create the peer-owned tables (local work and tests only)",
+    )
+    migrate_cmd.add_argument(
+        "--dev-queue",
+        action="store_true",
+        help="also declare the notification service's queue, bound to the routing key, in"
+        " RABBITMQ_VHOST, as that service does (local work only: without it, a fan-out's"
+        " pushes come back unroutable)",
     )
 
     run = _command_parser(
@@ -245,7 +254,7 @@ def _say(settings: Settings, text: str, level: int = logging.INFO) -> None:
         print(text, file=sys.stderr)
 
 
-async def _migrate(settings: Settings, dev_schema: bool) -> int:
+async def _migrate(settings: Settings, dev_schema: bool, dev_queue: bool) -> int:
     async with open_pool(settings.database) as pool:
         try:
             applied = await migrate(pool, dev_schema=dev_schema)
@@ -253,6 +262,18 @@ async def _migrate(settings: Settings, dev_schema: bool) -> int:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    if dev_queue:
+        from app.devtools.consumer_queue import CannotDeclare, declare_consumer_queue
+
+        where = (
+            f"{settings.RABBITMQ_HOST}:{settings.RABBITMQ_PORT} vhost {settings.RABBITMQ_VHOST!r}"
+        )
+        try:
+            held = await declare_consumer_queue(settings.broker.url)
+        except CannotDeclare as exc:
+            _say(settings, f"error: the consumer queue at {where}: {exc}", logging.ERROR)
+            return EXIT_USAGE
+        print(f"consumer queue {CONSUMER_QUEUE} at {where}: bound to {ROUTING_KEY} ({held} held)")
     return 0
 
 
@@ -407,10 +428,18 @@ async def _follow(settings: Settings, launcher: Launcher, run: RunningJob, *, qu
     assert final is not None
     counts = run.progress
     kind = "dry run" if final.dry_run else "execution"
+    # A job that publishes: its messages, which are not its items (a member, one message
+    # per push token).
+    messages = "".join(
+        f"; messages published {sent['published']:,}, confirmed {sent['confirmed']:,}"
+        for sent in (step.context.get("messages") for step in final.steps)
+        if sent
+    )
     _say(
         settings,
         f"{run.spec.name} {kind} {final.id}: {final.exit_code}; read {counts.read:,}, "
         f"written {counts.written:,}, filtered {counts.filtered:,}, skipped {counts.skipped:,}"
+        + messages
         + (f"; {final.exit_message}" if final.exit_message else ""),
         logging.INFO if final.status == Status.COMPLETED else logging.WARNING,
     )
@@ -560,8 +589,11 @@ _SETTINGS_READ = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_arguments(argv)
+    only = _SETTINGS_READ.get(args.command)
+    if only is not None and getattr(args, "dev_queue", False):
+        only |= BROKER_SETTINGS
     try:
-        settings = load_settings(only=_SETTINGS_READ.get(args.command))
+        settings = load_settings(only=only)
     except ConfigError as exc:
         return _bad_settings(exc)
     _configure_logging(settings)
@@ -653,7 +685,7 @@ def _command(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "token":
         return _token(settings, args)
     if args.command == "migrate":
-        return asyncio.run(_migrate(settings, args.dev_schema))
+        return asyncio.run(_migrate(settings, args.dev_schema, args.dev_queue))
     if args.command == "run":
         return _run_command(settings, args)
     if args.command == "executions":

@@ -18,14 +18,18 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aio_pika
 import pytest
 from asyncmy.pool import Pool
 
 from app.__main__ import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
 from app.config import Settings
+from app.contracts import CONSUMER_QUEUE, EXCHANGE, ROUTING_KEY
 from app.devtools.fake_peers import FakePeerControl, FakePeers, run_fake_peers
 from app.edges.db import fetch_all
+from tests.integration import rabbit
 from tests.integration.test_cli_database_errors import cli as run_cli
+from tests.integration.test_fcm_send_job import insert_events, insert_stats
 from tests.reliability.support import cli_environment, stats_world, until
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -128,6 +132,37 @@ async def test_the_commands_on_executions_need_no_token_secret(
     assert "JWT_SECRET_KEY is required" in err
 
 
+# ---- migrate --dev-queue: the consumer's queue where no notification service runs -------------
+
+
+async def test_migrate_declares_the_consumer_queue_where_asked(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Before: nothing declared it, and nothing said where it comes from; without it, every
+    push of a fan-out came back unroutable (issue 28, item 4)."""
+    with rabbit.temporary_vhost("dev-queue") as vhost:
+        env = cli_environment(settings, RABBITMQ_VHOST=vhost)
+        code, out, err = await cli(env, tmp_path, "migrate", "--dev-schema", "--dev-queue")
+        assert (code, err) == (0, ""), err
+        assert out.splitlines()[-1] == (
+            f"consumer queue {CONSUMER_QUEUE} at 127.0.0.1:5672 vhost {vhost!r}: bound to"
+            f" {ROUTING_KEY} (0 held)"
+        )
+        # A message to the exchange with the routing key lands in it (nothing returned).
+        async with await aio_pika.connect(rabbit.amqp_url(vhost)) as connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(EXCHANGE)
+            await exchange.publish(aio_pika.Message(b"{}"), ROUTING_KEY, mandatory=True)
+        assert [m.body for m in await rabbit.consume(vhost, until=1)] == [b"{}"]
+        assert (await cli(env, tmp_path, "migrate", "--dev-queue"))[:2] == (0, out)
+
+    env = cli_environment(settings, RABBITMQ_PORT=1)
+    code, out, err = await cli(env, tmp_path, "migrate", "--dev-queue")
+    assert code == EXIT_USAGE
+    assert err.startswith("error: the consumer queue at 127.0.0.1:1 vhost '/': ")
+    assert err.count("\n") == 1
+
+
 # ---- the job's options ----------------------------------------------------------------------
 
 
@@ -222,6 +257,32 @@ async def test_a_real_fan_out_without_its_dates_asks_on_a_terminal(
         " PARAMETER_NAME) FROM BATCH_JOB_EXECUTION_PARAMS",
     )
     assert parameters == (f"dryRun=false,runDate={run_date},targetHour={hour}",)
+
+
+async def test_a_fan_out_s_summary_counts_the_messages_it_published(
+    pool: Pool, settings: Settings, tmp_path: Path, queue: str
+) -> None:
+    """Before: "written 1" for a member with two push tokens, two messages published."""
+    await insert_stats(pool, [(101, "노량진동", 10, "2025-10-25")])
+    await insert_events(pool, [(1, "2025-10-25 09:00:00", "2025-10-25 11:00:00", 100, 0)])
+    peers = {"stores": {"1": "노량진동"}, "tokens": {"101": ["token-101-a", "token-101-b"]}}
+    async with run_fake_peers(peers) as fake:
+        env = cli_environment(
+            settings,
+            RABBITMQ_VHOST=queue,
+            STORE_SERVICE_URL=fake.store_url,
+            NOTIFICATION_SERVICE_URL=fake.notification_url,
+        )
+        args = ("--run-date", "2025-10-25", "--target-hour", "10", "--quiet")
+        code, _, err = await cli(env, tmp_path, "run", FANOUT, *args)
+    assert code == 0, err
+    assert re.search(
+        r"^couponUsageStatsFcmSendJob execution \d+: COMPLETED; read 1, written 1, filtered 0,"
+        r" skipped 0; messages published 2, confirmed 2$",
+        err,
+        re.MULTILINE,
+    ), err
+    assert len(await rabbit.consume(queue, until=2)) == 2
 
 
 # ---- what the terminal shows while a run goes on ---------------------------------------------
