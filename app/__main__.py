@@ -426,7 +426,9 @@ async def _follow(settings: Settings, launcher: Launcher, run: RunningJob, *, qu
         line.end()
     final = await launcher.repository.get_execution(run.execution.id)
     assert final is not None
-    counts = run.progress
+    # The committed counts, as `executions` and the API show them: a stopped run's chunks
+    # read but never processed are no part of them.
+    read, written, filtered, skipped = _committed(final)
     kind = "dry run" if final.dry_run else "execution"
     # A job that publishes: its messages, which are not its items (a member, one message
     # per push token).
@@ -437,13 +439,24 @@ async def _follow(settings: Settings, launcher: Launcher, run: RunningJob, *, qu
     )
     _say(
         settings,
-        f"{run.spec.name} {kind} {final.id}: {final.exit_code}; read {counts.read:,}, "
-        f"written {counts.written:,}, filtered {counts.filtered:,}, skipped {counts.skipped:,}"
+        f"{run.spec.name} {kind} {final.id}: {final.exit_code}; read {read:,}, "
+        f"written {written:,}, filtered {filtered:,}, skipped {skipped:,}"
         + messages
         + (f"; {final.exit_message}" if final.exit_message else ""),
         logging.INFO if final.status == Status.COMPLETED else logging.WARNING,
     )
     return _exit_code(final)
+
+
+def _committed(execution: JobExecution) -> tuple[int, int, int, int]:
+    """Its committed counts over its steps: read, written, filtered, skipped."""
+    steps = execution.steps
+    return (
+        sum(step.read_count for step in steps),
+        sum(step.write_count for step in steps),
+        sum(step.filter_count for step in steps),
+        sum(step.skip_count for step in steps),
+    )
 
 
 def _exit_code(execution: JobExecution) -> int:
@@ -510,10 +523,7 @@ async def _executions(settings: Settings, status: str | None, limit: int) -> int
     )
     for e in executions:
         start = e.start_time.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if e.start_time else "-"
-        counts = "/".join(
-            str(sum(getattr(s, f"{what}_count") for s in e.steps))
-            for what in ("read", "write", "filter", "skip")
-        )
+        counts = "/".join(map(str, _committed(e)))
         parameters = " ".join(
             f"{k}={v}" for k, v in e.parameters.items() if k not in ("dryRun", "run.id")
         )
