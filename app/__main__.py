@@ -26,7 +26,6 @@ from app.config import (
     Settings,
     load_settings,
 )
-from app.contracts import CONSUMER_QUEUE, ROUTING_KEY
 from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
 from app.edges.db import DatabaseStalled, connect_error_line, open_pool
 from app.logs import configure_logging
@@ -70,8 +69,7 @@ _EXIT_CODES = {
 _OPERATED_EXIT_CODES = {
     EXIT_OK: "done",
     EXIT_USAGE: "no such execution, or bad arguments or settings",
-    EXIT_REFUSED: "not done: the execution's status does not allow it, or its instance ran"
-    " on after it",
+    EXIT_REFUSED: "not done: the execution's status does not allow it",
 }
 
 
@@ -262,7 +260,8 @@ async def _migrate(settings: Settings, dev_schema: bool, dev_queue: bool) -> int
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
-    if dev_queue:
+    if dev_queue:  # imported here: the broker's client is no part of any other command
+        from app.contracts import CONSUMER_QUEUE, ROUTING_KEY
         from app.devtools.consumer_queue import CannotDeclare, declare_consumer_queue
 
         where = (
@@ -550,7 +549,7 @@ async def _operate(settings: Settings, action: str, execution_id: int) -> int:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
         except Refused as exc:
-            _say(settings, f"not done: {exc}", logging.WARNING)
+            _say(settings, f"not done: execution {execution_id} is {exc.status}", logging.WARNING)
             return EXIT_REFUSED
     if action == "stop":
         _say(

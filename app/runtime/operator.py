@@ -35,17 +35,18 @@ class NotRunning(Refused):
 
 
 class NotAbandonable(Refused):
-    """Only a STOPPED, FAILED or STOPPING execution, its instance's last, is abandoned."""
+    """Only a STOPPED, FAILED or STOPPING execution is abandoned."""
 
 
 STOPPABLE = (Status.STARTING, Status.STARTED)  # a STOPPING one is being stopped already
 
 
 def allowed(execution: JobExecution, latest: int) -> tuple[str, ...]:
-    """The operator's commands the rules allow on `execution` now, its instance's newest
-    execution being `latest`: stop while it runs; restart (FAILED, STOPPED) and abandon
-    (also STOPPING) on the newest only, since its instance has run on after an older
-    one. What the console offers; `restart` and `abandon` refuse the rest."""
+    """The operator's commands worth offering on `execution` now, its instance's newest
+    execution being `latest` (the console's buttons): stop while it runs; restart
+    (FAILED, STOPPED) and abandon (also STOPPING) on the newest only. `restart` refuses
+    an older one (Spring restarts only the last); `abandon` takes one, as Spring's
+    JobOperator does, though it changes nothing once its instance has run on."""
     found = ["stop"] if execution.status in STOPPABLE else []
     if execution.id == latest:
         found += ["restart"] if execution.status in RESTARTABLE else []
@@ -150,17 +151,9 @@ class JobOperator:
         return found
 
     async def abandon(self, execution_id: int) -> Status:
-        """A STOPPED, FAILED or STOPPING execution, its instance's last, becomes ABANDONED:
-        never restarted, the next launch of its instance starts from scratch. The status
-        it had; raises NoSuchExecution or NotAbandonable."""
-        execution = await self.get(execution_id)
-        last = await self.repository.last_execution(execution.instance_id)
-        if last.id != execution_id:
-            raise NotAbandonable(
-                f"execution {execution_id} is not its instance's last: execution {last.id}"
-                f" ran on after it and is {last.status}; only the last one is abandoned",
-                execution.status,
-            )
+        """A STOPPED, FAILED or STOPPING execution becomes ABANDONED: never restarted, the
+        next launch of its instance starts from scratch. The status it had; raises
+        NoSuchExecution or NotAbandonable."""
         found = await self.repository.abandon(execution_id)
         if found is None:
             raise NoSuchExecution(f"no job execution {execution_id}")

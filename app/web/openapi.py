@@ -251,10 +251,7 @@ _DOCUMENT: dict[str, Any] = {
                     "400": _error("The id is not a number (INVALID_PARAMETER)"),
                     **_AUTH_ERRORS,
                     "404": _error("No such execution (EXECUTION_NOT_FOUND)"),
-                    "409": _error(
-                        "Not STOPPED, FAILED or STOPPING, or not its instance's newest"
-                        " execution (JOB_NOT_ABANDONABLE)"
-                    ),
+                    "409": _error("Not STOPPED, FAILED or STOPPING (JOB_NOT_ABANDONABLE)"),
                 },
             }
         },
@@ -495,9 +492,9 @@ _DOCUMENT: dict[str, Any] = {
                     "actions": {
                         "type": "array",
                         "items": {"type": "string", "enum": ["stop", "restart", "abandon"]},
-                        "description": "The commands the rules allow on it now: stop while"
-                        " it runs; restart (FAILED, STOPPED) and abandon (also STOPPING) only"
-                        " on its instance's newest execution",
+                        "description": "The commands worth offering on it now (the console's"
+                        " buttons): stop while it runs; restart (FAILED, STOPPED) and abandon"
+                        " (also STOPPING) on its instance's newest execution only",
                     },
                     "messages": {
                         "type": "object",
