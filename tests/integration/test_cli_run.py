@@ -6,6 +6,7 @@ log line on a terminal, and Ctrl-C past the grace one summary line."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pty
 import re
@@ -360,6 +361,30 @@ async def test_a_stopped_run_s_summary_gives_its_committed_counts(
         f"couponUsageStatsJob execution {execution}: {code}; read {read}, written {written},"
         f" filtered {filtered}, skipped 0; {message}"
     ]
+
+
+async def test_a_dry_run_of_the_stats_job_prints_its_rows_and_stores_nothing(
+    pool: Pool, settings: Settings, tmp_path: Path, slow_store: FakePeers
+) -> None:
+    """Before: `--dry-run` of the stats job ran it for real: its rows stored, the run
+    date's instance COMPLETED (issue 26)."""
+    world = stats_world(40)
+    args = ("run", "coupon-usage-stats", "--run-date", "2025-10-26", "--dry-run", "--quiet")
+    code, out, err = await cli(stats_run(settings, slow_store), tmp_path, *args)
+    assert code == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"member_id": m, "top_dong": d, "top_hour": h, "aggregated_at": "2025-10-26"}
+        for m, d, h, _ in world.expected
+    ]
+    assert await fetch_all(pool, "SELECT COUNT(*) FROM coupon_usage_stats") == [(0,)]
+    assert re.search(r"^couponUsageStatsJob dry run \d+: COMPLETED; read 40,", err, re.M), err
+    [(_, status, _, _)] = await executions(pool)
+    (parameters,) = await fetch_all(
+        pool,
+        "SELECT GROUP_CONCAT(PARAMETER_NAME ORDER BY PARAMETER_NAME) FROM"
+        " BATCH_JOB_EXECUTION_PARAMS WHERE IDENTIFYING = 'Y'",
+    )
+    assert (status, parameters) == ("COMPLETED", ("dryRun,run.id,runDate",))
 
 
 async def test_ctrl_c_while_a_chunk_outlasts_the_grace_is_one_summary_line(
