@@ -332,7 +332,11 @@ def _run_command(settings: Settings, args: argparse.Namespace) -> int:
                 logging.ERROR,
             )
             return EXIT_USAGE
-        confirmed = _confirm(settings, spec, raw)
+        try:
+            confirmed = _confirm(settings, spec, raw)
+        except ParameterError as exc:
+            _say(settings, f"error: {exc}", logging.ERROR)
+            return EXIT_USAGE
         if confirmed is None:
             _say(settings, f"not launched: {spec.path} not confirmed", logging.WARNING)
             return EXIT_REFUSED

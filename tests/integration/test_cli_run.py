@@ -237,6 +237,10 @@ async def test_a_real_fan_out_without_its_dates_asks_on_a_terminal(
             terminal.type("n")
             assert await terminal.wait() == EXIT_REFUSED
         assert "not launched: coupon-usage-stats-fcm-send not confirmed" in terminal.text
+        args = ("run", FANOUT, "--run-date", "2025-13-01")  # a bad date: no question
+        async with on_a_terminal(env, tmp_path, *args) as terminal:
+            assert await terminal.wait() == EXIT_USAGE
+        assert terminal.text.startswith("error: runDate: must be a date as YYYY-MM-DD")
         assert await executions(pool) == []
 
         async with on_a_terminal(env, tmp_path, "run", FANOUT, "--quiet") as terminal:
