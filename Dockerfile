@@ -1,19 +1,36 @@
 # couponpop-batch: one asyncio process (admin API, metrics, schedules, jobs).
-# Not built on the development machines (no Docker engine there): kept right by reading.
+# Not built on the development machines (no Docker engine there): kept right by reading
+# (tests/unit/test_docker.py reads it) and by the steps README "Infrastructure" names.
+
+# The package as a wheel: the image installs it, and keeps no source folder.
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app app
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     SERVER_PORT=8080
 
-WORKDIR /srv/couponpop-batch
-# Dependencies first, for the layer cache: asyncmy ships manylinux wheels, no compiler needed.
+# Dependencies first, for the layer cache: resolved from pyproject.toml with a stub of the
+# package, which is then removed. asyncmy ships manylinux wheels, no compiler needed.
+WORKDIR /tmp/dependencies
 COPY pyproject.toml README.md ./
 COPY app/__init__.py app/__init__.py
 RUN pip install --no-cache-dir . && pip uninstall -y couponpop-batch
-COPY app app
-# The defaults (app/defaults.toml) and the migrations ship inside the package.
-RUN pip install --no-cache-dir --no-deps . \
+
+# The package, installed from its wheel with its bytecode compiled now (pip --compile;
+# PYTHONDONTWRITEBYTECODE only stops the interpreter from writing .pyc at import, so
+# nothing is compiled at start-up). The defaults (app/defaults.toml), the migrations and
+# the fake peers' sample data ship inside it. The working directory holds no source:
+# `python -m app` imports the installed copy.
+WORKDIR /srv/couponpop-batch
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-cache-dir --no-deps --compile /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels /tmp/dependencies \
     && useradd --system --uid 10001 batch \
     && mkdir -p var && chown batch var
 USER batch

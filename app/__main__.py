@@ -10,14 +10,16 @@ import io
 import logging
 import re
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from asyncmy.errors import OperationalError
 
 from app.composition import JOBS, CannotListen, open_launcher, serve
 from app.config import (
+    BROKER_SETTINGS,
     DATABASE_SETTINGS,
     LOG_SETTINGS,
     ConfigError,
@@ -36,79 +38,161 @@ from app.model import (
 )
 from app.pipeline.chunk import StepProgress
 from app.repository import JobRepository
-from app.runtime.job import declared_parameters, find_job
+from app.runtime.job import JobSpec, Parameter, declared_parameters, find_job, takers
 from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.memory import tune_gc
 from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused, Stopped
-from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError, backfill_dates
+from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError, backfill_dates, now_in
 from app.runtime.rollback import ABANDON, STOP, SpringZone, prepare_rollback
 from app.runtime.signals import stop_signals
 from app.schema.migrate import MigrationDenied, migrate
 
 log = logging.getLogger("app")
 
+EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_SKIPPED = 4  # COMPLETED WITH SKIPS: the run ended, but some items were not done
 
 
+# What each exit code means, per command: `--help` shows them (README, "The commands").
+_EXIT_CODES = {
+    EXIT_OK: "done: COMPLETED, every item written or filtered",
+    EXIT_FAILED: "FAILED or STOPPED, restartable from its checkpoint (Ctrl-C or SIGTERM stop"
+    " a run after its chunks in flight; past SHUTDOWN_GRACE_SECONDS it is cancelled)",
+    EXIT_USAGE: "bad arguments or settings (one `error:` line), or a database that cannot be used",
+    EXIT_REFUSED: "not launched: the instance is running, or completed (--rerun runs it"
+    " again), or a real run was not confirmed",
+    EXIT_SKIPPED: "COMPLETED WITH SKIPS: the run ended, but some items were skipped (the"
+    " exit message names the first and why)",
+}
+_OPERATED_EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_USAGE: "no such execution, or bad arguments or settings",
+    EXIT_REFUSED: "not done: the execution's status does not allow it",
+}
+
+
+def _exit_codes(codes: dict[int, str]) -> str:
+    return "exit codes:\n" + "\n".join(
+        textwrap.fill(meaning, 88, initial_indent=f"  {code}  ", subsequent_indent="     ")
+        for code, meaning in codes.items()
+    )
+
+
+def _command_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    text: str,
+    codes: dict[int, str] | None = None,
+    **extra: Any,
+) -> argparse.ArgumentParser:
+    """A command with its one-line help, and its exit codes after its options."""
+    return commands.add_parser(
+        name,
+        help=text,
+        description=textwrap.fill(extra.pop("description", text[0].upper() + text[1:] + "."), 88),
+        epilog=_exit_codes(codes or {EXIT_OK: "done", EXIT_USAGE: _EXIT_CODES[EXIT_USAGE]}),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **extra,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description=__doc__,
+        epilog="`python -m app COMMAND --help`: a command's options, defaults and exit codes.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    migrate_cmd = commands.add_parser("migrate", help="apply the schema migrations")
+    migrate_cmd = _command_parser(commands, "migrate", "apply the schema migrations")
     migrate_cmd.add_argument(
         "--dev-schema",
         action="store_true",
         help="also create the peer-owned tables (local work and tests only)",
     )
+    migrate_cmd.add_argument(
+        "--dev-queue",
+        action="store_true",
+        help="also declare the notification service's queue, bound to the routing key, in"
+        " RABBITMQ_VHOST, as that service does (local work only: without it, a fan-out's"
+        " pushes come back unroutable)",
+    )
 
-    run = commands.add_parser("run", help="run one job in the foreground")
+    run = _command_parser(
+        commands,
+        "run",
+        "run one job in the foreground",
+        _EXIT_CODES,
+        description="Run one job in the foreground: live progress on a terminal, one summary"
+        " line at the end. A job's options are its declared parameters: an option the job"
+        " does not take is refused.",
+    )
     run.add_argument("job", choices=sorted(spec.path for spec in JOBS))
     for parameter, jobs in declared_parameters(JOBS).values():
-        only = "" if len(jobs) == len(JOBS) else f" ({', '.join(spec.path for spec in jobs)})"
+        text = f"{parameter.help} ({takers(parameter.name, jobs)})"
         if parameter.type == BOOLEAN:
-            run.add_argument(
-                parameter.flag, dest=parameter.name, action="store_true", help=parameter.help + only
-            )
+            run.add_argument(parameter.flag, dest=parameter.name, action="store_true", help=text)
         else:
             metavar = parameter.flag.removeprefix("--").replace("-", "_").upper()
-            run.add_argument(
-                parameter.flag, dest=parameter.name, metavar=metavar, help=parameter.help + only
-            )
-    run.add_argument("--rerun", action="store_true", help="run a completed instance again")
-    run.add_argument("--output", help="with --dry-run: a file for the messages (default stdout)")
+            run.add_argument(parameter.flag, dest=parameter.name, metavar=metavar, help=text)
+    run.add_argument(
+        "--rerun", action="store_true", help="run a completed instance again (default: exit 3)"
+    )
+    run.add_argument("--output", help="with --dry-run: a file for what it writes (default: stdout)")
     run.add_argument(
         "--quiet", action="store_true", help="no live progress line (none with LOG_FORMAT=json)"
     )
+    run.add_argument(
+        "--yes",
+        action="store_true",
+        help="a real run of a job that publishes, with a parameter left to its default (the"
+        " fan-out without --run-date or --target-hour: today, this hour), without asking;"
+        " without it, the run asks on a terminal and is refused elsewhere",
+    )
 
-    commands.add_parser("serve", help="run the daemon: admin API, metrics, schedules")
+    _command_parser(commands, "serve", "run the daemon: admin API, metrics, schedules", {
+        EXIT_OK: "stopped by SIGTERM or SIGINT, every outcome recorded",
+        EXIT_FAILED: "an outcome could not be recorded before the deadline (it says which)",
+        EXIT_USAGE: "bad settings, a database that cannot be used, or SERVER_PORT in use",
+    })  # fmt: skip
 
-    listing = commands.add_parser("executions", help="recent executions of every job")
-    listing.add_argument("--status", choices=[status.value for status in Status])
+    listing = _command_parser(commands, "executions", "recent executions of every job")
+    listing.add_argument(
+        "--status", choices=[status.value for status in Status], help="only this status"
+    )
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     for name, text in (
         ("stop", "ask a running execution to stop (on whichever replica runs it)"),
         ("abandon", "mark a STOPPED, FAILED or STOPPING execution ABANDONED (never restarted)"),
         ("restart", "restart a FAILED or STOPPED execution from its checkpoint, here"),
     ):
-        command = commands.add_parser(name, help=text)
+        codes = _EXIT_CODES if name == "restart" else _OPERATED_EXIT_CODES
+        command = _command_parser(commands, name, text, codes)
         command.add_argument("execution", type=int, help="the execution id")
         if name == "restart":
             command.add_argument("--quiet", action="store_true", help="no live progress line")
 
-    backfill = commands.add_parser(
-        "backfill", help="run a job for every date of a range, each its own instance"
-    )
+    backfill = _command_parser(
+        commands,
+        "backfill",
+        "run a job for every date of a range, each its own instance",
+        {**_EXIT_CODES, EXIT_OK: "every date COMPLETED; else the worst of the runs' codes: 1,"
+         " then 3, then 4"},
+    )  # fmt: skip
     backfill.add_argument("job", choices=sorted(spec.path for spec in JOBS if spec.backfills))
     backfill.add_argument("--from", dest="first", required=True, help="YYYY-MM-DD")
     backfill.add_argument("--to", dest="last", required=True, help="YYYY-MM-DD (included)")
-    backfill.add_argument("--rerun", action="store_true", help="run completed dates again")
+    backfill.add_argument(
+        "--rerun", action="store_true", help="run completed dates again (default: exit 3)"
+    )
 
-    token = commands.add_parser(
+    token = _command_parser(
+        commands,
         "token",
-        help="print a short-lived admin token for the API and the console (for operators"
+        "print a short-lived admin token for the API and the console (for operators"
         " who hold JWT_SECRET_KEY)",
         description="Mint an ADMIN token of the platform's scheme, signed with"
         " JWT_SECRET_KEY, and print it alone on stdout: TOKEN=$(python -m app token)."
@@ -145,10 +229,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _given_parameters(args: argparse.Namespace) -> dict[str, str]:
-    """The parameters given on the command line, as the API takes them (a flag: true)."""
+class NotTaken(ValueError):
+    """An option the job does not declare (before, dropped without a word)."""
+
+
+def _given_parameters(args: argparse.Namespace, spec: JobSpec) -> dict[str, str]:
+    """The parameters given on the command line, as the API takes them (a flag: true);
+    NotTaken for an option of another job."""
     given = {name: getattr(args, name) for name in declared_parameters(JOBS)}
-    return {name: "true" if value is True else value for name, value in given.items() if value}
+    raw = {name: "true" if value is True else value for name, value in given.items() if value}
+    undeclared = spec.undeclared(raw)
+    if undeclared:
+        flags = ", ".join(_flag(name) for name in undeclared)
+        takes = ", ".join(parameter.flag for parameter in spec.parameters) or "none"
+        raise NotTaken(f"{spec.path} takes no {flags} (its options: {takes})")
+    return raw
+
+
+def _flag(name: str) -> str:
+    parameter, _ = declared_parameters(JOBS)[name]
+    return parameter.flag
 
 
 _TTL = re.compile(r"(\d+)([smh])")
@@ -175,7 +275,7 @@ def _say(settings: Settings, text: str, level: int = logging.INFO) -> None:
         print(text, file=sys.stderr)
 
 
-async def _migrate(settings: Settings, dev_schema: bool) -> int:
+async def _migrate(settings: Settings, dev_schema: bool, dev_queue: bool) -> int:
     async with open_pool(settings.database) as pool:
         try:
             applied = await migrate(pool, dev_schema=dev_schema)
@@ -186,24 +286,138 @@ async def _migrate(settings: Settings, dev_schema: bool) -> int:
         for line in await repository.second_clock_warnings(settings.database.clock.source):
             _say(settings, f"warning: {line}", logging.WARNING)
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    if dev_queue:  # imported here: the broker's client is no part of any other command
+        from app.contracts import CONSUMER_QUEUE, ROUTING_KEY
+        from app.devtools.consumer_queue import CannotDeclare, declare_consumer_queue
+
+        where = (
+            f"{settings.RABBITMQ_HOST}:{settings.RABBITMQ_PORT} vhost {settings.RABBITMQ_VHOST!r}"
+        )
+        try:
+            held = await declare_consumer_queue(settings.broker.url)
+        except CannotDeclare as exc:
+            _say(settings, f"error: the consumer queue at {where}: {exc}", logging.ERROR)
+            return EXIT_USAGE
+        print(f"consumer queue {CONSUMER_QUEUE} at {where}: bound to {ROUTING_KEY} ({held} held)")
     return 0
 
 
-async def _show_progress(progress: StepProgress, out: TextIO) -> None:
-    """One line a second: a rewritten line on a terminal, plain lines otherwise."""
-    live = out.isatty()
+class _LiveLine:
+    """The progress line: on a terminal rewritten in place, and ended (a newline) before
+    any other line reaches the terminal, a log record's or the summary's; elsewhere, a
+    plain line each time."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.live = out.isatty()
+        self.open = False  # a line is drawn and not ended
+
+    def show(self, text: str) -> None:
+        self.out.write(f"\r{text}\x1b[K" if self.live else f"{text}\n")
+        self.out.flush()
+        self.open = self.live
+
+    def end(self, record: object = None) -> bool:
+        """End the drawn line, if any; also a logging filter (it lets every record pass)."""
+        if self.open:
+            self.out.write("\n")
+            self.out.flush()
+            self.open = False
+        return True
+
+
+async def _show_progress(progress: StepProgress, line: _LiveLine) -> None:
+    """The live counts, once a second."""
     while True:
         await asyncio.sleep(1.0)
-        line = (
+        line.show(
             f"read {progress.read:,}  written {progress.written:,}  filtered {progress.filtered:,}"
             f"  skipped {progress.skipped:,}  {progress.rate():,.0f} items/s"
         )
-        out.write(f"\r{line}   " if live else f"{line}\n")
-        out.flush()
 
 
-async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | None) -> int:
-    raw = _given_parameters(args)
+def _run_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`run`: the options checked against the job's declaration before anything is
+    opened; a real run of a job that publishes with a parameter left to its default
+    confirmed first; then the run, its output where a dry run writes."""
+    spec = find_job(JOBS, args.job)
+    try:
+        raw = _given_parameters(args, spec)
+    except NotTaken as exc:
+        _say(settings, f"error: {exc}", logging.ERROR)
+        return EXIT_USAGE
+    defaulted = _left_to_default(spec, raw)
+    if defaulted and not args.yes:
+        flags = ", ".join(parameter.flag for parameter in defaulted)
+        if not sys.stdin.isatty():
+            _say(
+                settings,
+                f"error: a real run of {spec.path} publishes, and {flags} not given would"
+                f" take {', '.join(str(p.default) for p in defaulted)}: give {flags}, or"
+                " --yes to run it so",
+                logging.ERROR,
+            )
+            return EXIT_USAGE
+        try:
+            confirmed = _confirm(settings, spec, raw)
+        except ParameterError as exc:
+            _say(settings, f"error: {exc}", logging.ERROR)
+            return EXIT_USAGE
+        if confirmed is None:
+            _say(settings, f"not launched: {spec.path} not confirmed", logging.WARNING)
+            return EXIT_REFUSED
+        raw = confirmed
+    if raw.get(DRY_RUN) != "true":
+        return asyncio.run(_run(settings, args, raw, None))
+    if not args.output:
+        return asyncio.run(_run(settings, args, raw, sys.stdout))
+    with open(args.output, "w", encoding="utf-8") as output:
+        return asyncio.run(_run(settings, args, raw, output))
+
+
+def _left_to_default(spec: JobSpec, raw: Mapping[str, str]) -> list[Parameter]:
+    """The parameters a real run of a job that publishes (one with a question for it)
+    would take from its defaults: the fan-out's runDate and targetHour, which move."""
+    if not (spec.publishes and spec.confirm) or raw.get(DRY_RUN) == "true":
+        return []
+    return [
+        p for p in spec.parameters if p.name != DRY_RUN and not p.required and p.name not in raw
+    ]
+
+
+def _confirm(settings: Settings, spec: JobSpec, raw: Mapping[str, str]) -> dict[str, str] | None:
+    """The job's own question, its values and estimate filled in, answered on the
+    terminal: the parameters it named, given explicitly (the hour may turn meanwhile),
+    or None."""
+    values = {
+        p.name: p.value
+        for p in spec.read(raw, now_in(settings.timezone))
+        if p.identifying and p.name != DRY_RUN
+    }
+    estimate = asyncio.run(_estimate(settings, spec, values)) if spec.estimate else ""
+    filled = {**values, "zone": settings.APP_TIMEZONE, "estimate": estimate}
+    question = re.sub(r"\{(\w+)\}", lambda m: filled.get(m[1], m[0]), spec.confirm)
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+    if not answer.endswith("\n"):  # Ctrl-C or Ctrl-D: the question's line ended here
+        sys.stderr.write("\n")
+    return {**raw, **values} if answer.strip().lower() in ("y", "yes") else None
+
+
+async def _estimate(settings: Settings, spec: JobSpec, values: Mapping[str, str]) -> str:
+    assert spec.estimate is not None
+    async with open_launcher(settings, broker=False) as launcher:
+        found = await spec.estimate(launcher.resources, values)
+    return f"about {found.count:,} {found.unit}"
+
+
+async def _run(
+    settings: Settings, args: argparse.Namespace, raw: dict[str, str], output: TextIO | None
+) -> int:
     spec = find_job(JOBS, args.job)
     publishes = spec.publishes and raw.get(DRY_RUN) != "true"
     async with open_launcher(settings, broker=publishes) as launcher:
@@ -224,27 +438,54 @@ async def _run(settings: Settings, args: argparse.Namespace, output: TextIO | No
 async def _follow(settings: Settings, launcher: Launcher, run: RunningJob, *, quiet: bool) -> int:
     """Wait for the run with live progress; its last line; its exit code."""
     assert run.task is not None
+    line = _LiveLine(sys.stderr)
     progress = None
+    handlers = logging.getLogger().handlers
     if not quiet and settings.LOG_FORMAT == "text":
-        progress = asyncio.create_task(_show_progress(run.progress, sys.stderr))
+        progress = asyncio.create_task(_show_progress(run.progress, line))
+        for handler in handlers:
+            handler.addFilter(line.end)
     try:
         await _until_done_or_signal(launcher, [run.task], settings.SHUTDOWN_GRACE_SECONDS)
     finally:
         if progress is not None:
             progress.cancel()
-            sys.stderr.write("\n")
+            for handler in handlers:
+                handler.removeFilter(line.end)
+        line.end()
     final = await launcher.repository.get_execution(run.execution.id)
     assert final is not None
-    counts = run.progress
+    # The committed counts, as `executions` and the API show them: a stopped run's chunks
+    # read but never processed are no part of them.
+    read, written, filtered, skipped = _committed(final)
     kind = "dry run" if final.dry_run else "execution"
+    # A job that publishes: its messages, which are not its items (a member, one message
+    # per push token).
+    messages = "".join(
+        f"; messages published {sent['published']:,}, confirmed {sent['confirmed']:,}"
+        for sent in (step.context.get("messages") for step in final.steps)
+        if sent
+    )
     _say(
         settings,
-        f"{run.spec.name} {kind} {final.id}: {final.exit_code}; read {counts.read:,}, "
-        f"written {counts.written:,}, filtered {counts.filtered:,}, skipped {counts.skipped:,}"
+        f"{run.spec.name} {kind} {final.id}: {final.exit_code}; read {read:,}, "
+        f"written {written:,}, filtered {filtered:,}, skipped {skipped:,}"
+        + messages
         + (f"; {final.exit_message}" if final.exit_message else ""),
         logging.INFO if final.status == Status.COMPLETED else logging.WARNING,
     )
     return _exit_code(final)
+
+
+def _committed(execution: JobExecution) -> tuple[int, int, int, int]:
+    """Its committed counts over its steps: read, written, filtered, skipped."""
+    steps = execution.steps
+    return (
+        sum(step.read_count for step in steps),
+        sum(step.write_count for step in steps),
+        sum(step.filter_count for step in steps),
+        sum(step.skip_count for step in steps),
+    )
 
 
 def _exit_code(execution: JobExecution) -> int:
@@ -311,10 +552,7 @@ async def _executions(settings: Settings, status: str | None, limit: int) -> int
     )
     for e in executions:
         start = e.start_time.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if e.start_time else "-"
-        counts = "/".join(
-            str(sum(getattr(s, f"{what}_count") for s in e.steps))
-            for what in ("read", "write", "filter", "skip")
-        )
+        counts = "/".join(map(str, _committed(e)))
         parameters = " ".join(
             f"{k}={v}" for k, v in e.parameters.items() if k not in ("dryRun", "run.id")
         )
@@ -402,30 +640,44 @@ async def _ask(question: str) -> str:
 async def _until_done_or_signal(
     launcher: Launcher, tasks: Sequence[asyncio.Task[None]], grace: float
 ) -> None:
-    """Wait for the runs; on SIGINT/SIGTERM stop them after their chunks in flight."""
+    """Wait for the runs; on SIGINT/SIGTERM stop them after their chunks in flight. A run
+    cancelled past the grace has its outcome recorded (STOPPED) like any other: its
+    cancellation is not this command's failure. A runner's own failure is raised."""
     with stop_signals() as stopping:
         waiter: asyncio.Future[Any] = asyncio.create_task(stopping.wait())
-        everything: asyncio.Future[Any] = asyncio.gather(*tasks)
+        # A cancelled run is one of the results, not the cancellation of the whole.
+        everything: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.wait({everything, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if stopping.is_set():
             log.info("signal received: stopping the runs after their chunks in flight")
             await launcher.shutdown(grace)
         await everything
+    for task in tasks:
+        if not task.cancelled():
+            task.result()
 
 
 # The settings a command reads, where it needs not all: migrate reaches the database
-# only, token signs only (neither needs the other's secret).
+# only, token signs only (neither needs the other's secret); the operator's commands on
+# executions read and write the job repository alone (no peer, no broker, no token).
+_REPOSITORY_SETTINGS = DATABASE_SETTINGS | LOG_SETTINGS | {"JOB_ABANDON_AFTER_SECONDS"}
 _SETTINGS_READ = {
     "migrate": DATABASE_SETTINGS | LOG_SETTINGS,
     "token": LOG_SETTINGS | {"JWT_SECRET_KEY"},
+    "executions": _REPOSITORY_SETTINGS,
+    "stop": _REPOSITORY_SETTINGS,
+    "abandon": _REPOSITORY_SETTINGS,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_arguments(argv)
+    only = _SETTINGS_READ.get(args.command)
+    if only is not None and getattr(args, "dev_queue", False):
+        only |= BROKER_SETTINGS
     try:
-        settings = load_settings(only=_SETTINGS_READ.get(args.command))
+        settings = load_settings(only=only)
     except ConfigError as exc:
         return _bad_settings(exc)
     _configure_logging(settings)
@@ -517,14 +769,9 @@ def _command(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "token":
         return _token(settings, args)
     if args.command == "migrate":
-        return asyncio.run(_migrate(settings, args.dev_schema))
+        return asyncio.run(_migrate(settings, args.dev_schema, args.dev_queue))
     if args.command == "run":
-        if not getattr(args, DRY_RUN, False):
-            return asyncio.run(_run(settings, args, None))
-        if not args.output:
-            return asyncio.run(_run(settings, args, sys.stdout))
-        with open(args.output, "w", encoding="utf-8") as output:
-            return asyncio.run(_run(settings, args, output))
+        return _run_command(settings, args)
     if args.command == "executions":
         return asyncio.run(_executions(settings, args.status, args.limit))
     if args.command in ("stop", "abandon"):

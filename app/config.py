@@ -246,6 +246,17 @@ DATABASE_SETTINGS = frozenset(
     }
 )
 LOG_SETTINGS = frozenset({"LOG_LEVEL", "LOG_FORMAT", "APPLICATION_NAME", "APP_TIMEZONE"})
+# The broker's: where `migrate --dev-queue` declares the consumer queue.
+BROKER_SETTINGS = frozenset(
+    {
+        "RABBITMQ_HOST",
+        "RABBITMQ_PORT",
+        "RABBITMQ_USERNAME",
+        "RABBITMQ_PASSWORD",
+        "RABBITMQ_VHOST",
+        "BROKER_STALL_SECONDS",
+    }
+)
 _POSITIVE = frozenset(
     {
         "DB_POOL_SIZE",

@@ -15,7 +15,7 @@ renews only the step's row, at each chunk commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from itertools import groupby
@@ -967,6 +967,20 @@ class JobRepository:
         """The instance's newest execution (an instance is recorded with its first)."""
         [last] = await self._executions("e.JOB_INSTANCE_ID = %s", (instance_id,), limit=1)
         return last
+
+    async def latest_executions(self, instance_ids: Collection[int]) -> dict[int, int]:
+        """Each instance's newest execution id, by instance id (the one that restarts or is
+        abandoned; `last_execution`'s order)."""
+        if not instance_ids:
+            return {}
+        marks = ", ".join(["%s"] * len(instance_ids))
+        rows = await fetch_all(
+            self.pool,
+            "SELECT JOB_INSTANCE_ID, MAX(JOB_EXECUTION_ID) FROM BATCH_JOB_EXECUTION"
+            f" WHERE JOB_INSTANCE_ID IN ({marks}) GROUP BY JOB_INSTANCE_ID",
+            tuple(instance_ids),
+        )
+        return {instance: latest for instance, latest in rows}
 
     async def list_executions(self, job_name: str, limit: int = 20) -> list[JobExecution]:
         return await self._executions("i.JOB_NAME = %s", (job_name,), limit=limit)

@@ -1,7 +1,12 @@
 """The demo: a fresh database, sample rows, the fake peers, both jobs once, and a summary.
 
-Run through `scripts/demo`, which prepares .venv first. Uses the MariaDB/MySQL and
-RabbitMQ of DEMO_DB_SERVER (default mysql://root@127.0.0.1:3306) and RABBITMQ_*.
+Run through `scripts/demo`, which prepares .venv first. Uses the MariaDB/MySQL of
+DEMO_DB_SERVER (default mysql://root@127.0.0.1:3306), its database DEMO_DATABASE (default
+couponpop_demo, made afresh), and the RabbitMQ of RABBITMQ_* in a vhost of its own,
+DEMO_VHOST (default couponpop-demo, made with rabbitmqctl if missing): never `/`, where
+on a shared broker a queue bound to the routing key receives every other publisher's
+pushes. There it declares the notification service's queue, as that service does, and
+shows what the runs left in it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import os
 import secrets
 import socket
+import subprocess
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -19,13 +25,15 @@ from pathlib import Path
 import aio_pika
 
 from app.config import load_settings
-from app.contracts import EXCHANGE, ROUTING_KEY
+from app.contracts import CONSUMER_QUEUE
+from app.devtools.consumer_queue import declare_consumer_queue
 from app.edges.db import fetch_all, open_pool
 from app.schema.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "scripts" / "demo_data"
-DATABASE = "couponpop_demo"
+DATABASE = os.environ.get("DEMO_DATABASE", "couponpop_demo")
+VHOST = os.environ.get("DEMO_VHOST", "couponpop-demo")
 STATS_RUN = ["coupon-usage-stats", "--run-date", "2025-10-26"]
 FANOUT_RUNS = [
     ["coupon-usage-stats-fcm-send", "--run-date", "2025-10-25", "--target-hour", "10"],
@@ -56,6 +64,20 @@ async def prepare_database(env: dict[str, str]) -> None:
             for name in ("coupon_histories.sql", "usage_stats_and_events.sql"):
                 for statement in sql_statements(DATA / name):
                     await cur.execute(statement)
+
+
+def prepare_vhost(user: str) -> None:
+    """The demo's own vhost, which `user` may use (rabbitmqctl, as the tests do)."""
+
+    def rabbitmqctl(*args: str) -> str:
+        done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"demo: rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    if VHOST not in rabbitmqctl("list_vhosts").split():
+        rabbitmqctl("add_vhost", VHOST)
+    rabbitmqctl("set_permissions", "-p", VHOST, user, ".*", ".*", ".*")
 
 
 async def start_fake_peers(env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -113,23 +135,22 @@ async def main() -> None:
     env.setdefault("JWT_SECRET_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
     env["SCHEDULER_ENABLED"] = "false"
     env["LOG_LEVEL"] = "WARNING"
+    env["RABBITMQ_VHOST"] = VHOST
     settings = load_settings(env, env_file=None)
 
     await prepare_database(env)
+    prepare_vhost(settings.RABBITMQ_USERNAME)
+    await declare_consumer_queue(settings.broker.url, purge=True)
     async with AsyncExitStack() as stack:
         peers = await start_fake_peers(env)
         stack.push_async_callback(peers.wait)
         stack.callback(peers.terminate)
         broker = await stack.enter_async_context(await aio_pika.connect(settings.broker.url))
         channel = await broker.channel()
-        exchange = await channel.declare_exchange(EXCHANGE, "topic", durable=True)
-        # A private tap on the routing key, so the demo shows what a consumer receives
-        # without touching the notification service's queue.
-        tap = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await tap.bind(exchange, ROUTING_KEY)
 
         print("couponpop-batch demo")
         print(f"  database {DATABASE}: migrated, sample rows of the old service loaded")
+        print(f"  vhost {VHOST}: {CONSUMER_QUEUE} declared as the notification service does")
         print(f"  fake peers: {env['STORE_SERVICE_URL']} {env['NOTIFICATION_SERVICE_URL']}\n")
         # The fan-out first: it reads the old service's sample rows of coupon_usage_stats,
         # which the stats run of 2025-10-26 then replaces with what it computes.
@@ -145,9 +166,12 @@ async def main() -> None:
         print("  coupon_usage_stats for 2025-10-26 (the date's rows replaced: exactly these):")
         for member_id, dong, hour, _ in rows:
             print(f"    member {member_id:>3}  top_dong {dong}  top_hour {hour:>2}")
-        print("\nmessages a consumer of the routing key received:")
-        while (message := await tap.get(no_ack=True, fail=False)) is not None:
-            body = json.loads(message.body)
+        queue = await channel.get_queue(CONSUMER_QUEUE)
+        received = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            received.append(json.loads(message.body))
+        print(f"\nthe {len(received)} messages the runs published, in {CONSUMER_QUEUE}:")
+        for body in received:
             print(
                 f"  {body['traceId']}  member {body['memberId']}  token {body['token']}"
                 f"  {body['topDong']} {body['topHour']}h  events {body['activeEventCount']}"

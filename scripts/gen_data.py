@@ -1,4 +1,5 @@
-"""Fill a database with realistic synthetic data for the benchmarks, fast and repeatably.
+"""Fill a database with realistic synthetic data for the benchmarks, fast and repeatably;
+small options make the sample rows of an operator's first hour (README, "From scratch").
 
     .venv/bin/python scripts/gen_data.py [--database couponpop_bench] [--shape year|month]
         [--histories 10000000] [--history-days 400]
@@ -428,6 +429,9 @@ async def _generate(pool: Pool, plan: Plan, jobs: int) -> None:
     for statement in _fanout_sql(plan):
         await _execute(pool, statement)
     log(f"coupon_events, coupon_usage_stats: {time.perf_counter() - started:.1f}s")
+    # Scaffolding: the database keeps the service's tables and the record alone (it may be
+    # an operator's, README "From scratch").
+    await _execute(pool, f"DROP TABLE {SEQ_TABLE}, {DONG_TABLE}, bench_digits")
 
 
 async def _in_chunks(pool: Pool, rows: int, sql: Callable[[int, int], str], jobs: int) -> None:

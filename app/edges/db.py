@@ -86,7 +86,11 @@ def connect_error_line(exc: BaseException, target: DbTarget) -> str | None:
     if code in _REFUSED_CODES:
         return f"the database refused user {target.user!r}: {message}"
     if code == _UNKNOWN_DATABASE:
-        return f"unknown database {target.database!r}"
+        name = target.database.replace("`", "``")
+        return (
+            f"unknown database {target.database!r}: create it first (CREATE DATABASE `{name}`"
+            " CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci), then `python -m app migrate`"
+        )
     return None
 
 

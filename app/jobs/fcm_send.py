@@ -16,7 +16,7 @@ what it has seen by `traceId`.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
 from typing import Any, NamedTuple
@@ -222,6 +222,11 @@ class _RunLookups:
 # --- the step ------------------------------------------------------------------------
 
 
+def message_lines(messages: list[OutgoingMessage]) -> Iterator[str]:
+    """A dry run's output: each message's JSON body, a line each."""
+    return (message.body.decode() for message in messages)
+
+
 def build(context: JobContext) -> StepDefinition[LatestStats, list[OutgoingMessage]]:
     resources = context.resources
     settings = resources.settings
@@ -229,7 +234,7 @@ def build(context: JobContext) -> StepDefinition[LatestStats, list[OutgoingMessa
     target_hour = int(context.parameters["targetHour"])
     writer: Writer[list[OutgoingMessage]]
     if context.dry_run_output is not None:
-        writer = DryRunWriter(context.dry_run_output)
+        writer = DryRunWriter(context.dry_run_output, message_lines)
     elif resources.broker is not None:
         writer = PublishingWriter(resources.broker)
     else:

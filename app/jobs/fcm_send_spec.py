@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 
 from app.model import JobParameter
 from app.runtime import parameters
-from app.runtime.job import Cron, JobSpec, Parameter, code
-from app.runtime.parameters import BOOLEAN, DRY_RUN, INTEGER, LOCAL_DATE
+from app.runtime.job import DRY_RUN_PARAMETER, Cron, JobSpec, Parameter, code
+from app.runtime.parameters import INTEGER, LOCAL_DATE
 
 LOOKBACK_DAYS = 2  # the stats it reads: those of the run date and the day before
 
@@ -38,13 +38,7 @@ SPEC = JobSpec(
             default="the current hour",
             choices=tuple(str(hour) for hour in range(24)),
         ),
-        Parameter(
-            DRY_RUN,
-            BOOLEAN,
-            "write the messages to DRY_RUN_DIR (the CLI: stdout or --output), publish"
-            " nothing; an instance of its own (dryRun=true and a fresh run.id)",
-            default="false",
-        ),
+        DRY_RUN_PARAMETER,
     ),
     parse=parse,
     build=code("app.jobs.fcm_send:build"),

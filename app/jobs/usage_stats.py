@@ -10,13 +10,15 @@ CHUNK_SIZE whole members. Processing computes each member's favourite, looking a
 up the first time a member meets it (once per run each); writing replaces the runDate's
 rows of the chunk's member-id range (after the previous checkpoint, up to this one; the
 last chunk's range is open), so a rerun or a restart leaves exactly the rows a first
-run writes, members who no longer qualify or no longer appear at all included.
+run writes, members who no longer qualify or no longer appear at all included. A dry run
+writes the rows it would store as JSON lines instead, and stores nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import date, datetime, time, timedelta
 from itertools import chain, groupby, pairwise
@@ -30,7 +32,7 @@ from app.edges.db import fetch_all, stream_merged
 from app.jobs.history_window import IdRange, created_at_index, window_span
 from app.jobs.usage_stats_spec import SPEC, WINDOW_DAYS
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
-from app.pipeline.writers import DatabaseWriter
+from app.pipeline.writers import DatabaseWriter, DryRunWriter, Writer
 from app.runtime.job import JobContext
 
 JOB_NAME = SPEC.name
@@ -331,12 +333,26 @@ class UsageStatsStep:
                 await cur.execute(_INSERT + ",".join(values))
 
 
+def row_lines(day: date) -> Callable[[Output], Iterator[str]]:
+    """A dry run's output: the rows a run would store for `day`, as JSON lines."""
+
+    def lines(output: Output) -> Iterator[str]:
+        for member_id, dong, hour in output[2]:
+            row = {"member_id": member_id, "top_dong": dong, "top_hour": hour}
+            yield json.dumps({**row, "aggregated_at": day.isoformat()}, ensure_ascii=False)
+
+    return lines
+
+
 def build(context: JobContext) -> StepDefinition[Member, Output]:
     step = UsageStatsStep(context)
+    writer: Writer[Output] = DatabaseWriter(step.write)
+    if context.dry_run_output is not None:
+        writer = DryRunWriter(context.dry_run_output, row_lines(step.day))
     return StepDefinition(
         name=STEP_NAME,
         read=step.read,
         process=step.process,
-        writer=DatabaseWriter(step.write),
+        writer=writer,
         item_key=itemgetter(0),
     )

@@ -7,21 +7,28 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from app.model import JobParameter
-from app.runtime.job import Cron, JobSpec, Parameter, code
-from app.runtime.parameters import LOCAL_DATE, run_date
+from app.runtime import parameters
+from app.runtime.job import DRY_RUN_PARAMETER, Cron, JobSpec, Parameter, code
+from app.runtime.parameters import LOCAL_DATE
 
 WINDOW_DAYS = 20  # the run date's window of coupon uses, in days up to it
 
 
 def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
-    return [run_date(raw, lookback_days=WINDOW_DAYS)]
+    """runDate (required). A dry run is an instance of its own (`parameters.dry_run`); a
+    real run records runDate alone, as the old service's runs did."""
+    dry_run = [parameter for parameter in parameters.dry_run(raw) if parameter.identifying]
+    return [parameters.run_date(raw, lookback_days=WINDOW_DAYS), *dry_run]
 
 
 SPEC = JobSpec(
     name="couponUsageStatsJob",
     path="coupon-usage-stats",
     title="Usage stats",
-    parameters=(Parameter("runDate", LOCAL_DATE, "YYYY-MM-DD"),),
+    parameters=(
+        Parameter("runDate", LOCAL_DATE, "YYYY-MM-DD"),
+        DRY_RUN_PARAMETER,
+    ),
     parse=parse,
     build=code("app.jobs.usage_stats:build"),
     backfills=True,

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # Skipped items named in the step's context (and so in the execution resource); the
 # count is the step's skip count. SHORT_CONTEXT holds 2,500 characters.
 SKIPPED_KEYS_KEPT = 50
+SKIP_CAUSE_CHARACTERS = 200  # of a skip's cause: the fault's type and message
 
 
 class SkipLimitExceeded(Exception):
@@ -82,6 +83,9 @@ class StepRunner:
                 SPRING_BATCH_CHUNK_WRITE,
             )
         )
+        # The same first skipped items by cause, in the order met: [{"cause": the data
+        # fault that skipped them, "keys": [...]}] (the exit message, the console).
+        self._skip_causes: list[dict[str, Any]] = []
         self._commit_with_retry = retrying(
             self._commit_once, policy, f"step {definition.name}: a commit", self.progress
         )
@@ -174,8 +178,11 @@ class StepRunner:
                     f"skip limit exceeded: {progress.skipped} items skipped (SKIP_LIMIT={limit})"
                     f" and {skipped} more failed on their own; last error: {result.error!r}"
                 )
-            room = SKIPPED_KEYS_KEPT - len(self._skipped_keys)
-            self._skipped_keys += keys[: max(room, 0)]
+            kept = keys[: max(SKIPPED_KEYS_KEPT - len(self._skipped_keys), 0)]
+            if kept:
+                self._skipped_keys += kept
+                cause = f"{type(result.error).__name__}: {result.error}"[:SKIP_CAUSE_CHARACTERS]
+                self._skip_causes.append({"cause": cause, "keys": kept})
         filtered = sum(part.filtered for part in result.parts)
         counts = ChunkCounts(
             read=size, written=size - skipped - filtered, filtered=filtered, skipped=skipped
@@ -211,12 +218,26 @@ class StepRunner:
                 chunk.checkpoint,
             )
 
+    def skip_summary(self) -> str:
+        """What this run skipped, its first items by cause (an exit message): `3 skipped;
+        member ids 17, 42: PeerRejected: ...`; empty when it skipped nothing."""
+        if not self._skip_causes:
+            return ""
+        named = len(self._skipped_keys)
+        first = f" (the first {named} named)" if named < self.progress.skipped else ""
+        label = self.definition.item_label
+        return f"{self.progress.skipped:,} skipped{first}; " + "; ".join(
+            f"{label} {', '.join(map(str, found['keys']))}: {found['cause']}"
+            for found in self._skip_causes
+        )
+
     def _context(self, chunk: Chunk[Any]) -> dict[str, Any]:
         """The step's context as of this chunk: its checkpoint, the first skipped items'
         keys, what the writer reports."""
         context: dict[str, Any] = {"checkpoint": chunk.checkpoint}
         if self._skipped_keys:
             context["skipped"] = self._skipped_keys
+            context["skipCauses"] = self._skip_causes
         report = self.definition.writer.report()
         if report:
             context["messages"] = report

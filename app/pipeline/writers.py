@@ -9,7 +9,7 @@ beside its counts and checkpoint. The checkpoint commits only after both.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TextIO, TypeVar
 
@@ -82,18 +82,19 @@ class PublishingWriter:
 
 
 @dataclass(frozen=True)
-class DryRunWriter:
-    """The chunk's messages, each body a line of UTF-8 text (a JSON message's body is
-    its JSON line), in read order, off the event loop; nothing is published."""
+class DryRunWriter(Generic[OutT]):
+    """The chunk's output as lines of UTF-8 text (`lines` makes them: a message's JSON
+    body, a row as JSON), in read order, off the event loop; nothing is stored or sent."""
 
     output: TextIO
+    lines: Callable[[OutT], Iterable[str]]
 
-    async def deliver(self, output: Sequence[OutgoingMessage]) -> None:
+    async def deliver(self, output: OutT) -> None:
         return None
 
-    async def write(self, conn: Connection, output: Sequence[OutgoingMessage]) -> None:
-        if output:
-            text = "".join(message.body.decode() + "\n" for message in output)
+    async def write(self, conn: Connection, output: OutT) -> None:
+        text = "".join(line + "\n" for line in self.lines(output))
+        if text:
             await asyncio.to_thread(self._append, text)
 
     def _append(self, text: str) -> None:

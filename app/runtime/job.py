@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from app.model import JobParameter
 from app.pipeline.chunk import StepDefinition
+from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError
 from app.runtime.resources import Resources
 
 
@@ -54,6 +55,18 @@ class Parameter:
         return self.default is None
 
 
+# The parameter of a job that can dry-run: it declares this among its parameters, and its
+# parse gives `parameters.dry_run` (its step then writes to the dry run's output).
+DRY_RUN_PARAMETER = Parameter(
+    DRY_RUN,
+    BOOLEAN,
+    "everything but storing or publishing: what the run would store or publish goes as JSON"
+    " lines to DRY_RUN_DIR (the CLI: stdout or --output); an instance of its own (dryRun=true"
+    " and a fresh run.id), which no real run meets",
+    default="false",
+)
+
+
 @dataclass(frozen=True)
 class Cron:
     """When the daemon launches the job, in APP_TIMEZONE."""
@@ -72,7 +85,9 @@ class JobSpec:
     name: str  # the Spring job name, as recorded in BATCH_JOB_INSTANCE
     path: str  # its name in the CLI and the admin API
     title: str  # its name for people: the console's form, the API's job list
-    parameters: tuple[Parameter, ...]  # what `parse` reads, as declared to operators
+    # What `parse` reads, as declared to operators; nothing else is taken (`read`). A job
+    # that declares DRY_RUN_PARAMETER can dry-run; one that does not refuses dryRun.
+    parameters: tuple[Parameter, ...]
     parse: Callable[[Mapping[str, str], datetime], list[JobParameter]]  # raises ParameterError
     build: Callable[[JobContext], StepDefinition[Any, Any]]
     publishes: bool = False  # its writer needs the broker, unless in a dry run
@@ -84,6 +99,25 @@ class JobSpec:
     # What a run with these parsed parameters would process (the console's confirmation
     # before a real fan-out); None: the job has no estimate.
     estimate: Callable[[Resources, Mapping[str, str]], Awaitable[Estimate]] | None = None
+
+    @property
+    def dry_runs(self) -> bool:
+        """Whether the job can dry-run (it declares dryRun); one that cannot refuses it."""
+        return any(parameter.name == DRY_RUN for parameter in self.parameters)
+
+    def undeclared(self, names: Iterable[str]) -> list[str]:
+        """Those of `names` that are not parameters of this job, in their order."""
+        declared = {parameter.name for parameter in self.parameters}
+        return [name for name in names if name not in declared]
+
+    def read(self, raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
+        """The parameters an operator (or a schedule) gave, parsed: a name the job does
+        not declare is a ParameterError naming it, never dropped (a `dryRun` given to a
+        job that cannot dry-run would otherwise make a real run)."""
+        for name in self.undeclared(raw):
+            takes = ", ".join(parameter.name for parameter in self.parameters) or "none"
+            raise ParameterError(name, f"is not a parameter of {self.path} (it takes {takes})")
+        return self.parse(raw, now)
 
 
 def code(target: str) -> Callable[..., Any]:
@@ -107,6 +141,20 @@ def declared_parameters(jobs: Iterable[JobSpec]) -> dict[str, tuple[Parameter, l
         for parameter in spec.parameters:
             declared.setdefault(parameter.name, (parameter, []))[1].append(spec)
     return declared
+
+
+def takers(name: str, jobs: Iterable[JobSpec]) -> str:
+    """Which of `jobs` take the parameter `name`, each with its default or `required`,
+    and its own help where it differs from the first's: the CLI's help, the OpenAPI
+    document's description (`coupon-usage-stats: required; ...: default today`)."""
+    found = [(spec, p) for spec in jobs for p in spec.parameters if p.name == name]
+    first = found[0][1].help if found else ""
+    return "; ".join(
+        f"{spec.path}: "
+        + ("required" if mine.required else f"default {mine.default}")
+        + ("" if mine.help == first else f", {mine.help}")
+        for spec, mine in found
+    )
 
 
 class UnknownJob(LookupError):

@@ -151,7 +151,7 @@ class Launcher:
         background. Raises ParameterError, LaunchRefused or ShuttingDown; an automatic
         launch passes what it was decided from (`automatic`)."""
         self.refuse_if_shutting_down()
-        parameters = spec.parse(raw_parameters, now_in(self.settings.timezone))
+        parameters = spec.read(raw_parameters, now_in(self.settings.timezone))
         return await self._start(
             spec,
             parameters,
@@ -352,6 +352,7 @@ class Launcher:
                 finished = await runner.run(step)
             if finished:
                 outcome.status = Status.COMPLETED
+                outcome.message = runner.skip_summary()
             else:
                 outcome.stopped_as(run)
         except Exception as exc:

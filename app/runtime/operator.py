@@ -88,6 +88,22 @@ def stop_target(run: Sequence[tuple[int, Status]]) -> StopTarget:
     return StopTarget(None, status)
 
 
+STOPPABLE = (Status.STARTING, Status.STARTED)  # a STOPPING one is being stopped already
+
+
+def allowed(execution: JobExecution, latest: int) -> tuple[str, ...]:
+    """The operator's commands worth offering on `execution` now, its instance's newest
+    execution being `latest` (the console's buttons): stop while it runs; restart
+    (FAILED, STOPPED) and abandon (also STOPPING) on the newest only. `restart` refuses
+    an older one (Spring restarts only the last); `abandon` takes one, as Spring's
+    JobOperator does, though it changes nothing once its instance has run on."""
+    found = ["stop"] if execution.status in STOPPABLE else []
+    if execution.id == latest:
+        found += ["restart"] if execution.status in RESTARTABLE else []
+        found += ["abandon"] if execution.status in ABANDONABLE else []
+    return tuple(found)
+
+
 class JobOperator:
     """The operator's commands over the job repository, and over this process's launcher
     where it has one (the daemon, `run`, `restart`); `stop` and `abandon` need none:
@@ -134,6 +150,8 @@ class JobOperator:
             raise ParameterError("runDate", "give either runDate or from/to")
         launcher = self.launcher
         spec = launcher.find(job)
+        if not spec.backfills:
+            raise ParameterError("from", f"{spec.path} does not backfill: it takes no from, to")
         launched, refused = [], []
         for day in days:
             parameters = {**raw_parameters, "runDate": day.isoformat()}

@@ -24,7 +24,14 @@ from app.pipeline.chunk import StepProgress
 from app.runtime.automation import Schedule
 from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
-from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused, Stopped
+from app.runtime.operator import (
+    JobOperator,
+    NoSuchExecution,
+    NotRestartable,
+    Refused,
+    Stopped,
+    allowed,
+)
 from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources
 from app.runtime.scheduler import scheduled_runs
@@ -140,16 +147,18 @@ def create_app(
     runs at the time of a scrape (their latest due runs are exposed for the alert on runs
     not COMPLETED, but not those due before anyone ran them: `scheduled_runs`)."""
     settings = launcher.settings
+    document = openapi(list(launcher.jobs.values()))
     app = web.Application(
         middlewares=[
             metrics_middleware,
             error_middleware(settings.timezone),
             _auth_middleware(settings.jwt_key),
+            _query_middleware(document),
         ],
         handler_args={"logger": ServerLog()},
     )
     app[LAUNCHER] = launcher
-    app[DOCUMENT] = openapi(list(launcher.jobs.values()))
+    app[DOCUMENT] = document
     app[HEALTH] = Health(health_checks, health_timeout)
     app[REPOSITORY_METRICS] = RepositoryMetrics(
         functools.partial(_read_figures, launcher, schedules, datetime.now(settings.timezone)),
@@ -214,6 +223,42 @@ def _auth_middleware(key: bytes) -> Middleware:
         return await handler(request)
 
     return authorize
+
+
+def _query_middleware(document: Mapping[str, Any]) -> Middleware:
+    """Under /api/, the query parameters an operation declares in the OpenAPI document,
+    each once: another name, or one given twice, is a 400 naming it (never ignored, nor
+    the first of repeats taken). What a job takes is the job's own check (`JobSpec.read`)."""
+    declared = {
+        (path, method.upper()): [
+            p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"
+        ]
+        for path, operations in document["paths"].items()
+        if path.startswith("/api/")
+        for method, operation in operations.items()
+    }
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        names = None if resource is None else declared.get((resource.canonical, request.method))
+        if names is not None:
+            for name in request.query:
+                if name not in names:
+                    takes = ", ".join(names) or "none"
+                    raise ApiError(
+                        400,
+                        "INVALID_PARAMETER",
+                        f"{name[:40]}: not a parameter of this call (it takes {takes})",
+                    )
+                given = len(request.query.getall(name))
+                if given > 1:
+                    raise ApiError(
+                        400, "INVALID_PARAMETER", f"{name}: given {given} times; give it once"
+                    )
+        return await handler(request)
+
+    return check
 
 
 # ---- the admin API ----------------------------------------------------------------
@@ -281,7 +326,7 @@ async def launch_job(request: web.Request) -> web.Response:
     operators call the API for). `from` and `to` instead of `runDate` launch a backfill:
     each date its own instance, queued behind MAX_RUNNING_EXECUTIONS."""
     spec = _job(request)
-    raw = {name: request.query[name] for name in request.query}  # the first of repeats
+    raw = dict(request.query)  # each given once (`_query_middleware`)
     if "from" in raw or "to" in raw:
         return await _backfill(request, spec, raw)
     operator = _operator(request)
@@ -380,7 +425,7 @@ async def get_execution(request: web.Request) -> web.Response:
         execution = await _operator(request).get(execution_id)
     except NoSuchExecution:
         raise _not_found(request) from None
-    return web.json_response(_view(request, execution))
+    return web.json_response(await _view(request, execution))
 
 
 async def _operated(
@@ -420,7 +465,9 @@ async def stop_execution(request: web.Request) -> web.Response:
     on (its Location); one awaiting its automatic restart is STOPPED at once."""
     execution = await _operated(request, JobOperator.stop, "JOB_NOT_RUNNING", "stop requested")
     return web.json_response(
-        _view(request, execution), status=202, headers={"Location": execution_url(execution.id)}
+        await _view(request, execution),
+        status=202,
+        headers={"Location": execution_url(execution.id)},
     )
 
 
@@ -444,7 +491,7 @@ async def abandon_execution(request: web.Request) -> web.Response:
     """JobOperator's abandon: a STOPPED, FAILED or STOPPING execution becomes ABANDONED;
     it is never restarted, and the next launch of its instance starts from scratch."""
     execution = await _operated(request, JobOperator.abandon, "JOB_NOT_ABANDONABLE", "abandoned")
-    return web.json_response(_view(request, execution))
+    return web.json_response(await _view(request, execution))
 
 
 def _limit(request: web.Request, default: int) -> int:
@@ -463,7 +510,7 @@ async def list_executions(request: web.Request) -> web.Response:
     spec = _job(request)
     limit = _limit(request, LIST_LIMIT_DEFAULT)
     executions = await _operator(request).executions(job_name=spec.name, limit=limit)
-    views = [_view(request, e) for e in executions]
+    views = await _views(request, executions)
     return web.json_response({"jobName": spec.name, "executions": views})
 
 
@@ -516,7 +563,7 @@ async def list_recent_executions(request: web.Request) -> web.Response:
     older = len(executions) > limit
     return web.json_response(
         {
-            "executions": [_view(request, e) for e in page],
+            "executions": await _views(request, page),
             "nextBefore": page[-1].id if older else None,
         }
     )
@@ -529,9 +576,8 @@ async def estimate_job(request: web.Request) -> web.Response:
     spec = _job(request)
     if spec.estimate is None:
         raise ApiError(404, "NO_ESTIMATE", f"job {spec.path} has no estimate")
-    raw = {name: request.query[name] for name in request.query}
     try:
-        parsed = spec.parse(raw, now_in(launcher.settings.timezone))
+        parsed = spec.read(request.query, now_in(launcher.settings.timezone))
     except ParameterError as exc:
         raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
     values = {p.name: p.value for p in parsed if p.identifying}
@@ -546,17 +592,33 @@ async def estimate_job(request: web.Request) -> web.Response:
     )
 
 
-def _view(request: web.Request, execution: JobExecution) -> dict[str, Any]:
+async def _view(request: web.Request, execution: JobExecution) -> dict[str, Any]:
+    [view] = await _views(request, [execution])
+    return view
+
+
+async def _views(request: web.Request, executions: Sequence[JobExecution]) -> list[dict[str, Any]]:
+    """The executions as the API shows them, each with the commands the rules allow on it
+    now (which needs its instance's newest execution)."""
     launcher = request.app[LAUNCHER]
-    return execution_view(execution, launcher.running.get(execution.id), launcher.settings.timezone)
+    latest = await launcher.repository.latest_executions({e.instance_id for e in executions})
+    return [
+        execution_view(
+            e,
+            launcher.running.get(e.id),
+            launcher.settings.timezone,
+            allowed(e, latest.get(e.instance_id, e.id)),
+        )
+        for e in executions
+    ]
 
 
 def execution_view(
-    execution: JobExecution, running: RunningJob | None, tz: tzinfo
+    execution: JobExecution, running: RunningJob | None, tz: tzinfo, actions: Sequence[str]
 ) -> dict[str, Any]:
     """Counts are the committed ones (summed over the steps); `progress` holds the live
     counts while the execution runs in this process, else null. Times are in APP_TIMEZONE,
-    with their offset."""
+    with their offset. `actions`: the commands the rules allow on it now."""
 
     def time(value: datetime | None) -> str | None:
         return value.astimezone(tz).isoformat() if value is not None else None
@@ -564,6 +626,7 @@ def execution_view(
     steps = execution.steps
     skip_count = sum(s.skip_count for s in steps)
     skipped = [key for s in steps for key in s.context.get("skipped", [])]
+    causes = [cause for s in steps for cause in s.context.get("skipCauses", [])]
     messages = [s.context["messages"] for s in steps if "messages" in s.context]
     return {
         "executionId": execution.id,
@@ -583,7 +646,7 @@ def execution_view(
         "filterCount": sum(s.filter_count for s in steps),
         "skipCount": skip_count,
         "commitCount": sum(s.commit_count for s in steps),
-        "skippedItems": {"count": skip_count, "ids": skipped},
+        "skippedItems": {"count": skip_count, "ids": skipped, "causes": causes},
         "messages": messages[0] if messages else None,
         "steps": [
             {
@@ -603,6 +666,7 @@ def execution_view(
             for s in steps
         ],
         "progress": progress_view(running.progress, tz) if running is not None else None,
+        "actions": list(actions),
     }
 
 

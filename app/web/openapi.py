@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.model import Status
-from app.runtime.job import JobSpec, Parameter, declared_parameters
+from app.runtime.job import JobSpec, Parameter, declared_parameters, takers
 from app.runtime.parameters import BOOLEAN, DRY_RUN, INTEGER, LOCAL_DATE, LONG
 
 
@@ -475,7 +475,30 @@ _DOCUMENT: dict[str, Any] = {
                         "properties": {
                             "count": {"type": "integer"},
                             "ids": {"type": "array", "description": "the first 50 skipped"},
+                            "causes": {
+                                "type": "array",
+                                "description": "the same first skipped, grouped by the data"
+                                " fault that skipped them, in the order met",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "cause": {
+                                            "type": "string",
+                                            "example": "PeerAnswerError: store service"
+                                            " /internal/v1/stores/regions: HTTP 400",
+                                        },
+                                        "keys": {"type": "array"},
+                                    },
+                                },
+                            },
                         },
+                    },
+                    "actions": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": ["stop", "restart", "abandon"]},
+                        "description": "The commands worth offering on it now (the console's"
+                        " buttons): stop while it runs; restart (FAILED, STOPPED) and abandon"
+                        " (also STOPPING) on its instance's newest execution only",
                     },
                     "messages": {
                         "type": "object",
@@ -592,14 +615,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
 
 def _query(parameter: Parameter, jobs: Sequence[JobSpec]) -> dict[str, Any]:
     """A job parameter as a query parameter, saying which jobs take it and its default."""
-    takes = "; ".join(
-        f"{spec.path}: "
-        + ("required" if mine.required else f"default {mine.default}")
-        + ("" if mine.help == parameter.help else f", {mine.help}")
-        for spec in jobs
-        for mine in spec.parameters
-        if mine.name == parameter.name
-    )
+    takes = takers(parameter.name, jobs)
     schema: dict[str, Any] = dict(_SCHEMAS[parameter.type])
     if parameter.choices and parameter.type == INTEGER:
         values = [int(choice) for choice in parameter.choices]

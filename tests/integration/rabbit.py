@@ -15,7 +15,8 @@ from contextlib import contextmanager
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from app.contracts import CONSUMER_QUEUE, CONSUMER_QUEUE_ARGUMENTS, EXCHANGE, ROUTING_KEY
+from app.contracts import CONSUMER_QUEUE
+from app.devtools import consumer_queue
 from tests.settings import make_settings
 
 
@@ -55,16 +56,7 @@ def close_connections(vhost: str, reason: str = "closed by test") -> int:
 
 async def declare_consumer_queue(vhost: str) -> None:
     """What the notification service declares: the exchange, its queue, the binding; purged."""
-    async with await aio_pika.connect(amqp_url(vhost)) as connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(
-            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        queue = await channel.declare_queue(
-            CONSUMER_QUEUE, durable=True, arguments=CONSUMER_QUEUE_ARGUMENTS
-        )
-        await queue.bind(exchange, ROUTING_KEY)
-        await queue.purge()
+    await consumer_queue.declare_consumer_queue(amqp_url(vhost), purge=True)
 
 
 async def consume(

@@ -29,10 +29,12 @@ COMMANDS = {
 
 
 async def cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """`python -m app *args` run from `cwd` (no .env there): exit code, stdout, stderr."""
+    """`python -m app *args` run from `cwd` (no .env there), with no terminal (stdin at end
+    of file): exit code, stdout, stderr."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", *args,
-        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "app", *args, env=env, cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(60):
         out, err = await process.communicate()
@@ -71,7 +73,8 @@ async def test_an_unknown_database_is_one_line(
     assert await cli(COMMANDS[command], env, tmp_path) == (
         EXIT_USAGE,
         "",
-        f"error: unknown database '{name}'\n",
+        f"error: unknown database '{name}': create it first (CREATE DATABASE `{name}`"
+        " CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci), then `python -m app migrate`\n",
     )
 
 

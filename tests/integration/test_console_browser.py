@@ -18,11 +18,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import jwt
 import pytest
 import requests
 from selenium import webdriver
@@ -33,9 +35,12 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from app.composition import JOBS
 from app.edges.db import fetch_all
 from app.jobs import usage_stats, usage_stats_spec
 from app.model import COMPLETED_WITH_SKIPS, Status
+from app.runtime.job import find_job
+from app.runtime.launcher import Launcher
 from app.web.console import CONSOLE_PATH
 from tests.conftest import DATA_TABLES, DB_SERVER
 from tests.integration import rabbit
@@ -292,6 +297,10 @@ def record(app: LiveApp, run_date: str, status: Status | None, exit_code: str | 
         return execution.id
 
     return app.run(recorded())
+
+
+def jwt_claims(value: str) -> dict[str, Any]:
+    return jwt.decode(value, options={"verify_signature": False})
 
 
 def shown_time(api_time: str) -> str:
@@ -659,4 +668,106 @@ def test_the_list_pages_and_filters_by_job_status_and_run_date(
     browser.find_element(By.CSS_SELECTOR, "#filters button[type=reset]").click()
     every = ids("SELECT JOB_EXECUTION_ID FROM BATCH_JOB_EXECUTION ORDER BY 1 DESC")
     listed(every[:50], 1, newer=False, older=len(every) > 50)
+    assert browser_problems(browser) == []
+
+
+def test_an_expired_or_refused_token_says_so_and_pauses_the_refresh(
+    app: LiveApp, browser: WebDriver
+) -> None:
+    """Before: the header still said "token set", nothing said how to get another, and the
+    table stopped refreshing without a word."""
+    open_console(browser, app)
+    state = browser.find_element(By.ID, "token-state")
+    refreshed = browser.find_element(By.ID, "refreshed")
+
+    def paste(jwt: str) -> None:
+        browser.find_element(By.ID, "token").send_keys(jwt)
+        browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+
+    # A token that expires while the page is open: its exp passes, the page notices.
+    short = token(expires_in=2)
+    paste(short)
+    wait_for(browser, lambda d: state.text.startswith("token set (operator"), "the short token set")
+    wait_for(browser, lambda d: refreshed.text == "refresh paused: the token expired", "paused")
+    exp = jwt_claims(short)["exp"]
+    at = datetime.fromtimestamp(exp, SERVICE_ZONE).strftime("%Y-%m-%d %H:%M:%S")
+    assert state.text == (
+        f"token expired at {at} (operator): get a new one with `python -m app token` and paste it"
+    )
+    assert state.get_attribute("class") == "expired"
+    assert refreshed.get_attribute("class") == "paused"
+
+    # A token the API refuses (signed with another key): its 401 pauses it too.
+    paste(token(b"another-key-of-32-bytes-long-xxx"))
+    wait_for(browser, lambda d: refreshed.text == "refresh paused: the token was refused", "paused")
+    assert state.text == (
+        "token refused by the API (operator): get a new one with `python -m app token` and paste it"
+    )
+    assert "INVALID_TOKEN" in status_line(browser)
+
+    # A good one: the refresh goes on.
+    paste(token(expires_in=3600))
+    wait_for(browser, lambda d: refreshed.text.startswith("updated "), "the refresh resumed")
+    assert state.text.startswith("token set (operator, expires ")
+    assert refreshed.get_attribute("class") == "muted"
+    assert browser_problems(browser) == []
+
+
+def test_restart_and_abandon_are_offered_on_an_instance_s_newest_execution_only(
+    app: LiveApp, browser: WebDriver
+) -> None:
+    """Before: they stayed offered on an execution whose instance had run on, and answered
+    409 JOB_ALREADY_COMPLETE."""
+    failed_then_completed = [
+        record(app, "2024-07-01", s) for s in (Status.FAILED, Status.COMPLETED)
+    ]
+    failed_twice = [record(app, "2024-07-02", s) for s in (Status.FAILED, Status.FAILED)]
+    open_console(browser, app)
+    shown = {
+        execution: row_when(browser, execution, ("FAILED", "COMPLETED"))["actions"]
+        for execution in (*failed_then_completed, *failed_twice)
+    }
+    assert shown == {
+        failed_then_completed[0]: [],
+        failed_then_completed[1]: [],
+        failed_twice[0]: [],
+        failed_twice[1]: ["restart", "abandon"],
+    }
+    # As the API states them; and a restart of the older one is refused, as Spring does.
+    assert [api_execution(app, e)["actions"] for e in failed_twice] == [[], ["restart", "abandon"]]
+    headers = {"Authorization": f"Bearer {token()}"}
+    url = f"{app.url}/api/v1/jobs/executions/{failed_twice[0]}/restart"
+    resp = requests.post(url, headers=headers, timeout=10)
+    assert (resp.status_code, resp.json()["error"]["code"]) == (409, "JOB_NOT_RESTARTABLE")
+    assert browser_problems(browser) == []
+
+
+def test_a_run_s_skips_show_their_cause(app: LiveApp, browser: WebDriver) -> None:
+    """Before: COMPLETED WITH SKIPS with an empty exit message; the cause was in a WARNING
+    line of the log only."""
+    # The store service refuses store 1, where members 201-204 used their coupons.
+    app.fake.control.update({"reject": [1]})
+    try:
+        resources = app.launcher.resources
+        lenient = replace(resources, settings=replace(resources.settings, SKIP_LIMIT=10))
+        launcher = Launcher(lenient, JOBS)
+        stats = find_job(JOBS, "coupon-usage-stats")
+        execution = app.run(launcher.run(stats, {"runDate": "2025-10-27"}, rerun=True))
+    finally:
+        app.fake.control.update({"reject": []})
+    cause = "PeerAnswerError: store service /internal/v1/stores/regions: HTTP 400"
+    assert (execution.exit_code, execution.exit_message) == (
+        COMPLETED_WITH_SKIPS,
+        f"4 skipped; member ids 201, 202: {cause}; member ids 203, 204: {cause}",
+    )
+    open_console(browser, app)
+    shown = row_when(browser, execution.id, (COMPLETED_WITH_SKIPS,))
+    assert (shown["skipped"], shown["message"]) == ("4", execution.exit_message)
+    browser.find_element(By.CSS_SELECTOR, f'#rows tr[data-id="{execution.id}"] td.id').click()
+    causes = wait_for(
+        browser,
+        lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "ul.skip-causes li")],
+        "the causes in the details",
+    )
+    assert causes == [f"201, 202: {cause}", f"203, 204: {cause}"]
     assert browser_problems(browser) == []

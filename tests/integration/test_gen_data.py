@@ -55,6 +55,14 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Any:
         query("information_schema", f"DROP DATABASE IF EXISTS {database}")
 
 
+def test_it_leaves_no_scaffolding(generated: Any) -> None:
+    """The database may be an operator's (README, "From scratch"): its counting tables go
+    once the rows are made; the record of what was made stays."""
+    database, _, _ = generated
+    tables = {name for (name,) in query(database, "SHOW TABLES") if name.startswith("bench_")}
+    assert tables == {"bench_generated"}
+
+
 def test_histories(generated: Any) -> None:
     database, _, record = generated
     assert record["generated"] is True

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from asyncmy.connection import Connection
 from asyncmy.pool import Pool
 
+from app.__main__ import EXIT_USAGE
 from app.composition import JOBS
 from app.config import Settings
 from app.edges.db import fetch_all
@@ -136,7 +137,7 @@ async def test_the_cli_offers_the_job_its_flags_and_runs_it(
     code, out, _ = await cli(env, tmp_path, "run", "--help")
     assert code == 0
     assert "{coupon-usage-stats,coupon-usage-stats-fcm-send,weekly-digest}" in out
-    assert "--limit LIMIT         how many numbers to copy (weekly-digest)" in out
+    assert "--limit LIMIT         how many numbers to copy (weekly-digest: default 3)" in out
     code, out, _ = await cli(env, tmp_path, "backfill", "--help")
     assert "{coupon-usage-stats,weekly-digest}" in out
 
@@ -174,10 +175,10 @@ def test_the_openapi_document_names_the_job_and_its_parameters() -> None:
     assert "weekly-digest: required" in day["description"]
     without = openapi(JOBS)["paths"]["/api/v1/jobs/{jobName}"]["post"]["parameters"]
     assert [p["name"] for p in without] == [
-        "jobName", "runDate", "targetHour", "dryRun", "from", "to"
+        "jobName", "runDate", "dryRun", "targetHour", "from", "to"
     ]  # fmt: skip
     # a declared parameter's choices bound it, as the hand-written document did
-    assert without[2]["schema"] == {"type": "integer", "minimum": 0, "maximum": 23}
+    assert without[3]["schema"] == {"type": "integer", "minimum": 0, "maximum": 23}
 
 
 async def test_the_job_list_that_the_console_renders_names_the_job(settings: Settings) -> None:
@@ -254,3 +255,31 @@ async def test_the_scheduler_fires_the_job_as_it_declares(tables: Pool, settings
         {"runDate": monday.date().isoformat(), "limit": "3"},
     )
     assert await doubles(tables) == [(n, 2 * n, monday.date()) for n in (1, 2, 3)]
+
+
+async def test_a_job_that_cannot_dry_run_refuses_a_dry_run_and_runs_nothing(
+    tables: Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """It declares no dryRun: --dry-run and dryRun=true are refused naming the job, never
+    a real run (issue 26: before, the stats job, which declared none, ran for real)."""
+    env = cli_environment(settings)
+    assert await cli(
+        env, tmp_path, "run", "weekly-digest", "--run-date", "2025-10-27", "--dry-run"
+    ) == (
+        EXIT_USAGE,
+        "",
+        "error: weekly-digest takes no --dry-run (its options: --run-date, --limit)\n",
+    )
+    async with open_resources(settings, broker=False) as resources:
+        launcher = Launcher(resources, WITH_DIGEST)
+        async with TestClient(TestServer(create_app(launcher, {}))) as client:
+            path = "/api/v1/jobs/weekly-digest"
+            resp = await client.post(f"{path}?runDate=2025-10-27&dryRun=true", headers=bearer())
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+    assert (error["code"], error["message"]) == (
+        "INVALID_PARAMETER",
+        "dryRun: is not a parameter of weekly-digest (it takes runDate, limit)",
+    )
+    assert await doubles(tables) == []
+    assert await fetch_all(tables, "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION") == [(0,)]

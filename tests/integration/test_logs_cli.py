@@ -122,14 +122,14 @@ async def test_text_logs_carry_the_offset_of_the_service_zone(
 
 
 async def test_json_logs_make_a_bad_setting_a_json_line(settings: Settings, tmp_path: Path) -> None:
-    env = cli_environment(settings, LOG_FORMAT="json", CHUNK_SIZE="many")
+    env = cli_environment(settings, LOG_FORMAT="json", DB_POOL_SIZE="many")
     code, out, err = await cli(["executions"], env, tmp_path)
     assert (code, out) == (2, "")
     [line] = [json.loads(text) for text in err.splitlines()]
     assert (line["log.level"], line["log.logger"], line["message"]) == (
         "ERROR",
         "app",
-        "error: invalid configuration: CHUNK_SIZE expected int (got 'many')",
+        "error: invalid configuration: DB_POOL_SIZE expected int (got 'many')",
     )
     # With the log's own settings bad, JSON is not known to be wanted: a plain line.
     env = cli_environment(settings, LOG_FORMAT="yaml")

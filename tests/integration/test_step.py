@@ -51,12 +51,16 @@ def of_items(process: Process) -> Callable[[Chunk[int]], Awaitable[Processed[lis
     return lambda chunk: process(chunk.items)
 
 
-def definition(process: Process) -> StepDefinition:
+def definition(
+    process: Process,
+    read: Callable[[Any], AsyncIterator[Chunk[int]]] = chunks_after,
+    write: Callable[[Connection, list[int]], Awaitable[None]] = write_items,
+) -> StepDefinition:
     return StepDefinition(
         name="testStep",
-        read=chunks_after,
+        read=read,
         process=of_items(process),
-        writer=DatabaseWriter(write_items),
+        writer=DatabaseWriter(write),
         item_key=lambda item: item,
     )
 
@@ -72,7 +76,9 @@ async def run(
     step_definition: StepDefinition,
     *,
     stop: asyncio.Event | None = None,
-) -> tuple[bool | BaseException, Any, StepProgress]:
+) -> tuple[bool | BaseException, Any, StepRunner]:
+    """The step run once: its outcome (or failure), its step execution as recorded, the
+    runner (its live counts, its summary of skips)."""
     repository = JobRepository(pool, abandon_after_seconds=120)
     execution = await repository.start_execution(
         "testJob",
@@ -80,23 +86,22 @@ async def run(
         rerun_completed=True,
     )
     step = await repository.start_step(execution, "testStep")
-    progress = StepProgress()
+    runner = StepRunner(
+        step_definition,
+        job_name="testJob",
+        repository=repository,
+        pool=pool,
+        policy=settings.step,
+        progress=StepProgress(),
+        stop=stop,
+    )
     try:
-        runner = StepRunner(
-            step_definition,
-            job_name="testJob",
-            repository=repository,
-            pool=pool,
-            policy=settings.step,
-            progress=progress,
-            stop=stop,
-        )
         outcome: bool | BaseException = await runner.run(step)
     except Exception as exc:
         outcome = exc
     recorded = await repository.get_execution(execution.id)
     assert recorded is not None
-    return outcome, recorded.steps[0], progress
+    return outcome, recorded.steps[0], runner
 
 
 async def items_written(pool: Pool) -> list[int]:
@@ -115,19 +120,14 @@ async def test_chunks_commit_in_read_order_with_counts_and_checkpoint(scratch: P
         order.append(output[0])
         await write_items(conn, output)
 
-    step_definition = StepDefinition(
-        name="testStep",
-        read=chunks_after,
-        process=of_items(slow_first),
-        writer=DatabaseWriter(recording_write),
-        item_key=lambda item: item,
-    )
-    outcome, step, progress = await run(scratch, make_settings(ENRICH_WORKERS=4), step_definition)
+    step_definition = definition(slow_first, write=recording_write)
+    outcome, step, runner = await run(scratch, make_settings(ENRICH_WORKERS=4), step_definition)
     assert outcome is True
     assert order == [1, 3, 5, 7]
     assert await items_written(scratch) == [1, 3, 5, 7]
     assert (step.read_count, step.write_count, step.filter_count, step.skip_count) == (7, 4, 3, 0)
     assert (step.commit_count, step.checkpoint) == (4, 7)
+    progress = runner.progress
     assert (progress.read, progress.written, progress.filtered) == (7, 4, 3)
 
 
@@ -222,6 +222,38 @@ async def test_a_data_fault_skips_only_the_item_that_fails_on_its_own_and_names_
     skipped = [r.getMessage() for r in caplog.records if " skipped " in r.getMessage()]
     assert skipped == ["step testStep skipped 1 items after DataError('answer without data');"
                        " member ids: [3]"]  # fmt: skip
+
+
+async def test_the_first_skipped_items_are_named_with_their_cause(scratch: Pool) -> None:
+    """Before: a run that skipped ended with an empty exit message; the cause was in a
+    WARNING line only (issue 28)."""
+
+    async def ten_a_chunk(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
+        for first in range(1, 121, 10):
+            yield Chunk(items=list(range(first, first + 10)), checkpoint=first + 9)
+
+    async def odd_ones_fail(items: list[int]) -> Processed[list[int]]:
+        if any(i % 2 for i in items):
+            raise DataError(f"batch {(items[0] - 1) // 10} answered badly")
+        return Processed(output=items)
+
+    step_definition = definition(odd_ones_fail, read=ten_a_chunk)
+    outcome, step, runner = await run(scratch, make_settings(SKIP_LIMIT=100), step_definition)
+    assert (outcome, step.skip_count, step.write_count) == (True, 60, 60)
+    odd = list(range(1, 100, 2))  # the first 50 of the 60 skipped
+    assert step.context["skipped"] == odd
+    assert step.context["skipCauses"] == [
+        {
+            "cause": f"DataError: batch {batch} answered badly",
+            "keys": odd[5 * batch : 5 * batch + 5],
+        }
+        for batch in range(10)
+    ]
+    assert runner.skip_summary() == "60 skipped (the first 50 named); " + "; ".join(
+        f"member ids {', '.join(map(str, odd[5 * b : 5 * b + 5]))}: DataError: batch {b}"
+        " answered badly"
+        for b in range(10)
+    )
 
 
 def one_chunk(items: list[int]) -> Callable[[Any], AsyncIterator[Chunk[int]]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable
@@ -145,6 +147,49 @@ async def test_old_service_rows(pool: Pool, settings: Settings, fake: FakePeers)
     assert await stats(pool) == OLD_SERVICE_EXPECTED
     assert counts(execution) == {"read": 5, "written": 4, "filtered": 1, "skipped": 0}
     assert asked_stores(fake) == [1, 2, 3, 4, 5, 6, 7, 9]  # each once; 8 is not in the rows
+
+
+async def test_a_dry_run_writes_the_rows_it_would_store_and_stores_nothing(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """Before: the job took dryRun=true (and the CLI's --dry-run) but ran for real: it
+    replaced the date's rows and completed the run date's instance, so that the 01:00
+    run of that date was then refused (issue 26)."""
+    await load_old_service_rows(pool)
+    stale = (9, "풍무동", 4, DAY)  # what an earlier run stored: a real run replaces it
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at)"
+            " VALUES (%s, %s, %s, %s)",
+            stale,
+        )
+    spec = find_job(JOBS, "coupon-usage-stats")
+    output = io.StringIO()
+    async with open_resources(job_settings(settings, fake), broker=False) as resources:
+        launcher = Launcher(resources, JOBS)
+        dry = await launcher.run(
+            spec, {"runDate": RUN_DATE, "dryRun": "true"}, rerun=False, dry_run_output=output
+        )
+        assert (dry.status, dry.dry_run, counts(dry)) == (
+            "COMPLETED",
+            True,
+            {"read": 5, "written": 4, "filtered": 1, "skipped": 0},
+        )
+        assert [json.loads(line) for line in output.getvalue().splitlines()] == [
+            {"member_id": m, "top_dong": d, "top_hour": h, "aggregated_at": RUN_DATE}
+            for m, d, h, _ in OLD_SERVICE_EXPECTED
+        ]
+        assert await stats(pool) == [stale]  # nothing stored, nothing removed
+        # The run date's own instance neither ran nor completed: a real run without
+        # --rerun is launched, and replaces the rows.
+        real = await launcher.run(spec, {"runDate": RUN_DATE}, rerun=False)
+    assert (real.status, real.dry_run, real.parameters) == (
+        "COMPLETED",
+        False,
+        {"runDate": RUN_DATE},
+    )
+    assert real.instance_id != dry.instance_id
+    assert await stats(pool) == OLD_SERVICE_EXPECTED
 
 
 # ---- the rules, one member each ---------------------------------------------------
@@ -531,6 +576,12 @@ async def test_a_malformed_answer_skips_its_members_and_the_run_completes_with_s
     assert (execution.status, execution.exit_code) == ("COMPLETED", "COMPLETED WITH SKIPS")
     assert execution.steps[0].status == "COMPLETED"
     assert execution.steps[0].context["skipped"] == [1, 2]
+    # Why, in the exit message and the step's context (before: an empty message, the
+    # cause in WARNING lines only).
+    cause = "PeerAnswerError: store service /internal/v1/stores/regions: HTTP 400"
+    assert execution.exit_message == f"2 skipped; member ids 1, 2: {cause}"
+    assert execution.steps[0].exit_message == execution.exit_message
+    assert execution.steps[0].context["skipCauses"] == [{"cause": cause, "keys": [1, 2]}]
     assert await stats(pool) == [(3, "서교동", 15, DAY), (5, "상도동", 13, DAY)]
     assert counts(execution) == {"read": 5, "written": 2, "filtered": 1, "skipped": 2}
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +24,7 @@ from asyncmy.pool import Pool
 from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
+from app.edges.db import fetch_all
 from app.model import Status
 from app.repository import JobRepository
 from app.runtime.job import find_job
@@ -239,6 +241,18 @@ async def test_actuator_and_docs_need_no_token(client: Client) -> None:
         (f"{FANOUT}/estimate?runDate=2024-12-01&targetHour=24", "targetHour"),
         (f"{FANOUT}/estimate?runDate=20241201", "runDate"),
         ("/api/v1/jobs/no-such-job/estimate", "jobName"),
+        # Given twice, or not the job's (issue 26): before, the first of repeats was
+        # taken and the rest ignored, and an undeclared name was dropped.
+        (f"{STATS}?runDate=2024-12-01&runDate=2024-12-02", "runDate"),
+        (f"{FANOUT}?runDate=2024-12-01&targetHour=1&targetHour=2", "targetHour"),
+        (f"{STATS}?runDate=2024-12-01&targetHour=3", "targetHour"),
+        (f"{STATS}?runDate=2024-12-01&rundate=2024-12-02", "rundate"),
+        (f"{FANOUT}?runDate=2024-12-01&targetHour=1&dryrun=true", "dryrun"),
+        (f"{FANOUT}?from=2024-12-01&to=2024-12-02", "from"),
+        ("/api/v1/jobs/executions?limit=5&limit=6", "limit"),
+        ("/api/v1/jobs/executions?jobName=coupon-usage-stats", "jobName"),
+        (f"{STATS}/executions?status=FAILED", "status"),
+        (f"{FANOUT}/estimate?runDate=2024-12-01&dryRun=true", "dryRun"),
     ],
 )
 async def test_bad_input_is_400_naming_the_parameter(
@@ -334,6 +348,36 @@ async def test_launch_runs_the_job_and_reports_it(client: Client, pool: Pool) ->
     assert [e["executionId"] for e in listed["executions"]] == [again, execution_id]
     resp = await api.get(f"{STATS}/executions?limit=1", headers=bearer())
     assert [e["executionId"] for e in (await resp.json())["executions"]] == [again]
+
+
+async def test_a_dry_run_of_the_stats_job_stores_nothing_and_completes_no_real_instance(
+    client: Client, pool: Pool, tmp_path: Path
+) -> None:
+    """Before: dryRun=true of the stats job was a real run (issue 26): its rows stored,
+    the run date's instance COMPLETED."""
+    await add_members(pool, range(1, 3))
+    api = await client(DRY_RUN_DIR=tmp_path)
+    resp = await api.post(f"{STATS}?runDate={RUN_DATE}&dryRun=true", headers=bearer())
+    assert resp.status == 202, await resp.text()
+    done = await until_finished(api, resp.headers["Location"])
+    execution_id = done["executionId"]
+    assert (done["status"], done["dryRun"], done["writeCount"]) == ("COMPLETED", True, 2)
+    assert done["parameters"] == {
+        "runDate": RUN_DATE,
+        "dryRun": "true",
+        "run.id": done["parameters"]["run.id"],
+    }
+    output = tmp_path / f"coupon-usage-stats-{execution_id}.jsonl"
+    assert done["dryRunOutput"] == str(output)
+    assert [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] == [
+        {"member_id": 1, "top_dong": "풍무동", "top_hour": 11, "aggregated_at": RUN_DATE},
+        {"member_id": 2, "top_dong": "상도동", "top_hour": 12, "aggregated_at": RUN_DATE},
+    ]
+    assert await fetch_all(pool, "SELECT COUNT(*) FROM coupon_usage_stats") == [(0,)]
+    repository = JobRepository(pool, abandon_after_seconds=120)
+    spec = find_job(JOBS, "coupon-usage-stats")
+    real = spec.parse({"runDate": RUN_DATE}, datetime(2025, 10, 27, 1, 0))
+    assert await repository.instance_status(spec.name, real) is None
 
 
 async def record(pool: Pool, job: str, status: Status | None = None, **raw: str) -> int:

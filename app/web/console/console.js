@@ -11,12 +11,14 @@ const REFRESH_MS = 2000;
 const REQUEST_TIMEOUT_MS = 10000;
 const LIST_LIMIT = 50;
 const RUNNING = new Set(["STARTING", "STARTED", "STOPPING"]);
+// The commands, as the API names them in an execution's `actions`: those the rules allow
+// on it now (restart and abandon on its instance's newest execution only).
 const ACTIONS = [
-  // [action, label, statuses where the API accepts it]
-  ["stop", "Stop", new Set(["STARTING", "STARTED"])],
-  ["restart", "Restart", new Set(["FAILED", "STOPPED"])],
-  ["abandon", "Abandon", new Set(["FAILED", "STOPPED", "STOPPING"])],
+  ["stop", "Stop"],
+  ["restart", "Restart"],
+  ["abandon", "Abandon"],
 ];
+const MINT = "python -m app token";
 // Java types of job parameters, as the jobs declare them (GET /api/v1/jobs).
 const LOCAL_DATE = "java.time.LocalDate";
 const INTEGER = "java.lang.Integer";
@@ -28,9 +30,10 @@ const ZONE = document.querySelector('meta[name="app-timezone"]')?.content || "UT
 const COMPLETED_WITH_SKIPS = "COMPLETED WITH SKIPS";
 
 class ApiError extends Error {
-  constructor(message, status) {
+  constructor(message, status, code = "") {
     super(message);
     this.status = status;
+    this.code = code;
   }
 }
 
@@ -168,18 +171,47 @@ function claimsOf(jwt) {
   }
 }
 
+// Why the token is no use any more: "expired" (its exp has passed, or the API said
+// EXPIRED_TOKEN), "refused" (the API said INVALID_TOKEN), or "" while it is good.
+let refusal = "";
+
+function tokenProblem() {
+  const jwt = token();
+  if (!jwt) return "";
+  const exp = claimsOf(jwt).exp;
+  return refusal || (typeof exp === "number" && exp * 1000 <= Date.now() ? "expired" : "");
+}
+
 function showTokenState() {
   const jwt = token();
+  const state = $("token-state");
   $("forget").disabled = !jwt;
+  state.className = "muted";
   if (!jwt) {
-    $("token-state").textContent = "no token";
+    state.textContent = "no token";
     return;
   }
   const claims = claimsOf(jwt);
   const who = claims.username || claims.sub || "unknown";
-  const expires =
-    typeof claims.exp === "number" ? `, expires ${showTime(new Date(claims.exp * 1000).toISOString())}` : "";
-  $("token-state").textContent = `token set (${who}${expires})`;
+  const at = typeof claims.exp === "number" ? showTime(new Date(claims.exp * 1000).toISOString()) : "";
+  const problem = tokenProblem();
+  if (problem) {
+    const what = problem === "expired" ? `token expired${at ? ` at ${at}` : ""}` : "token refused by the API";
+    state.textContent = `${what} (${who}): get a new one with \`${MINT}\` and paste it`;
+    state.className = "expired";
+    return;
+  }
+  state.textContent = `token set (${who}${at ? `, expires ${at}` : ""})`;
+}
+
+// The refresh stops while the token is no use, and says so where the time of the last
+// refresh shows.
+function pauseRefresh() {
+  clearTimeout(timer);
+  showTokenState();
+  const refreshed = $("refreshed");
+  refreshed.textContent = `refresh paused: ${tokenProblem() === "expired" ? "the token expired" : "the token was refused"}`;
+  refreshed.className = "paused";
 }
 
 function useToken(event) {
@@ -192,19 +224,22 @@ function useToken(event) {
     return;
   }
   sessionStorage.setItem(TOKEN_KEY, value);
+  refusal = "";
   showTokenState();
-  say("token set for this tab");
+  say(tokenProblem() ? "that token has expired already" : "token set for this tab", Boolean(tokenProblem()));
   refreshNow();
 }
 
 function forgetToken() {
   sessionStorage.removeItem(TOKEN_KEY);
+  refusal = "";
   showTokenState();
   clearTimeout(timer);
   rows.clear();
   $("rows").replaceChildren();
   closeDetails();
   $("refreshed").textContent = "";
+  $("refreshed").className = "muted";
   say("token forgotten");
 }
 
@@ -236,7 +271,7 @@ async function api(method, path) {
   if (!response.ok) {
     const error = body && typeof body.error === "object" ? body.error : null;
     const message = error ? `${error.status}: ${error.code}: ${error.message}` : `HTTP ${response.status}`;
-    throw new ApiError(`${method} ${path.split("?")[0]}: ${message}`, response.status);
+    throw new ApiError(`${method} ${path.split("?")[0]}: ${message}`, response.status, error?.code || "");
   }
   return body;
 }
@@ -254,8 +289,13 @@ function say(message, isError = false) {
 const rows = new Map(); // executionId -> {row, cells, status, values}
 let selected = null; // the execution id whose details are shown
 
+function allowedActions(execution) {
+  const allowed = new Set(Array.isArray(execution.actions) ? execution.actions : []);
+  return ACTIONS.filter(([action]) => allowed.has(action));
+}
+
 function actionButtons(execution) {
-  const buttons = ACTIONS.filter(([, , statuses]) => statuses.has(execution.status)).map(
+  const buttons = allowedActions(execution).map(
     ([action, label]) =>
       el("button", { type: "button", class: `action ${action}`, dataset: { action, id: String(execution.executionId) } }, label),
   );
@@ -342,7 +382,7 @@ function renderRow(entry, execution) {
   const [read, written, filtered, skipped] = counts(execution);
   const message = execution.exitMessage || "";
   const dry = isDryRun(execution);
-  const actions = ACTIONS.filter(([, , statuses]) => statuses.has(execution.status)).map(([a]) => a);
+  const actions = allowedActions(execution).map(([a]) => a);
   update(entry, "id", String(execution.executionId), setText);
   update(entry, "job", execution.jobName, (cell, name) => {
     cell.textContent = jobLabels[name] || name;
@@ -407,7 +447,7 @@ function renderDetails(execution) {
   $("details-title").textContent =
     `Execution ${execution.executionId} · ${execution.jobName}${isDryRun(execution) ? " · dry run" : ""}`;
   const actions = $("details-actions");
-  const actionKey = `${execution.executionId}:${execution.status}`;
+  const actionKey = `${execution.executionId}:${allowedActions(execution).map(([a]) => a)}`;
   if (actions.dataset.key !== actionKey) {
     actions.dataset.key = actionKey; // replaced only when they change, as in the table
     actions.replaceChildren(actionButtons(execution));
@@ -459,8 +499,14 @@ function renderDetails(execution) {
   const skipped = execution.skippedItems;
   if (skipped && skipped.count > 0) {
     const ids = Array.isArray(skipped.ids) ? skipped.ids : [];
+    const causes = Array.isArray(skipped.causes) ? skipped.causes : [];
     const shown = ids.length < skipped.count ? ` (first ${ids.length} shown)` : "";
-    fields.push(...field("Skipped items", `${count(skipped.count)}${shown}`, el("pre", { class: "skipped-ids" }, ids.join(", "))));
+    // Each group of the first skipped items with the fault that skipped them; the ids
+    // alone where the run recorded no cause (an older run's).
+    const why = causes.length
+      ? el("ul", { class: "skip-causes" }, ...causes.map((c) => el("li", {}, `${(c.keys || []).join(", ")}: ${c.cause}`)))
+      : el("pre", { class: "skipped-ids" }, ids.join(", "));
+    fields.push(...field("Skipped items", `${count(skipped.count)}${shown}`, why));
   }
   if (execution.dryRunOutput) {
     fields.push(...field("Dry-run output", el("code", { class: "dry-run-output" }, execution.dryRunOutput)));
@@ -565,6 +611,7 @@ async function refresh() {
   }
   if (details && selected === wanted) renderDetails(details);
   $("refreshed").textContent = `updated ${clock()}`;
+  $("refreshed").className = "muted";
 }
 
 async function tick() {
@@ -573,8 +620,11 @@ async function tick() {
     again = true;
     return;
   }
+  if (tokenProblem()) {
+    pauseRefresh(); // nothing asked with a token known to be no use
+    return;
+  }
   inflight = true;
-  let stop = false;
   try {
     await loadJobs();
     await refresh();
@@ -583,14 +633,16 @@ async function tick() {
   } catch (error) {
     if (error.message !== lastError) say(error.message, true);
     lastError = error.message;
-    stop = error.status === 401; // a refused or expired token: wait for a new one
+    if (error.status === 401) refusal = error.code === "EXPIRED_TOKEN" ? "expired" : "refused";
   } finally {
     inflight = false;
   }
   if (again) {
     again = false;
     tick();
-  } else if (!stop && token() && !document.hidden) {
+  } else if (tokenProblem()) {
+    pauseRefresh(); // until a new token is pasted
+  } else if (token() && !document.hidden) {
     timer = setTimeout(tick, REFRESH_MS);
   }
 }
@@ -635,8 +687,8 @@ function parameterField(job, parameter) {
   const label = fieldLabel(name);
   const suggested = job.suggested?.[name] ?? "";
   if (parameter.type === BOOLEAN) {
-    // a dry run is the console's default: a real one is chosen, then confirmed
-    const checked = name === "dryRun" || suggested === "true";
+    // a dry run is the default of a job that publishes: a real one is chosen, then confirmed
+    const checked = (name === "dryRun" && job.publishes) || suggested === "true";
     return el("label", { class: "check" }, el("input", { type: "checkbox", name, checked }), ` ${label}`);
   }
   if (parameter.choices.length) {
