@@ -337,7 +337,7 @@ async def test_the_reconciler_leaves_a_committing_spring_run_and_takes_a_silent_
     every 0.5 s for three leases is left alone; once it stops committing (SIGKILL) it is
     taken over, its silence then at least the lease."""
     repository = JobRepository(pool, abandon_after_seconds=2, zone=SEOUL)
-    reconciler = Reconciler(repository, SEOUL, (), timedelta(0), None, every=0.2)
+    reconciler = Reconciler(repository, every=0.2)
     run = await spring_launch(pool, "2025-11-03")
 
     async def committing() -> None:
