@@ -3,6 +3,7 @@ order."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from contextlib import aclosing
 
@@ -11,7 +12,14 @@ from asyncmy.errors import OperationalError
 from asyncmy.pool import Pool
 
 from app.config import Settings
-from app.edges.db import fetch_all, open_connection, open_pool, stream_merged
+from app.edges.db import (
+    DatabaseUnavailable,
+    fetch_all,
+    open_connection,
+    open_pool,
+    stream_merged,
+)
+from app.errors import is_availability_fault
 from tests.reliability.support import until
 
 ROWS = 600
@@ -111,3 +119,38 @@ async def test_leaving_early_closes_every_connection(merge_rows: Pool, settings:
             assert await connections(merge_rows, settings) == before + 2
             break
     await until_connections(merge_rows, settings, before)
+
+
+async def test_a_killed_statement_is_an_availability_fault_named_where_it_arose(
+    merge_rows: Pool, settings: Settings
+) -> None:
+    """KILL QUERY (MySQL 1317) is translated by the edge into DatabaseUnavailable, naming
+    the database and the kind of fault (issue 26: before, a data fault); a failing query
+    of the program's own (above) stays the driver's error."""
+    target = settings.database.target
+    async with (
+        open_pool(settings.database) as pool,
+        merge_rows.acquire() as locker,
+        locker.cursor() as lock,
+    ):
+        await lock.execute("LOCK TABLES merge_rows WRITE")  # the query waits for it
+        query = asyncio.ensure_future(fetch_all(pool, "SELECT COUNT(*) FROM merge_rows"))
+        [(waiting,)] = await until(
+            lambda: fetch_all(
+                merge_rows,
+                "SELECT ID FROM information_schema.PROCESSLIST"
+                " WHERE INFO = 'SELECT COUNT(*) FROM merge_rows'",
+            ),
+            within=10,
+            what="the query waiting for the table",
+        )
+        await fetch_all(merge_rows, f"KILL QUERY {int(waiting)}")
+        with pytest.raises(DatabaseUnavailable) as raised:
+            await query
+        await lock.execute("UNLOCK TABLES")
+    assert is_availability_fault(raised.value)
+    assert str(raised.value) == (
+        f"database {target.host}:{target.port}: statement interrupted:"
+        " Query execution was interrupted (MySQL error 1317)"
+    )
+    assert isinstance(raised.value.__cause__, OperationalError)
