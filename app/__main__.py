@@ -28,7 +28,7 @@ from app.config import (
     parse_time_zone,
 )
 from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
-from app.edges.db import DatabaseStalled, connect_error_line, open_pool
+from app.edges.db import DatabaseUnavailable, connect_error_line, open_pool
 from app.logs import configure_logging
 from app.model import (
     COMPLETED_WITH_SKIPS,
@@ -735,7 +735,7 @@ def _command_or_start_up_error(settings: Settings, args: argparse.Namespace) -> 
     is one line and exit 2."""
     try:
         return _command(settings, args)
-    except (OperationalError, DatabaseStalled) as exc:
+    except (OperationalError, DatabaseUnavailable) as exc:
         line = connect_error_line(exc, settings.database.target)
         if line is None:
             raise

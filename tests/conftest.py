@@ -11,6 +11,7 @@ from asyncmy.pool import Pool
 
 from app.config import Settings
 from app.edges.db import open_pool
+from app.outages import OUTAGES
 from app.schema.migrate import migrate
 from tests.integration import rabbit
 from tests.proxy import FaultProxy
@@ -38,6 +39,13 @@ async def _admin(sql: str) -> None:
         conn.cursor() as cur,
     ):
         await cur.execute(sql)
+
+
+@pytest.fixture(autouse=True)
+def no_outage_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no outage open (`app.outages` keeps one registry per process):
+    a test's outage left open would fold the next test's first WARNING into it."""
+    monkeypatch.setattr(OUTAGES, "_open", {})
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ class FakePeerControl:
     """Failure switches shared by both fake services; change them at any time.
 
     `fail_status` answers the next `fail_times` calls with that status (-1: until switched
-    off); `garbage` answers 200 with a body that breaks the contract in the named way;
+    off), with a `Retry-After: <retry_after>` header if that is set (seconds, or an
+    HTTP-date); `garbage` answers 200 with a body that breaks the contract in the named way;
     `reject` answers 400 to every call that asks for one of these keys (member ids,
     store ids or dongs), as a service refuses a request naming an item it rejects.
     """
@@ -47,6 +48,7 @@ class FakePeerControl:
     latency_ms: float = 0
     fail_status: int | None = None
     fail_times: int = -1
+    retry_after: str | None = None
     garbage: str | None = None
     reject: list[int | str] = field(default_factory=list)
 
@@ -62,6 +64,8 @@ class FakePeerControl:
             raise ValueError("fail_status must be null or an HTTP status 400..599")
         if not isinstance(self.fail_times, int) or self.fail_times < -1:
             raise ValueError("fail_times must be an integer >= -1")
+        if self.retry_after is not None and not isinstance(self.retry_after, str):
+            raise ValueError("retry_after must be null or a string (seconds or an HTTP-date)")
         if self.garbage is not None and self.garbage not in GARBAGE_MODES:
             raise ValueError(f"garbage must be null or one of {', '.join(GARBAGE_MODES)}")
         if not isinstance(self.reject, list) or not all(
@@ -186,7 +190,10 @@ class _Services:
                 await asyncio.sleep(control.latency_ms / 1000)
             status = control.take_failure()
             if status is not None:
-                return _error(status, "INJECTED_FAILURE", "failure injected by the fake")
+                failure = _error(status, "INJECTED_FAILURE", "failure injected by the fake")
+                if control.retry_after is not None:
+                    failure.headers["Retry-After"] = control.retry_after
+                return failure
             rejected = set(control.reject).intersection(body)
             if rejected:
                 return _error(400, "INVALID_REQUEST", f"rejected: {sorted(rejected, key=str)}")

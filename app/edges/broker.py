@@ -6,11 +6,17 @@ properties, the message id among them); this edge knows no job's contract.
 A message counts as sent only once the broker has confirmed it (Basic.Ack), so a
 lost connection can never lose one silently. `publish` tries each message once and
 hands back the ones whose answer was lost with the channel, or did not come within
-`BROKER_STALL_SECONDS` (one WARNING names the stalled broker): the step runner, the one
-owner of retries, publishes them again. A message the broker returns (no queue bound)
-or nacks is a data fault of the chunk: it is not published again. A duplicate is
-harmless because the consumer drops a message id it has already seen (the notification
-service drops a trace id, the fan-out's message id); a loss is not.
+`BROKER_STALL_SECONDS` (a WARNING names the stalled broker): the step runner, the one
+owner of retries, publishes them again. A message the broker returns (no queue bound to
+its routing key) or nacks (a full queue that rejects, an internal error) is refused for
+reasons no item has: an availability fault too, whose `unsent` messages are published
+again, until the retry budget fails the step with the exchange and the routing key named.
+A duplicate is harmless because the consumer drops a message id it has already seen
+(the notification service drops a trace id, the fan-out's message id); a loss is not.
+
+An outage of the broker is logged once as it begins and once as it ends
+(`app.outages`): aio-pika's and aiormq's own lines about each reconnect attempt (an
+ERROR every second while the broker is away) are dropped.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from aiormq import Channel, spec
 
 from app.config import BrokerSettings
 from app.contracts import EXCHANGE
-from app.errors import AvailabilityError, DataError
+from app.errors import AvailabilityError
 from app.metrics import MESSAGES
+from app.outages import OUTAGES
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,43 @@ _LOST = (*CONNECTION_EXCEPTIONS, TimeoutError)
 # Closing the connection: how long to wait for the broker's Close-Ok at most (aiormq
 # waits 2 s for it, then closes the socket), so that a stalled broker delays no shutdown.
 _CLOSE_SECONDS = 5.0
+
+# The client libraries' lines about a lost connection and each attempt to reconnect
+# (aiormq's ERROR every second while the broker is away): the broker's outage is logged
+# once instead (`Broker._lost`, `Broker._back`). By template, as each library writes it.
+_RECONNECT_NOISE = frozenset(
+    {
+        # aiormq.connection
+        "error when creating transport: %r",
+        "Cancelling cause reader exited abnormally",
+        'Unexpected connection close from remote "%s", '
+        "Connection.Close(reply_code=%r, reply_text=%r)",
+        "Server connection %r was stuck. No frames were received in %d seconds.",
+        # aio_pika.robust_connection
+        "Connection to %s closed. Reconnecting after %r seconds.",
+        'Connection attempt to "%s" failed: %s. Reconnecting after %r seconds.',
+        'Connection attempt to "%s" cancelled. Reconnecting after %r seconds.',
+        "Reconnect attempt failed %s due to %s: %s. Retrying after %r seconds.",
+    }
+)
+_NOISY_LOGGERS = ("aiormq.connection", "aio_pika.robust_connection", "aio_pika.tools")
+# aio_pika.tools: each channel's close handler failing as its connection goes (the
+# robust connection restores the channel anyway).
+_CALLBACK_FAILED = "Callback %r error: %s: %s"
+_CHANNEL_CLOSED = "RobustChannel._on_close"
+
+
+def _not_reconnect_noise(record: logging.LogRecord) -> bool:
+    if record.msg in _RECONNECT_NOISE:
+        return False
+    if record.msg == _CALLBACK_FAILED and isinstance(record.args, tuple) and record.args:
+        callback = getattr(record.args[0], "callback", None)
+        return getattr(callback, "__qualname__", "") != _CHANNEL_CLOSED
+    return True
+
+
+for _name in _NOISY_LOGGERS:
+    logging.getLogger(_name).addFilter(_not_reconnect_noise)
 
 
 def _outcome(task: asyncio.Task[Any]) -> str:
@@ -71,11 +115,20 @@ class BrokerUnavailable(AvailabilityError):
     """The broker is not reachable, or did not confirm every message."""
 
 
-class UnroutableError(DataError):
-    """The broker returned a message: no queue is bound to the routing key."""
+class PublishRefused(AvailabilityError):
+    """The broker answered messages without taking them; `unsent` are the messages to
+    publish again (those, and the ones whose answer was lost or never sent)."""
+
+    def __init__(self, message: str, unsent: Sequence[OutgoingMessage], *, dependency: str) -> None:
+        super().__init__(message, dependency=dependency)
+        self.unsent = list(unsent)
 
 
-class MessagesNacked(DataError):
+class UnroutableError(PublishRefused):
+    """The broker returned messages: no queue is bound to their routing key."""
+
+
+class MessagesNacked(PublishRefused):
     """The broker refused messages for itself (a full queue that rejects, an internal error)."""
 
 
@@ -103,6 +156,8 @@ class Broker:
     ) -> None:
         self._url = settings.url
         self._address = settings.address
+        self._dependency = f"broker {settings.address}"  # as its outages are named
+        self._closing = False
         self._window = asyncio.Semaphore(settings.publish_window)
         self._reconnect_interval = reconnect_interval
         stall = settings.stall_seconds
@@ -121,7 +176,8 @@ class Broker:
         try:
             await self._open()
         except BrokerUnavailable as exc:
-            log.warning("broker not reachable yet, will connect on first use: %s", exc)
+            message = f"broker not reachable yet, will connect on first use: {exc}"
+            OUTAGES.fault(self._dependency, message, log)
         return self
 
     async def _open(self) -> None:
@@ -132,7 +188,7 @@ class Broker:
                     async with asyncio.timeout(self._reconnect_timeout):
                         await self._connect()
                 except _LOST as exc:
-                    raise BrokerUnavailable(f"cannot connect to the broker: {exc!r}") from exc
+                    raise self._unavailable(f"cannot connect to the broker: {exc!r}") from exc
 
     async def _connect(self) -> None:
         connection = await aio_pika.connect_robust(
@@ -153,6 +209,26 @@ class Broker:
             raise
         self._connection, self._channel, self._check_channel = connection, channel, check_channel
         self._exchange = exchange
+        connection.close_callbacks.add(self._lost)
+        connection.reconnect_callbacks.add(self._back)
+        OUTAGES.ended(self._dependency)
+
+    @property
+    def dependency(self) -> str:
+        """The broker as its outages are named."""
+        return self._dependency
+
+    def _unavailable(self, reason: str) -> BrokerUnavailable:
+        return BrokerUnavailable(reason, dependency=self._dependency)
+
+    def _lost(self, connection: object, exc: BaseException | None) -> None:
+        """The robust connection lost its transport: an outage begins, until `_back`."""
+        if not self._closing:
+            reason = f"{exc!r}" if exc is not None else "closed"
+            OUTAGES.fault(self._dependency, f"{self._dependency}: connection lost: {reason}", log)
+
+    def _back(self, connection: object) -> None:
+        OUTAGES.ended(self._dependency)
 
     async def __aexit__(
         self,
@@ -160,6 +236,7 @@ class Broker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing = True
         if self._exchange is not None:
             await self._close(self._connection)
 
@@ -183,7 +260,8 @@ class Broker:
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[OutgoingMessage]:
         """Publish each message once, pipelined through the window, once the channel is
         open; return the ones whose answer was lost with the channel. A returned message
-        raises UnroutableError, a nacked one MessagesNacked."""
+        raises UnroutableError, a nacked one MessagesNacked: their `unsent` are the
+        messages to publish again."""
         await self._open()
         await self._until_open()
         return await self._publish_once(messages)
@@ -199,8 +277,11 @@ class Broker:
         (the window bounds what is written ahead of the confirmations).
         """
         window = self._window
-        # aiormq's Channel, whose basic_publish (unlike its abstract one) takes `wait`.
-        channel = cast(Channel, await self._channel.get_underlay_channel())
+        try:
+            # aiormq's Channel, whose basic_publish (unlike its abstract one) takes `wait`.
+            channel = cast(Channel, await self._channel.get_underlay_channel())
+        except _LOST as exc:  # lost since `_until_open`
+            raise self._unavailable(f"no broker channel: {exc!r}") from exc
         sent: dict[asyncio.Task[Any], OutgoingMessage] = {}
         stop = False
 
@@ -243,6 +324,7 @@ class Broker:
 
         tally: Counter[str] = Counter(published=len(sent))
         lost = list(messages[len(sent) :])
+        refused: list[OutgoingMessage] = []  # returned or nacked
         returned: set[str] = set()  # their routing keys
         bug: BaseException | None = None
         unanswered = 0
@@ -254,40 +336,54 @@ class Broker:
                 bug = bug or task.exception()
                 outcome = "failed"
             tally[outcome] += 1
+            if outcome == "confirmed":
+                continue
             if outcome == "failed":
                 lost.append(message)
-            elif outcome == "returned":
-                returned.add(message.routing_key)
+            else:  # returned or nacked
+                refused.append(message)
+                if outcome == "returned":
+                    returned.add(message.routing_key)
         for outcome, count in tally.items():
             MESSAGES.labels(outcome).inc(count)
         if unanswered:
-            log.warning(
-                "broker stalled: no confirmation within %g s (BROKER_STALL_SECONDS) from %s"
-                " for %d of %d messages; counted as lost, to be published again",
-                self._confirm_timeout,
-                self._address,
-                unanswered,
-                len(sent),
+            stalled = (
+                f"broker stalled: no confirmation within {self._confirm_timeout:g} s"
+                f" (BROKER_STALL_SECONDS) from {self._address} for {unanswered} of {len(sent)}"
+                " messages; counted as lost, to be published again"
             )
+            OUTAGES.fault(self._dependency, stalled, log)
         if bug is not None:
             raise bug
         if returned:
             raise UnroutableError(
-                f"{tally['returned']} messages returned as unroutable: no queue is bound to "
-                f"routing key {', '.join(map(repr, sorted(returned)))} on exchange {EXCHANGE!r}"
+                f"{tally['returned']} of {len(messages)} messages returned as unroutable: no"
+                f" queue is bound to routing key {', '.join(map(repr, sorted(returned)))} on"
+                f" exchange {EXCHANGE!r}",
+                lost + refused,
+                dependency=self._dependency,
             )
-        if tally["nacked"]:
+        if refused:
             raise MessagesNacked(
-                f"{tally['nacked']} of {len(messages)} messages nacked by the broker"
+                f"{len(refused)} of {len(messages)} messages nacked by the broker",
+                lost + refused,
+                dependency=self._dependency,
             )
+        if not lost:
+            OUTAGES.ended(self._dependency)
         return lost
 
     async def _until_open(self) -> None:
         """Wait, bounded, for the robust connection to bring the channel back.
 
+        Not while the connection itself is lost (it reconnects in the background): that
+        fails at once, so that the step's retry budget, a deadline, runs from there and
+        bounds the outage's wait, rather than each try waiting BROKER_STALL_SECONDS.
         `ready()` alone can return while a loss is still being noticed; the channel
         state is what counts.
         """
+        if not self._connection.connected.is_set():
+            raise self._unavailable("the broker connection is lost, reconnecting")
         try:
             async with asyncio.timeout(self._reconnect_timeout):
                 await self._channel.ready()
@@ -295,7 +391,7 @@ class Broker:
                     await asyncio.sleep(0.05)
                     await self._channel.ready()
         except TimeoutError as exc:
-            raise BrokerUnavailable(
+            raise self._unavailable(
                 f"no broker channel within {self._reconnect_timeout:g}s"
             ) from exc
 
@@ -310,7 +406,7 @@ class Broker:
         async with asyncio.timeout(self._check_timeout):
             await self._open()
         if not self._connection.connected.is_set() or self._channel.is_closed:
-            raise BrokerUnavailable("the broker connection or the publishing channel is closed")
+            raise self._unavailable("the broker connection or the publishing channel is closed")
         channel = self._check_channel
         try:
             async with asyncio.timeout(self._check_timeout):
@@ -318,4 +414,4 @@ class Broker:
                     await channel.reopen()
                 await channel.declare_exchange(EXCHANGE, passive=True, robust=False)
         except _LOST as exc:
-            raise BrokerUnavailable(f"broker check failed: {exc!r}") from exc
+            raise self._unavailable(f"broker check failed: {exc!r}") from exc

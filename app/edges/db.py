@@ -3,8 +3,12 @@
 Every wait on the server is bounded by `DB_STALL_SECONDS`: a connect, a connection from
 the pool, a whole transaction with its COMMIT, a query, each fetch of a stream. A server
 that holds its answer longer (a stalled network, a hung server) raises DatabaseStalled,
-an availability fault, after one WARNING that names what stalled; the connection it
-stalled on is closed, never handed out again.
+an availability fault, with a WARNING that names what stalled as the outage's first
+(`app.outages`); the connection it stalled on is closed, never handed out again.
+
+The same bound translates the driver's errors that a later try may clear (a lost
+connection, KILL QUERY, too many connections, a deadlock, a failover: `db_faults`) into
+DatabaseUnavailable, where they arise; the others pass as asyncmy raised them.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from typing import Any
 import asyncmy
 from asyncmy.connection import Connection
 from asyncmy.cursors import SSCursor
-from asyncmy.errors import OperationalError
+from asyncmy.errors import MySQLError, OperationalError
 from asyncmy.pool import Pool
 
 from app.concurrency import gather_first_error
 from app.config import DatabaseSettings, DbTarget
+from app.edges.db_faults import availability_kind
 from app.edges.db_tls import tls_connect_args
 from app.errors import AvailabilityError
+from app.outages import OUTAGES
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,12 @@ _UNKNOWN_DATABASE = 1049
 _UNREACHABLE_CODES = frozenset({2002, 2003, 2005, 2006, 2013})
 
 
-class DatabaseStalled(AvailabilityError):
+class DatabaseUnavailable(AvailabilityError):
+    """The database is away, interrupted the statement, or refuses for now (its driver's
+    error is the cause)."""
+
+
+class DatabaseStalled(DatabaseUnavailable):
     """The database did not answer within DB_STALL_SECONDS."""
 
 
@@ -73,6 +84,8 @@ def connect_error_line(exc: BaseException, target: DbTarget) -> str | None:
     connecting to it (unreachable, refused, unknown database, stalled); None otherwise."""
     if isinstance(exc, DatabaseStalled):
         return str(exc)
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the driver's own error
     if not isinstance(exc, OperationalError) or not exc.args:
         return None
     code, message = exc.args[0], str(exc.args[-1])
@@ -106,9 +119,15 @@ class StallDeadline:
         target = settings.target
         return cls(settings.stall_seconds, f"{target.host}:{target.port}")
 
+    @property
+    def dependency(self) -> str:
+        """The database as its outages are named."""
+        return f"database {self.address}"
+
     @asynccontextmanager
     async def bound(self, what: str) -> AsyncIterator[None]:
-        """The body within the deadline, else DatabaseStalled naming `what` ("a query").
+        """The body within the deadline, else DatabaseStalled naming `what` ("a query");
+        the driver's availability faults as DatabaseUnavailable.
 
         A TimeoutError of the body's own passes as it is: only this deadline is a stall.
         """
@@ -123,8 +142,18 @@ class StallDeadline:
                 f"database stalled: no answer within {self.seconds:g} s (DB_STALL_SECONDS)"
                 f" to {what} on {self.address}"
             )
-            log.warning(message)
-            raise DatabaseStalled(message) from None
+            OUTAGES.fault(self.dependency, message, log)
+            raise DatabaseStalled(message, dependency=self.dependency) from None
+        except MySQLError as exc:
+            kind = availability_kind(exc)
+            if kind is None:
+                raise
+            code, text = (exc.args[0], exc.args[-1]) if len(exc.args) > 1 else (0, exc)
+            message = f"{self.dependency}: {kind}: {text}"
+            if isinstance(code, int) and code:
+                message += f" (MySQL error {code})"
+            raise DatabaseUnavailable(message, dependency=self.dependency) from exc
+        OUTAGES.ended(self.dependency)
 
 
 class DbPool(Pool):

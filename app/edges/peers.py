@@ -1,6 +1,10 @@
 """Clients of the store and notification services (CONTRACTS section 2).
 
-No retries here: the step runner retries whole chunks, deciding with `errors.is_availability_fault`.
+No retries here: the step runner retries whole chunks, deciding with
+`errors.is_availability_fault`. aiohttp's exceptions and the answers' statuses are
+translated here into the service's faults: a timeout, a connection failure, HTTP 408,
+429 and 5xx are PeerUnavailable (with the peer's Retry-After, if it sent one); any other
+4xx and an answer that breaks the contract are PeerAnswerError.
 """
 
 from __future__ import annotations
@@ -10,14 +14,17 @@ import importlib
 import json
 import time
 from collections.abc import Callable, Collection, Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.concurrency import gather_first_error
 from app.config import PeerSettings
 from app.edges.auth import SystemToken
-from app.errors import AvailabilityError, DataError
+from app.errors import AvailabilityError, DataError, Fault
 from app.metrics import PEER_ERRORS, PEER_REQUESTS
+from app.outages import OUTAGES
 
 if TYPE_CHECKING:
     import aiohttp
@@ -27,28 +34,47 @@ STORE_SEARCH = "/internal/v1/stores/search"
 FCM_TOKENS = "/internal/v1/fcm-tokens/search"
 MAX_BATCH = 200
 CONNECTION_LIMIT = 64
+# Statuses a later try may clear: request timeout, too many requests, and every 5xx.
+_UNAVAILABLE_4XX = frozenset({408, 429})
 
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-class PeerError(Exception):
+class PeerError(Fault):
     """A failed peer call; `kind` is the PEER_ERRORS label."""
 
     def __init__(self, peer: str, endpoint: str, kind: str, reason: str) -> None:
-        super().__init__(f"{peer} service {endpoint}: {reason}")
+        super().__init__(f"{peer} service {endpoint}: {reason}", dependency=f"{peer} service")
         self.peer = peer
         self.endpoint = endpoint
         self.kind = kind
 
 
 class PeerUnavailable(PeerError, AvailabilityError):
-    """5xx, connection failure or timeout: another attempt may succeed."""
+    """408, 429, 5xx, connection failure or timeout: another attempt may succeed."""
 
 
 class PeerAnswerError(PeerError, DataError):
-    """4xx or an answer that breaks the contract: another attempt will not help."""
+    """Another 4xx, or an answer that breaks the contract: another attempt will not help."""
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """An HTTP Retry-After header as seconds from now (delay-seconds or an HTTP-date);
+    None if absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, per RFC 5322
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class PeerClient:
@@ -157,8 +183,8 @@ class PeerClient:
                     headers={"Authorization": f"Bearer {self._token.get()}"},
                     allow_redirects=False,
                 ) as resp:
-                    if resp.status >= 500:
-                        raise PeerUnavailable(peer, endpoint, "status_5xx", f"HTTP {resp.status}")
+                    if resp.status >= 500 or resp.status in _UNAVAILABLE_4XX:
+                        raise _unavailable(peer, endpoint, resp)
                     if resp.status >= 400:
                         raise PeerAnswerError(peer, endpoint, "status_4xx", f"HTTP {resp.status}")
                     if resp.status != 200:
@@ -179,6 +205,7 @@ class PeerClient:
             PEER_REQUESTS.labels(peer, endpoint, "error").observe(time.perf_counter() - started)
             raise
         PEER_REQUESTS.labels(peer, endpoint, "ok").observe(time.perf_counter() - started)
+        OUTAGES.ended(f"{peer} service")
         return result
 
     async def _read_capped(self, resp: aiohttp.ClientResponse, peer: str, endpoint: str) -> bytes:
@@ -194,6 +221,18 @@ class PeerClient:
             if len(body) > self._max_body:
                 raise too_big
         return bytes(body)
+
+
+def _unavailable(peer: str, endpoint: str, resp: aiohttp.ClientResponse) -> PeerUnavailable:
+    """408, 429 or 5xx, with the wait the peer asked for, if it did."""
+    retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+    reason = f"HTTP {resp.status}"
+    if retry_after is not None:
+        reason += f", Retry-After {retry_after:g} s"
+    kind = "status_5xx" if resp.status >= 500 else "status_4xx"
+    fault = PeerUnavailable(peer, endpoint, kind, reason)
+    fault.retry_after = retry_after
+    return fault
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

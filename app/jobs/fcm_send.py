@@ -29,6 +29,7 @@ from app.edges.db import DbPool, StallDeadline, fetch_all, open_connection, stre
 from app.edges.peers import PeerClient
 from app.jobs.fcm_send_spec import LOOKBACK_DAYS
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
+from app.pipeline.isolate import run_wide
 from app.pipeline.writers import DryRunWriter, PublishingWriter, Writer
 from app.runtime.job import Estimate, JobContext
 from app.runtime.resources import Resources
@@ -256,7 +257,7 @@ def build(context: JobContext) -> StepDefinition[LatestStats, list[OutgoingMessa
         tokens, stores, events = await gather_first_error(
             resources.peers.fcm_tokens([stats.member_id for stats in items]),
             lookups.stores.get(dongs),
-            lookups.events.get(),
+            run_wide(lookups.events.get()),  # the same query for every chunk of the run
         )
         messages: list[OutgoingMessage] = []
         filtered = 0

@@ -20,8 +20,8 @@ async def enrich(
     stop: asyncio.Event,
 ) -> None:
     """Resolve each chunk's future with what `handle` gives (data faults are its own to
-    isolate and skip), the availability fault that outlasted the retries, or NOT_STARTED
-    once `stop` is set.
+    isolate and skip), or NOT_STARTED once `stop` is set; raise the availability fault
+    that outlasted the chunk's retries (its future holds it too).
 
     Workers take chunks in read order, so the chunks started before the stop are a
     prefix of those read: each is finished, and at most one per worker after the stop.
@@ -34,8 +34,10 @@ async def enrich(
         try:
             result = await handle(chunk)
         except Exception as exc:
-            # Fails the step once the sink reaches this chunk, so the chunks before
-            # it still commit: the restart resumes here and loses nothing.
+            # The chunk's retry budget is spent (or a bug): the step fails now, at the
+            # chunk's deadline, not once the sink reaches it. The chunks before it still
+            # in flight (an outage holds them too) are not committed: the restart resumes
+            # at the checkpoint and does them again, losing nothing.
             future.set_exception(exc)
-            return
+            raise
         future.set_result(result)

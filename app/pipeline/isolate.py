@@ -6,6 +6,14 @@ halving finds the same items for fewer attempts when they are few (one bad item 
 single item that fails on its own is skipped, and everything else goes through, part
 by part. Items that fail only together are not skipped: their halves pass.
 
+The halving goes breadth first until the fault is pinned on items: once a part passes,
+or parts fail differently. A fault that the whole chunk, its halves, quarters and
+eighths all meet alike is not about the items (a peer refusing every request, answering
+garbage to all): it is raised as NotAboutItems, an availability fault, which the chunk's
+budget retries and then fails the step with (15 tries per round). For items to be
+skipped instead, at least eight of them, one in each eighth, would have to fail alike on
+their own. A chunk of fewer than eight items has no eighths: its items are skipped.
+
 A part is a chunk of its own to the job: its `after` and `checkpoint` are the keys of
 the items around it (`StepDefinition.item_key` is also the checkpoint after an item),
 so a writer that replaces a chunk's range of keys replaces only the part's.
@@ -17,10 +25,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from app.errors import is_availability_fault
+from app.errors import NotAboutItems, is_availability_fault
 from app.pipeline.chunk import Chunk, Processed
 
 ItemT = TypeVar("ItemT")
+T = TypeVar("T")
+
+# The parts of one level that must all fail alike, nothing having passed, for the fault
+# not to be about the items: the eighths.
+UNPINNED_PARTS = 8
 
 
 @dataclass(slots=True)
@@ -43,31 +56,52 @@ async def isolate(
 ) -> Outcome[ItemT]:
     """`attempt` the chunk; on a data fault, its halves, and so on down to single items.
 
-    An availability fault (what outlasted `attempt`'s own retries) is raised as itself.
-    Once more items failed than `room()` (the skips the step has left) allows, no
+    An availability fault (what outlasted `attempt`'s own retries) is raised as itself;
+    a data fault every part meets alike, as NotAboutItems. Once the fault is pinned on
+    items and more items failed than `room()` (the skips the step has left) allows, no
     further part is tried: the outcome is incomplete, and the skip limit fails the step
     when it comes to commit it.
     """
     items = chunk.items
     outcome: Outcome[ItemT] = Outcome()
-    pending = [(0, len(items))]  # the parts left to try, the next one last
-    while pending and len(outcome.skipped) <= room():
-        start, end = pending.pop()
-        whole = start == 0 and end == len(items)
-        try:
-            outcome.parts.append(await attempt(chunk if whole else _part(chunk, start, end, key)))
-        except Exception as exc:
-            if is_availability_fault(exc):
-                raise
-            if end - start > 1:
-                middle = (start + end) // 2
-                pending += [(middle, end), (start, middle)]
+    passed: list[tuple[int, Processed[Any]]] = []  # (start, part)
+    level = [(0, len(items))]  # the parts to try, in read order
+    pinned = False  # a part passed, or parts failed differently
+    alike: BaseException | None = None  # while not pinned: the fault every part met
+    while level and (not pinned or len(outcome.skipped) <= room()):
+        below: list[tuple[int, int]] = []
+        for start, end in level:
+            if pinned and len(outcome.skipped) > room():
+                break
+            whole = start == 0 and end == len(items)
+            try:
+                processed = await attempt(chunk if whole else _part(chunk, start, end, key))
+            except Exception as exc:
+                if is_availability_fault(exc):
+                    raise
+                if not pinned:
+                    alike = alike or exc
+                    pinned = not _alike(alike, exc)
+                if end - start > 1:
+                    middle = (start + end) // 2
+                    below += [(start, middle), (middle, end)]
+                else:
+                    outcome.skipped += items[start:end]
+                    # Without its traceback, whose frames would hold the outcome in a
+                    # cycle that only a full collection frees (the chunk's rows with it).
+                    outcome.error = exc.with_traceback(None)
             else:
-                outcome.skipped += items[start:end]
-                # Without its traceback, whose frames would hold the outcome in a cycle
-                # that only a full collection frees (the chunk's rows with it).
-                outcome.error = exc.with_traceback(None)
+                passed.append((start, processed))
+                pinned = True
+        if not pinned and alike is not None and len(level) >= UNPINNED_PARTS:
+            raise NotAboutItems(alike, "met alike by every part of a chunk")
+        level = below
+    outcome.parts = [part for _, part in sorted(passed, key=lambda entry: entry[0])]
     return outcome
+
+
+def _alike(one: BaseException, other: BaseException) -> bool:
+    return type(one) is type(other) and str(one) == str(other)
 
 
 def _part(chunk: Chunk[ItemT], start: int, end: int, key: Callable[[ItemT], Any]) -> Chunk[ItemT]:
@@ -80,3 +114,14 @@ def _part(chunk: Chunk[ItemT], start: int, end: int, key: Callable[[ItemT], Any]
         after=chunk.after if start == 0 else key(items[start - 1]),
         final=chunk.final and last,
     )
+
+
+async def run_wide(lookup: Awaitable[T]) -> T:
+    """What a lookup not about the chunk's items gives (one for the whole run, say): its
+    data fault is raised as NotAboutItems, since no halving of the chunk can pin it."""
+    try:
+        return await lookup
+    except Exception as exc:
+        if is_availability_fault(exc):
+            raise
+        raise NotAboutItems(exc, "from a lookup not about the chunk's items") from exc

@@ -1,30 +1,143 @@
 """The one owner of retries: a chunk's processing and delivery, and its commit.
 
 Nothing below the step runner retries (the peer client, the broker and the database
-edge each try once), so the budget is stated once: an availability fault is retried
-with exponential backoff (from `retry_base_seconds`, full jitter) for up to
-`retry_budget_seconds` per chunk, and then fails the step; a data fault is never retried.
-While an operation retries, the step's live progress names it (what, the last fault,
-since when, the budget left): what the console shows during an outage.
+edge each try once), so the budget is stated once, as a deadline: RETRY_BUDGET_SECONDS of
+wall-clock time from the first availability fault of a chunk's work (or of its commit),
+shared by every try of it (the parts of a chunk halved after a data fault included). A
+try begins only before the deadline and is cut at it; between tries, exponential
+backoff (from `retry_base_seconds`, full jitter, at most `retry_max_wait_seconds`), or
+the wait the dependency asked for (HTTP Retry-After) if that ends before the deadline.
+Past it, the last fault is raised (the step fails) and one ERROR gives the true figures.
+A data fault is never retried.
+
+Each fault is an outage of its dependency (`app.outages`): one WARNING as it begins, one
+line as it ends, the tries meanwhile at DEBUG. While a chunk retries, the step's live
+progress names it (what, the last fault, since when, the budget left): what the console
+shows during an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import backoff
-
 from app.config import StepPolicy
 from app.errors import is_availability_fault
+from app.outages import OUTAGES
 from app.pipeline.chunk import Retry, StepProgress
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class Budget:
+    """The retry budget of one piece of work: `run` each try of it through `run`, and
+    `close` it once the work is over (it leaves the progress)."""
+
+    def __init__(self, policy: StepPolicy, what: str, progress: StepProgress | None = None) -> None:
+        self.policy = policy
+        self.what = what
+        self._progress = progress
+        self._first_fault: float | None = None  # time.monotonic()
+        self._deadline: float | None = None
+        self._faults = 0
+        self._last: BaseException | None = None
+        self._dependencies: set[str] = set()  # met by a fault: back once a try succeeds
+        self._spent = False
+        self._note: Retry | None = None
+
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """`operation`, tried again on availability faults until the deadline; other
+        errors pass at once."""
+        while True:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise self._give_up("the deadline came before the next try")
+            bound = asyncio.timeout(
+                None if self._deadline is None else self._deadline - time.monotonic()
+            )
+            try:
+                async with bound:
+                    result = await operation()
+            except Exception as exc:
+                if not is_availability_fault(exc):
+                    raise
+                if bound.expired():  # the try in flight, cut at the deadline
+                    raise self._give_up("the try in flight was cut at the deadline") from None
+                await asyncio.sleep(self._fault(exc))
+            else:
+                for dependency in self._dependencies:
+                    OUTAGES.ended(dependency)
+                self._dependencies.clear()
+                return result
+
+    def _fault(self, exc: BaseException) -> float:
+        """Note the fault; the wait before the next try, or raise it to give up."""
+        now = time.monotonic()
+        budget = self.policy.retry_budget_seconds
+        if self._first_fault is None:
+            self._first_fault = now
+            self._deadline = now + budget
+        assert self._deadline is not None
+        self._faults += 1
+        self._last = exc
+        dependency = getattr(exc, "dependency", "")
+        if dependency:
+            self._dependencies.add(dependency)
+            message = f"{dependency} unavailable: {type(exc).__name__}: {exc}"
+            OUTAGES.fault(dependency, message, log)
+        if self._progress is not None:
+            self._note = self._progress.note_retry(
+                self._note, self.what, exc, self._faults, now - self._first_fault, budget
+            )
+        left = self._deadline - now
+        if left <= 0:
+            raise self._give_up("")
+        policy = self.policy
+        doubled = policy.retry_base_seconds * 2 ** min(self._faults - 1, 32)
+        wait = random.uniform(0, min(policy.retry_max_wait_seconds, doubled))  # full jitter
+        asked = getattr(exc, "retry_after", None)
+        if asked is not None:
+            if asked >= left:
+                raise self._give_up(
+                    f"it asks to wait {asked:g} s, {left:.1f} s before the deadline"
+                )
+            wait = max(wait, asked)
+        log.debug(
+            "%s failed (%d faults, %.1f s into its budget), again in %.2f s: %r",
+            self.what,
+            self._faults,
+            now - self._first_fault,
+            wait,
+            exc,
+        )
+        return min(wait, left)
+
+    def _give_up(self, why: str) -> BaseException:
+        """The last fault, to raise: said once in an ERROR with the true figures."""
+        assert self._last is not None and self._first_fault is not None
+        if not self._spent:
+            self._spent = True
+            log.error(
+                "%s still failing after %d faults in %.1f s (RETRY_BUDGET_SECONDS=%g)%s: %r",
+                self.what,
+                self._faults,
+                time.monotonic() - self._first_fault,
+                self.policy.retry_budget_seconds,
+                f"; {why}" if why else "",
+                self._last,
+            )
+        return self._last
+
+    def close(self) -> None:
+        """The work is over (done, failed or cancelled): it leaves the progress."""
+        if self._note is not None and self._progress is not None:
+            self._progress.end_retry(self._note)
+            self._note = None
 
 
 def retrying(
@@ -33,59 +146,16 @@ def retrying(
     what: str,
     progress: StepProgress | None = None,
 ) -> Callable[..., Awaitable[T]]:
-    """`operation` under the policy's retries; other errors pass through at once. Each
-    call retrying is in `progress.retries` until it succeeds, gives up or is cancelled."""
-    budget = policy.retry_budget_seconds
-
-    # backoff's Details, with the `exception` that its TypedDict leaves out.
-    def log_retry(details: Any) -> None:
-        log.warning(
-            "%s failed (attempt %d, %.1f s of %g s), retrying in %.2f s: %r",
-            what,
-            details["tries"],
-            details["elapsed"],
-            budget,
-            details["wait"],
-            details["exception"],
-        )
-
-    def log_giveup(details: Any) -> None:
-        if is_availability_fault(details["exception"]):
-            log.error(
-                "%s still failing after %d attempts in %.1f s (RETRY_BUDGET_SECONDS=%g): %r",
-                what,
-                details["tries"],
-                details["elapsed"],
-                budget,
-                details["exception"],
-            )
+    """`operation` under a budget of its own for each call; other errors pass through at
+    once. Each call retrying is in `progress.retries` until it succeeds, gives up or is
+    cancelled."""
 
     async def call(*args: Any, **kwargs: Any) -> T:
-        retry: Retry | None = None
-
-        def on_backoff(details: Any) -> None:
-            nonlocal retry
-            log_retry(details)
-            if progress is not None:
-                exc, tries, elapsed = details["exception"], details["tries"], details["elapsed"]
-                retry = progress.note_retry(retry, what, exc, tries, elapsed, budget)
-
+        budget = Budget(policy, what, progress)
         try:
-            return await backoff.on_exception(
-                backoff.expo,
-                Exception,
-                max_time=budget,
-                giveup=lambda exc: not is_availability_fault(exc),
-                factor=policy.retry_base_seconds,
-                max_value=policy.retry_max_wait_seconds,
-                jitter=backoff.full_jitter,
-                on_backoff=on_backoff,
-                on_giveup=log_giveup,
-                logger=None,
-            )(operation)(*args, **kwargs)
+            return await budget.run(lambda: operation(*args, **kwargs))
         finally:
-            if retry is not None and progress is not None:
-                progress.end_retry(retry)
+            budget.close()
 
     return call
 

@@ -23,7 +23,7 @@ from app.model import ChunkCounts, Status, StepExecution
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
 from app.pipeline.enrich import enrich
 from app.pipeline.isolate import Outcome, isolate
-from app.pipeline.retry import retrying
+from app.pipeline.retry import Budget, retrying
 from app.pipeline.sink import commit_in_order
 from app.pipeline.source import Entry, feed
 from app.repository import AlreadyCommitted, JobRepository
@@ -130,18 +130,28 @@ class StepRunner:
         return reader.result() and sink.result()
 
     async def _outcome(self, chunk: Chunk[Any]) -> Outcome[Any]:
-        """The chunk processed and delivered; a data fault isolated to the items that
-        fail on their own (`isolate`), the rest going through."""
-        return await isolate(
-            chunk,
-            self._process_and_deliver,
-            key=self.definition.item_key,
-            room=lambda: self.policy.skip_limit - self.progress.skipped,
-        )
+        """The chunk processed and delivered, under one retry budget for all its tries:
+        a data fault isolated to the items that fail on their own (`isolate`), the rest
+        going through; a fault not about the items retried, as availability."""
+        definition = self.definition
+        what = f"step {definition.name}: a chunk"
+        budget = Budget(self.policy, what, self.progress)
+        try:
+            return await budget.run(
+                lambda: isolate(
+                    chunk,
+                    lambda part: self._process_and_deliver(part, budget),
+                    key=definition.item_key,
+                    room=lambda: self.policy.skip_limit - self.progress.skipped,
+                )
+            )
+        finally:
+            budget.close()
 
-    async def _process_and_deliver(self, chunk: Chunk[Any]) -> Processed[Any]:
-        """Process the chunk once, then deliver its output, under one retry budget: a
-        retry after a failed delivery delivers again without processing again."""
+    async def _process_and_deliver(self, chunk: Chunk[Any], budget: Budget) -> Processed[Any]:
+        """Process the chunk (or part) once, then deliver its output, retried within the
+        budget: a retry after a failed delivery delivers again without processing again
+        (a publish's retries reuse the looked-up tokens and events)."""
         definition = self.definition
         processed: Processed[Any] | None = None
 
@@ -154,8 +164,7 @@ class StepRunner:
                 await definition.writer.deliver(processed.output)
             return processed
 
-        what = f"step {definition.name}: a chunk"
-        return await retrying(attempt, self.policy, what, self.progress)()
+        return await budget.run(attempt)
 
     async def _commit(self, step_id: int, chunk: Chunk[Any], result: Outcome[Any]) -> None:
         definition, progress = self.definition, self.progress

@@ -53,7 +53,8 @@ class DatabaseWriter(Generic[OutT]):
 class PublishingWriter:
     """The chunk's messages, published with confirms: the checkpoint commits once the
     broker has confirmed every one. What the broker confirmed leaves the list, so a retry
-    of the chunk publishes only the rest."""
+    of the chunk publishes only the rest (the messages already made: the peers are not
+    asked again)."""
 
     broker: Broker
     published: int = 0  # publishes tried, republished ones included
@@ -62,17 +63,27 @@ class PublishingWriter:
     async def deliver(self, output: list[OutgoingMessage]) -> None:
         if not output:
             return
+        from app.edges.broker import BrokerUnavailable, PublishRefused
+
         total = len(output)
         self.published += total
-        lost = await self.broker.publish(output)
-        self.confirmed += total - len(lost)
-        output[:] = lost
+        try:
+            lost = await self.broker.publish(output)
+        except PublishRefused as refused:
+            self._keep_unconfirmed(output, refused.unsent)
+            raise
+        self._keep_unconfirmed(output, lost)
         if lost:
-            from app.edges.broker import BrokerUnavailable
-
             raise BrokerUnavailable(
-                f"broker: {len(lost)} of {total} messages lost their confirmation"
+                f"broker: {len(lost)} of {total} messages lost their confirmation",
+                dependency=self.broker.dependency,
             )
+
+    def _keep_unconfirmed(
+        self, output: list[OutgoingMessage], unconfirmed: list[OutgoingMessage]
+    ) -> None:
+        self.confirmed += len(output) - len(unconfirmed)
+        output[:] = unconfirmed
 
     async def write(self, conn: Connection, output: list[OutgoingMessage]) -> None:
         return None

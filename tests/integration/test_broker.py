@@ -22,6 +22,7 @@ from app.edges.broker import (
     OutgoingMessage,
     UnroutableError,
 )
+from app.errors import is_availability_fault
 from app.jobs.fcm_send import to_message
 from app.metrics import REGISTRY
 from tests.integration import rabbit
@@ -136,8 +137,10 @@ async def test_connection_closed_mid_publish_loses_nothing(queue: str) -> None:
     assert {m.message_id for m in got} == {r.trace_id for r in reqs}
 
 
-async def test_nacked_messages_are_a_data_fault_not_published_again() -> None:
-    """A full queue that rejects publishes makes the broker nack the overflow."""
+async def test_nacked_messages_are_handed_back_to_publish_again() -> None:
+    """A full queue that rejects publishes makes the broker nack the overflow: the
+    broker's flow control, an availability fault whose nacked messages are the ones to
+    publish again once the queue drains (issue 26; before: a data fault, skipped)."""
     with rabbit.temporary_vhost("nack") as vhost:
         async with await aio_pika.connect(rabbit.amqp_url(vhost)) as connection:
             channel = await connection.channel()
@@ -151,10 +154,15 @@ async def test_nacked_messages_are_a_data_fault_not_published_again() -> None:
         confirmed, nacked = counted("confirmed"), counted("nacked")
         sent = requests(25)
         async with Broker(make_settings(RABBITMQ_VHOST=vhost).broker) as broker:
-            with pytest.raises(MessagesNacked, match="15 of 25 messages nacked by the broker"):
+            with pytest.raises(
+                MessagesNacked, match="15 of 25 messages nacked by the broker"
+            ) as raised:
                 await broker.publish(messages(sent))
+        assert is_availability_fault(raised.value)
         assert counted("confirmed") - confirmed == 10  # all the queue holds
         assert counted("nacked") - nacked == 15
+        held = {m.properties.message_id for m in raised.value.unsent}
+        assert len(held) == 15 and held < {r.trace_id for r in sent}
 
 
 async def test_check(queue: str) -> None:

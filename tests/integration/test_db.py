@@ -13,6 +13,7 @@ from asyncmy.pool import Pool
 
 from app.config import Settings
 from app.edges.db import (
+    DatabaseUnavailable,
     DbPool,
     fetch_all,
     open_connection,
@@ -20,6 +21,7 @@ from app.edges.db import (
     stream_merged,
     transaction,
 )
+from app.errors import is_availability_fault
 from tests.reliability.support import until
 
 ROWS = 600
@@ -160,3 +162,38 @@ async def test_a_cancel_that_meets_a_new_connection_is_never_lost(
                 extra.close()
                 await pool.release(extra)
     assert lost == 0
+
+
+async def test_a_killed_statement_is_an_availability_fault_named_where_it_arose(
+    merge_rows: Pool, settings: Settings
+) -> None:
+    """KILL QUERY (MySQL 1317) is translated by the edge into DatabaseUnavailable, naming
+    the database and the kind of fault (issue 26: before, a data fault); a failing query
+    of the program's own (above) stays the driver's error."""
+    target = settings.database.target
+    async with (
+        open_pool(settings.database) as pool,
+        merge_rows.acquire() as locker,
+        locker.cursor() as lock,
+    ):
+        await lock.execute("LOCK TABLES merge_rows WRITE")  # the query waits for it
+        query = asyncio.ensure_future(fetch_all(pool, "SELECT COUNT(*) FROM merge_rows"))
+        [(waiting,)] = await until(
+            lambda: fetch_all(
+                merge_rows,
+                "SELECT ID FROM information_schema.PROCESSLIST"
+                " WHERE INFO = 'SELECT COUNT(*) FROM merge_rows'",
+            ),
+            within=10,
+            what="the query waiting for the table",
+        )
+        await fetch_all(merge_rows, f"KILL QUERY {int(waiting)}")
+        with pytest.raises(DatabaseUnavailable) as raised:
+            await query
+        await lock.execute("UNLOCK TABLES")
+    assert is_availability_fault(raised.value)
+    assert str(raised.value) == (
+        f"database {target.host}:{target.port}: statement interrupted:"
+        " Query execution was interrupted (MySQL error 1317)"
+    )
+    assert isinstance(raised.value.__cause__, OperationalError)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -166,6 +167,7 @@ async def test_no_connection_within_the_deadline_is_a_stall(
     stalling_pool: DbPool, db_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The pool's only connection is busy, and the new one it makes gets no handshake."""
+    caplog.set_level(logging.INFO)
     async with stalling_pool.acquire():
         db_proxy.stall()
         with pytest.raises(DatabaseStalled) as raised:
@@ -175,12 +177,15 @@ async def test_no_connection_within_the_deadline_is_a_stall(
             async with transaction(stalling_pool):
                 pass
         assert str(raised.value) == stalled("a connection from the pool", db_proxy)
-    assert warnings_of(caplog) == [
-        stalled("a query", db_proxy),
-        stalled("a connection from the pool", db_proxy),
-    ]
+    # One outage, one WARNING: the second stall is counted, not logged (issue 26)...
+    assert warnings_of(caplog) == [stalled("a query", db_proxy)]
     db_proxy.resume()
     assert await fetch_all(stalling_pool, "SELECT 1") == [(1,)]
+    # ... and one line as the database answers again.
+    [back] = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert re.fullmatch(
+        rf"database 127\.0\.0\.1:{db_proxy.port} back after \d+\.\d s \(2 faults\)", back
+    )
 
 
 async def test_a_stalled_fetch_of_a_stream_raises_and_closes_the_stream(
@@ -229,4 +234,4 @@ async def test_a_stalled_connect_is_a_stall(
         async with open_pool(stalling.database):
             pass
     assert str(raised.value) == stalled("a new connection", db_proxy)
-    assert warnings_of(caplog) == [stalled("a new connection", db_proxy)] * 2
+    assert warnings_of(caplog) == [stalled("a new connection", db_proxy)]  # one outage

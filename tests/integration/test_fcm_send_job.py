@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import io
 import json
-import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -367,28 +367,34 @@ async def rebind(vhost: str) -> None:
         await declared.bind("coupon.exchange", "coupon.usage.stats.fcm.send")
 
 
-async def test_unroutable_messages_are_skipped_and_a_rerun_loses_nothing(
-    pool: Pool, settings: Settings, queue: str, caplog: pytest.LogCaptureFixture
+async def test_unroutable_messages_fail_the_run_then_a_restart_once_bound_sends_all(
+    pool: Pool, settings: Settings, queue: str
 ) -> None:
-    """A message the broker returns (no queue bound) is a data fault: the chunk's members
-    are skipped and named, the run ends COMPLETED WITH SKIPS, and a rerun once the queue
-    is bound sends everything."""
+    """A message the broker returns (no queue bound) is refused for a reason no member has
+    (issue 26): published again within RETRY_BUDGET_SECONDS, from the messages already
+    made (the notification service is asked once), then the run FAILS, its exit message
+    naming the exchange and the routing key, nothing skipped (before: the member skipped,
+    COMPLETED WITH SKIPS). The restart, once the queue is bound, sends everything."""
     await unbind(queue)
     parameters = {"runDate": "2025-10-25", "targetHour": "10"}
     async with old_service_world(pool) as fake:
-        with caplog.at_level(logging.WARNING):
-            execution = await run_job(job_settings(settings, queue, fake), parameters)
-        assert (execution.status, execution.exit_code) == ("COMPLETED", "COMPLETED WITH SKIPS")
-        assert counts(execution) == {"read": 1, "written": 0, "filtered": 0, "skipped": 1}
-        [warning] = [r.getMessage() for r in caplog.records if "skipped 1 items" in r.getMessage()]
-        assert "UnroutableError" in warning and "member ids: [101]" in warning
-        assert "no queue is bound to routing key 'coupon.usage.stats.fcm.send'" in warning
+        job = job_settings(settings, queue, fake, RETRY_BUDGET_SECONDS=1, RETRY_BASE_SECONDS=0.05)
+        execution = await run_job(job, parameters)
+        assert (execution.status, execution.exit_code) == ("FAILED", "FAILED")
+        assert re.fullmatch(
+            r"UnroutableError: [12] of 2 messages returned as unroutable: no queue is bound to"
+            r" routing key 'coupon\.usage\.stats\.fcm\.send' on exchange 'coupon\.exchange'",
+            execution.exit_message,
+        ), execution.exit_message
+        assert counts(execution) == {"read": 0, "written": 0, "filtered": 0, "skipped": 0}
+        assert fake.calls[TOKEN_SEARCH] == [[101]]  # retried with the tokens looked up once
         assert await queue_depth(queue) == 0
 
         await rebind(queue)
-        rerun = await run_job(job_settings(settings, queue, fake), parameters, rerun=True)
-    assert (rerun.status, rerun.exit_code) == ("COMPLETED", "COMPLETED")
-    assert counts(rerun) == {"read": 1, "written": 1, "filtered": 0, "skipped": 0}
+        restart = await run_job(job_settings(settings, queue, fake), parameters, rerun=False)
+    assert (restart.status, restart.exit_code) == ("COMPLETED", "COMPLETED")
+    assert restart.instance_id == execution.instance_id
+    assert counts(restart) == {"read": 1, "written": 1, "filtered": 0, "skipped": 0}
     assert await queue_depth(queue) == 2
 
 

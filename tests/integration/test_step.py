@@ -14,7 +14,7 @@ from asyncmy.pool import Pool
 
 from app.config import Settings
 from app.edges.db import fetch_all, stream_rows
-from app.errors import AvailabilityError, DataError
+from app.errors import AvailabilityError, DataError, NotAboutItems
 from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
@@ -263,6 +263,16 @@ def one_chunk(items: list[int]) -> Callable[[Any], AsyncIterator[Chunk[int]]]:
     return read
 
 
+def one_chunk_step(items: list[int], process: Process) -> StepDefinition:
+    return StepDefinition(
+        name="testStep",
+        read=one_chunk(items),
+        process=of_items(process),
+        writer=DatabaseWriter(write_items),
+        item_key=lambda item: item,
+    )
+
+
 async def test_the_parts_around_a_bad_item_are_chunks_of_their_own_committed_as_one(
     scratch: Pool,
 ) -> None:
@@ -285,7 +295,8 @@ async def test_the_parts_around_a_bad_item_are_chunks_of_their_own_committed_as_
     )
     outcome, step, _ = await run(scratch, make_settings(SKIP_LIMIT=10), step_definition)
     assert outcome is True
-    assert parts == [
+    # Tried breadth first (halves, then quarters...), committed in read order.
+    assert sorted(parts, key=lambda part: part[1]) == [
         (None, 5, False, [1, 2, 3, 4, 5]),
         (5, 6, False, [6]),
         (7, 10, True, [8, 9, 10]),
@@ -307,29 +318,55 @@ async def test_items_that_fail_only_together_are_not_skipped(scratch: Pool) -> N
 
 
 async def test_isolation_stops_once_the_skips_exceed_the_limit(scratch: Pool) -> None:
-    """A peer answering garbage for everything: 7 attempts find the third bad item and
-    stop, instead of trying every part of the chunk (15)."""
+    """Three bad items of eight: 8 attempts find the third and stop, instead of trying
+    every part of the chunk (13)."""
     attempts: list[list[int]] = []
 
-    async def all_bad(items: list[int]) -> Processed[list[int]]:
+    async def three_bad(items: list[int]) -> Processed[list[int]]:
         attempts.append(items)
-        raise DataError("garbage")
+        if {1, 2, 3} & set(items):
+            raise DataError("garbage")
+        return Processed(output=items)
 
-    step_definition = StepDefinition(
-        name="testStep",
-        read=one_chunk(list(range(1, 9))),
-        process=of_items(all_bad),
-        writer=DatabaseWriter(write_items),
-        item_key=lambda item: item,
-    )
+    step_definition = one_chunk_step(list(range(1, 9)), three_bad)
     outcome, step, _ = await run(scratch, make_settings(SKIP_LIMIT=2), step_definition)
     assert isinstance(outcome, SkipLimitExceeded)
     assert str(outcome) == (
         "skip limit exceeded: 0 items skipped (SKIP_LIMIT=2) and 3 more failed on their own;"
         " last error: DataError('garbage')"
     )
-    assert attempts == [list(range(1, 9)), [1, 2, 3, 4], [1, 2], [1], [2], [3, 4], [3]]
+    assert attempts == [
+        [1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4], [5, 6, 7, 8], [1, 2], [3, 4], [1], [2], [3]
+    ]  # fmt: skip
     assert (step.commit_count, step.skip_count, step.write_count) == (0, 0, 0)
+    assert await items_written(scratch) == []
+
+
+async def test_a_fault_every_part_meets_alike_is_not_about_the_items(
+    scratch: Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer answering garbage for everything (issue 26): the chunk, its halves, its
+    quarters and its eighths all fail alike, so the fault is not pinned on any item. It is
+    retried as availability within the budget, then the step fails with it, nothing
+    skipped (before: every item skipped, the run COMPLETED WITH SKIPS)."""
+    attempts: list[list[int]] = []
+
+    async def all_bad(items: list[int]) -> Processed[list[int]]:
+        attempts.append(items)
+        raise DataError("garbage")
+
+    step_definition = one_chunk_step(list(range(1, 17)), all_bad)
+    settings = make_settings(SKIP_LIMIT=100, RETRY_BUDGET_SECONDS=0.5)
+    with caplog.at_level(logging.WARNING):
+        outcome, step, _ = await run(scratch, settings, step_definition)
+    assert isinstance(outcome, NotAboutItems)
+    assert str(outcome) == "DataError: garbage (met alike by every part of a chunk)"
+    first_round = [list(range(1, 17))]
+    for size in (8, 4, 2):
+        first_round += [list(range(i, i + size)) for i in range(1, 17, size)]
+    assert attempts[:15] == first_round  # one round: never down to single items
+    assert len(attempts) > 15 and len(attempts) % 15 == 0  # retried whole, within the budget
+    assert (step.skip_count, step.write_count, step.commit_count) == (0, 0, 0)
     assert await items_written(scratch) == []
 
 

@@ -73,9 +73,12 @@ async def run_fanout_while(
     await world.load(pool)
     async with run_fake_peers(world.peers) as fake:
         fake.control.latency_ms = 30
+        # A budget the outages fit in: a publish on a lost connection fails at once, and
+        # the chunk's retries, not one try's wait, ride the outage out (issue 26).
         job = job_settings(
-            settings, queue, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2, PUBLISH_WINDOW=20
-        )
+            settings, queue, fake, CHUNK_SIZE=25, ENRICH_WORKERS=2, QUEUE_SIZE=2,
+            PUBLISH_WINDOW=20, RETRY_BUDGET_SECONDS=30,
+        )  # fmt: skip
         job = through(job, broker=broker_proxy)
         async with open_resources(job, broker=True) as resources:
             launcher = Launcher(resources, JOBS)

@@ -24,9 +24,12 @@ pytestmark = pytest.mark.slow
 
 # The stream's statement, as PROCESSLIST shows it while the server is still sending rows.
 STREAM_SQL = "SELECT member_id, store_id, TO_SECONDS(created_at) FROM coupon_histories%"
+# The driver's error, translated where it arose into the service's class (issue 26).
 LOST_CONNECTION = (
-    "OperationalError: (2013, 'Lost connection to MySQL server during query')",
-    "OperationalError: (1927, 'Connection was killed')",  # if the server could still say so
+    "DatabaseUnavailable: database {}: connection lost:"
+    " Lost connection to MySQL server during query (MySQL error 2013)",
+    # if the server could still say so
+    "DatabaseUnavailable: database {}: connection lost: Connection was killed (MySQL error 1927)",
 )
 
 
@@ -69,7 +72,9 @@ async def test_streaming_connection_killed_on_the_server_then_a_restart_complete
         assert failed is not None
         assert failed.status == "FAILED"
         # The client reads what the socket still held, then finds the connection closed.
-        assert failed.exit_message in LOST_CONNECTION
+        target = settings.database.target
+        address = f"{target.host}:{target.port}"
+        assert failed.exit_message in [lost.format(address) for lost in LOST_CONNECTION]
         (step,) = failed.steps
         assert step.status == "FAILED"
         assert step.exit_message == failed.exit_message

@@ -4,6 +4,7 @@ import asyncio
 import inspect
 import socket
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.edges.peers import (
     PeerAnswerError,
     PeerClient,
     PeerUnavailable,
+    retry_after_seconds,
 )
 from app.errors import is_availability_fault
 from app.metrics import REGISTRY
@@ -212,6 +214,42 @@ async def test_4xx_is_permanent(peers: PeerClient, mocked: aioresponses, status:
     assert not is_availability_fault(caught.value)
     assert str(caught.value) == f"notification service {FCM_TOKENS}: HTTP {status}"
     assert _errors(FCM_TOKENS, "status_4xx", "notification") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "seconds"),
+    [(429, "3", 3.0), (429, None, None), (408, None, None), (503, "120", 120.0)],
+)
+async def test_408_429_and_5xx_are_transient_with_the_wait_asked_for(
+    peers: PeerClient,
+    mocked: aioresponses,
+    status: int,
+    retry_after: str | None,
+    seconds: float | None,
+) -> None:
+    """A service shedding load or timing out the request: a later try may pass (issue 26;
+    before: 408 and 429 were data faults, their members skipped for good)."""
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    mocked.post(TOKENS_URL, status=status, headers=headers)
+
+    with pytest.raises(PeerUnavailable) as caught:
+        await peers.fcm_tokens([1])
+
+    assert is_availability_fault(caught.value)
+    assert caught.value.retry_after == seconds
+    assert caught.value.dependency == "notification service"
+    asked = "" if seconds is None else f", Retry-After {seconds:g} s"
+    assert str(caught.value) == f"notification service {FCM_TOKENS}: HTTP {status}{asked}"
+
+
+def test_retry_after_is_seconds_or_an_http_date() -> None:
+    now = datetime(2025, 10, 26, 1, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("7", now) == 7.0
+    assert retry_after_seconds("Sun, 26 Oct 2025 01:00:30 GMT", now) == 30.0
+    assert retry_after_seconds("Sun, 26 Oct 2025 00:59:00 GMT", now) == 0.0  # past: at once
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds("-1", now) is None
+    assert retry_after_seconds(None, now) is None
 
 
 async def test_a_redirect_is_not_followed(peers: PeerClient, mocked: aioresponses) -> None:
