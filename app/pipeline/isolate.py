@@ -40,7 +40,7 @@ UNPINNED_PARTS = 8
 class Outcome(Generic[ItemT]):
     """What became of a chunk: the parts processed and delivered, in read order (the
     whole chunk as one part when nothing failed), and the items that failed on their
-    own, with the last data fault one of them met."""
+    own, in read order too, with the last data fault one of them met."""
 
     parts: list[Processed[Any]] = field(default_factory=list)
     skipped: list[ItemT] = field(default_factory=list)
@@ -65,13 +65,14 @@ async def isolate(
     items = chunk.items
     outcome: Outcome[ItemT] = Outcome()
     passed: list[tuple[int, Processed[Any]]] = []  # (start, part)
+    failed: list[int] = []  # the items that failed on their own, by index
     level = [(0, len(items))]  # the parts to try, in read order
     pinned = False  # a part passed, or parts failed differently
     alike: BaseException | None = None  # while not pinned: the fault every part met
-    while level and (not pinned or len(outcome.skipped) <= room()):
+    while level and (not pinned or len(failed) <= room()):
         below: list[tuple[int, int]] = []
         for start, end in level:
-            if pinned and len(outcome.skipped) > room():
+            if pinned and len(failed) > room():
                 break
             whole = start == 0 and end == len(items)
             try:
@@ -86,7 +87,7 @@ async def isolate(
                     middle = (start + end) // 2
                     below += [(start, middle), (middle, end)]
                 else:
-                    outcome.skipped += items[start:end]
+                    failed.append(start)
                     # Without its traceback, whose frames would hold the outcome in a
                     # cycle that only a full collection frees (the chunk's rows with it).
                     outcome.error = exc.with_traceback(None)
@@ -96,7 +97,9 @@ async def isolate(
         if not pinned and alike is not None and len(level) >= UNPINNED_PARTS:
             raise NotAboutItems(alike, "met alike by every part of a chunk")
         level = below
+    # Both in read order, whatever order the levels tried them in.
     outcome.parts = [part for _, part in sorted(passed, key=lambda entry: entry[0])]
+    outcome.skipped = [items[index] for index in sorted(failed)]
     return outcome
 
 
