@@ -8,14 +8,14 @@ starts with `created_at`, they share the window's time instead and the server ra
 over that index; with STATS_READ=full, they share the table's ids.
 
 A chunk is whole members: up to CHUNK_SIZE candidates (members with MIN_ROWS rows or
-more) and the members with fewer rows between them. Those can never be eligible: each
-is carried as its first row alone, read and filtered, with no rows kept, no store looked
-up and no commit of its own. Processing computes each candidate's favourite, looking a
-store up the first time a member meets it (once per run each); writing replaces the
-runDate's rows of the chunk's member-id range (after the previous checkpoint, up to
-this one; the last chunk's range is open), so a rerun or a restart leaves exactly the
-rows a first run writes, members who no longer qualify or no longer appear at all
-included.
+more) and the members with fewer rows between them, up to ten times CHUNK_SIZE members
+in all. Those with fewer rows can never be eligible: each is carried as its first row
+alone, read and filtered, with no rows kept, no store looked up and no commit of its
+own. Processing computes each candidate's favourite, looking a store up the first time
+a member meets it (once per run each); writing replaces the runDate's rows of the
+chunk's member-id range (after the previous checkpoint, up to this one; the last
+chunk's range is open), so a rerun or a restart leaves exactly the rows a first run
+writes, members who no longer qualify or no longer appear at all included.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ _ANY_ROW_OF_DATE = "SELECT 1 FROM coupon_usage_stats WHERE aggregated_at = %s LI
 _DELETE = "DELETE FROM coupon_usage_stats WHERE aggregated_at = %s"
 _INSERT = "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at) VALUES "
 _INSERT_ROWS = 1000  # rows per INSERT statement: well under max_allowed_packet
+# A chunk ends at CHUNK_SIZE candidates or at this many times as many members in all,
+# so that a window of occasional members alone still commits bounded chunks.
+_MEMBERS_PER_CANDIDATE = 10
 # Members computed between two turns of the event loop: about half a millisecond of
 # CPU, so that the sink's round trips are not held up behind a whole chunk (5 ms).
 _MEMBERS_PER_SLICE = 100
@@ -237,6 +240,7 @@ class UsageStatsStep:
             self.peers.preload()  # for the first chunk's store lookups, while the server sorts
         policy = self.policy
         chunk_size = policy.chunk_size
+        most = _MEMBERS_PER_CANDIDATE * chunk_size
         members: list[Member] = []
         candidates = 0  # in `members`
         stream = stream_merged(self.database, queries, policy.fetch_rows)
@@ -246,10 +250,10 @@ class UsageStatsStep:
                     rows = list(group)
                     if len(rows) < MIN_ROWS:
                         members.append(rows[0])
-                        continue
-                    members.append((member_id, rows))
-                    candidates += 1
-                    if candidates >= chunk_size:
+                    else:
+                        members.append((member_id, rows))
+                        candidates += 1
+                    if candidates >= chunk_size or len(members) >= most:
                         yield Chunk(items=members, checkpoint=member_id)
                         members, candidates = [], 0
         if members:

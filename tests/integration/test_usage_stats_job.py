@@ -107,6 +107,9 @@ def asked_stores(fake: FakePeers) -> list[int]:
     return sorted(store for body in fake.calls.get(REGIONS, []) for store in body)
 
 
+WEEK = [f"2025-10-1{d} 10:00:00" for d in range(7)]
+
+
 def rows_of(member: int, store: int, *times: str, status: str = "USED") -> list[tuple]:
     return [(member, store, at, status) for at in times]
 
@@ -339,6 +342,23 @@ async def test_members_with_fewer_than_five_uses_cost_no_lookup_and_no_commit(
     assert counts(execution) == {"read": 10, "written": 4, "filtered": 6, "skipped": 0}
     assert execution.steps[0].commit_count == 3
     assert asked_stores(fake) == [1, 2, 3, 4, 8, 9, UNKNOWN_STORE]  # never 5, 6 or 7
+
+
+async def test_a_window_of_occasional_members_alone_commits_bounded_chunks(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """With no candidate to fill a chunk, a chunk still ends at ten times CHUNK_SIZE
+    members: 45 members of 1-4 uses at CHUNK_SIZE=2 make chunks of 20, 20 and 5."""
+    await add_histories(
+        pool,
+        [row for m in range(1, 46) for row in rows_of(m, 1 + m % 9, *WEEK[: 1 + m % 4])],
+    )
+    execution = await run_job(job_settings(settings, fake, CHUNK_SIZE=2))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == []
+    assert counts(execution) == {"read": 45, "written": 0, "filtered": 45, "skipped": 0}
+    assert execution.steps[0].commit_count == 3
+    assert asked_stores(fake) == []
 
 
 # ---- idempotence, caching, failures ---------------------------------------------
