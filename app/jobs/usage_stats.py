@@ -137,21 +137,22 @@ def favourite(rows: Sequence[Row], dong_of: Mapping[int, str | None]) -> tuple[s
     if len(rows) < MIN_ROWS:
         return None
     times: dict[str, list[int]] = {}  # dong -> the times of its rows
+    dropped = 0
     for _, store, at in rows:
         dong = dong_of[store]
-        if dong is not None:
-            found = times.get(dong)
-            if found is None:
-                times[dong] = [at]
-            else:
-                found.append(at)
+        if dong is None:
+            dropped += 1
+            continue
+        found = times.get(dong)
+        if found is None:
+            times[dong] = [at]
+        else:
+            found.append(at)
+    if len(rows) - dropped < MIN_ROWS:
+        return None
     if len(times) == 1:
         ((top, top_times),) = times.items()
-        if len(top_times) < MIN_ROWS:
-            return None
     else:
-        if sum(map(len, times.values())) < MIN_ROWS:
-            return None
         _, _, top = max([(len(ats), max(ats), dong) for dong, ats in times.items()])
         top_times = times[top]
     # The top hour as the rows are counted in time order: each row is the latest of
