@@ -17,15 +17,15 @@ CRC32 hashes of a fixed seed: the same options give the same rows, byte for byte
 - `coupon_histories`, shape `sparse` (issue 30: most members occasional): the year
   shape's times (over 320 days by default), but a quarter of the rows go to --regulars
   members (a fourteenth of --members; every --members // --regulars-th id), at their
-  favourite hour as above, and the rest to the other members in turn (member c every
-  (members - regulars) rows, so 3-4 rows of the window each, 0-4 of them USED): about
-  7% of the window's members have 5 uses or more.
+  favourite hour as above, and the others to the occasional members in turn: each may
+  have one row in every (members - regulars) rows, 3-4 such places in the default
+  window, so 0-4 uses there. About 7% of the window's members have 5 uses or more.
 - `coupon_histories`, shape `month` (the benchmarks of issue 6, and issue 30's crowded
-  month: 200,000 members with about 8 uses each at the default 2M rows): N rows over the 21
-  days of the stats window in random time order (a few rows just outside, a few
+  month: 200,000 members with about 8 uses each at the default 2M rows): N rows over
+  the 21 days of the stats window in random time order (a few rows just outside, a few
   exactly on its two ends); members: one per 10 rows; member `1 + hash % members`,
   each with a favourite hour.
-- Both: ~80% USED (then ISSUED, CANCELED); each member has 2-4 stores (mostly in one
+- All shapes: ~80% USED (then ISSUED, CANCELED); each member has 2-4 stores (mostly in one
   dong, some in a neighbouring one); 0.5% of the rows name one of 10 stores the store
   service does not know (ids after --stores).
 - `coupon_events`: 4 per store, 1-21 days each, ~15% sold out; every store of one
@@ -37,8 +37,9 @@ CRC32 hashes of a fixed seed: the same options give the same rows, byte for byte
   on the same date, or the target hour only before the window. Every member has older
   rows too. 1% of the odd ids name a dong without stores, 2% have no push token.
   The fan-out date defaults to a week after --run-date, clear of the stats job's
-  writes at --run-date. Shape `year`: before the window, --stats-days days of daily
-  rows, one a member a day (what a year of nightly runs leaves), oldest first.
+  writes at --run-date. Shapes `year` and `sparse`: before the window, --stats-days
+  days of daily rows, one a member a day (what a year of nightly runs leaves), oldest
+  first.
 - The fake peers' data file (`var/bench/<database>.peers.json`): the stores' dongs
   (5,000 stores over 300 Hangul dongs such as 상도1동) and 1-3 FCM tokens (~1.55 on
   average, 163 characters like real ones) for every member the fan-out job may ask for.
@@ -359,9 +360,9 @@ def _fanout_sql(plan: Plan) -> list[str]:
 
 
 def _daily_stats_sql(plan: Plan, lo: int, hi: int) -> str:
-    """Shape year: row n (lo <= n < hi) of the daily rows before the fan-out window, day
-    by day from the oldest, every member each day; explicit ids n + 1, so that the ids
-    follow the dates as the nightly runs leave them."""
+    """Shapes year and sparse: row n (lo <= n < hi) of the daily rows before the fan-out
+    window, day by day from the oldest, every member each day; explicit ids n + 1, so
+    that the ids follow the dates as the nightly runs leave them."""
     n = f"(blk.n * {SEQ_BLOCK} + s.n)"
     members = 2 * plan.fanout_members
     m = f"(1 + {n} % {members})"
