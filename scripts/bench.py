@@ -1,15 +1,17 @@
-"""The benchmarks of issues 6 and 14 in one run: each job through its CLI against its floor.
+"""The benchmarks of issues 6, 14 and 30 in one run: each job through its CLI against its floor.
 
 Run through `scripts/bench` (which prepares .venv and the local services first):
 
-    scripts/bench [--repeat 3] [--only stats|growth|month|fanout|memory ...]
+    scripts/bench [--repeat 3] [--only stats|growth|sparse|month|fanout|memory ...]
 
 1. Generates the data sets if missing (`scripts/gen_data.py`): couponpop_bench, the
    production shape (--histories over --history-days, ids in time order up to 5
    minutes, the window the newest rows; a year of daily coupon_usage_stats rows);
    for the growth cases, the same window under a fifth of the history
    (couponpop_bench_short) and five times the window in the same rows
-   (couponpop_bench_wide); the month shape of issue 6 (couponpop_bench_month).
+   (couponpop_bench_wide); the sparse shape of issue 30 (couponpop_bench_sparse: the
+   production shape's history, but most members of the window occasional); the month
+   shape of issue 6, which is also issue 30's crowded month (couponpop_bench_month).
 2. Starts the fake peers as a process on free ports, serving the generated stores and
    push tokens and checking the system token's signature.
 3. Makes the RabbitMQ vhost `couponpop-bench` with the consumer queue declared and
@@ -25,7 +27,8 @@ Run through `scripts/bench` (which prepares .venv and the local services first):
        STATS_READ=full, the read of issue 6, whose rows the others must equal;
    (h) history growth: (a) and (b) on a fifth of the history, the same window;
    (w) window growth: (a) and (b) with five times the window's rows;
-   (m) the month shape: (a) and (b);
+   (s) the sparse shape: (a) and (b), and one run with STATS_READ=full;
+   (m) the month shape, the crowded month: (a) and (b), and one STATS_READ=full run;
    (c) fan-out floor: a bare aiormq confirm-mode publisher (`bench_publish.py --floor`),
        the same message count, body size and properties, the same window;
    (d) the fan-out job; (e) the same with the fake peers answering after 20 ms;
@@ -85,14 +88,15 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench"
 LOGS = OUT / "logs"
 PYTHON = sys.executable
-PARTS = ("stats", "growth", "month", "fanout", "memory")
+PARTS = ("stats", "growth", "sparse", "month", "fanout", "memory")
 VHOST = "couponpop-bench"
 GROWTH_FACTOR = 5
 JWT_KEY = b"couponpop-bench-key-of-32-bytes!"
 BROKER_OUTAGE = ("Connect call failed", "Reconnecting after", "Connection reset by peer")
 
-# The targets of issues 6, 14 and 21 (21: start-up included, the ratios tightened).
+# The targets of issues 6, 14, 21 and 30 (21: start-up included, the ratios tightened).
 STATS_MAX_RATIO = 2.5  # production shape, to the bounded floor
+SPARSE_MAX_RATIO = 3.0  # sparse shape (issue 30)
 STATS_MAX_EXAMINED = 1.5  # rows examined to the window's rows
 STATS_MAX_RSS_MB = 150
 MEMORY_MAX_GROWTH_MB = 60  # RSS after the last run, over RSS after the first
@@ -655,6 +659,9 @@ def main() -> None:
         if "growth" in parts:
             rows += growth_rows(bench, args, rows)
             loads.append(f"after growth {load()}")
+        if "sparse" in parts:
+            rows += sparse_rows(bench, args)
+            loads.append(f"after sparse {load()}")
         if "month" in parts:
             rows += month_rows(bench, args)
             loads.append(f"after month {load()}")
@@ -807,26 +814,56 @@ def month_record(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     return bench.generate(f"{args.database}_month", options)
 
 
-def month_rows(bench: Bench, args: argparse.Namespace) -> list[Row]:
-    database = f"{args.database}_month"
-    record = month_record(bench, args)
+def shape_rows(
+    bench: Bench, args: argparse.Namespace, record: dict[str, Any], key: str, shape: str
+) -> tuple[Row, Row]:
+    """(key) floor and job on the data set `record` describes, alternated, and one run
+    with STATS_READ=full whose rows every job run must equal: the floor's row and the
+    job's, its ratio to the floor set."""
+    database = record["database"]
     bench.serve(record)
     stats = record["expected"]["stats"]
-    a, b, full = [], [], []
+    ((members,),) = bench.sql(
+        database,
+        "SELECT COUNT(DISTINCT member_id) FROM coupon_histories"
+        " WHERE coupon_status = 'USED' AND created_at BETWEEN %s AND %s",
+        stats["window"],
+    )
+    what = f"{shape}: {stats['eligible_members']:,} of {members:,} members"
+    a, b = [], []
     for i in range(args.repeat):
-        say(f"month: run {i + 1} of {args.repeat}")
-        a.append(bench.stats_floor(database, stats, f"month-floor-{i}"))
-        b.append(bench.stats_job(database, stats, f"month-job-{i}"))
-    full.append(bench.stats_job(database, stats, "month-job-full", read="full"))
+        say(f"{shape}: run {i + 1} of {args.repeat}")
+        a.append(bench.stats_floor(database, stats, f"{key}-floor-{i}"))
+        b.append(bench.stats_job(database, stats, f"{key}-job-{i}"))
+    full = [bench.stats_job(database, stats, f"{key}-job-full", read="full")]
     window = stats["window_all_rows"]
-    floor = Row(f"(m) floor, month shape: {stats['window_rows']:,} rows", a, "row/s")
+    floor = Row(f"({key}) floor, {shape}: {stats['window_rows']:,} rows", a, "row/s")
     floor.ratio, floor.window = 1.0, window
-    job = Row("(m) stats job, month shape", b, "row/s", window=window)
+    job = Row(f"({key}) stats job, {what}", b, "row/s", window=window)
     job.detail = bench.replay_read(database, stats, "window")
     job.ratio = job.wall / floor.wall
+    same_rows(Row("STATS_READ=full", full, "row/s"), job)
+    return floor, job
+
+
+def sparse_rows(bench: Bench, args: argparse.Namespace) -> list[Row]:
+    """(s): issue 30's sparse shape, production's history and most members of the
+    window occasional: member by member costs show."""
+    options = ["--shape", "sparse", "--histories", str(args.histories), "--fanout-members", "0"]
+    database = f"{args.database}_sparse"
+    record = {**bench.generate(database, options), "database": database}
+    floor, job = shape_rows(bench, args, record, "s", "sparse")
+    job.target = f"<= {SPARSE_MAX_RATIO}x, the same rows as STATS_READ=full"
+    job.met = job.ratio <= SPARSE_MAX_RATIO
+    return [floor, job]
+
+
+def month_rows(bench: Bench, args: argparse.Namespace) -> list[Row]:
+    """(m): the month shape, issue 30's crowded month at the default 2M rows."""
+    record = {**month_record(bench, args), "database": f"{args.database}_month"}
+    floor, job = shape_rows(bench, args, record, "m", "month")
     job.target = f"<= {MONTH_MAX_RATIO}x, the same rows as STATS_READ=full"
     job.met = job.ratio <= MONTH_MAX_RATIO
-    same_rows(Row("STATS_READ=full", full, "row/s"), job)
     return [floor, job]
 
 

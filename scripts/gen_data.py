@@ -1,8 +1,8 @@
 """Fill a database with realistic synthetic data for the benchmarks, fast and repeatably;
 small options make the sample rows of an operator's first hour (README, "From scratch").
 
-    .venv/bin/python scripts/gen_data.py [--database couponpop_bench] [--shape year|month]
-        [--histories 10000000] [--history-days 400]
+    .venv/bin/python scripts/gen_data.py [--database couponpop_bench]
+        [--shape year|sparse|month] [--histories 10000000] [--history-days 400]
 
 Rows are made by the server (INSERT ... SELECT over a 100,000-row counting table
 joined to itself; portable to MySQL 8), in parallel chunks with explicit ids, from
@@ -15,11 +15,18 @@ CRC32 hashes of a fixed seed: the same options give the same rows, byte for byte
   that end or across it): the window holds the newest rows, 21 days' worth.
   Members: by default one per 10 rows of the window. At 11:00-20:59, 90% of the rows
   go to members whose favourite hour it is (member m: 11 + (m - 1) % 10).
-- `coupon_histories`, shape `month` (the benchmarks of issue 6): N rows over the 21
-  days of the stats window in random time order (a few rows just outside, a few
+- `coupon_histories`, shape `sparse` (issue 30: most members occasional): the year
+  shape's times (over 320 days by default), but a quarter of the rows go to --regulars
+  members (a fourteenth of --members; every --members // --regulars-th id), at their
+  favourite hour as above, and the others to the occasional members in turn: each may
+  have one row in every (members - regulars) rows, 3-4 such places in the default
+  window, so 0-4 uses there. About 7% of the window's members have 5 uses or more.
+- `coupon_histories`, shape `month` (the benchmarks of issue 6, and issue 30's crowded
+  month: 200,000 members with about 8 uses each at the default 2M rows): N rows over
+  the 21 days of the stats window in random time order (a few rows just outside, a few
   exactly on its two ends); members: one per 10 rows; member `1 + hash % members`,
   each with a favourite hour.
-- Both: ~80% USED (then ISSUED, CANCELED); each member has 2-4 stores (mostly in one
+- All shapes: ~80% USED (then ISSUED, CANCELED); each member has 2-4 stores (mostly in one
   dong, some in a neighbouring one); 0.5% of the rows name one of 10 stores the store
   service does not know (ids after --stores).
 - `coupon_events`: 4 per store, 1-21 days each, ~15% sold out; every store of one
@@ -31,8 +38,9 @@ CRC32 hashes of a fixed seed: the same options give the same rows, byte for byte
   on the same date, or the target hour only before the window. Every member has older
   rows too. 1% of the odd ids name a dong without stores, 2% have no push token.
   The fan-out date defaults to a week after --run-date, clear of the stats job's
-  writes at --run-date. Shape `year`: before the window, --stats-days days of daily
-  rows, one a member a day (what a year of nightly runs leaves), oldest first.
+  writes at --run-date. Shapes `year` and `sparse`: before the window, --stats-days
+  days of daily rows, one a member a day (what a year of nightly runs leaves), oldest
+  first.
 - The fake peers' data file (`var/bench/<database>.peers.json`): the stores' dongs
   (5,000 stores over 300 Hangul dongs such as 상도1동) and 1-3 FCM tokens (~1.55 on
   average, 163 characters like real ones) for every member the fan-out job may ask for.
@@ -83,6 +91,8 @@ EVENTS_PER_STORE = 4
 UNKNOWN_STORES = 10  # store ids after --stores, unknown to the store service
 DONGS_WITHOUT_STORES = 3  # dong names after --dongs, no store is in them
 DEAD_DONG_EVERY = 60  # dong idx % 60 == 7: every event of its stores is over
+SPARSE_REGULAR_PERCENT = 25  # shape sparse: the share of the rows that go to the regulars
+SPARSE_PRIME = 1_000_003  # shape sparse: spreads the occasional members' rows (see there)
 
 # Dong names of Seoul; numbered like the real ones (상도1동) to reach --dongs.
 _BASES = (
@@ -104,7 +114,7 @@ def dong_names(count: int) -> list[str]:
 class Plan:
     """What to generate: the options, all of them. Its JSON identifies a data set."""
 
-    shape: str  # year | month
+    shape: str  # year | sparse | month
     histories: int
     history_days: int  # year: days of history; month: the window's 21
     stats_days: int  # year: days of daily coupon_usage_stats rows before the fan-out window
@@ -117,9 +127,14 @@ class Plan:
     target_hour: int
     seed: int
     version: int = GENERATOR_VERSION
+    regulars: int = 0  # shape sparse: the members most rows go to
 
     def to_json(self) -> dict[str, Any]:
+        """The plan as JSON; `regulars` only for the sparse shape, so that the data sets
+        of the other shapes generated before it existed are still recognised."""
         raw = dataclasses.asdict(self)
+        if self.shape != "sparse":
+            del raw["regulars"]
         return {k: v.isoformat() if isinstance(v, date) else v for k, v in raw.items()}
 
     @property
@@ -129,7 +144,8 @@ class Plan:
 
     @property
     def history(self) -> tuple[datetime, int]:
-        """Shape year: the place in time of the first row, and the seconds to the last."""
+        """Shapes year and sparse: the place in time of the first row, and the seconds to
+        the last."""
         end = datetime.combine(self.run_date + timedelta(days=1), datetime.min.time())
         end += timedelta(hours=1)
         return end - timedelta(days=self.history_days), self.history_days * 86400
@@ -189,15 +205,7 @@ def _histories_sql(plan: Plan, lo: int, hi: int) -> str:
         first, seconds = plan.history
         place = f"({n} * {seconds} DIV {plan.histories})"  # seconds after `first`
         hour = f"((3600 * {first.hour} + {place}) % 86400 DIV 3600)"
-        hm = _h(plan, "m", n)
-        favourite = (
-            f"(1 + ({hour} - 11 + 10 * ({hm} DIV 100 % GREATEST(1, {plan.members} DIV 10)))"
-            f" % {plan.members})"
-        )
-        m = (
-            f"(CASE WHEN {hour} BETWEEN 11 AND 20 AND {hm} % 100 < 90 THEN {favourite}"
-            f" ELSE 1 + {hm} % {plan.members} END)"
-        )
+        m = _year_member(plan, n, hour) if plan.shape == "year" else _sparse_member(plan, n, hour)
         start, end = (round((t - first).total_seconds()) for t in plan.window)
         he, jitter = _h(plan, "e", n), JITTER_SECONDS
         # Near an end of the window: exactly on it, or across it from the row's place.
@@ -229,6 +237,38 @@ def _histories_sql(plan: Plan, lo: int, hi: int) -> str:
         "INSERT INTO coupon_histories"
         " (id, member_id, coupon_id, store_id, coupon_event_id, coupon_status, created_at)"
         f" SELECT {n} + 1, {m}, {n} + 1, {store}, {event}, {status}, {created} " + _numbers(lo, hi)
+    )
+
+
+def _favourite_member(plan: Plan, n: str, hour: str, members: int) -> str:
+    """One of members 1..`members`: at 11:00-20:59, 90% of the time one whose favourite
+    hour it is (member m: 11 + (m - 1) % 10), otherwise any."""
+    hm = _h(plan, "m", n)
+    favourite = (
+        f"(1 + ({hour} - 11 + 10 * ({hm} DIV 100 % GREATEST(1, {members} DIV 10))) % {members})"
+    )
+    return (
+        f"(CASE WHEN {hour} BETWEEN 11 AND 20 AND {hm} % 100 < 90 THEN {favourite}"
+        f" ELSE 1 + {hm} % {members} END)"
+    )
+
+
+def _year_member(plan: Plan, n: str, hour: str) -> str:
+    return _favourite_member(plan, n, hour, plan.members)
+
+
+def _sparse_member(plan: Plan, n: str, hour: str) -> str:
+    """Shape sparse: a quarter of the rows to the regulars, ids every `step` (regular k
+    is member k * step); the rest to the occasional members, the ids between, in turn:
+    occasional c (0-based) has row n when n * K = c modulo their number, K a prime
+    larger than it (so every one of them has a row every that many rows)."""
+    step = plan.members // plan.regulars
+    occasional = plan.members - plan.regulars
+    regular = f"({_favourite_member(plan, n, hour, plan.regulars)} * {step})"
+    c = f"({n} * {SPARSE_PRIME} % {occasional})"
+    return (
+        f"(CASE WHEN {_h(plan, 'r', n)} % 100 < {SPARSE_REGULAR_PERCENT} THEN {regular}"
+        f" ELSE {c} + 1 + {c} DIV {step - 1} END)"
     )
 
 
@@ -310,7 +350,7 @@ def _fanout_sql(plan: Plan) -> list[str]:
         f"{population} AND ({m} % 2 = 0 AND {c} IN (1, 3)"
         f" OR {m} % 2 = 1 AND {_h(plan, 'g', m)} % 2 = 0) ORDER BY 1"
     )
-    if plan.shape == "year":
+    if plan.shape != "month":
         return [main, second]  # the daily rows come first (_daily_stats_sql)
     older = (
         f"{insert} SELECT {m}, {dong('d')}, {_h(plan, 'r', m)} % 24,"
@@ -321,9 +361,9 @@ def _fanout_sql(plan: Plan) -> list[str]:
 
 
 def _daily_stats_sql(plan: Plan, lo: int, hi: int) -> str:
-    """Shape year: row n (lo <= n < hi) of the daily rows before the fan-out window, day
-    by day from the oldest, every member each day; explicit ids n + 1, so that the ids
-    follow the dates as the nightly runs leave them."""
+    """Shapes year and sparse: row n (lo <= n < hi) of the daily rows before the fan-out
+    window, day by day from the oldest, every member each day; explicit ids n + 1, so
+    that the ids follow the dates as the nightly runs leave them."""
     n = f"(blk.n * {SEQ_BLOCK} + s.n)"
     members = 2 * plan.fanout_members
     m = f"(1 + {n} % {members})"
@@ -423,7 +463,7 @@ async def _generate(pool: Pool, plan: Plan, jobs: int) -> None:
 
     started = time.perf_counter()
     await _execute(pool, _events_sql(plan))
-    if plan.shape == "year":
+    if plan.shape != "month":
         daily = plan.stats_days * 2 * plan.fanout_members
         await _in_chunks(pool, daily, lambda lo, hi: _daily_stats_sql(plan, lo, hi), jobs)
     for statement in _fanout_sql(plan):
@@ -646,12 +686,17 @@ def bench_settings(database: str | None = None) -> Settings:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", default="couponpop_bench")
-    parser.add_argument("--shape", choices=("year", "month"), default="year")
+    parser.add_argument("--shape", choices=("year", "sparse", "month"), default="year")
     parser.add_argument("--histories", type=int, help="default: 10,000,000 (month: 2,000,000)")
-    parser.add_argument("--history-days", type=int, default=400, help="shape year only")
     parser.add_argument(
-        "--members", type=int, help="default: a tenth of the window's rows (month: of all)"
+        "--history-days", type=int, help="shapes year and sparse: default 400 (sparse: 320)"
     )
+    parser.add_argument(
+        "--members",
+        type=int,
+        help="default: a tenth of the window's rows (month: of all; sparse: 27%%)",
+    )
+    parser.add_argument("--regulars", type=int, help="shape sparse: default members // 14")
     parser.add_argument("--stores", type=int, default=5000)
     parser.add_argument("--dongs", type=int, default=300)
     parser.add_argument("--run-date", type=date.fromisoformat, default=date(2025, 10, 31))
@@ -673,6 +718,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.fanout_members = 240_000 if month else 10_000
     if args.histories < 1 or args.stores < 1 or args.dongs < 1 or args.fanout_members < 0:
         parser.error("counts must be positive")
+    if args.history_days is None:
+        args.history_days = 320 if args.shape == "sparse" else 400
     if args.history_days <= WINDOW_DAYS or args.stats_days < 0:
         parser.error(f"--history-days must be over {WINDOW_DAYS}, --stats-days at least 0")
     if not 0 <= args.target_hour <= 23:
@@ -684,12 +731,19 @@ def plan_of(args: argparse.Namespace) -> Plan:
     month = args.shape == "month"
     days = WINDOW_DAYS + 1 if month else args.history_days
     window_rows = args.histories * (WINDOW_DAYS + 1) // days
+    members = args.members or max(1, window_rows // 10)
+    regulars = 0
+    if args.shape == "sparse":
+        members = args.members or max(2, window_rows * 27 // 100)
+        regulars = args.regulars or max(1, members // 14)
+        if not 1 <= regulars <= members // 2:
+            raise SystemExit("gen_data: --regulars must be 1 to half of --members")
     return Plan(
         shape=args.shape,
         histories=args.histories,
         history_days=days,
         stats_days=0 if month else args.stats_days,
-        members=args.members or max(1, window_rows // 10),
+        members=members,
         stores=args.stores,
         dongs=args.dongs,
         run_date=args.run_date,
@@ -697,6 +751,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
         fanout_date=args.fanout_date or args.run_date + timedelta(days=7),
         target_hour=args.target_hour,
         seed=args.seed,
+        regulars=regulars,
     )
 
 

@@ -5,12 +5,17 @@ queries that the server scans and sorts at the same time, merged here. The table
 no index but its primary key, and its ids follow time: the queries share the window's
 span of ids, found by a binary search over ids (`history_window`); where an index
 starts with `created_at`, they share the window's time instead and the server ranges
-over that index; with STATS_READ=full, they share the table's ids. A chunk is up to
-CHUNK_SIZE whole members. Processing computes each member's favourite, looking a store
-up the first time a member meets it (once per run each); writing replaces the runDate's
-rows of the chunk's member-id range (after the previous checkpoint, up to this one; the
-last chunk's range is open), so a rerun or a restart leaves exactly the rows a first
-run writes, members who no longer qualify or no longer appear at all included. A dry run
+over that index; with STATS_READ=full, they share the table's ids.
+
+A chunk is whole members: up to CHUNK_SIZE candidates (members with MIN_ROWS rows or
+more) and the members with fewer rows between them, up to ten times CHUNK_SIZE members
+in all. Those with fewer rows can never be eligible: each is carried as its first row
+alone, read and filtered, with no rows kept, no store looked up and no commit of its
+own. Processing computes each candidate's favourite, looking a store up the first time
+a member meets it (once per run each); writing replaces the runDate's rows of the
+chunk's member-id range (after the previous checkpoint, up to this one; the last
+chunk's range is open), so a rerun or a restart leaves exactly the rows a first run
+writes, members who no longer qualify or no longer appear at all included. A dry run
 writes the rows it would store as JSON lines instead, and stores nothing.
 """
 
@@ -44,7 +49,10 @@ _SECONDS_PER_DAY = 86400
 # faster than DATETIMEs and compare as times; the hour of day is TO_SECONDS % 86400
 # // 3600 (TO_SECONDS counts whole days from year 0).
 Row = tuple[int, int, int]
-Member = tuple[int, list[Row]]  # (member_id, its rows in the window)
+Candidate = tuple[int, list[Row]]  # (member_id, its rows): MIN_ROWS rows or more
+# A member as read: a candidate, or the first row alone of a member with fewer rows (never
+# eligible: it is read and filtered, and nothing is built, looked up or computed for it)
+Member = Candidate | Row
 Favourite = tuple[int, str, int]  # (member_id, top_dong, top_hour)
 # The chunk's member-id range (after, up to; None: open) and the eligible members' rows
 Output = tuple[int | None, int | None, list[Favourite]]
@@ -52,7 +60,7 @@ TimeRange = tuple[datetime | None, datetime | None]  # from (included) .. to (ex
 Bounds = list[tuple[str, Any]]  # conditions of one query beside the window's, their values
 _member = itemgetter(0)  # of a Row or a Favourite
 _store = itemgetter(1)  # of a Row
-_rows = itemgetter(1)  # of a Member
+_rows = itemgetter(1)  # of a Candidate
 
 _READ = (
     "SELECT member_id, store_id, TO_SECONDS(created_at) FROM coupon_histories"
@@ -63,6 +71,9 @@ _ANY_ROW_OF_DATE = "SELECT 1 FROM coupon_usage_stats WHERE aggregated_at = %s LI
 _DELETE = "DELETE FROM coupon_usage_stats WHERE aggregated_at = %s"
 _INSERT = "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at) VALUES "
 _INSERT_ROWS = 1000  # rows per INSERT statement: well under max_allowed_packet
+# A chunk ends at CHUNK_SIZE candidates or at this many times as many members in all,
+# so that a window of occasional members alone still commits bounded chunks.
+_MEMBERS_PER_CANDIDATE = 10
 # Members computed between two turns of the event loop: about half a millisecond of
 # CPU, so that the sink's round trips are not held up behind a whole chunk (5 ms).
 _MEMBERS_PER_SLICE = 100
@@ -113,56 +124,59 @@ def favourite(rows: Sequence[Row], dong_of: Mapping[int, str | None]) -> tuple[s
     member is not eligible.
 
     `dong_of` names the dong of every store of `rows`, None for a store without one;
-    a store it lacks (not looked up yet) raises KeyError. Rows of a store without a
-    dong are dropped first. Eligible: MIN_ROWS rows or more. Top dong: most rows, then
-    the latest row, then the greatest name in code-point order. Top hour: among the
-    top dong's rows, most rows, then the latest row, then the greatest hour.
+    a store it lacks (not looked up yet) raises KeyError, unless the member has fewer
+    than MIN_ROWS rows: such a member is not eligible whatever its stores, and nothing
+    is looked up for it. Rows of a store without a dong are dropped first. Eligible:
+    MIN_ROWS rows or more. Top dong: most rows, then the latest row, then the greatest
+    name in code-point order. Top hour: among the top dong's rows, most rows, then the
+    latest row, then the greatest hour.
 
-    Plain loops, lists of times, a max over (count, latest, name) tuples for the dong
-    and a running maximum for the hour on purpose: for the handful of rows of a member
-    they beat Counter and key functions (the running maximum is 10% faster than a max
-    over the hours at the end), the dong of each row is looked up once, and this runs
-    once per member of the window.
+    Plain loops, lists of times and a max over (count, latest, name) tuples for the
+    dong on purpose: for the handful of rows of a member they beat Counter and key
+    functions, the dong of each row is looked up once, and this runs once per member
+    of the window.
     """
+    if len(rows) < MIN_ROWS:
+        return None
     times: dict[str, list[int]] = {}  # dong -> the times of its rows
+    dropped = 0
     for _, store, at in rows:
         dong = dong_of[store]
-        if dong is not None:
-            found = times.get(dong)
-            if found is None:
-                times[dong] = [at]
-            else:
-                found.append(at)
+        if dong is None:
+            dropped += 1
+            continue
+        found = times.get(dong)
+        if found is None:
+            times[dong] = [at]
+        else:
+            found.append(at)
+    if len(rows) - dropped < MIN_ROWS:
+        return None
     if len(times) == 1:
         ((top, top_times),) = times.items()
-        if len(top_times) < MIN_ROWS:
-            return None
     else:
-        if sum(map(len, times.values())) < MIN_ROWS:
-            return None
         _, _, top = max([(len(ats), max(ats), dong) for dong, ats in times.items()])
         top_times = times[top]
-    # The top hour as the rows are counted: an hour's (count, latest) only grows when a
-    # row of it is counted, so comparing the hour just counted with the greatest so far
-    # keeps the greatest. Two hours never share their latest row: no tie is left for
-    # the rule's last step (the greater hour).
-    counts: dict[int, int] = {}
-    latest: dict[int, int] = {}
-    top_hour, top_count, top_at = -1, 0, 0
+    # The top hour as the rows are counted in time order: each row is the latest of
+    # its hour so far, so the hour just counted beats the top one when its count is at
+    # least as high. Rows of the same time have the same hour: no tie is left for the
+    # rule's last step (the greater hour).
+    top_times.sort()
+    counts = [0] * 24
+    top_hour = top_count = 0
     for at in top_times:
         hour = at % _SECONDS_PER_DAY // 3600
-        count = counts.get(hour, 0) + 1
+        count = counts[hour] + 1
         counts[hour] = count
-        last = latest.get(hour, 0)
-        if at > last:
-            latest[hour] = last = at
-        if count > top_count or (count == top_count and last > top_at) or hour == top_hour:
-            top_hour, top_count, top_at = hour, count, last
+        if count >= top_count:
+            top_hour, top_count = hour, count
     return top, top_hour
 
 
 async def _favourites(
-    members: Sequence[Member], dong_of: Mapping[int, str | None], unseen: list[Member] | None
+    members: Sequence[Candidate],
+    dong_of: Mapping[int, str | None],
+    unseen: list[Candidate] | None,
 ) -> list[Favourite]:
     """The eligible members' favourites in member order, a slice of members at a time,
     the event loop running between. A member with a store `dong_of` lacks goes to
@@ -229,15 +243,22 @@ class UsageStatsStep:
             self.peers.preload()  # for the first chunk's store lookups, while the server sorts
         policy = self.policy
         chunk_size = policy.chunk_size
+        most = _MEMBERS_PER_CANDIDATE * chunk_size
         members: list[Member] = []
+        candidates = 0  # in `members`
         stream = stream_merged(self.database, queries, policy.fetch_rows)
         async with aclosing(stream) as batches:
             async for batch in batches:  # no member goes on into the next batch
                 for member_id, group in groupby(batch, _member):
-                    members.append((member_id, list(group)))
-                    if len(members) >= chunk_size:
+                    rows = list(group)
+                    if len(rows) < MIN_ROWS:
+                        members.append(rows[0])
+                    else:
+                        members.append((member_id, rows))
+                        candidates += 1
+                    if candidates >= chunk_size or len(members) >= most:
                         yield Chunk(items=members, checkpoint=member_id)
-                        members = []
+                        members, candidates = [], 0
         if members:
             yield Chunk(items=members, checkpoint=members[-1][0])
 
@@ -288,8 +309,9 @@ class UsageStatsStep:
 
     async def process(self, chunk: Chunk[Member]) -> Processed[Output]:
         members = chunk.items
-        unseen: list[Member] = []
-        output = await _favourites(members, self.dongs.known, unseen)
+        candidates = [member for member in members if len(member) == 2]
+        unseen: list[Candidate] = []
+        output = await _favourites(candidates, self.dongs.known, unseen)
         if unseen:
             # Members with a store not looked up yet (in the first chunks mostly): their
             # stores are looked up and they are computed again. Later chunks meet a new

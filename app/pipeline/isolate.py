@@ -93,7 +93,10 @@ async def isolate(
                     outcome.error = exc.with_traceback(None)
             else:
                 passed.append((start, processed))
-                pinned = True
+                # A part whose items were all filtered may never have met the work that
+                # failed (a lookup its items did not need): no sign that the fault is
+                # about the others.
+                pinned = pinned or processed.filtered < end - start
         if not pinned and alike is not None and len(level) >= UNPINNED_PARTS:
             raise NotAboutItems(alike, "met alike by every part of a chunk")
         level = below

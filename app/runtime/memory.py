@@ -6,7 +6,7 @@ runs, and whatever a run leaves in reference cycles (a closure that names itself
 exception kept with its traceback, and the chunks' rows they hold) waits for it. One
 full collection when a run ends frees it: a few milliseconds, the objects of start-up
 being frozen. (glibc's malloc_trim after it gave back 3 MB more, no flatter a curve:
-not worth a C call; see README, Performance.)
+not worth a C call; see docs/performance.md.)
 """
 
 from __future__ import annotations

@@ -259,12 +259,14 @@ TWO_RESTARTS = RestartPolicy(attempts=2, backoff_seconds=0.1, misfire_grace=time
 
 
 async def a_night_that_fails(pool: Pool, settings: Settings) -> Settings:
-    """A use in NIGHT's window, and settings whose store service is down: each run of
-    NIGHT fails (after a retry budget of 0.2 s)."""
+    """Five uses in NIGHT's window (a member with fewer needs no store looked up), and
+    settings whose store service is down: each run of NIGHT fails (after a retry budget
+    of 0.2 s)."""
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute(
             "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
-            " coupon_status, created_at) VALUES (1, 1, 1, 1, 'USED', '2025-10-20 10:00:00')"
+            " coupon_status, created_at) VALUES "
+            + ",".join(f"(1, 1, 1, 1, 'USED', '2025-10-2{d} 10:00:00')" for d in range(5))
         )
     return replace(settings, STORE_SERVICE_URL="http://127.0.0.1:9", RETRY_BUDGET_SECONDS=0.2)
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -198,13 +199,16 @@ SECONDS = YEAR_DAYS * 86400
 YEAR_MEMBERS = 10 * HISTORIES * 21 // YEAR_DAYS // 10  # a tenth of the window's rows
 
 
-@pytest.fixture(scope="module")
-def year(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    database = f"cpb_gen_year_{os.getpid()}"
+def generated_histories(
+    tmp_path_factory: pytest.TempPathFactory, shape: str, *extra: str
+) -> Iterator[tuple[str, dict[str, Any], list[tuple]]]:
+    """A database of 10 x HISTORIES rows over YEAR_DAYS days: its name, the record and
+    its histories (id, member_id, store_id, coupon_status, created_at) in id order."""
+    database = f"cpb_gen_{shape}_{os.getpid()}"
     peers = tmp_path_factory.mktemp("gen") / "peers.json"
-    extra = ["--histories", str(10 * HISTORIES), "--history-days", str(YEAR_DAYS)]
+    extra = ("--shape", shape, "--histories", str(10 * HISTORIES), *extra)
     try:
-        record = generate(database, peers, *extra, "--stats-days", str(STATS_DAYS))
+        record = generate(database, peers, "--history-days", str(YEAR_DAYS), *extra)
         rows = query(
             database,
             "SELECT id, member_id, store_id, coupon_status, created_at FROM coupon_histories"
@@ -213,6 +217,11 @@ def year(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield database, record, rows
     finally:
         query("information_schema", f"DROP DATABASE IF EXISTS {database}")
+
+
+@pytest.fixture(scope="module")
+def year(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    yield from generated_histories(tmp_path_factory, "year", "--stats-days", str(STATS_DAYS))
 
 
 def test_year_ids_follow_time_up_to_five_minutes(year: Any) -> None:
@@ -286,3 +295,35 @@ def test_year_daily_stats_rows(year: Any) -> None:
         for i, (day, m) in enumerate((day, m) for day in reversed(days) for m in members)
     ]
     assert record["expected"]["fanout"]["target_members"] == FANOUT
+
+
+# ---- shape sparse -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sparse(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    yield from generated_histories(tmp_path_factory, "sparse", "--fanout-members", "0")
+
+
+def test_sparse_members_mostly_occasional(sparse: Any) -> None:
+    """Issue 30's shape: most members of the window have 1-4 uses, under 10% have 5 or
+    more, and those are the regulars (every `step`-th id), whose uses are the most."""
+    _, record, rows = sparse
+    plan = record["plan"]
+    members, regulars = plan["members"], plan["regulars"]
+    assert (members, regulars) == (YEAR_MEMBERS * 27 // 10, YEAR_MEMBERS * 27 // 10 // 14)
+    step = members // regulars
+    start, end = WINDOW
+    uses = Counter(r[1] for r in rows if r[3] == "USED" and start <= r[4] <= end)
+    counts = Counter(min(n, 5) for n in uses.values())
+    assert counts[1] and counts[2] and counts[3] and counts[4]
+    assert 0.03 < counts[5] / len(uses) < 0.10
+    assert all(n <= 4 for m, n in uses.items() if m % step)  # the occasional members
+    assert sum(n for m, n in uses.items() if m % step == 0) / sum(uses.values()) > 0.2
+    assert {r[1] for r in rows} <= set(range(1, members + 1))
+    used = [r for r in rows if r[3] == "USED" and start <= r[4] <= end]
+    usable = Counter(r[1] for r in used if r[2] <= STORES)
+    eligible = sum(1 for n in usable.values() if n >= 5)
+    assert record["expected"]["stats"]["eligible_members"] == eligible
+    # ids follow time as in the year shape: the window is the newest rows
+    assert min(r[0] for r in rows if start <= r[4] <= end) > 10 * HISTORIES * 3 // YEAR_DAYS

@@ -109,6 +109,9 @@ def asked_stores(fake: FakePeers) -> list[int]:
     return sorted(store for body in fake.calls.get(REGIONS, []) for store in body)
 
 
+WEEK = [f"2025-10-1{d} 10:00:00" for d in range(7)]
+
+
 def rows_of(member: int, store: int, *times: str, status: str = "USED") -> list[tuple]:
     return [(member, store, at, status) for at in times]
 
@@ -334,7 +337,73 @@ async def test_issued_and_canceled_rows_are_ignored(
     assert execution.status == "COMPLETED", execution.exit_message
     assert await stats(pool) == [(61, "풍무동", 10, DAY)]
     assert counts(execution) == {"read": 2, "written": 1, "filtered": 1, "skipped": 0}
-    assert asked_stores(fake) == [1, 2]
+    assert asked_stores(fake) == [2]  # 60 has too few rows to need its store's dong
+
+
+async def test_members_with_fewer_than_five_uses_cost_no_lookup_and_no_commit(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """Issue 30: a member with fewer than MIN_ROWS uses is read and filtered, with none
+    of its stores looked up, and chunks count only the others (CHUNK_SIZE=2: 5
+    candidates, 3 commits, where 10 members made 5). The rows are inserted in time
+    order, so each member's rows spread over both read streams and over many fetches
+    of 3 rows."""
+    by_member = {
+        # 1: exactly MIN_ROWS uses: eligible; hour 10 x3 beats 21 x2
+        1: rows_of(1, 1, *(f"2025-10-1{d} 10:00:00" for d in range(3)))
+        + rows_of(1, 1, "2025-10-13 21:00:00", "2025-10-14 21:00:00"),
+        # 2: MIN_ROWS - 1 uses, at stores no candidate uses (5) or nobody knows (99)
+        2: rows_of(2, 5, *(f"2025-10-1{d} 09:00:00" for d in range(3)))
+        + rows_of(2, UNKNOWN_STORE, "2025-10-20 09:00:00"),
+        3: rows_of(3, 6, "2025-10-15 12:00:00"),
+        # 4: dongs tie on count (3) and latest (10-20 19:00): the greater name, 풍무동;
+        # its hours: 7 x2 beats 19
+        4: rows_of(4, 2, "2025-10-10 07:00:00", "2025-10-11 07:00:00", "2025-10-20 19:00:00")
+        + rows_of(4, 3, "2025-10-12 07:00:00", "2025-10-13 07:00:00", "2025-10-20 19:00:00"),
+        5: rows_of(5, 7, *(f"2025-10-2{d} 13:00:00" for d in range(4))),
+        # 6: hours tie at 2: the latest wins (8 on 10-15 over 22 on 10-11)
+        6: rows_of(6, 4, "2025-10-10 22:00:00", "2025-10-11 22:59:59", "2025-10-12 08:00:00")
+        + rows_of(6, 4, "2025-10-15 08:00:00", "2025-10-09 03:00:00"),
+        7: rows_of(7, 6, "2025-10-16 12:00:00", "2025-10-17 12:00:00"),
+        # 8: 6 uses, one at an unknown store: 5 usable, eligible
+        8: rows_of(8, 8, *(f"2025-10-1{d} 17:00:00" for d in range(5)))
+        + rows_of(8, UNKNOWN_STORE, "2025-10-21 17:00:00"),
+        # 9: MIN_ROWS uses, one at an unknown store: a candidate, 4 usable, filtered
+        9: rows_of(9, 9, *(f"2025-10-1{d} 11:00:00" for d in range(4)))
+        + rows_of(9, UNKNOWN_STORE, "2025-10-22 11:00:00"),
+        10: rows_of(10, 5, *(f"2025-10-2{d} 15:00:00" for d in range(3))),
+    }
+    rows = [row for member_rows in by_member.values() for row in member_rows]
+    await add_histories(pool, sorted(rows, key=itemgetter(2)))
+    job = job_settings(settings, fake, CHUNK_SIZE=2, READ_STREAMS=2, FETCH_ROWS=3)
+    execution = await run_job(job)
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == [
+        (1, "노량진동", 10, DAY),
+        (4, "풍무동", 7, DAY),
+        (6, "흑석동", 8, DAY),
+        (8, "상도동", 17, DAY),
+    ]
+    assert counts(execution) == {"read": 10, "written": 4, "filtered": 6, "skipped": 0}
+    assert execution.steps[0].commit_count == 3
+    assert asked_stores(fake) == [1, 2, 3, 4, 8, 9, UNKNOWN_STORE]  # never 5, 6 or 7
+
+
+async def test_a_window_of_occasional_members_alone_commits_bounded_chunks(
+    pool: Pool, settings: Settings, fake: FakePeers
+) -> None:
+    """With no candidate to fill a chunk, a chunk still ends at ten times CHUNK_SIZE
+    members: 45 members of 1-4 uses at CHUNK_SIZE=2 make chunks of 20, 20 and 5."""
+    await add_histories(
+        pool,
+        [row for m in range(1, 46) for row in rows_of(m, 1 + m % 9, *WEEK[: 1 + m % 4])],
+    )
+    execution = await run_job(job_settings(settings, fake, CHUNK_SIZE=2))
+    assert execution.status == "COMPLETED", execution.exit_message
+    assert await stats(pool) == []
+    assert counts(execution) == {"read": 45, "written": 0, "filtered": 45, "skipped": 0}
+    assert execution.steps[0].commit_count == 3
+    assert asked_stores(fake) == []
 
 
 # ---- idempotence, caching, failures ---------------------------------------------

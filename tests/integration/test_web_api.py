@@ -330,7 +330,9 @@ async def test_launch_runs_the_job_and_reports_it(client: Client, pool: Pool) ->
         2,
         0,
     )
-    assert done["commitCount"] == 6
+    # A chunk a member (CHUNK_SIZE=1), but the two with too few rows ride in one chunk
+    # after member 4: chunks count only members with 5 uses or more (issue 30)
+    assert done["commitCount"] == 5
     assert done["startTime"] and done["endTime"] and done["endTime"] >= done["startTime"]
     assert done["steps"][0]["stepName"] == "couponUsageStatsStep"
     assert done["progress"] is None  # no longer running here

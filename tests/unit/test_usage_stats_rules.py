@@ -264,6 +264,15 @@ def test_a_store_not_looked_up_yet_is_a_key_error_not_a_store_without_dong() -> 
         favourite(rows, STORES)
 
 
+def test_fewer_than_min_rows_is_not_eligible_and_needs_no_store_looked_up() -> None:
+    """Issue 30: such a member can never qualify, so none of its stores is needed."""
+    short = rows_of(*[(4, f"{D}{d} 10:00:00") for d in range(MIN_ROWS - 1)])
+    assert favourite(short, STORES) is None
+    assert favourite(rows_of(*[(1, f"{D}{d} 10:00:00") for d in range(MIN_ROWS - 1)]), {}) is None
+    with pytest.raises(KeyError):
+        favourite([*short, *rows_of((4, f"{D}6 10:00:00"))], STORES)
+
+
 def reference(rows, dong_of) -> tuple[str, int] | None:
     """favourite() as its docstring states it, written plainly (Counter, sort keys)."""
     known = [(dong_of[store], at) for _, store, at in rows if dong_of.get(store) is not None]
