@@ -2,10 +2,13 @@
 their APP_TIMEZONE, in this service's own table (`batch_service_replicas`).
 
 Each such process joins when its scheduler starts, renews its row at every pass of the
-scheduler and leaves when it stops; a row not renewed for the lease (a process killed) no
-longer counts. Rows are numbered in the order the processes joined: that order settles
-whose zone the schedules run in (`app.runtime.automation.schedules_zone`). Times are the
-database's UTC clock, so skewed hosts and the BATCH_* tables' zone change nothing here.
+scheduler and leaves when it stops; a row not renewed for the lease no longer counts. A
+process that ran the schedules leaves its row to expire with the lease, as a killed one
+does: the zone of the schedules outlives a rolling restart, so a replica of another zone
+beside it never takes them up in the moment between a stop and the next start. Rows are
+numbered in the order the processes joined: that order settles whose zone the schedules
+run in (`app.runtime.automation.schedules_zone`). Times are the database's UTC clock, so
+skewed hosts and the BATCH_* tables' zone change nothing here.
 """
 
 from __future__ import annotations
@@ -74,5 +77,10 @@ class ReplicaRegistry:
         return [Replica(int(i), name, zone, bool(runs)) for i, name, zone, runs in rows]
 
     async def leave(self, replica_id: int) -> None:
+        """Remove this process's row, unless it ran the schedules: that one counts until
+        the lease expires (see the module)."""
         async with transaction(self.pool) as conn, conn.cursor() as cur:
-            await cur.execute("DELETE FROM batch_service_replicas WHERE id = %s", (replica_id,))
+            await cur.execute(
+                "DELETE FROM batch_service_replicas WHERE id = %s AND NOT runs_schedules",
+                (replica_id,),
+            )

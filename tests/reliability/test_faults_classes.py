@@ -176,8 +176,9 @@ async def test_an_unroutable_fanout_fails_within_the_budget_naming_the_routing_k
     assert len(lookups) <= PIPELINE["ENRICH_WORKERS"], len(lookups)
     # Within the budget: the first lookups (0.1 s), the budget, the run's start and end.
     assert took < budget + 3, took
-    [elapsed] = gave_up_after(caplog, budget)
-    assert budget - 0.5 <= elapsed <= budget + 0.2
+    # Each chunk in flight may give up at the deadline (two workers: one or two lines)
+    elapsed = gave_up_after(caplog, budget)
+    assert elapsed and all(budget - 0.5 <= spent <= budget + 0.2 for spent in elapsed), elapsed
 
 
 async def fanout_with_a_broker_outage(

@@ -334,12 +334,71 @@ async def test_a_replica_in_another_zone_runs_no_schedules(
             line for line in utc.log_text().splitlines() if "APP_TIMEZONE is UTC" in line
         )
         assert await seoul.stop() == 0
+        stopped = time.monotonic()
 
         async def utc_runs() -> bool:
             return "this replica runs the schedules now, in UTC" in utc.log_text()
 
         await until(utc_runs, within=30, what="the UTC replica taking the schedules up")
         assert await gauge(utc) == 1
+        # not before the stopped replica's row expired: a restart would have come back
+        assert time.monotonic() - stopped >= ABANDON_SECONDS - 1
     log = (tmp_path / "u.log").read_text(encoding="utf-8")
     before = log.split("this replica runs the schedules now")[0]
     assert "job launched" not in before  # nothing while the Seoul replica ran them
+
+
+async def test_a_rolling_restart_keeps_the_schedules_in_their_zone(
+    pool: Pool, settings: Settings, queue: str, tmp_path: Path
+) -> None:
+    """The Seoul replica that runs the schedules is restarted (a rolling deploy) beside a
+    UTC one: its row counts until its lease expires, so the UTC replica never takes the
+    schedules up in the moment between the stop and the next start. Before: it took them
+    up at its next pass, and pushed the hour's fan-out at the wrong hour."""
+    async with AsyncExitStack() as stack:
+        fake = await stack.enter_async_context(run_fake_peers({"stores": {}, "tokens": {}}))
+        [seoul] = await started(stack, settings, fake, queue, tmp_path, "s")
+
+        async def seoul_runs() -> bool:
+            return await gauge(seoul) == 1
+
+        await until(seoul_runs, within=30, what="the Seoul replica running the schedules")
+        [utc] = await started(stack, settings, fake, queue, tmp_path, "u", APP_TIMEZONE="UTC")
+
+        async def refused() -> bool:
+            return "APP_TIMEZONE is UTC, but the replicas already running" in utc.log_text()
+
+        await until(refused, within=30, what="the UTC replica's ERROR")
+        assert await seoul.stop() == 0
+        [again] = await started(stack, settings, fake, queue, tmp_path, "t")
+
+        async def again_runs() -> bool:
+            return await gauge(again) == 1
+
+        await until(again_runs, within=30, what="the restarted Seoul replica running them")
+
+        async def expired() -> bool:
+            [(live,)] = await fetch_all(
+                pool,
+                "SELECT COUNT(*) FROM batch_service_replicas WHERE name LIKE %s"
+                " AND last_seen >= UTC_TIMESTAMP(6) - INTERVAL %s SECOND",
+                (f"%:{seoul.process.pid}", ABANDON_SECONDS),
+            )
+            return live == 0
+
+        await until(expired, within=30, what="the stopped replica's row out of its lease")
+        [(mark,)] = await fetch_all(pool, "SELECT UTC_TIMESTAMP(6)")
+
+        async def utc_passed() -> bool:
+            [(seen,)] = await fetch_all(
+                pool,
+                "SELECT COUNT(*) FROM batch_service_replicas"
+                " WHERE app_timezone = 'UTC' AND last_seen > %s",
+                (mark,),
+            )
+            return seen > 0
+
+        await until(utc_passed, within=30, what="a pass of the UTC replica after that")
+        assert "runs the schedules now" not in utc.log_text()
+        assert await gauge(utc) == 0
+        assert await gauge(again) == 1
