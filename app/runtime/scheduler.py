@@ -277,6 +277,8 @@ class Scheduler:
             )
         elif running and self._said_zone:
             log.warning("this replica runs the schedules now, in %s", zone)
+        if running != self._running:  # the row says so at once, not at the next pass
+            await registry.renew(self._replica, runs_schedules=running)
         self._said_zone = not running
         self._running = running
         SCHEDULER_ENABLED.set(int(running))
