@@ -28,6 +28,7 @@ from asyncmy.errors import IntegrityError
 
 from app.config import Settings
 from app.edges.db import DbPool, fetch_all, transaction
+from app.errors import BatchError
 from app.model import (
     ABANDONABLE,
     INTERRUPTED,
@@ -62,12 +63,12 @@ _LAST_SIGN_OF_LIFE = (
 )
 
 
-class AlreadyCommitted(Exception):
+class AlreadyCommitted(BatchError):
     """This chunk's commit took effect already: an earlier attempt's COMMIT applied though
     its answer was lost (a stall). The retry's transaction rolls back, its writes with it."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(BatchError):
     """This runner's execution is no longer running: another replica found it silent and
     took the instance over, or an operator abandoned it. Nothing more may be committed
     for it."""

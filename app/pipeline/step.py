@@ -11,6 +11,7 @@ from typing import Any
 
 from app.config import StepPolicy
 from app.edges.db import DbPool, transaction
+from app.errors import BatchError
 from app.metrics import (
     ITEMS,
     QUEUE_DEPTH,
@@ -37,7 +38,7 @@ SKIPPED_KEYS_KEPT = 50
 SKIP_CAUSE_CHARACTERS = 200  # of a skip's cause: the fault's type and message
 
 
-class SkipLimitExceeded(Exception):
+class SkipLimitExceeded(BatchError):
     pass
 
 

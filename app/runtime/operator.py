@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TextIO
 
+from app.errors import EXIT_REFUSED, Refusal
 from app.model import (
     ABANDONABLE,
     RESTARTABLE,
@@ -19,32 +20,45 @@ from app.model import (
     Status,
 )
 from app.repository import JobRepository
+from app.runtime.job import UnknownJob
 from app.runtime.launcher import ON_REQUEST, Launcher, RunningJob
 from app.runtime.parameters import ParameterError, backfill_dates
 
 
-class NoSuchExecution(LookupError):
-    pass
+class NoSuchExecution(Refusal):
+    code = "EXECUTION_NOT_FOUND"
+    http_status = 404
 
 
-class Refused(Exception):
+class Refused(Refusal):
     """The execution's status does not allow the command; `status` is the one it has."""
+
+    code = "JOB_STATUS_REFUSED"
+    http_status = 409
+    exit_code = EXIT_REFUSED
 
     def __init__(self, message: str, status: Status) -> None:
         super().__init__(message)
         self.status = status
 
 
-class NotRestartable(Exception):
-    """Only a FAILED or STOPPED execution, its instance's last, restarts."""
+class NotRestartable(Refused):
+    """Only a FAILED or STOPPED execution, its instance's last, of a job this service
+    runs, restarts."""
+
+    code = "JOB_NOT_RESTARTABLE"
 
 
 class NotRunning(Refused):
     """Only a STARTING, STARTED or STOPPING execution stops."""
 
+    code = "JOB_NOT_RUNNING"
+
 
 class NotAbandonable(Refused):
     """Only a STOPPED, FAILED or STOPPING execution is abandoned."""
+
+    code = "JOB_NOT_ABANDONABLE"
 
 
 @dataclass(frozen=True)
@@ -168,7 +182,8 @@ class JobOperator:
         from its checkpoint. Only the instance's last execution restarts, as in Spring
         Batch: one its instance ran on after is NotRestartable (JobRestartException), or
         refused by the launch rules if the instance is running or completed since.
-        Raises NoSuchExecution, NotRestartable, LaunchRefused or ShuttingDown; an
+        Raises NoSuchExecution, NotRestartable (also for an execution of a job this
+        service does not run), LaunchRefused or ShuttingDown; an
         automatic restart (the scheduler's) passes what it was decided from."""
         launcher = self.launcher
         launcher.refuse_if_shutting_down()
@@ -176,15 +191,24 @@ class JobOperator:
         if execution.status not in RESTARTABLE:
             raise NotRestartable(
                 f"execution {execution_id} is {execution.status}: only a FAILED or STOPPED"
-                " execution restarts"
+                " execution restarts",
+                execution.status,
             )
         last = await self.repository.last_execution(execution.instance_id)
         if last.id != execution_id and last.status not in (*RUNNING, Status.COMPLETED):
             raise NotRestartable(
                 f"execution {execution_id} is not its instance's last: execution {last.id}"
-                f" ran on after it and is {last.status}; only the last one restarts"
+                f" ran on after it and is {last.status}; only the last one restarts",
+                execution.status,
             )
-        spec = launcher.find(execution.job_name)
+        try:
+            spec = launcher.find(execution.job_name)
+        except UnknownJob:
+            raise NotRestartable(
+                f"execution {execution_id} is of {execution.job_name}, a job this service"
+                f" does not run (it runs {', '.join(launcher.jobs)})",
+                execution.status,
+            ) from None
         parameters = await self.repository.get_parameters(execution_id)
         return await launcher.relaunch(spec, parameters, automatic=automatic)
 
