@@ -94,3 +94,28 @@ async def test_an_instance_abandoned_since_is_not_restarted_from_an_older_execut
         f"not restarted: {words}\n",
     )
     assert await execution_count(pool) == 2
+
+
+async def test_an_execution_of_a_job_this_service_does_not_run_is_not_restarted(
+    client: Client, pool: Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """An execution the job repository holds of another job (the Spring service's, say):
+    before, the API's restart answered 404 "no job execution" for it, which exists."""
+    api = await client()
+    repository = JobRepository(pool, abandon_after_seconds=120)
+    execution = await repository.start_execution("retiredJob", [], rerun_completed=False)
+    await repository.finish_execution(execution.id, Status.FAILED, "FAILED here")
+    words = (
+        f"execution {execution.id} is of retiredJob, a job this service does not run (it runs"
+        " coupon-usage-stats, coupon-usage-stats-fcm-send)"
+    )
+    resp = await api.post(f"/api/v1/jobs/executions/{execution.id}/restart", headers=bearer())
+    assert resp.status == 409
+    error = (await resp.json())["error"]
+    assert (error["code"], error["message"]) == ("JOB_NOT_RESTARTABLE", words)
+    assert await cli_restart(settings, execution.id, tmp_path) == (
+        EXIT_REFUSED,
+        "",
+        f"not restarted: {words}\n",
+    )
+    assert await execution_count(pool) == 1  # nothing launched
