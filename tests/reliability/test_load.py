@@ -176,7 +176,7 @@ async def test_actuator_answers_while_the_stats_job_streams_two_million_rows(
 ) -> None:
     """1,000 health and metrics requests in 10 s against a daemon streaming 2M rows: no
     error, every run exact. The latencies are printed, not asserted (a shared, noisy
-    machine: timing bounds belong to the benchmark scripts); README "Reliability"."""
+    machine: timing bounds belong to the benchmark scripts); docs/reliability.md."""
     await generate_histories(pool)
     stores = {str(s): f"상도{s % 300}동" for s in range(1, STORE_COUNT + 1)}
     admin = admin_headers()
