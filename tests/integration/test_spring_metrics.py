@@ -101,7 +101,7 @@ async def test_spring_batch_metrics_follow_a_run(
         assert value(running, "spring_batch_job_active_seconds_count", **job_name) == 1
         assert value(running, "spring_batch_job_active_seconds_sum", **job_name) > 0
         launched = client.server.app[LAUNCHER].running.values()
-        await asyncio.gather(*(run.task for run in launched if run.task is not None))
+        await asyncio.gather(*(run.task for run in launched))
         done = await client.get(resp.headers["Location"], headers=bearer())
         execution: dict[str, Any] = await done.json()
         after = await scrape(client)

@@ -345,7 +345,7 @@ async def after_commits(run: RunningJob, commits: int) -> None:
     """Until `run` (in this process) has committed `commits` chunks, still running."""
 
     async def reached() -> bool:
-        assert run.task is not None and not run.task.done(), "the run ended too early"
+        assert not run.task.done(), "the run ended too early"
         return run.progress.commits >= commits
 
     await until(reached, within=60, what=f"{commits} commits")

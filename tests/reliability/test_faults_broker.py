@@ -83,7 +83,6 @@ async def run_fanout_while(
         async with open_resources(job, broker=True) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False)
-            assert run.task is not None
             await disturb(run)
             await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
@@ -125,7 +124,6 @@ async def test_broker_gone_and_back_mid_run(
 
     async def gone_and_back(run: RunningJob) -> None:
         nonlocal before
-        assert run.task is not None
         await after_commits(run, 5)
         assert broker_proxy.open_connections == 1  # the job's broker connection
         before = broker_proxy.connections

@@ -108,7 +108,6 @@ async def test_a_fanout_stopped_through_another_replica_then_restarted_delivers_
         a = await replica(stack, job, broker=True)
         b = await replica(stack, job, broker=True)
         run = await a.launcher.launch(FANOUT, FANOUT_PARAMETERS, rerun=False)
-        assert run.task is not None
         await after_commits(run, 5)
 
         url = f"/api/v1/jobs/executions/{run.execution.id}"
@@ -135,7 +134,6 @@ async def test_a_fanout_stopped_through_another_replica_then_restarted_delivers_
         assert resp.headers["Location"] == f"/api/v1/jobs/executions/{restarted['executionId']}"
         assert restarted["parameters"] == stopped.parameters
         resumed = b.launcher.running[restarted["executionId"]]
-        assert resumed.task is not None
         await resumed.task
         final = await b.launcher.repository.get_execution(restarted["executionId"])
     assert final is not None and final.status == "COMPLETED", final and final.exit_message
@@ -178,7 +176,6 @@ async def test_an_abandoned_execution_is_never_restarted_and_its_instance_starts
         )
         a = await replica(stack, setup.job, broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
-        assert run.task is not None
         await after_commits(run, 3)
         setup.store.control.update({"fail_status": 503, "fail_times": -1})
         await run.task
@@ -246,7 +243,6 @@ async def test_a_stalled_runner_loses_its_lease_and_writes_nothing_after_the_tak
         a = await replica(stack, cut_off, broker=False)
         b = await replica(stack, setup.job, broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
-        assert run.task is not None
         await after_commits(run, 3)
         db_proxy.stall()
 
@@ -295,7 +291,7 @@ async def test_launches_beyond_max_running_executions_wait_in_order_as_starting(
             for r in runs[1:]
         ]
         assert [(v["status"], v["startTime"]) for v in views] == [("STARTING", None)] * 2
-        await asyncio.gather(*(r.task for r in runs if r.task is not None))
+        await asyncio.gather(*(r.task for r in runs))
         finished = [await a.launcher.repository.get_execution(r.execution.id) for r in runs]
     assert [e.status for e in finished if e is not None] == ["COMPLETED"] * 3
     starts = [e.start_time for e in finished if e is not None]
@@ -395,7 +391,6 @@ async def test_an_outcome_is_recorded_once_the_database_answers_again(
         )
         a = await replica(stack, through(setup.job, db=db_proxy), broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
-        assert run.task is not None
         await after_commits(run, 2)
         async with db_proxy.outage():  # the database away: every connection reset, refused
             setup.store.control.update({"fail_status": 503, "fail_times": -1})  # the step fails
