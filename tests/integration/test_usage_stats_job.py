@@ -28,7 +28,10 @@ from app.runtime.resources import open_resources
 from tests.samples import SAMPLE_STORES
 from tests.settings import make_settings
 
-FIXTURE_SQL = Path("/work/shared/fixtures/old_service_stats_rows.sql").read_text(encoding="utf-8")
+# The old service's own test rows, as the demo loads them.
+FIXTURE_SQL = (
+    Path(__file__).resolve().parents[2] / "scripts/demo_data/coupon_histories.sql"
+).read_text(encoding="utf-8")
 RUN_DATE = "2025-10-26"  # window: 2025-10-06 00:00:00 .. 2025-10-26 23:59:59
 DAY = date(2025, 10, 26)
 UNKNOWN_STORE = 99  # the fake store service has no dong for it
