@@ -31,6 +31,7 @@ from app.runtime.resources import open_resources
 from app.runtime.scheduler import Scheduler
 from tests.proxy import FaultProxy, through
 from tests.reliability.support import until
+from tests.waits import waiting
 
 SEOUL = ZoneInfo("Asia/Seoul")
 STATS, FANOUT = schedules()
@@ -178,7 +179,7 @@ async def test_scheduler_passes_at_its_cron_and_stops(replicas: list[Launcher], 
     per_second = scheduler(replicas[0], [every_second])  # passes only at its cron time
     per_second.start()
     try:
-        async with asyncio.timeout(5):
+        async with waiting(5, "two passes at cron times"):
             await twice.wait()
     finally:
         await per_second.stop()

@@ -99,7 +99,14 @@ async def test_broker_connection_closed_twice_mid_run(
             # Held: the run reaches the broker through the proxy, which holds every byte
             # meanwhile, so however long rabbitmqctl takes (seconds on a loaded machine)
             # the run cannot publish, commit or end before the close.
-            assert await until(lambda: close_while_held(broker_proxy, queue), within=60) == 1
+            assert (
+                await until(
+                    lambda: close_while_held(broker_proxy, queue),
+                    within=60,
+                    what="the run's broker connection closed while the proxy holds it",
+                )
+                == 1
+            )
 
     await run_fanout_while(pool, settings, queue, close_twice, broker_proxy)
 

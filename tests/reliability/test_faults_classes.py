@@ -39,6 +39,7 @@ from tests.reliability.support import (
     skipped_items,
 )
 from tests.reliability.test_faults_broker import assert_all_delivered
+from tests.waits import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +161,7 @@ async def test_an_unroutable_fanout_fails_within_the_budget_naming_the_routing_k
             async with open_resources(job, broker=True) as resources:
                 launcher = Launcher(resources, JOBS)
                 started = time.monotonic()
-                async with asyncio.timeout(120):
+                async with waiting(120, "the unroutable fan-out's end"):
                     execution = await launcher.run(
                         find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False
                     )
@@ -200,7 +201,7 @@ async def fanout_with_a_broker_outage(
             await after_commits(run, 3)
             async with broker_proxy.outage():
                 await outage(run)
-            async with asyncio.timeout(60):
+            async with waiting(60, "the run's end after the broker outage"):
                 await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
     assert execution is not None

@@ -38,6 +38,7 @@ from tests.reliability.support import (
     stats_world,
     trace_ids_of,
 )
+from tests.waits import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +102,7 @@ async def stats_run_with_a_db_stall(
             assert not run.task.done()  # the stall held the run
             warned = stall_warnings(caplog.records, "db")
             db_proxy.resume()
-            async with asyncio.timeout(60):
+            async with waiting(60, "the run's end after the database stall"):
                 await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
     assert execution is not None
@@ -180,7 +181,7 @@ async def test_a_broker_stall_within_the_budget_is_named_then_every_trace_id_arr
             assert not run.task.done()  # the stall held the run
             warned = stall_warnings(caplog.records, "broker")
             broker_proxy.resume()
-            async with asyncio.timeout(60):
+            async with waiting(60, "the run's end after the broker stall"):
                 await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
     assert warned, "no WARNING named the broker stall while it lasted"

@@ -39,6 +39,7 @@ from tests.reliability.support import (
     trace_ids_of,
     until,
 )
+from tests.waits import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +115,7 @@ async def test_a_fanout_stopped_through_another_replica_then_restarted_delivers_
         resp = await b.api.post(f"{url}/stop", headers=bearer())
         assert resp.status == 202, await resp.text()
         assert (await resp.json())["status"] == "STOPPING"
-        async with asyncio.timeout(20):
+        async with waiting(20, "the stopped run's end"):
             await run.task
         stopped = await a.launcher.repository.get_execution(run.execution.id)
         assert stopped is not None
@@ -261,7 +262,7 @@ async def test_a_stalled_runner_loses_its_lease_and_writes_nothing_after_the_tak
             (run.execution.id,),
         )
         db_proxy.resume()
-        async with asyncio.timeout(30):
+        async with waiting(30, "the fenced run's end once the stall is released"):
             await run.task
         [(commits_after,)] = await fetch_all(
             pool,
@@ -365,10 +366,11 @@ async def test_a_30_date_backlog_runs_within_the_connection_bound(
         assert resp.status == 202, await resp.text()
         launched = (await resp.json())["executions"]
         assert "STARTING" in [e["status"] for e in launched]  # a backlog: some waited
-        while a.launcher.running:
-            peak_connections = max(peak_connections, db_proxy.open_connections)
-            peak_rss = max(peak_rss, rss_mb())
-            await asyncio.sleep(0.01)
+        async with waiting(600, "the 30 dates' runs ended"):
+            while a.launcher.running:
+                peak_connections = max(peak_connections, db_proxy.open_connections)
+                peak_rss = max(peak_rss, rss_mb())
+                await asyncio.sleep(0.01)
         finished = [await a.launcher.repository.get_execution(e["executionId"]) for e in launched]
         after = rss_mb()
     assert [e.status for e in finished if e is not None] == ["COMPLETED"] * 30
