@@ -36,7 +36,9 @@ from app.model import (
 from app.pipeline.chunk import StepProgress
 from app.pipeline.retry import retrying_until
 from app.pipeline.step import SkipLimitExceeded, StepRunner
-from app.repository import JobRepository, LeaseLost
+from app.ports import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
+from app.repository.rules import LeaseLost
 from app.runtime.job import JobContext, JobSpec, find_job
 from app.runtime.memory import release_memory
 from app.runtime.parameters import now_in
@@ -113,11 +115,21 @@ class Launcher:
     """Launches the given jobs on the given resources; `running` holds this process's
     executions while they run."""
 
-    def __init__(self, resources: Resources, jobs: Sequence[JobSpec]) -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        jobs: Sequence[JobSpec],
+        repository: JobRepository | None = None,
+    ) -> None:
+        """`repository`: the job repository (by default MariaDB's, on the resources' pool)."""
         self.resources = resources
         self.settings = resources.settings
         self.jobs: dict[str, JobSpec] = {spec.path: spec for spec in jobs}
-        self.repository = JobRepository.of(resources.pool, self.settings)
+        self.repository: JobRepository = (
+            repository
+            if repository is not None
+            else MariaDbJobRepository.of(resources.pool, self.settings)
+        )
         self.running: dict[int, RunningJob] = {}
         self._accepting = True
         self._record_deadline: float | None = None  # monotonic; set by shutdown
@@ -339,7 +351,6 @@ class Launcher:
             definition,
             job_name=spec.name,
             repository=self.repository,
-            pool=self.resources.pool,
             policy=self.settings.step,
             progress=run.progress,
             stop=run.stop,

@@ -26,8 +26,8 @@ import aiocron
 
 from app.metrics import SCHEDULER_ENABLED
 from app.model import AutomaticLaunch, InstanceSummary, LaunchRefused, RestartLimitReached, Status
+from app.ports import JobRepository
 from app.replicas import ReplicaRegistry, this_process
-from app.repository import JobRepository
 from app.runtime.automation import (
     RESTART_HORIZON,
     Decision,

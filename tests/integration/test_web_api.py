@@ -26,7 +26,7 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.model import Status
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
@@ -377,7 +377,7 @@ async def test_a_dry_run_of_the_stats_job_stores_nothing_and_completes_no_real_i
         {"member_id": 2, "top_dong": "상도동", "top_hour": 12, "aggregated_at": RUN_DATE},
     ]
     assert await fetch_all(pool, "SELECT COUNT(*) FROM coupon_usage_stats") == [(0,)]
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     spec = find_job(JOBS, "coupon-usage-stats")
     real = spec.parse({"runDate": RUN_DATE}, datetime(2025, 10, 27, 1, 0))
     assert await repository.instance_status(spec.name, real) is None
@@ -386,7 +386,7 @@ async def test_a_dry_run_of_the_stats_job_stores_nothing_and_completes_no_real_i
 async def record(pool: Pool, job: str, status: Status | None = None, **raw: str) -> int:
     """An execution recorded as a launch records it (parsed at 2025-10-26 10:00), not
     run; ended in `status` if given."""
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     spec = find_job(JOBS, job)
     parsed = spec.parse(raw, datetime(2025, 10, 26, 10, 0))
     execution = await repository.start_execution(spec.name, parsed, rerun_completed=True)
@@ -399,7 +399,7 @@ async def test_recent_executions_of_every_job_newest_first_by_status(
     client: Client, pool: Pool
 ) -> None:
     api = await client()
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
 
     def start(job: str, **raw: str) -> Awaitable[int]:
         return record(pool, job, **raw)
