@@ -16,10 +16,11 @@ from asyncmy.pool import Pool
 from app.edges.auth import verify_admin_token
 from app.model import JobExecution, Status
 from app.pipeline.chunk import StepProgress
+from app.repository.rules import allowed
 from app.runtime.automation import Schedule
 from app.runtime.job import JobSpec, UnknownJob, find_job
 from app.runtime.launcher import Launcher, RunningJob
-from app.runtime.operator import JobOperator, NoSuchExecution, Stopped, allowed
+from app.runtime.operator import JobOperator, NoSuchExecution, Stopped
 from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources
 from app.runtime.scheduler import scheduled_runs

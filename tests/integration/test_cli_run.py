@@ -30,13 +30,14 @@ from app.contracts import CONSUMER_QUEUE, EXCHANGE, ROUTING_KEY
 from app.devtools.fake_peers import FakePeerControl, FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.model import Status
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.job import find_job
 from tests.integration import rabbit
 from tests.integration.test_cli_database_errors import cli as run_cli
 from tests.integration.test_fcm_send_job import insert_events, insert_stats
 from tests.reliability.support import cli as cli_process
 from tests.reliability.support import cli_environment, stats_world, until
+from tests.waits import waiting
 
 SEOUL = ZoneInfo("Asia/Seoul")
 FANOUT = "coupon-usage-stats-fcm-send"
@@ -61,7 +62,7 @@ class Terminal:
 
     async def until(self, what: str, within: float = 30) -> None:
         """Read until `what` has been written (or the terminal closes)."""
-        async with asyncio.timeout(within):
+        async with waiting(within, f"{what!r} on the terminal"):
             while what not in self.text:
                 chunk = await asyncio.to_thread(self._read)
                 if not chunk:
@@ -79,7 +80,7 @@ class Terminal:
 
     async def wait(self, within: float = 60) -> int:
         """Its exit code, once everything it wrote has been read."""
-        async with asyncio.timeout(within):
+        async with waiting(within, "the run's exit, its output read"):
             while chunk := await asyncio.to_thread(self._read):
                 self.written += chunk
             return await self.process.wait()
@@ -214,7 +215,7 @@ async def test_a_completed_instance_is_not_launched_and_the_hint_names_rerun(
     pool: Pool, settings: Settings, tmp_path: Path
 ) -> None:
     """The hint by the refusal's class (before: by the word "completed" in its message)."""
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     spec = find_job(JOBS, "coupon-usage-stats")
     parameters = spec.parse({"runDate": "2025-10-26"}, datetime(2025, 10, 27, 9, 0))
     done = await repository.start_execution(spec.name, parameters, rerun_completed=False)
@@ -463,7 +464,7 @@ async def test_ctrl_c_while_a_chunk_outlasts_the_grace_is_one_summary_line(
 
         await until(store_called, within=30, what="its chunks wait on the store service")
         process.send_signal(signal.SIGINT)
-        async with asyncio.timeout(30):
+        async with waiting(30, "the run's exit after SIGINT"):
             code = await process.wait()
     finally:
         if process.returncode is None:

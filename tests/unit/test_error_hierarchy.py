@@ -42,7 +42,7 @@ from app.model import (
     Status,
     Superseded,
 )
-from app.repository import LeaseLost
+from app.repository.rules import LeaseLost
 from app.runtime.job import JobSpec, Parameter, UnknownJob
 from app.runtime.launcher import ShuttingDown
 from app.runtime.operator import (
