@@ -680,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # A log pipeline parses every line: the traceback goes in error.stack_trace.
         log.exception("the command failed")
-        return 1  # as an uncaught exception exits
+        return EXIT_FAILED  # as an uncaught exception exits
 
 
 def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,7 +1,6 @@
 """Spring Batch's JobOperator: start, restart, stop, abandon and list executions, under
 the status rules of `app.repository.rules`. The CLI and the admin API are thin adapters
-over it: each turns the operator's answers and refusals into its own exit codes or HTTP
-statuses."""
+over it; its refusals carry their own HTTP status and exit code (`app.errors`)."""
 
 from __future__ import annotations
 
