@@ -437,7 +437,6 @@ async def _run(
 
 async def _follow(settings: Settings, launcher: Launcher, run: RunningJob, *, quiet: bool) -> int:
     """Wait for the run with live progress; its last line; its exit code."""
-    assert run.task is not None
     line = _LiveLine(sys.stderr)
     progress = None
     handlers = logging.getLogger().handlers
@@ -522,7 +521,7 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
         )
         for day, refusal in refusals:
             outcomes.append((day.isoformat(), f"not launched: {refusal}", EXIT_REFUSED))
-        tasks = [run.task for _, run in runs if run.task is not None]
+        tasks = [run.task for _, run in runs]
         await _until_done_or_signal(launcher, tasks, settings.SHUTDOWN_GRACE_SECONDS)
         for day, run in runs:
             final = await launcher.repository.get_execution(run.execution.id)

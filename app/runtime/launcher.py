@@ -62,7 +62,7 @@ class RunningJob:
     execution: JobExecution
     progress: StepProgress = field(default_factory=StepProgress)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] = field(init=False)  # set by launch, as the run is made
     # Why `stop` was set: by request, on shutdown, or the lease lost; and what the
     # execution ends as: STOPPED (the operator's word), FAILED INTERRUPTED (a shutdown),
     # FAILED (a fault).
@@ -493,7 +493,6 @@ class Launcher:
     ) -> JobExecution:
         """Launch and wait for the end; the execution as recorded."""
         run = await self.launch(spec, raw_parameters, rerun=rerun, dry_run_output=dry_run_output)
-        assert run.task is not None
         await run.task
         final = await self.repository.get_execution(run.execution.id)
         assert final is not None
@@ -508,7 +507,7 @@ class Launcher:
         runs = list(self.running.values())
         for run in runs:
             run.interrupt()
-        tasks = [run.task for run in runs if run.task is not None]
+        tasks = [run.task for run in runs]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace_seconds)

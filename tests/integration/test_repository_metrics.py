@@ -27,6 +27,7 @@ from app.runtime.scheduler import ScheduledRun, scheduled_runs
 from tests.integration.test_web_health_metrics import serving
 from tests.proxy import FaultProxy, through
 from tests.reliability.support import cli, cli_environment, stats_world, until
+from tests.waits import waiting
 
 STATS = "couponUsageStatsJob"
 FANOUT = "couponUsageStatsFcmSendJob"
@@ -73,7 +74,7 @@ async def backdated(pool: Pool, execution: JobExecution) -> None:
 async def scrape(client: TestClient) -> dict[tuple[str, frozenset], float]:
     """The scraped samples, (name, labels without `application`) -> value; every one
     labelled application="batch-service"."""
-    async with asyncio.timeout(SCRAPE_WITHIN):
+    async with waiting(SCRAPE_WITHIN, "a scrape of /actuator/prometheus"):
         resp = await client.get("/actuator/prometheus")
         assert resp.status == 200
         text = await resp.text()

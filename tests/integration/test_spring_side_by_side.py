@@ -39,6 +39,7 @@ from tests.integration.test_spring_repository import OLD_SERVICE_HISTORIES
 from tests.integration.test_web_api import Client, bearer, client, until_finished
 from tests.reliability.support import cli_environment, until
 from tests.settings import TEST_JWT_KEY, make_settings
+from tests.waits import waiting
 
 __all__ = ["client"]  # the fixture, shared with test_web_api
 
@@ -353,9 +354,10 @@ async def test_the_reconciler_leaves_a_committing_spring_run_and_takes_a_silent_
 
     spring = asyncio.create_task(committing())
     taken: list[int] = []
-    while not spring.done():
-        taken += await reconciler.reconcile()
-        await asyncio.sleep(0.2)
+    async with waiting(60, "the Spring run's commits, the reconciler passing meanwhile"):
+        while not spring.done():
+            taken += await reconciler.reconcile()
+            await asyncio.sleep(0.2)
     await spring
     assert taken == []
 
@@ -488,9 +490,8 @@ async def rollback(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(60):
+    async with waiting(60, "prepare-rollback's exit"):
         out, err = await process.communicate(answers.encode())
-    assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
 

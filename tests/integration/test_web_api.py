@@ -32,6 +32,7 @@ from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from app.web.app import LAUNCHER, create_app
 from tests.settings import TEST_JWT_KEY, make_settings
+from tests.waits import waiting
 
 STATS = "/api/v1/jobs/coupon-usage-stats"
 FANOUT = "/api/v1/jobs/coupon-usage-stats-fcm-send"
@@ -122,7 +123,7 @@ async def add_members(pool: Pool, members: range, rows_each: int = 5) -> None:
 
 
 async def until_finished(client: TestClient, location: str) -> dict:
-    async with asyncio.timeout(30):
+    async with waiting(30, f"{location} finished"):
         while True:
             resp = await client.get(location, headers=bearer())
             assert resp.status == 200
@@ -546,7 +547,7 @@ async def test_a_step_retrying_through_an_outage_shows_it_in_its_progress(
     location = resp.headers["Location"]
 
     async def retrying(attempts: int) -> dict:
-        async with asyncio.timeout(30):
+        async with waiting(30, f"{attempts} attempts in the live progress's retrying"):
             while True:
                 body = await (await api.get(location, headers=bearer())).json()
                 assert body["status"] == "STARTED"
@@ -590,7 +591,7 @@ async def test_second_launch_while_running_is_409(
     assert resp.headers["Location"] == f"/api/v1/jobs/executions/{running_id}"
 
     # live progress while it runs in this process
-    async with asyncio.timeout(10):
+    async with waiting(10, "live progress with items read"):
         while True:
             resp = await api.get(f"/api/v1/jobs/executions/{running_id}", headers=bearer())
             live = await resp.json()

@@ -83,7 +83,6 @@ async def run_fanout_while(
         async with open_resources(job, broker=True) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False)
-            assert run.task is not None
             await disturb(run)
             await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
@@ -100,7 +99,14 @@ async def test_broker_connection_closed_twice_mid_run(
             # Held: the run reaches the broker through the proxy, which holds every byte
             # meanwhile, so however long rabbitmqctl takes (seconds on a loaded machine)
             # the run cannot publish, commit or end before the close.
-            assert await until(lambda: close_while_held(broker_proxy, queue), within=60) == 1
+            assert (
+                await until(
+                    lambda: close_while_held(broker_proxy, queue),
+                    within=60,
+                    what="the run's broker connection closed while the proxy holds it",
+                )
+                == 1
+            )
 
     await run_fanout_while(pool, settings, queue, close_twice, broker_proxy)
 
@@ -125,7 +131,6 @@ async def test_broker_gone_and_back_mid_run(
 
     async def gone_and_back(run: RunningJob) -> None:
         nonlocal before
-        assert run.task is not None
         await after_commits(run, 5)
         assert broker_proxy.open_connections == 1  # the job's broker connection
         before = broker_proxy.connections

@@ -28,6 +28,7 @@ from app.runtime.automation import last_due
 from app.runtime.job import find_job
 from tests.integration.test_daemon_serve import Daemon, admin_headers, serve
 from tests.reliability.support import FanoutWorld, drain, fanout_world, trace_ids_of, until
+from tests.waits import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +119,7 @@ async def until_ended(pool: Pool, world: FanoutWorld, status: str, *alive: Daemo
 
 async def kill(daemon: Daemon) -> None:
     daemon.process.send_signal(signal.SIGKILL)
-    async with asyncio.timeout(30):
+    async with waiting(30, "the killed daemon's exit"):
         assert await daemon.process.wait() == -signal.SIGKILL
 
 
