@@ -12,10 +12,10 @@ from app.model import COMPLETED_WITH_SKIPS, INTERRUPTED, AlreadyComplete, Status
 from app.repository.memory import ManualClock
 from app.runtime.launcher import ON_REQUEST, ON_SHUTDOWN, Launcher, RunningJob
 from tests.fakes import ToyJob, memory_launcher
+from tests.waits import waiting
 
 
 async def ended(launcher: Launcher, run: RunningJob) -> tuple[Status, str, str]:
-    assert run.task is not None
     await run.task
     found = await launcher.repository.get_execution(run.execution.id)
     assert found is not None
@@ -97,7 +97,8 @@ async def test_the_heartbeat_reads_a_stop_asked_through_another_replica() -> Non
     launcher = memory_launcher([job.spec()], HEARTBEAT_SECONDS=0.01)
     run = await launcher.launch(job.spec(), {}, rerun=False)
     assert await launcher.repository.request_stop(run.execution.id) == Status.STARTED
-    await asyncio.wait_for(run.stop.wait(), 5)  # what: the heartbeat reading STOPPING
+    async with waiting(5, "the heartbeat reading STOPPING"):
+        await run.stop.wait()
     job.release.set()
     assert await ended(launcher, run) == (Status.STOPPED, "STOPPED", ON_REQUEST)
 
@@ -110,7 +111,8 @@ async def test_the_heartbeat_reads_a_takeover_as_a_lost_lease() -> None:
     run = await launcher.launch(job.spec(), {}, rerun=False)
     clock.advance(121)
     assert await repository.take_over(run.execution.id) == Status.FAILED
-    await asyncio.wait_for(run.stop.wait(), 5)  # what: the heartbeat reading FAILED
+    async with waiting(5, "the heartbeat reading FAILED"):
+        await run.stop.wait()
     assert run.stop_reason == "lease lost: the execution was marked FAILED"
     job.release.set()
     # the taker's end stands: the runner records nothing over it
@@ -122,15 +124,25 @@ async def test_the_heartbeat_reads_a_takeover_as_a_lost_lease() -> None:
 
 
 async def test_a_shutdown_interrupts_a_run_resumable_from_its_checkpoint() -> None:
-    job = ToyJob(count=1000, size=1, held={1})
+    job = ToyJob(count=1000, size=1, held={2})
     launcher = memory_launcher([job.spec()])
     run = await launcher.launch(job.spec(), {}, rerun=False)
+    async with waiting(5, "the first chunk's commit"):
+        while run.progress.commits < 1:
+            await asyncio.sleep(0)
     shutdown = asyncio.create_task(launcher.shutdown(grace_seconds=5))
-    await asyncio.wait_for(run.stop.wait(), 5)  # what: the shutdown's interruption
+    async with waiting(5, "the shutdown's interruption"):
+        await run.stop.wait()
     job.release.set()
     await shutdown
     assert await ended(launcher, run) == (Status.FAILED, INTERRUPTED, ON_SHUTDOWN)
-    summary = await launcher.repository.instance_summary(
-        "toyJob", await launcher.repository.get_parameters(run.execution.id)
-    )
-    assert summary is not None and summary.interrupted and summary.counted == 0
+    parameters = await launcher.repository.get_parameters(run.execution.id)
+    summary = await launcher.repository.instance_summary("toyJob", parameters)
+    assert summary is not None
+    assert (summary.interrupted, summary.counted) == (True, 0)
+    found = await launcher.repository.get_execution(run.execution.id)
+    assert found is not None
+    [step] = found.steps
+    # the chunks started before the stop committed, in order: it resumes after them
+    assert (step.status, step.checkpoint) == (Status.FAILED, step.commit_count)
+    assert step.commit_count >= 2

@@ -35,7 +35,6 @@ async def test_a_stop_reaches_the_run_of_this_process_at_once() -> None:
     assert await operator.stop(run.execution.id) == Stopped(run.execution.id, Status.STARTED)
     assert run.stop.is_set()
     job.release.set()
-    assert run.task is not None
     await run.task
     stopped = await operator.get(run.execution.id)
     assert (stopped.status, stopped.exit_message) == (Status.STOPPED, ON_REQUEST)
@@ -62,7 +61,6 @@ async def test_a_stop_of_a_run_that_went_on_reaches_its_latest_execution() -> No
     operator = JobOperator.of(launcher)
     failed = await failed_run(launcher, job)
     restarted = await operator.restart(failed.id)
-    assert restarted.task is not None
     await restarted.task
     with pytest.raises(NotRunning) as refused:
         await operator.stop(failed.id)
@@ -104,7 +102,6 @@ async def test_only_an_instance_s_last_failed_or_stopped_execution_restarts() ->
         " after it and is FAILED; only the last one restarts"
     )
     restarted = await operator.restart(second.id)
-    assert restarted.task is not None
     await restarted.task
     with pytest.raises(NotRestartable) as completed:
         await operator.restart(restarted.execution.id)

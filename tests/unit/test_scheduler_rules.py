@@ -24,7 +24,7 @@ POLICY = RestartPolicy(attempts=1, backoff_seconds=60, misfire_grace=timedelta(m
 
 async def settle(launcher: Launcher) -> None:
     """Until every run this process launched has ended."""
-    await asyncio.gather(*(run.task for run in list(launcher.running.values()) if run.task))
+    await asyncio.gather(*(run.task for run in list(launcher.running.values())))
 
 
 async def test_a_failed_instance_restarts_after_its_backoff_within_its_bound() -> None:
