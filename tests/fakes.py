@@ -95,7 +95,7 @@ class ToyJob:
     """A step over the integers 1..`count` in chunks of `size`, each written as itself:
     the `bad` ones fail on their own (a data fault), the `filtered` ones are dropped, the
     first `flaky` tries of a chunk fail for availability, and a chunk holding a `held`
-    item waits for `release`."""
+    item waits for `release` (`holding` set meanwhile)."""
 
     count: int = 20
     size: int = 5
@@ -104,6 +104,7 @@ class ToyJob:
     flaky: int = 0
     held: set[int] = field(default_factory=set)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: asyncio.Event = field(default_factory=asyncio.Event)  # a held chunk waits
     writer: ListWriter = field(default_factory=ListWriter)
     tries: int = 0
 
@@ -128,6 +129,7 @@ class ToyJob:
         if self.tries <= self.flaky:
             raise ConnectionResetError(f"try {self.tries}: the peer went away")
         if self.held.intersection(chunk.items):
+            self.holding.set()
             await self.release.wait()
         failing = [i for i in chunk.items if i in self.bad]
         if failing:

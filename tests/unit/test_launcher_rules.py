@@ -127,9 +127,8 @@ async def test_a_shutdown_interrupts_a_run_resumable_from_its_checkpoint() -> No
     job = ToyJob(count=1000, size=1, held={2})
     launcher = memory_launcher([job.spec()])
     run = await launcher.launch(job.spec(), {}, rerun=False)
-    async with waiting(5, "the first chunk's commit"):
-        while run.progress.commits < 1:
-            await asyncio.sleep(0)
+    async with waiting(5, "the second chunk held in its processing"):
+        await job.holding.wait()
     shutdown = asyncio.create_task(launcher.shutdown(grace_seconds=5))
     async with waiting(5, "the shutdown's interruption"):
         await run.stop.wait()
