@@ -44,14 +44,17 @@ class FakePeers:
 
 @dataclass
 class FakePublisher:
-    """Confirms every message (`app.ports.Publisher`), keeping them."""
+    """Confirms the messages it publishes (`app.ports.Publisher`), keeping them, but the
+    confirmations of the last `lose` of its first publish."""
 
+    lose: int = 0
     published: list[OutgoingMessage] = field(default_factory=list)
     dependency: str = "broker (fake)"
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[OutgoingMessage]:
         self.published += messages
-        return []
+        lost, self.lose = list(messages[len(messages) - self.lose :]) if self.lose else [], 0
+        return lost
 
 
 @dataclass
