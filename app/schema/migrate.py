@@ -2,7 +2,7 @@
 
 The history is read first: an up-to-date schema needs no DDL, so a user with only SELECT,
 INSERT, UPDATE and DELETE (as the service runs) migrates it; a pending migration needs a
-user with the DDL privileges (README, "Migrations as a privileged step").
+user with the DDL privileges (docs/deployment.md, "Migrations as a privileged step").
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from importlib import resources
 from asyncmy.cursors import Cursor
 from asyncmy.errors import MySQLError
 from asyncmy.pool import Pool
+
+from app.errors import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ _DENIED_PRIVILEGE = re.compile(r"(\w+(?: \w+)?) command denied")
 _VERSIONED = re.compile(r"^V(\d+)__(\w+)\.sql$")
 
 
-class MigrationDenied(Exception):
+class MigrationDenied(Refusal):
     """A pending migration needs a privilege the database user lacks."""
 
 

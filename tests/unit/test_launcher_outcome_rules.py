@@ -9,7 +9,7 @@ from app.errors import DataError
 from app.jobs import usage_stats_spec
 from app.model import COMPLETED_WITH_SKIPS, INTERRUPTED, JobExecution, Status
 from app.pipeline.step import SkipLimitExceeded
-from app.repository import LeaseLost
+from app.repository.rules import LeaseLost
 from app.runtime.launcher import ON_REQUEST, ON_SHUTDOWN, RunningJob, _expected, _Outcome
 
 

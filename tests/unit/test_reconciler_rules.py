@@ -1,6 +1,6 @@
-"""The reconciler's pass (`app.runtime.reconciler`) over a job repository in memory: it
-takes over each expired execution that no other replica took first, and a failing pass
-never ends its loop."""
+"""The reconciler's rules on the in-memory job repository: an execution silent for
+JOB_ABANDON_AFTER_SECONDS is taken over once, a live one never; its loop passes every
+period, a failed pass does not end it, and it stops when told."""
 
 from __future__ import annotations
 
@@ -9,13 +9,47 @@ import logging
 
 import pytest
 
-from app.model import JobExecution, Status
+from app.model import JobExecution, JobParameter, Status
+from app.repository.memory import MemoryJobRepository
 from app.runtime.reconciler import Reconciler
 
 
-class Repository:
-    """Expired executions 1 (STARTED), 2 (STOPPING) and 3 (STARTED, renewed or taken by
-    another replica before this one); `failures` passes fail first."""
+def day(value: str) -> list[JobParameter]:
+    return [JobParameter("runDate", "java.time.LocalDate", value)]
+
+
+async def test_silent_executions_are_taken_over_once(caplog: pytest.LogCaptureFixture) -> None:
+    repository = MemoryJobRepository(abandon_after_seconds=120)
+    silent = await repository.start_execution("toyJob", day("2025-10-29"), rerun_completed=False)
+    stopping = await repository.start_execution("toyJob", day("2025-10-30"), rerun_completed=False)
+    live = await repository.start_execution("toyJob", day("2025-10-31"), rerun_completed=False)
+    await repository.request_stop(stopping.id)
+    repository.clock.advance(120)
+    assert await repository.heartbeat(live.id) == Status.STARTED
+    reconciler = Reconciler(repository, every=60)
+    assert await reconciler.reconcile() == []  # silent for exactly the limit: not yet
+    repository.clock.advance(1)
+    caplog.set_level(logging.WARNING, "app.runtime.reconciler")
+    assert await reconciler.reconcile() == [stopping.id, silent.id]
+    assert await reconciler.reconcile() == []
+    statuses = [(await repository.get_execution(e.id)) for e in (silent, stopping, live)]
+    assert [e.status for e in statuses if e is not None] == [
+        Status.FAILED,
+        Status.STOPPED,
+        Status.STARTED,
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"reconciler: execution {stopping.id} of toyJob (STOPPING) had no heartbeat for"
+        " JOB_ABANDON_AFTER_SECONDS: STOPPED",
+        f"reconciler: execution {silent.id} of toyJob (STARTED) had no heartbeat for"
+        " JOB_ABANDON_AFTER_SECONDS: FAILED; the schedules' passes restart it if it is worth"
+        " it",
+    ]
+
+
+class FailingFirst:
+    """A job repository whose first `failures` passes fail; then expired executions 1
+    (STARTED), 2 (STOPPING) and 3 (STARTED, renewed or taken by another replica first)."""
 
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
@@ -40,27 +74,10 @@ class Repository:
         return {1: Status.FAILED, 2: Status.STOPPED}.get(execution_id)
 
 
-async def test_a_pass_takes_over_the_expired_executions_no_one_took_first(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    repository = Repository()
-    caplog.set_level(logging.WARNING, "app.runtime.reconciler")
-
-    assert await Reconciler(repository, every=60).reconcile() == [1, 2]  # type: ignore[arg-type]
-
-    assert repository.taken == [1, 2, 3]
-    assert caplog.messages == [
-        "reconciler: execution 1 of job (STARTED) had no heartbeat for JOB_ABANDON_AFTER_SECONDS:"
-        " FAILED; the schedules' passes restart it if it is worth it",
-        "reconciler: execution 2 of job (STOPPING) had no heartbeat for"
-        " JOB_ABANDON_AFTER_SECONDS: STOPPED",
-    ]
-
-
 async def test_the_loop_passes_every_period_and_a_failed_pass_does_not_end_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    repository = Repository(failures=1)
+    repository = FailingFirst(failures=1)
     reconciler = Reconciler(repository, every=0.01)  # type: ignore[arg-type]
 
     reconciler.start()
@@ -75,7 +92,7 @@ async def test_the_loop_passes_every_period_and_a_failed_pass_does_not_end_it(
 
 
 async def test_the_loop_runs_as_a_named_task_until_stopped() -> None:
-    reconciler = Reconciler(Repository(), every=60)  # type: ignore[arg-type]
+    reconciler = Reconciler(FailingFirst(), every=60)  # type: ignore[arg-type]
     await reconciler.stop()  # not started: nothing to stop
 
     reconciler.start()

@@ -1,501 +1,152 @@
-"""The step runner's rules (`app.pipeline.step`) without a database: what each chunk
-commits (its counts, its context, the commit number), the skips and their limit, a stop
-asked through the job repository, retries of a commit and of a delivery. The job
-repository's chunk commit and the transaction are recorded in memory; the SQL of both
-is tested against MariaDB (tests/integration/test_step.py)."""
+"""The step runner's rules on the in-memory job repository: chunks commit in read order
+with their counts and checkpoint, items that fail on their own are skipped up to the skip
+limit and not one more, availability faults are retried within the budget, a stop or a
+lost lease read at a commit ends the step."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import itertools
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass, replace
 
 import pytest
 
 from app.config import StepPolicy
-from app.metrics import (
-    ITEMS,
-    QUEUE_DEPTH,
-    SPRING_BATCH_CHUNK_WRITE,
-    SPRING_BATCH_ITEM_PROCESS,
-    SPRING_BATCH_ITEM_READ,
-)
-from app.model import ChunkCounts, Status, StepExecution
-from app.pipeline import step as step_module
-from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
+from app.model import JobExecution, Status, StepExecution
 from app.pipeline.step import SkipLimitExceeded, StepRunner
-from app.repository import AlreadyCommitted
+from app.repository.memory import MemoryJobRepository
+from app.repository.rules import LeaseLost
+from tests.fakes import ToyJob, resources
 
-CONN = object()  # the connection of every chunk's transaction
-NAMES = itertools.count()
-
-
-class Bad(Exception):
-    """A data fault."""
-
-
-class Away(ConnectionError):
-    """An availability fault."""
-
-
-def policy(*, skip_limit: int = 10, workers: int = 2, budget: float = 5.0) -> StepPolicy:
-    return StepPolicy(
-        chunk_size=2,
-        workers=workers,
-        queue_size=2,
-        fetch_rows=10,
-        read_streams=1,
-        retry_budget_seconds=budget,
-        retry_base_seconds=0.001,
-        retry_max_wait_seconds=0.001,
-        skip_limit=skip_limit,
-    )
+POLICY = replace(
+    resources().settings.step,
+    workers=2,
+    queue_size=2,
+    retry_budget_seconds=1.0,
+    retry_base_seconds=0.001,
+    retry_max_wait_seconds=0.002,
+    skip_limit=100,
+)
 
 
-class Repository:
-    """The job repository's chunk commit: each call recorded; `answers` in turn (a
-    Status, or an exception to raise), then STARTED."""
+@dataclass
+class Step:
+    """The toy job's step, started in a repository of its own, and its runner."""
 
-    def __init__(self, *answers: Status | BaseException) -> None:
-        self.answers = list(answers)
-        self.commits: list[tuple[int, ChunkCounts, dict[str, Any], int]] = []
+    repository: MemoryJobRepository
+    execution: JobExecution
+    step: StepExecution
+    runner: StepRunner
 
-    async def commit_chunk(
-        self, conn: object, step_id: int, counts: ChunkCounts, context: dict, commits: int
-    ) -> Status:
-        assert conn is CONN
-        self.commits.append((step_id, counts, copy.deepcopy(context), commits))
-        answer = self.answers.pop(0) if self.answers else Status.STARTED
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
+    async def run(self) -> bool:
+        return await self.runner.run(self.step)
 
-
-class Writer:
-    """Records what it was given; `report` is what it says in the context."""
-
-    def __init__(self, report: dict[str, int] | None = None) -> None:
-        self.delivered: list[list[int]] = []
-        self.written: list[list[int]] = []
-        self._report = report or {}
-        self.deliver_faults: list[BaseException] = []
-
-    async def deliver(self, output: list[int]) -> None:
-        if self.deliver_faults:
-            raise self.deliver_faults.pop(0)
-        self.delivered.append(output)
-
-    async def write(self, conn: object, output: list[int]) -> None:
-        assert conn is CONN
-        self.written.append(output)
-
-    def report(self) -> dict[str, int]:
-        return dict(self._report)
+    async def recorded(self) -> StepExecution:
+        found = await self.repository.get_execution(self.execution.id)
+        assert found is not None
+        [step] = found.steps
+        return step
 
 
-@pytest.fixture(autouse=True)
-def in_memory_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
-    @asynccontextmanager
-    async def transaction(pool: object) -> AsyncIterator[object]:
-        yield CONN
-
-    monkeypatch.setattr(step_module, "transaction", transaction)
-
-
-def reading(*chunks: list[int]) -> Callable[[Any], AsyncIterator[Chunk[int]]]:
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        for items in chunks:
-            if checkpoint is None or items[-1] > checkpoint:
-                yield Chunk(items=items, checkpoint=items[-1])
-
-    return read
-
-
-def failing_on(*bad: int, filter_even: bool = False) -> Callable:
-    """Processing that fails on each `bad` item with Bad("bad <item>"); keeps the odd
-    items only if `filter_even`."""
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        for item in chunk.items:
-            if item in bad:
-                raise Bad(f"bad {item}")
-        kept = [i for i in chunk.items if i % 2 or not filter_even]
-        return Processed(kept, filtered=len(chunk.items) - len(kept))
-
-    return process
-
-
-def runner(
-    *chunks: list[int],
-    process: Callable | None = None,
-    repository: Repository | None = None,
-    writer: Writer | None = None,
-    step_policy: StepPolicy | None = None,
-    **options: Any,
-) -> StepRunner:
-    definition = StepDefinition(
-        name=f"unitStep{next(NAMES)}",
-        read=reading(*chunks),
-        process=process or failing_on(),
-        writer=writer or Writer(),
-        item_key=lambda item: item,
-        item_label="member ids",
-    )
-    return StepRunner(
-        definition,
-        job_name="unitJob",
-        repository=repository or Repository(),  # type: ignore[arg-type]
-        pool=None,  # type: ignore[arg-type]
-        policy=step_policy or policy(),
-        **options,
-    )
-
-
-def execution(checkpoint: Any = None) -> StepExecution:
-    return StepExecution(
-        id=5, job_execution_id=9, name="s", status=Status.STARTED, checkpoint=checkpoint
-    )
-
-
-def counts(read: int, written: int, filtered: int = 0, skipped: int = 0) -> ChunkCounts:
-    return ChunkCounts(read=read, written=written, filtered=filtered, skipped=skipped)
-
-
-def items_counted(run: StepRunner) -> dict[str, float]:
-    return {
-        outcome: ITEMS.labels("unitJob", run.definition.name, outcome)._value.get()
-        for outcome in ("read", "written", "filtered", "skipped")
-    }
-
-
-async def test_each_chunk_commits_its_counts_and_checkpoint_in_read_order() -> None:
-    repository, writer = Repository(), Writer()
-    run = runner(
-        [1, 2],
-        [3, 4],
-        [5],
-        process=failing_on(filter_even=True),
+async def started(job: ToyJob, policy: StepPolicy = POLICY) -> Step:
+    repository = MemoryJobRepository(abandon_after_seconds=120)
+    execution = await repository.start_execution("toyJob", [], rerun_completed=False)
+    step = await repository.start_step(execution, "toyStep")
+    runner = StepRunner(
+        job.definition(),
+        job_name="toyJob",
         repository=repository,
-        writer=writer,
+        policy=policy,
+        stop=asyncio.Event(),
     )
-
-    assert await run.run(execution()) is True
-
-    assert repository.commits == [
-        (5, counts(2, 1, filtered=1), {"checkpoint": 2}, 0),
-        (5, counts(2, 1, filtered=1), {"checkpoint": 4}, 1),
-        (5, counts(1, 1), {"checkpoint": 5}, 2),
-    ]
-    assert writer.delivered == writer.written == [[1], [3], [5]]
-    progress = run.progress
-    assert (progress.read, progress.written, progress.filtered, progress.skipped) == (5, 3, 2, 0)
-    assert progress.commits == 3
-    assert items_counted(run) == {"read": 5, "written": 3, "filtered": 2, "skipped": 0}
-    assert run.skip_summary() == ""
+    return Step(repository, execution, step, runner)
 
 
-async def test_a_run_resumes_after_its_checkpoint() -> None:
-    repository = Repository()
-    run = runner([1, 2], [3, 4], [5], repository=repository)
-
-    assert await run.run(execution(checkpoint=2)) is True
-
-    assert [context for _, _, context, _ in repository.commits] == [
-        {"checkpoint": 4},
-        {"checkpoint": 5},
-    ]
-
-
-async def test_the_timers_count_the_items_processed_and_the_chunks_written() -> None:
-    run = runner([1, 2], [3, 4], [5])
-    step = run.definition.name
-
-    await run.run(execution())
-
-    def count(timer: Any) -> int:
-        return timer.labels("unitJob", step, "SUCCESS").figures()[0]
-
-    assert count(SPRING_BATCH_ITEM_READ) == 5 + 1  # the read that finds the end counts one
-    assert count(SPRING_BATCH_ITEM_PROCESS) == 5
-    assert count(SPRING_BATCH_CHUNK_WRITE) == 3
+async def test_chunks_commit_in_read_order_with_counts_and_checkpoint() -> None:
+    job = ToyJob(count=12, size=5, filtered={4, 11})
+    step = await started(job)
+    assert await step.run() is True
+    assert job.writer.written == [1, 2, 3, 5, 6, 7, 8, 9, 10, 12]
+    recorded = await step.recorded()
+    assert (recorded.read_count, recorded.write_count, recorded.filter_count) == (12, 10, 2)
+    assert (recorded.skip_count, recorded.commit_count, recorded.checkpoint) == (0, 3, 12)
+    assert (step.runner.progress.written, step.runner.progress.commits) == (10, 3)
+    assert step.runner.skip_summary() == ""
 
 
-async def test_the_writer_s_report_is_kept_in_the_context() -> None:
-    repository = Repository()
-    await runner([1], repository=repository, writer=Writer({"published": 4})).run(execution())
-
-    assert repository.commits[0][2] == {"checkpoint": 1, "messages": {"published": 4}}
-
-
-async def test_an_item_that_fails_on_its_own_is_skipped_and_named_in_the_context() -> None:
-    repository = Repository()
-    run = runner([1, 2], [3, 4], [5, 6], process=failing_on(3, 6), repository=repository)
-
-    assert await run.run(execution()) is True
-
-    first = {"cause": "Bad: bad 3", "keys": [3]}
-    second = {"cause": "Bad: bad 6", "keys": [6]}
-    assert repository.commits == [
-        (5, counts(2, 2), {"checkpoint": 2}, 0),
-        (5, counts(2, 1, skipped=1), {"checkpoint": 4, "skipped": [3], "skipCauses": [first]}, 1),
-        (
-            5,
-            counts(2, 1, skipped=1),
-            {"checkpoint": 6, "skipped": [3, 6], "skipCauses": [first, second]},
-            2,
-        ),
-    ]
-    assert (run.progress.written, run.progress.skipped) == (4, 2)
-    assert items_counted(run) == {"read": 6, "written": 4, "filtered": 0, "skipped": 2}
-    assert run.skip_summary() == "2 skipped; member ids 3: Bad: bad 3; member ids 6: Bad: bad 6"
-
-
-async def test_as_many_skips_as_the_limit_pass() -> None:
-    run = runner([1, 2], [3, 4], process=failing_on(1, 2, 4), step_policy=policy(skip_limit=3))
-
-    assert await run.run(execution()) is True
-    assert run.progress.skipped == 3
-    assert run.skip_summary() == (
-        "3 skipped; member ids 1, 2: Bad: bad 2; member ids 4: Bad: bad 4"
+async def test_items_that_fail_on_their_own_are_skipped_and_named() -> None:
+    """SKIP_LIMIT skips pass."""
+    job = ToyJob(count=20, size=5, bad={3, 8, 13})
+    step = await started(job, replace(POLICY, skip_limit=3))
+    assert await step.run() is True
+    assert job.writer.written == [i for i in range(1, 21) if i not in {3, 8, 13}]
+    recorded = await step.recorded()
+    assert (recorded.write_count, recorded.skip_count, recorded.commit_count) == (17, 3, 4)
+    assert recorded.context["skipped"] == [3, 8, 13]
+    assert step.runner.skip_summary() == (
+        "3 skipped; items 3: ItemRejected: items [3] refused; items 8: ItemRejected: items"
+        " [8] refused; items 13: ItemRejected: items [13] refused"
     )
 
 
-async def test_one_skip_more_than_the_limit_fails_the_step_at_that_chunk() -> None:
-    repository = Repository()
-    run = runner(
-        [1, 2],
-        [3, 4],
-        [5, 6],
-        process=failing_on(1, 4),
-        repository=repository,
-        step_policy=policy(skip_limit=1, workers=1),
+async def test_one_skip_past_the_limit_fails_the_step() -> None:
+    """The next one fails the step, its chunk not committed."""
+    job = ToyJob(count=20, size=5, bad={3, 8, 13})
+    step = await started(job, replace(POLICY, skip_limit=2))
+    with pytest.raises(SkipLimitExceeded) as exceeded:
+        await step.run()
+    assert str(exceeded.value) == (
+        "skip limit exceeded: 2 items skipped (SKIP_LIMIT=2) and 1 more failed on their own;"
+        " last error: ItemRejected('items [13] refused')"
     )
-
-    with pytest.raises(SkipLimitExceeded) as raised:
-        await run.run(execution())
-
-    assert str(raised.value) == (
-        "skip limit exceeded: 1 items skipped (SKIP_LIMIT=1) and 1 more failed on their own;"
-        " last error: Bad('bad 4')"
-    )
-    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == [2]
-    assert run.progress.skipped == 1
+    recorded = await step.recorded()
+    assert (recorded.commit_count, recorded.skip_count, recorded.checkpoint) == (2, 2, 10)
 
 
-async def test_a_skip_limit_of_zero_fails_the_step_at_the_first_skip() -> None:
-    repository = Repository()
-    run = runner(
-        [1, 2], [3], process=failing_on(3), repository=repository, step_policy=policy(skip_limit=0)
-    )
-
+async def test_a_skip_limit_of_zero_skips_nothing() -> None:
+    job = ToyJob(count=5, size=5, bad={2})
+    step = await started(job, replace(POLICY, skip_limit=0))
     with pytest.raises(SkipLimitExceeded):
-        await run.run(execution())
-    assert len(repository.commits) == 1
+        await step.run()
+    assert job.writer.written == []
 
 
-async def test_only_the_first_skipped_keys_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(step_module, "SKIPPED_KEYS_KEPT", 3)
-    repository = Repository()
-    run = runner([1, 2], [3, 4], [5, 6], process=failing_on(1, 2, 4, 5, 6), repository=repository)
-
-    await run.run(execution())
-
-    assert [context.get("skipped") for _, _, context, _ in repository.commits] == [
-        [1, 2],
-        [1, 2, 4],
-        [1, 2, 4],
-    ]
-    assert repository.commits[-1][2]["skipCauses"] == [
-        {"cause": "Bad: bad 2", "keys": [1, 2]},
-        {"cause": "Bad: bad 4", "keys": [4]},
-    ]
-    assert run.skip_summary() == (
-        "5 skipped (the first 3 named); member ids 1, 2: Bad: bad 2; member ids 4: Bad: bad 4"
-    )
+async def test_availability_faults_are_retried_within_the_budget() -> None:
+    job = ToyJob(count=10, size=5, flaky=3)
+    step = await started(job, replace(POLICY, workers=1))
+    assert await step.run() is True
+    assert job.writer.written == list(range(1, 11))
+    recorded = await step.recorded()
+    assert (recorded.write_count, recorded.skip_count, recorded.commit_count) == (10, 0, 2)
+    assert job.tries == 5  # 3 failed tries of the first chunk, then one try each
 
 
-async def test_a_skip_s_cause_is_cut_to_its_first_characters() -> None:
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        raise Bad("x" * 300)
-
-    repository = Repository()
-    await runner([1], process=process, repository=repository).run(execution())
-
-    cause = repository.commits[0][2]["skipCauses"][0]["cause"]
-    assert cause == "Bad: " + "x" * 195
-    assert len(cause) == step_module.SKIP_CAUSE_CHARACTERS
+async def test_an_availability_fault_past_the_budget_fails_the_step() -> None:
+    job = ToyJob(count=10, size=5, flaky=10**6)
+    step = await started(job, replace(POLICY, retry_budget_seconds=0.05))
+    with pytest.raises(ConnectionResetError):
+        await step.run()
+    assert job.writer.written == []
+    assert job.tries > 1
 
 
-async def test_the_skip_summary_formats_the_count_with_thousands(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    run = runner([1], process=failing_on(1))
-    await run.run(execution())
-    run.progress.skipped = 1234
-
-    assert run.skip_summary() == "1,234 skipped (the first 1 named); member ids 1: Bad: bad 1"
-
-
-async def test_a_stop_asked_through_the_repository_ends_the_run_after_the_chunks_started() -> None:
-    repository = Repository(Status.STOPPING)
-    run = runner([1], [2], [3], [4], [5], [6], repository=repository, step_policy=policy(workers=1))
-
-    assert await run.run(execution()) is False
-
-    assert run.stop.is_set()
-    # those read before the stop, in order; the reader reads no further
-    checkpoints = [context["checkpoint"] for _, _, context, _ in repository.commits]
-    assert checkpoints == list(range(1, len(checkpoints) + 1))
-    assert len(checkpoints) < 6
+async def test_a_stop_requested_elsewhere_is_read_at_the_next_commit() -> None:
+    job = ToyJob(count=1000, size=1)
+    step = await started(job)
+    assert await step.repository.request_stop(step.execution.id) == Status.STARTED
+    assert await step.run() is False
+    assert step.runner.stop.is_set()
+    # the chunks read before the stop commit, in order; nothing after them is read
+    commits = step.runner.progress.commits
+    assert job.writer.written == list(range(1, commits + 1))
+    assert 1 <= commits < 10
 
 
-async def test_a_stop_asked_calls_the_runner_s_stop_requested() -> None:
-    asked: list[int] = []
-    run = runner(
-        [1],
-        [2],
-        repository=Repository(Status.STARTED, Status.STOPPING),
-        stop_requested=lambda: asked.append(1),
-    )
-
-    assert await run.run(execution()) is True
-    assert asked == [1]
-    assert not run.stop.is_set()
-
-
-async def test_a_chunk_committed_already_is_not_committed_again_and_the_run_goes_on() -> None:
-    repository = Repository(AlreadyCommitted("step 5 is past checkpoint 2"))
-    run = runner([1, 2], [3], repository=repository)
-
-    assert await run.run(execution()) is True
-
-    assert len(repository.commits) == 2
-    assert run.progress.commits == 2
-    assert run.progress.written == 3
-
-
-async def test_a_commit_is_retried_after_an_availability_fault_and_counted_once() -> None:
-    repository = Repository(Away("database away"))
-    run = runner([1, 2], repository=repository)
-
-    assert await run.run(execution()) is True
-
-    assert repository.commits == [(5, counts(2, 2), {"checkpoint": 2}, 0)] * 2
-    assert (run.progress.commits, run.progress.written) == (1, 2)
-    assert run.progress.retries == []
-
-
-async def test_a_commit_that_keeps_failing_fails_the_step_with_its_fault() -> None:
-    fault = Away("database away")
-    repository = Repository(*[fault] * 1000)
-    run = runner([1, 2], repository=repository, step_policy=policy(budget=0.05))
-
-    with pytest.raises(Away) as raised:
-        await run.run(execution())
-    assert raised.value is fault
-    assert run.progress.commits == 0
-
-
-async def test_a_delivery_is_retried_without_processing_again() -> None:
-    processed: list[list[int]] = []
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        processed.append(chunk.items)
-        return Processed(chunk.items)
-
-    writer = Writer()
-    writer.deliver_faults = [Away("broker away"), Away("broker away")]
-    run = runner([1, 2], process=process, writer=writer)
-
-    assert await run.run(execution()) is True
-    assert processed == [[1, 2]]
-    assert writer.delivered == [[1, 2]]
-
-
-async def test_a_chunk_s_retries_leave_the_progress_once_it_is_done() -> None:
-    faults = [Away("peer away")]
-    seen: list[int] = []
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        if faults:
-            raise faults.pop()
-        seen.append(len(run.progress.retries))
-        return Processed(chunk.items)
-
-    run = runner([1, 2], process=process)
-
-    await run.run(execution())
-    assert seen == [1]
-    assert run.progress.retries == []
-
-
-async def test_a_chunk_that_keeps_failing_fails_the_step_with_its_fault() -> None:
-    fault = Away("peer away")
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        if chunk.items == [3, 4]:
-            raise fault
-        return Processed(chunk.items)
-
-    repository = Repository()
-    run = runner(
-        [1, 2],
-        [3, 4],
-        [5, 6],
-        process=process,
-        repository=repository,
-        step_policy=policy(budget=0.05),
-    )
-
-    with pytest.raises(Away) as raised:
-        await run.run(execution())
-    assert raised.value is fault
-    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == [2]
-
-
-async def test_a_reader_s_failure_fails_the_step_as_itself() -> None:
-    fault = RuntimeError("the stream broke")
-
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        yield Chunk([1, 2], checkpoint=2)
-        raise fault
-
-    run = runner()
-    run.definition = StepDefinition(
-        name=run.definition.name,
-        read=read,
-        process=failing_on(),
-        writer=Writer(),
-        item_key=lambda item: item,
-    )
-
-    with pytest.raises(RuntimeError) as raised:
-        await run.run(execution())
-    assert raised.value is fault
-
-
-async def test_the_queue_depths_are_gauges_of_the_execution_while_it_runs() -> None:
-    seen: list[set[str]] = []
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        seen.append(
-            {queue for job, execution_id, queue in QUEUE_DEPTH._metrics if execution_id == "9"}
-        )
-        return Processed(chunk.items)
-
-    await runner([1], process=process).run(execution())
-
-    assert seen == [{"enrich", "commit"}]
-    assert not any(execution_id == "9" for _, execution_id, _ in QUEUE_DEPTH._metrics)
-
-
-async def test_a_runner_s_own_progress_and_stop_are_those_given() -> None:
-    progress, stop = StepProgress(), asyncio.Event()
-    run = runner([1], progress=progress, stop=stop)
-
-    assert run.progress is progress and run.stop is stop
-    run.stop_requested()
-    assert stop.is_set()
+async def test_a_lost_lease_fails_the_step_and_commits_nothing() -> None:
+    job = ToyJob(count=10, size=5)
+    step = await started(job)
+    step.repository.clock.advance(121)
+    assert await step.repository.take_over(step.execution.id) == Status.FAILED
+    with pytest.raises(LeaseLost):
+        await step.run()
+    recorded = await step.recorded()
+    assert (recorded.status, recorded.commit_count) == (Status.FAILED, 0)
