@@ -469,8 +469,7 @@ async def test_an_execution_of_a_job_this_service_does_not_run_does_not_restart(
         await job_operator.restart(4)
 
     assert str(raised.value) == (
-        "execution 4 is of otherJob, a job this service does not run (it runs"
-        " couponUsageStatsJob)"
+        "execution 4 is of otherJob, a job this service does not run (it runs couponUsageStatsJob)"
     )
     assert raised.value.status == F
     assert launcher_of(job_operator).relaunched == []
