@@ -36,6 +36,7 @@ SCOPE = (
     "app.runtime.operator.*",
     "app.runtime.automation.*",
     "app.runtime.reconciler.*",
+    "app.repository.rules.*",
     "app.runtime.launcher.xǁRunningJobǁ*",
     "app.runtime.launcher.xǁ_Outcomeǁ*",
     "app.runtime.launcher.x__expected__*",
