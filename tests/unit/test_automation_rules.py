@@ -186,7 +186,7 @@ def test_a_stop_lands_on_its_run_s_latest_execution(
 
 
 H = timedelta(hours=1)
-HOURLY = Schedule(fcm_send_spec.SPEC, fcm_send_spec.SPEC.schedule)  # type: ignore[arg-type]
+HOURLY = Schedule(fcm_send_spec.SPEC, fcm_send_spec.SPEC.schedule)
 
 
 @pytest.mark.parametrize(

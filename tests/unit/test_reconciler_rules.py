@@ -78,7 +78,7 @@ async def test_the_loop_passes_every_period_and_a_failed_pass_does_not_end_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     repository = FailingFirst(failures=1)
-    reconciler = Reconciler(repository, every=0.01)  # type: ignore[arg-type]
+    reconciler = Reconciler(repository, every=0.01)
 
     reconciler.start()
     await asyncio.wait_for(repository.third_pass.wait(), timeout=5)
@@ -92,7 +92,7 @@ async def test_the_loop_passes_every_period_and_a_failed_pass_does_not_end_it(
 
 
 async def test_the_loop_runs_as_a_named_task_until_stopped() -> None:
-    reconciler = Reconciler(FailingFirst(), every=60)  # type: ignore[arg-type]
+    reconciler = Reconciler(FailingFirst(), every=60)
     await reconciler.stop()  # not started: nothing to stop
 
     reconciler.start()

@@ -142,7 +142,7 @@ def runner(
     return StepRunner(
         definition,
         job_name="unitJob",
-        repository=repository or Repository(),  # type: ignore[arg-type]
+        repository=repository or Repository(),
         policy=step_policy or policy(),
         **options,
     )
