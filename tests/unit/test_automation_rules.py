@@ -232,6 +232,8 @@ def fan_out(day: int, hour: int) -> dict[str, str]:
         (fan_out(26, 23), datetime(2025, 10, 27, 0, 20), 2 * H, datetime(2025, 10, 26, 23)),
         (fan_out(26, 23), datetime(2025, 10, 27, 0, 20), H, None),
         (fan_out(27, 11), datetime(2025, 10, 27, 10, 30), 3 * H, None),  # not yet fired
+        (fan_out(27, 11), datetime(2025, 10, 27, 10, 59, 59, 500_000), H, None),
+        (fan_out(27, 11), datetime(2025, 10, 27, 11, 0, 0, 500_000), H, datetime(2025, 10, 27, 11)),
         # dryRun=false does not identify the instance; the instance of a dry run is not due
         (
             {"runDate": "2025-10-27", "targetHour": "10"},
