@@ -114,7 +114,7 @@ class Launcher:
         self.refused: set[str] = set()
         self.running: dict[int, RunningJob] = {}
 
-    jobs = (STATS,)
+    jobs = (STATS, fcm_send_spec.SPEC.name)
 
     def find(self, name: str) -> Any:
         specs = {spec.path: spec for spec in (usage_stats_spec.SPEC, fcm_send_spec.SPEC)}
@@ -310,6 +310,7 @@ async def test_only_a_failed_or_stopped_execution_restarts(status: Status) -> No
     assert str(raised.value) == (
         f"execution 4 is {status}: only a FAILED or STOPPED execution restarts"
     )
+    assert raised.value.status == status
 
 
 async def test_restarting_an_unknown_execution_is_refused() -> None:
@@ -469,7 +470,8 @@ async def test_an_execution_of_a_job_this_service_does_not_run_does_not_restart(
         await job_operator.restart(4)
 
     assert str(raised.value) == (
-        "execution 4 is of otherJob, a job this service does not run (it runs couponUsageStatsJob)"
+        "execution 4 is of otherJob, a job this service does not run (it runs"
+        " couponUsageStatsJob, couponUsageStatsFcmSendJob)"
     )
     assert raised.value.status == F
     assert launcher_of(job_operator).relaunched == []
