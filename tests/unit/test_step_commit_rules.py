@@ -11,6 +11,7 @@ import copy
 import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -522,3 +523,61 @@ async def test_a_failed_step_cancels_the_chunks_still_in_flight() -> None:
         await run.run(execution())
 
     assert raised.value is fault
+
+
+async def test_the_reader_stays_at_most_the_queues_ahead_of_a_held_chunk() -> None:
+    """Chunk 1 held: the reader reads until the commit queue (QUEUE_SIZE + WORKERS) is
+    full behind it, then waits; nothing read is lost once chunk 1 goes through."""
+    release, sixth_read = asyncio.Event(), asyncio.Event()
+
+    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
+        for item in range(1, 21):
+            if item == 6:
+                sixth_read.set()
+            yield Chunk([item], checkpoint=item)
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if chunk.items == [1]:
+            await release.wait()
+        return Processed(chunk.items)
+
+    repository = Repository()
+    run = runner(process=process, repository=repository, step_policy=policy(workers=2))
+    run.definition = replace(run.definition, read=read)
+    running = asyncio.create_task(run.run(execution()))
+
+    await asyncio.wait_for(sixth_read.wait(), timeout=5)  # the reader asks for chunk 6
+    for _ in range(100):  # every task has its turns: the reader waits on the full queue
+        await asyncio.sleep(0)
+    read_while_held = run.progress.read
+    release.set()
+    assert await running is True
+
+    assert read_while_held == 1 + 2 + 2  # the held one, the commit queue's 4 behind it
+    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == list(range(1, 21))
+
+
+async def test_a_stop_after_the_last_read_still_ends_the_run_short() -> None:
+    """The reader reached the end, then the stop came while chunk 1 was processed: chunk 2
+    is not started, and the run says it did not reach the end."""
+    ended = asyncio.Event()
+
+    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
+        yield Chunk([1], checkpoint=1)
+        yield Chunk([2], checkpoint=2)
+        ended.set()
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if chunk.items == [1]:
+            await ended.wait()
+            run.stop.set()
+        return Processed(chunk.items)
+
+    repository = Repository()
+    run = runner(process=process, repository=repository, step_policy=policy(workers=1))
+    run.definition = replace(run.definition, read=read)
+
+    assert await run.run(execution()) is False
+
+    assert run.progress.read == 2
+    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == [1]
