@@ -227,3 +227,18 @@ async def test_an_update_past_its_deadline_still_gets_one_try(clock: Clock) -> N
     calls, update = failing(0)
     assert await retry.retrying_until(update, deadline=5.0, what="the record") is None
     assert calls == [1]
+
+
+async def test_a_try_past_the_deadline_is_cut_a_tenth_of_a_second_after_it_began(
+    clock: Clock,
+) -> None:
+    """The update hangs; the clock reads 10 s as the try begins, 10.5 s after: the try,
+    given until 10.1 s, is cut at once, and its timeout returned."""
+    hanging = asyncio.Event()
+
+    async def update() -> None:
+        await hanging.wait()
+
+    clock.ticks = [10.0, 10.5]
+    error = await retry.retrying_until(update, deadline=5.0, what="the record")
+    assert isinstance(error, TimeoutError)
