@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jwt
-
 # The HMAC algorithms the platform signs with.
 ALGORITHMS = ("HS256", "HS384", "HS512")
 ADMIN_TYPES = frozenset({"ADMIN", "ROLE_ADMIN"})
@@ -37,6 +35,8 @@ def mint_token(
 ) -> tuple[str, int]:
     """A token of the platform's scheme: its claims, signed with the HMAC the platform
     picks for the key; with its `exp` (epoch seconds)."""
+    import jwt  # here: a run that asks no peer starts without PyJWT (docs/performance.md)
+
     issued = int(now)
     expires = issued + lifetime_seconds
     claims = {
@@ -99,6 +99,8 @@ def verify_token(authorization: str | None, key: bytes, now: float | None = None
     in the future (clock skew between services), and refuses an HMAC algorithm whose
     minimum key length the key does not reach.
     """
+    import jwt  # here, as in mint_token
+
     scheme, _, token = (authorization or "").partition(" ")
     if scheme != "Bearer" or not token.strip():
         raise _invalid("expected an Authorization: Bearer <token> header")

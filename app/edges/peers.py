@@ -15,9 +15,7 @@ from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, TypeVar
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.concurrency import gather_first_error
 from app.config import PeerSettings
@@ -25,6 +23,9 @@ from app.edges.auth import SystemToken
 from app.errors import AvailabilityError, DataError, Fault
 from app.metrics import PEER_ERRORS, PEER_REQUESTS
 from app.outages import OUTAGES
+
+if TYPE_CHECKING:
+    import aiohttp
 
 REGIONS = "/internal/v1/stores/regions"
 STORE_SEARCH = "/internal/v1/stores/search"
@@ -76,7 +77,8 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 class PeerClient:
     """`async with PeerClient(settings, token) as peers:` one HTTP session for all peer
-    calls, opened by the first."""
+    calls, opened by the first, which imports aiohttp: a run that asks no peer (an empty
+    window) starts without it (docs/performance.md)."""
 
     def __init__(self, settings: PeerSettings, token: SystemToken) -> None:
         self._store_url = settings.store_url.rstrip("/")
@@ -107,6 +109,8 @@ class PeerClient:
         if not self._entered:
             raise RuntimeError("PeerClient used outside `async with`")
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
@@ -152,6 +156,8 @@ class PeerClient:
         parse: Callable[[list[Any]], T],
     ) -> T:
         session = self._opened()
+        import aiohttp  # imported by _opened
+
         started = time.perf_counter()
         try:
             try:

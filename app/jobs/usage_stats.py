@@ -74,8 +74,8 @@ _INSERT_ROWS = 1000  # rows per INSERT statement: well under max_allowed_packet
 # A chunk ends at CHUNK_SIZE candidates or at this many times as many members in all,
 # so that a window of occasional members alone still commits bounded chunks.
 _MEMBERS_PER_CANDIDATE = 10
-# Members computed between two turns of the event loop: about half a millisecond of
-# CPU, so that the sink's round trips are not held up behind a whole chunk (5 ms).
+# Members computed between two turns of the event loop: a small part of a chunk, so that
+# the sink's round trips are not held up behind a whole chunk's CPU.
 _MEMBERS_PER_SLICE = 100
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ class StepRunner:
     calls `stop_requested` (by default, sets `stop`).
 
     Spring Batch's item.read, item.process and chunk.write timers time each chunk once
-    (a timer per item would cost a quarter of the stats job's CPU; docs/metrics.md): a
+    (a timer per item would cost much of the stats job's CPU; docs/metrics.md): a
     chunk's read and processing count as its items; its writing (the writer's delivery,
     then its write in the chunk's transaction) as one chunk, at the write.
     """
