@@ -28,7 +28,7 @@ from app.model import JobParameter, Status
 from app.pipeline.chunk import Chunk, Processed, StepDefinition
 from app.pipeline.writers import DatabaseWriter
 from app.replicas import ReplicaRegistry
-from app.runtime.automation import RestartPolicy, Schedule, due_slot, schedules_of
+from app.runtime.automation import RestartPolicy, due_slot, schedules_of
 from app.runtime.job import Cron, JobContext, JobSpec, Parameter
 from app.runtime.launcher import Launcher
 from app.runtime.parameters import INTEGER, LOCAL_DATE, now_in, run_date
@@ -38,6 +38,7 @@ from app.web.app import create_app
 from app.web.openapi import openapi
 from tests.integration.test_web_api import bearer
 from tests.reliability.support import cli_environment
+from tests.waits import waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -107,9 +108,8 @@ async def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str
         env={**env, "PYTHONPATH": str(ROOT)}, cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    async with asyncio.timeout(60):
+    async with waiting(60, "the CLI's exit"):
         out, err = await process.communicate()
-    assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
 
@@ -227,7 +227,6 @@ async def test_the_scheduler_fires_the_job_as_it_declares(tables: Pool, settings
     *_, schedule = schedules_of(WITH_DIGEST)
     when = schedule.when
     assert (when.cron, schedule.job, when.punctual) == ("0 9 * * 1", DIGEST, False)
-    assert isinstance(schedule, Schedule)
     monday = due_slot(when.cron, datetime.now(SEOUL))
     # Its run is due within the default allowance (an hour): what the alert reads, in a
     # process that ran the schedules since before it
@@ -243,7 +242,6 @@ async def test_the_scheduler_fires_the_job_as_it_declares(tables: Pool, settings
         await scheduler.run_pass()  # its last due time's instance, never launched
         await scheduler.stop()
         [run] = launcher.running.values()
-        assert run.task is not None
         await run.task
         final = await launcher.repository.get_execution(run.execution.id)
         assert await scheduled_runs(launcher.repository, [schedule], late, since=since) == [

@@ -20,9 +20,10 @@ from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.pipeline.writers import DatabaseWriter
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from tests.reliability.support import until
 from tests.settings import make_settings
+from tests.waits import waiting
 
 CHUNKS = [[1, 2], [3, 4], [5, 6], [7]]
 
@@ -81,7 +82,7 @@ async def run(
 ) -> tuple[bool | BaseException, Any, StepRunner]:
     """The step run once: its outcome (or failure), its step execution as recorded, the
     runner (its live counts, its summary of skips)."""
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     execution = await repository.start_execution(
         "testJob",
         [JobParameter("runDate", "java.time.LocalDate", "2025-01-01")],
@@ -92,7 +93,6 @@ async def run(
         step_definition,
         job_name="testJob",
         repository=repository,
-        pool=pool,
         policy=settings.step,
         progress=StepProgress(),
         stop=stop,
@@ -223,7 +223,7 @@ async def test_a_cancellation_no_one_asked_of_a_worker_fails_the_step_never_hang
             await shared
         return await keep_odd(items)
 
-    async with asyncio.timeout(30):  # the step's end: never, before
+    async with waiting(30, "the step's end (never, before)"):
         outcome, step, _ = await run(
             scratch, make_settings(ENRICH_WORKERS=1), definition(awaits_shared_at_five)
         )

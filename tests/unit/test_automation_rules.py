@@ -11,6 +11,7 @@ import pytest
 
 from app.model import INTERRUPTED, InstanceSummary, Status
 from app.replicas import Replica
+from app.repository.rules import StopTarget, stop_target
 from app.runtime.automation import (
     Decision,
     Launch,
@@ -21,7 +22,6 @@ from app.runtime.automation import (
     decide,
     schedules_zone,
 )
-from app.runtime.operator import StopTarget, stop_target
 from app.runtime.scheduler import _waiting
 
 NOW = datetime(2025, 10, 27, 1, 0, 0, tzinfo=UTC)

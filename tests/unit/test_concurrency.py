@@ -17,6 +17,7 @@ from app.concurrency import (
     stray_cancellation_fails,
 )
 from app.errors import AvailabilityError
+from tests.waits import waiting
 
 
 class FakeLookup:
@@ -176,7 +177,7 @@ async def test_a_cancellation_from_a_shared_future_fails_the_task_group() -> Non
         shared.cancel()
 
     with pytest.raises(ExceptionGroup) as raised:
-        async with asyncio.timeout(5):  # the group's end: never, before
+        async with waiting(5, "the task group's end (never, before)"):
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(stray_cancellation_fails(worker()))
                 tasks.create_task(stray_cancellation_fails(sink()))
