@@ -177,11 +177,13 @@ async def test_a_cancellation_from_a_shared_future_fails_the_task_group() -> Non
         shared.cancel()
 
     with pytest.raises(ExceptionGroup) as raised:
-        async with waiting(5, "the task group's end (never, before)"):
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(stray_cancellation_fails(worker()))
-                tasks.create_task(stray_cancellation_fails(sink()))
-                tasks.create_task(cancel_shared())
+        async with (
+            waiting(5, "the task group's end (never, before)"),
+            asyncio.TaskGroup() as tasks,
+        ):
+            tasks.create_task(stray_cancellation_fails(worker()))
+            tasks.create_task(stray_cancellation_fails(sink()))
+            tasks.create_task(cancel_shared())
     (error,) = raised.value.exceptions
     assert type(error) is StrayCancellation
     assert str(error) == "cancelled by another task, through a future they shared"
