@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from app.config import StepPolicy
-from app.edges.db import DbPool, transaction
+from app.errors import BatchError
 from app.metrics import (
     ITEMS,
     QUEUE_DEPTH,
@@ -26,7 +26,8 @@ from app.pipeline.isolate import Outcome, isolate
 from app.pipeline.retry import Budget, retrying
 from app.pipeline.sink import commit_in_order
 from app.pipeline.source import Entry, feed
-from app.repository import AlreadyCommitted, JobRepository
+from app.ports import JobRepository
+from app.repository.rules import AlreadyCommitted
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ SKIPPED_KEYS_KEPT = 50
 SKIP_CAUSE_CHARACTERS = 200  # of a skip's cause: the fault's type and message
 
 
-class SkipLimitExceeded(Exception):
+class SkipLimitExceeded(BatchError):
     pass
 
 
@@ -60,7 +61,6 @@ class StepRunner:
         *,
         job_name: str,
         repository: JobRepository,
-        pool: DbPool,
         policy: StepPolicy,
         progress: StepProgress | None = None,
         stop: asyncio.Event | None = None,
@@ -69,7 +69,6 @@ class StepRunner:
         self.definition = definition
         self.job_name = job_name
         self.repository = repository
-        self.pool = pool
         self.policy = policy
         self.progress = progress if progress is not None else StepProgress()
         self.stop = stop if stop is not None else asyncio.Event()
@@ -208,14 +207,14 @@ class StepRunner:
         self, step_id: int, chunk: Chunk[Any], parts: list[Processed[Any]], counts: ChunkCounts
     ) -> None:
         try:
-            async with transaction(self.pool) as conn:
+            async with self.repository.chunk_transaction() as unit:
                 # Even when every item was filtered: a writer may have to remove what an
                 # earlier run of the same instance wrote for them. Not for skipped items.
                 with self._writes.timing(1):
                     for part in parts:
-                        await self.definition.writer.write(conn, part.output)
-                status = await self.repository.commit_chunk(
-                    conn, step_id, counts, self._context(chunk), self.progress.commits
+                        await self.definition.writer.write(unit.connection, part.output)
+                status = await unit.commit_chunk(
+                    step_id, counts, self._context(chunk), self.progress.commits
                 )
                 if status == Status.STOPPING:  # asked through another replica
                     self.stop_requested()

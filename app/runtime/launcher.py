@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from app.errors import DataError, is_availability_fault
+from app.errors import EXIT_REFUSED, DataError, Refusal, is_availability_fault
 from app.logs import bind_log_context
 from app.metrics import (
     JOB_DURATION,
@@ -36,7 +36,9 @@ from app.model import (
 from app.pipeline.chunk import StepProgress
 from app.pipeline.retry import retrying_until
 from app.pipeline.step import SkipLimitExceeded, StepRunner
-from app.repository import JobRepository, LeaseLost
+from app.ports import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
+from app.repository.rules import LeaseLost
 from app.runtime.job import JobContext, JobSpec, find_job
 from app.runtime.memory import release_memory
 from app.runtime.parameters import now_in
@@ -50,8 +52,12 @@ ON_REQUEST = "stopped on request; restartable from the checkpoint"
 ON_SHUTDOWN = "interrupted by a shutdown; the schedules' next pass resumes it from its checkpoint"
 
 
-class ShuttingDown(RuntimeError):
-    pass
+class ShuttingDown(Refusal):
+    """A launch while the service shuts down."""
+
+    code = "SHUTTING_DOWN"
+    http_status = 503
+    exit_code = EXIT_REFUSED
 
 
 @dataclass
@@ -113,11 +119,21 @@ class Launcher:
     """Launches the given jobs on the given resources; `running` holds this process's
     executions while they run."""
 
-    def __init__(self, resources: Resources, jobs: Sequence[JobSpec]) -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        jobs: Sequence[JobSpec],
+        repository: JobRepository | None = None,
+    ) -> None:
+        """`repository`: the job repository (by default MariaDB's, on the resources' pool)."""
         self.resources = resources
         self.settings = resources.settings
         self.jobs: dict[str, JobSpec] = {spec.path: spec for spec in jobs}
-        self.repository = JobRepository.of(resources.pool, self.settings)
+        self.repository: JobRepository = (
+            repository
+            if repository is not None
+            else MariaDbJobRepository.of(resources.pool, self.settings)
+        )
         self.running: dict[int, RunningJob] = {}
         self._accepting = True
         self._record_deadline: float | None = None  # monotonic; set by shutdown
@@ -339,7 +355,6 @@ class Launcher:
             definition,
             job_name=spec.name,
             repository=self.repository,
-            pool=self.resources.pool,
             policy=self.settings.step,
             progress=run.progress,
             stop=run.stop,

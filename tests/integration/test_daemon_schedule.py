@@ -22,7 +22,7 @@ from app.edges.db import fetch_all
 from app.jobs import fcm_send_spec, usage_stats_spec
 from app.model import Status
 from app.replicas import ReplicaRegistry
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.automation import RestartPolicy, Schedule, due_slot, last_due
 from app.runtime.job import Cron
 from app.runtime.launcher import Launcher
@@ -330,7 +330,7 @@ async def test_the_reconciler_takes_over_dead_executions_and_the_passes_restart_
     of an hour long past its grace stays FAILED, the pass saying so; a dead STOPPING run
     ends STOPPED and stays so."""
     launcher, other = replicas
-    repository = JobRepository(pool, abandon_after_seconds=2)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=2)
     now = datetime.now(SEOUL)
     dead = []
     for spec, raw in [
@@ -348,7 +348,7 @@ async def test_the_reconciler_takes_over_dead_executions_and_the_passes_restart_
             "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 3 SECOND"
         )
     reconcilers = [
-        Reconciler(JobRepository(r.resources.pool, abandon_after_seconds=2), every=0.1)
+        Reconciler(MariaDbJobRepository(r.resources.pool, abandon_after_seconds=2), every=0.1)
         for r in (launcher, other)
     ]
     taken = await asyncio.gather(*(r.reconcile() for r in reconcilers))
@@ -397,7 +397,7 @@ async def test_a_restart_the_database_refused_is_made_by_a_later_pass(
     """A restart due while the database refuses every connection: those passes fail, and
     the first one after the outage restarts it (before: a restart launch that failed once
     was never tried again)."""
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     parameters = usage_stats_spec.SPEC.parse({"runDate": "2025-10-26"}, datetime.now(SEOUL))
     failed = await repository.start_execution(STATS.job.name, parameters, rerun_completed=False)
     await repository.finish_execution(failed.id, Status.FAILED, "boom")

@@ -20,7 +20,7 @@ from asyncmy.pool import Pool
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from tests.proxy import FaultProxy, through
 from tests.reliability.support import age_execution, free_port, until_ready
 from tests.settings import TEST_JWT_KEY, TEST_JWT_SECRET
@@ -170,7 +170,7 @@ async def test_sigterm_during_a_run_interrupts_it_restartably_and_a_later_launch
         "SHUTDOWN_GRACE_SECONDS": "20",
     }
     headers = admin_headers()
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
 
     async with (
         serve(settings, fake, vhost, tmp_path / "first.log", **env) as daemon,
@@ -256,7 +256,7 @@ async def test_sigterm_during_a_database_stall_exits_within_the_grace_and_says_s
     db_proxy.resume()
 
     await age_execution(pool, execution_id, 5)  # past JOB_ABANDON_AFTER_SECONDS: no lease
-    repository = JobRepository(pool, abandon_after_seconds=4)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=4)
     stale = await repository.get_execution(execution_id)
     assert stale is not None and stale.status == "STARTED"  # what the stall left
     fake.control.latency_ms = 0

@@ -19,7 +19,7 @@ from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.pipeline.writers import DatabaseWriter
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from tests.settings import make_settings
 
 CHUNKS = [[1, 2], [3, 4], [5, 6], [7]]
@@ -79,7 +79,7 @@ async def run(
 ) -> tuple[bool | BaseException, Any, StepRunner]:
     """The step run once: its outcome (or failure), its step execution as recorded, the
     runner (its live counts, its summary of skips)."""
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     execution = await repository.start_execution(
         "testJob",
         [JobParameter("runDate", "java.time.LocalDate", "2025-01-01")],
@@ -90,7 +90,6 @@ async def run(
         step_definition,
         job_name="testJob",
         repository=repository,
-        pool=pool,
         policy=settings.step,
         progress=StepProgress(),
         stop=stop,

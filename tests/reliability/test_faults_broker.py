@@ -21,7 +21,7 @@ from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.model import JobExecution
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.resources import open_resources
@@ -148,7 +148,9 @@ async def test_broker_unreachable_from_the_start_fails_the_run_then_a_restart_de
 ) -> None:
     world = fanout_world(300)
     await world.load(pool)
-    repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    repository = MariaDbJobRepository(
+        pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS
+    )
     args = [
         "run", JOB, "--run-date", FANOUT_RUN_DATE, "--target-hour", str(FANOUT_HOUR), "--quiet",
     ]  # fmt: skip

@@ -16,7 +16,8 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all, transaction
 from app.model import ChunkCounts, JobParameter, Status
-from app.repository import JobRepository, LeaseLost
+from app.repository.mariadb import MariaDbJobRepository
+from app.repository.rules import LeaseLost
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
@@ -207,10 +208,10 @@ async def test_the_lease_fences_a_runner_whose_instance_was_taken_over(pool: Poo
     """Once another replica has marked the execution abandoned, the old runner's commit
     raises LeaseLost and its chunk's writes roll back with it."""
     parameters = [JobParameter("runDate", "java.time.LocalDate", STATS_RUN_DATE)]
-    old = JobRepository(pool, abandon_after_seconds=120)
+    old = MariaDbJobRepository(pool, abandon_after_seconds=120)
     execution = await old.start_execution("fenceJob", parameters, rerun_completed=False)
     step = await old.start_step(execution, "fenceStep")
-    takeover = await JobRepository(pool, abandon_after_seconds=0).start_execution(
+    takeover = await MariaDbJobRepository(pool, abandon_after_seconds=0).start_execution(
         "fenceJob", parameters, rerun_completed=False
     )
     assert await status_of(pool, execution.id) == "FAILED"
