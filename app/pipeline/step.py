@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from app.config import StepPolicy
+from app.errors import BatchError
 from app.metrics import (
     ITEMS,
     QUEUE_DEPTH,
@@ -37,7 +38,7 @@ SKIPPED_KEYS_KEPT = 50
 SKIP_CAUSE_CHARACTERS = 200  # of a skip's cause: the fault's type and message
 
 
-class SkipLimitExceeded(Exception):
+class SkipLimitExceeded(BatchError):
     pass
 
 

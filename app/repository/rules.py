@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from app.errors import BatchError
 from app.model import (
     ABANDONABLE,
     INTERRUPTED,
@@ -32,12 +33,12 @@ MESSAGE_LIMIT = 2500  # EXIT_MESSAGE is VARCHAR(2500)
 CHECKPOINT_OWNER = "checkpoint.stepExecutionId"
 
 
-class AlreadyCommitted(Exception):
+class AlreadyCommitted(BatchError):
     """This chunk's commit took effect already: an earlier attempt's COMMIT applied though
     its answer was lost (a stall). The retry's transaction rolls back, its writes with it."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(BatchError):
     """This runner's execution is no longer running: another replica found it silent and
     took the instance over, or an operator abandoned it. Nothing more may be committed
     for it."""
