@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from app.config import Settings
+from app.errors import Refusal
 from app.jobs import fcm_send_spec, usage_stats_spec
 from app.replicas import ReplicaRegistry
 from app.repository.clock import zone_label
@@ -41,7 +42,7 @@ def schedules() -> tuple[Schedule, ...]:
 _HTTP_SHUTDOWN_SECONDS = 5.0
 
 
-class CannotListen(Exception):
+class CannotListen(Refusal):
     """`serve` cannot listen on SERVER_PORT (a start-up error: one line, exit 2)."""
 
 

@@ -28,11 +28,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
+from app.errors import Refusal
+
 # Inside the package, so that an installed (not editable) package finds it.
 DEFAULTS_FILE = Path(__file__).resolve().with_name("defaults.toml")
 
 
-class ConfigError(ValueError):
+class ConfigError(Refusal):
     """One or more settings are missing or invalid; the message names each of them."""
 
 

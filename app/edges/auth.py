@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from app.errors import Refusal
+
 # The HMAC algorithms the platform signs with.
 ALGORITHMS = ("HS256", "HS384", "HS512")
 ADMIN_TYPES = frozenset({"ADMIN", "ROLE_ADMIN"})
@@ -75,17 +77,18 @@ class SystemToken:
         return self._token
 
 
-class AuthError(Exception):
-    """A rejected token: the HTTP status and the platform's error code for the answer."""
+class AuthError(Refusal):
+    """A rejected token: the HTTP status and the platform's error code for the answer
+    (INVALID_TOKEN, EXPIRED_TOKEN: 401; ACCESS_DENIED: 403)."""
+
+    code = "INVALID_TOKEN"
+    http_status = 401
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, code, message)
-        self.status = status
+        super().__init__(message)
+        self.http_status = status
         self.code = code
         self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.code}: {self.message}"
 
 
 def _invalid(message: str) -> AuthError:

@@ -11,6 +11,7 @@ from typing import Any
 
 from app.concurrency import stray_cancellation_fails
 from app.config import StepPolicy
+from app.errors import BatchError
 from app.metrics import (
     ITEMS,
     QUEUE_DEPTH,
@@ -38,7 +39,7 @@ SKIPPED_KEYS_KEPT = 50
 SKIP_CAUSE_CHARACTERS = 200  # of a skip's cause: the fault's type and message
 
 
-class SkipLimitExceeded(Exception):
+class SkipLimitExceeded(BatchError):
     pass
 
 

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Generic, Protocol, TextIO, TypeVar
 
 from asyncmy.connection import Connection
 
+from app.ports import Publisher
+
 if TYPE_CHECKING:  # and imported where used: a job writing to the database loads no AMQP
-    from app.edges.broker import Broker, OutgoingMessage
+    from app.edges.broker import OutgoingMessage
 
 OutT = TypeVar("OutT")
 OutT_contra = TypeVar("OutT_contra", contravariant=True)
@@ -56,7 +58,7 @@ class PublishingWriter:
     of the chunk publishes only the rest (the messages already made: the peers are not
     asked again)."""
 
-    broker: Broker
+    broker: Publisher
     published: int = 0  # publishes tried, republished ones included
     confirmed: int = 0
 

@@ -11,9 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
+from app.errors import Refusal
 from app.model import JobParameter
 from app.pipeline.chunk import StepDefinition
-from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError
+from app.runtime.parameters import (
+    BOOLEAN,
+    DRY_RUN,
+    INTEGER,
+    LOCAL_DATE,
+    LONG,
+    ParameterError,
+    iso_date,
+)
 from app.runtime.resources import Resources
 
 
@@ -53,6 +62,22 @@ class Parameter:
     @property
     def required(self) -> bool:
         return self.default is None
+
+    def check(self, value: str) -> None:
+        """A ParameterError naming it unless `value` reads as its type: a job's parse
+        may then read it so (`int(raw["limit"])`) without failing on the operator's typo
+        (before, a 500)."""
+        if self.type in (INTEGER, LONG) and not _INTEGER.fullmatch(value):
+            values = [int(choice) for choice in self.choices]
+            bounds = f" from {min(values)} to {max(values)}" if values else ""
+            raise ParameterError(self.name, f"must be an integer{bounds}, got {value[:40]!r}")
+        if self.type == LOCAL_DATE:
+            iso_date(self.name, value)
+        if self.type == BOOLEAN and value.lower() not in ("true", "false"):
+            raise ParameterError(self.name, f"must be true or false, got {value[:40]!r}")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")  # within a LONG
 
 
 # The parameter of a job that can dry-run: it declares this among its parameters, and its
@@ -117,6 +142,9 @@ class JobSpec:
         for name in self.undeclared(raw):
             takes = ", ".join(parameter.name for parameter in self.parameters) or "none"
             raise ParameterError(name, f"is not a parameter of {self.path} (it takes {takes})")
+        for parameter in self.parameters:
+            if raw.get(parameter.name):  # empty: its default
+                parameter.check(raw[parameter.name])
         return self.parse(raw, now)
 
 
@@ -157,8 +185,8 @@ def takers(name: str, jobs: Iterable[JobSpec]) -> str:
     )
 
 
-class UnknownJob(LookupError):
-    pass
+class UnknownJob(Refusal):
+    code = "INVALID_PARAMETER"
 
 
 def find_job(jobs: Iterable[JobSpec], name: str) -> JobSpec:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from app.errors import Refusal
 from app.model import JobParameter
 
 LOCAL_DATE = "java.time.LocalDate"
@@ -16,8 +17,10 @@ LONG = "java.lang.Long"
 DRY_RUN = "dryRun"  # a job's parameter: true writes what its writer would send, sends nothing
 
 
-class ParameterError(ValueError):
+class ParameterError(Refusal):
     """A parameter is missing or malformed; `parameter` names it for the 400 answer."""
+
+    code = "INVALID_PARAMETER"
 
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(f"{parameter}: {message}")

@@ -15,6 +15,8 @@ from asyncmy.cursors import Cursor
 from asyncmy.errors import MySQLError
 from asyncmy.pool import Pool
 
+from app.errors import Refusal
+
 log = logging.getLogger(__name__)
 
 HISTORY_TABLE = "batch_service_schema_history"
@@ -31,7 +33,7 @@ _DENIED_PRIVILEGE = re.compile(r"(\w+(?: \w+)?) command denied")
 _VERSIONED = re.compile(r"^V(\d+)__(\w+)\.sql$")
 
 
-class MigrationDenied(Exception):
+class MigrationDenied(Refusal):
     """A pending migration needs a privilege the database user lacks."""
 
 

@@ -11,7 +11,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -36,6 +35,7 @@ from app.runtime.resources import open_resources
 from app.runtime.scheduler import ScheduledRun, Scheduler, scheduled_runs
 from app.web.app import create_app
 from app.web.openapi import openapi
+from tests.fakes import memory_launcher
 from tests.integration.test_web_api import bearer
 from tests.reliability.support import cli_environment
 from tests.waits import waiting
@@ -182,8 +182,7 @@ def test_the_openapi_document_names_the_job_and_its_parameters() -> None:
 
 
 async def test_the_job_list_that_the_console_renders_names_the_job(settings: Settings) -> None:
-    launcher = SimpleNamespace(settings=settings, jobs={spec.path: spec for spec in WITH_DIGEST})
-    app = create_app(launcher, {})  # type: ignore[arg-type]
+    app = create_app(memory_launcher(WITH_DIGEST), {})
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/api/v1/jobs", headers=bearer())
         assert resp.status == 200
