@@ -81,7 +81,7 @@ async def serve(settings: Settings) -> int:
     a graceful stop (running steps end STOPPED after their chunks in flight, restartable).
     The exit code: 0, or 1 if an outcome could not be recorded (the database away)."""
     # Imported here: the web server is the daemon's alone; `run` and the operator's
-    # commands start without it (0.04 s, a twentieth of a short stats run's wall time).
+    # commands start without it.
     from aiohttp import web
 
     from app.web.app import create_app, resource_checks

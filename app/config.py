@@ -6,10 +6,8 @@ Components receive the narrow part they use (`Settings.database`, `.broker`, `.p
 `.step`), never the whole.
 
 Not pydantic-settings (considered for issue 20): it would replace the few checks of
-`_validate`, but importing it takes 0.22 s here (pydantic_settings 2.16, measured with
-`python -X importtime`) against 0.07 s for this whole module, on a start-up whose budget
-is 0.25 s for a CLI run of an empty window (issue 21); and its errors quote the values,
-which must stay out of the line for secrets.
+`_validate`, but importing it costs several times this whole module (docs/performance.md);
+and its errors quote the values, which must stay out of the line for secrets.
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ _INSERT_ROWS = 1000  # rows per INSERT statement: well under max_allowed_packet
 # A chunk ends at CHUNK_SIZE candidates or at this many times as many members in all,
 # so that a window of occasional members alone still commits bounded chunks.
 _MEMBERS_PER_CANDIDATE = 10
-# Members computed between two turns of the event loop: about half a millisecond of
-# CPU, so that the sink's round trips are not held up behind a whole chunk (5 ms).
+# Members computed between two turns of the event loop: a small part of a chunk, so that
+# the sink's round trips are not held up behind a whole chunk's CPU.
 _MEMBERS_PER_SLICE = 100
 
 log = logging.getLogger(__name__)
@@ -210,15 +210,11 @@ class UsageStatsStep:
         self.slack_minutes = resources.settings.WINDOW_SLACK_MINUTES
         self.database = resources.settings.database
         self.policy = resources.settings.step
-        self.peers = resources.peers
         # storeId -> dong (None: no dong), each store asked once per run
         self.dongs = SharedLookup(resources.peers.store_dongs)
         # Whether a chunk must delete its members' rows of the day before inserting:
         # decided when reading starts, before any chunk of this execution is written.
         self.replace = True
-        # Whether the window may hold rows as far as `shares` found (False: nothing yet,
-        # only an open end read in case rows come): then the peers' client is preloaded.
-        self.rows_expected = True
 
     async def read(self, checkpoint: Any) -> AsyncGenerator[Chunk[Member], None]:
         """The chunks after `checkpoint`, each held back until the next one is read, so
@@ -239,8 +235,6 @@ class UsageStatsStep:
         queries = [self._query(bounds, checkpoint) for bounds in await self.shares()]
         if not queries:
             return
-        if self.rows_expected:
-            self.peers.preload()  # for the first chunk's store lookups, while the server sorts
         policy = self.policy
         chunk_size = policy.chunk_size
         most = _MEMBERS_PER_CANDIDATE * chunk_size
@@ -281,7 +275,6 @@ class UsageStatsStep:
                     span.lookups,
                 )
                 if bounds is None:  # nothing yet; an open end still reads what comes
-                    self.rows_expected = False
                     return [] if span.ids[1] is not None else [_bounds("id", *span.ids)]
                 ranges = id_ranges(*bounds, parts, span.ids)
                 return [_bounds("id", *ids) for ids in ranges]

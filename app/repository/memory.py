@@ -510,7 +510,9 @@ class MemoryJobRepository(JobRepository):
 
 
 class MemoryChunkTransaction:
-    """A chunk's unit of work in memory: no database to write in."""
+    """A chunk's unit of work in memory: no database to write in. A writer under test
+    keeps what it writes itself, so a chunk the fences refuse leaves its writes there,
+    where MariaDB's transaction rolls them back."""
 
     def __init__(self, repository: MemoryJobRepository) -> None:
         self._repository = repository

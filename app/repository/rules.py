@@ -266,7 +266,7 @@ def allowed(execution: JobExecution, latest: int) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Refusal:
+class SpringRefusal:
     """Spring Batch's refusal of a launch: the exception, and the execution that caused it."""
 
     exception: str
@@ -274,16 +274,16 @@ class Refusal:
     status: Status
 
 
-def spring_launch_refusal(executions: Sequence[tuple[int, Status, bool]]) -> Refusal | None:
+def spring_launch_refusal(executions: Sequence[tuple[int, Status, bool]]) -> SpringRefusal | None:
     """What Spring Batch 5.2's `SimpleJobRepository.createJobExecution` throws for an
     instance with these executions (id, status, whether it has identifying parameters),
     newest first as its JdbcJobExecutionDao lists them; None: it would launch one. The
     first execution that matches a rule decides, as its loop does."""
     for execution_id, status, identifying in executions:
         if status in RUNNING:
-            return Refusal("JobExecutionAlreadyRunningException", execution_id, status)
+            return SpringRefusal("JobExecutionAlreadyRunningException", execution_id, status)
         if status == Status.UNKNOWN:
-            return Refusal("JobRestartException", execution_id, status)
+            return SpringRefusal("JobRestartException", execution_id, status)
         if identifying and status in (Status.COMPLETED, Status.ABANDONED):
-            return Refusal("JobInstanceAlreadyCompleteException", execution_id, status)
+            return SpringRefusal("JobInstanceAlreadyCompleteException", execution_id, status)
     return None

@@ -11,7 +11,6 @@ from app.edges.auth import (
     AuthError,
     SystemToken,
     algorithm_for_key,
-    sign_hmac,
     verify_admin_token,
     verify_token,
 )
@@ -210,14 +209,6 @@ def test_system_token_claims(key: bytes) -> None:
         "exp": NOW + 3600,
     }
     assert verify_token(f"Bearer {token}", key, now=NOW + 1)["username"] == "batch-service"
-
-
-@pytest.mark.parametrize("key", [KEY_32, KEY_48, KEY_64])
-@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-def test_signed_without_pyjwt_as_pyjwt_signs(key: bytes) -> None:
-    claims = _claims(username="배치 서비스", nested={"a": [1, 2.5, None, True]})
-    for algorithm in ("HS256", "HS384", "HS512"):
-        assert sign_hmac(claims, key, algorithm) == jwt.encode(claims, key, algorithm=algorithm)
 
 
 def test_system_token_is_not_an_admin_token() -> None:

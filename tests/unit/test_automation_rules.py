@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -28,6 +29,7 @@ from app.runtime.automation import (
     schedules_of,
     schedules_zone,
 )
+from app.runtime.scheduler import _waiting
 
 NOW = datetime(2025, 10, 27, 1, 0, 0, tzinfo=UTC)
 POLICY = RestartPolicy(attempts=3, backoff_seconds=60, misfire_grace=timedelta(minutes=10))
@@ -183,6 +185,18 @@ def test_a_stop_lands_on_its_run_s_latest_execution(
     run: list[tuple[int, Status]], target: StopTarget
 ) -> None:
     assert stop_target(run) == target
+
+
+def test_a_restart_s_due_time_is_said_in_app_timezone_not_the_database_clock_s() -> None:
+    """Before: `restart due at 2025-10-27T01:00:30+00:00`, the database clock's zone,
+    beside schedules said in APP_TIMEZONE."""
+    wait = Wait(42, NOW + 30 * S)
+    assert _waiting(wait, ZoneInfo("Asia/Seoul")) == (
+        "execution 42 FAILED; restart due at 2025-10-27T10:00:30+09:00"
+    )
+    assert _waiting(wait, ZoneInfo("UTC")) == (
+        "execution 42 FAILED; restart due at 2025-10-27T01:00:30+00:00"
+    )
 
 
 H = timedelta(hours=1)

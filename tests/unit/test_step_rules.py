@@ -6,6 +6,8 @@ lost lease read at a commit ends the step."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from app.config import StepPolicy
 from app.model import JobExecution, Status, StepExecution
 from app.pipeline.step import SkipLimitExceeded, StepRunner
-from app.repository.memory import MemoryJobRepository
+from app.repository.memory import MemoryChunkTransaction, MemoryJobRepository
 from app.repository.rules import LeaseLost
 from tests.fakes import ToyJob, resources
 
@@ -150,3 +152,31 @@ async def test_a_lost_lease_fails_the_step_and_commits_nothing() -> None:
         await step.run()
     recorded = await step.recorded()
     assert (recorded.status, recorded.commit_count) == (Status.FAILED, 0)
+
+
+class LosingAnswers(MemoryJobRepository):
+    """Commits each chunk, but loses the answer of the first commit (a stall): the
+    runner sees an availability fault though the commit took effect."""
+
+    lost = False
+
+    @asynccontextmanager
+    async def chunk_transaction(self) -> AsyncIterator[MemoryChunkTransaction]:
+        async with super().chunk_transaction() as unit:
+            yield unit
+        if not self.lost:
+            self.lost = True
+            raise ConnectionResetError("the commit's answer was lost")
+
+
+async def test_a_commit_whose_answer_was_lost_counts_once() -> None:
+    job = ToyJob(count=10, size=5)
+    repository = LosingAnswers(abandon_after_seconds=120)
+    execution = await repository.start_execution("toyJob", [], rerun_completed=False)
+    step = await repository.start_step(execution, "toyStep")
+    runner = StepRunner(job.definition(), job_name="toyJob", repository=repository, policy=POLICY)
+    assert await runner.run(step) is True
+    found = await repository.get_execution(execution.id)
+    assert found is not None
+    assert [(s.read_count, s.write_count, s.commit_count) for s in found.steps] == [(10, 10, 2)]
+    assert (runner.progress.written, runner.progress.commits) == (10, 2)
