@@ -32,16 +32,16 @@ DATA_TABLES = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """For pytest-xdist's `--dist loadgroup` (scripts/test): the slow tests first, each a
-    worker's on its own, so that the longest start at once; every other test with the rest
-    of its module, so that a module's fixtures (a vhost, a browser, a second MariaDB) are
-    made once. Without xdist, only the order changes."""
-    for item in items:
-        if item.get_closest_marker("slow") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow modules first: under pytest-xdist's `--dist loadfile` (scripts/test), each
+    module goes whole to one worker, in this order, so the longest start at once and the
+    short ones fill in around them. Without xdist, only the order changes."""
+    slow = {module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: module(item) not in slow)
+
+
+def module(item: pytest.Item) -> str:
+    return item.nodeid.split("::")[0]
 
 
 async def _admin(sql: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from app.model import JobExecution, JobParameter, Status
 from app.repository.memory import MemoryJobRepository
 from app.runtime.reconciler import Reconciler
+from tests.waits import waiting
 
 
 def day(value: str) -> list[JobParameter]:
@@ -81,7 +82,8 @@ async def test_the_loop_passes_every_period_and_a_failed_pass_does_not_end_it(
     reconciler = Reconciler(repository, every=0.01)
 
     reconciler.start()
-    await asyncio.wait_for(repository.third_pass.wait(), timeout=5)
+    async with waiting(5, "the reconciler's third pass, after the failed one"):
+        await repository.third_pass.wait()
     await reconciler.stop()
 
     assert repository.taken[:3] == [1, 2, 3]
