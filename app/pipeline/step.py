@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from app.config import StepPolicy
+from app.config import DatabaseSettings, StepPolicy
 from app.edges.db import DbPool, transaction
 from app.metrics import (
     ITEMS,
@@ -25,7 +25,7 @@ from app.pipeline.enrich import enrich
 from app.pipeline.isolate import Outcome, isolate
 from app.pipeline.retry import Budget, retrying
 from app.pipeline.sink import commit_in_order
-from app.pipeline.source import Entry, feed
+from app.pipeline.source import Entry, chunks, feed
 from app.repository import AlreadyCommitted, JobRepository
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class StepRunner:
         repository: JobRepository,
         pool: DbPool,
         policy: StepPolicy,
+        database: DatabaseSettings | None = None,
         progress: StepProgress | None = None,
         stop: asyncio.Event | None = None,
         stop_requested: Callable[[], None] | None = None,
@@ -71,6 +72,7 @@ class StepRunner:
         self.repository = repository
         self.pool = pool
         self.policy = policy
+        self.database = database  # where a step reading Rows streams them from
         self.progress = progress if progress is not None else StepProgress()
         self.stop = stop if stop is not None else asyncio.Event()
         self.stop_requested = stop_requested or self.stop.set
@@ -102,14 +104,19 @@ class StepRunner:
         commits: asyncio.Queue[Entry | None] = asyncio.Queue(
             maxsize=policy.queue_size + policy.workers
         )
-        chunks = self.definition.read(step.checkpoint)
+        read = chunks(
+            self.definition,
+            step.checkpoint,
+            chunk_size=policy.chunk_size,
+            fetch_rows=policy.fetch_rows,
+            database=self.database,
+        )
         with _queue_depth(self.job_name, step.job_execution_id, enrich=work, commit=commits):
             try:
                 async with asyncio.TaskGroup() as tasks:
                     reader = tasks.create_task(
                         feed(
-                            chunks,
-                            step.checkpoint,
+                            read,
                             work,
                             commits,
                             workers=policy.workers,
@@ -192,7 +199,7 @@ class StepRunner:
                 self._skipped_keys += kept
                 cause = f"{type(result.error).__name__}: {result.error}"[:SKIP_CAUSE_CHARACTERS]
                 self._skip_causes.append({"cause": cause, "keys": kept})
-        filtered = sum(part.filtered for part in result.parts)
+        filtered = sum(processed.filtered for _, processed in result.parts)
         counts = ChunkCounts(
             read=size, written=size - skipped - filtered, filtered=filtered, skipped=skipped
         )
@@ -205,15 +212,19 @@ class StepRunner:
             ITEMS.labels(self.job_name, definition.name, outcome).inc(getattr(counts, outcome))
 
     async def _commit_once(
-        self, step_id: int, chunk: Chunk[Any], parts: list[Processed[Any]], counts: ChunkCounts
+        self,
+        step_id: int,
+        chunk: Chunk[Any],
+        parts: list[tuple[Chunk[Any], Processed[Any]]],
+        counts: ChunkCounts,
     ) -> None:
         try:
             async with transaction(self.pool) as conn:
                 # Even when every item was filtered: a writer may have to remove what an
                 # earlier run of the same instance wrote for them. Not for skipped items.
                 with self._writes.timing(1):
-                    for part in parts:
-                        await self.definition.writer.write(conn, part.output)
+                    for part, processed in parts:
+                        await self.definition.writer.write(conn, processed.output, part.keys)
                 status = await self.repository.commit_chunk(
                     conn, step_id, counts, self._context(chunk), self.progress.commits
                 )

@@ -3,17 +3,20 @@
 A writer has two moments. `deliver` runs as soon as the chunk is processed, beside other
 chunks' deliveries, and is retried with the chunk's processing: effects outside the
 database, safe to repeat. `write` runs in read order inside the chunk's transaction,
-beside its counts and checkpoint. The checkpoint commits only after both.
+beside its counts and checkpoint, with the range of keys the chunk (or part) covers.
+The checkpoint commits only after both.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Protocol, TextIO, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TextIO, TypeVar
 
 from asyncmy.connection import Connection
+
+from app.pipeline.chunk import KeyRange
 
 if TYPE_CHECKING:  # and imported where used: a job writing to the database loads no AMQP
     from app.edges.broker import Broker, OutgoingMessage
@@ -25,7 +28,7 @@ OutT_contra = TypeVar("OutT_contra", contravariant=True)
 class Writer(Protocol[OutT_contra]):
     async def deliver(self, output: OutT_contra) -> None: ...
 
-    async def write(self, conn: Connection, output: OutT_contra) -> None: ...
+    async def write(self, conn: Connection, output: OutT_contra, keys: KeyRange) -> None: ...
 
     def report(self) -> dict[str, int]:
         """What it has done so far, kept in the step's context (empty: nothing to say)."""
@@ -42,8 +45,57 @@ class DatabaseWriter(Generic[OutT]):
     async def deliver(self, output: OutT) -> None:
         return None
 
-    async def write(self, conn: Connection, output: OutT) -> None:
+    async def write(self, conn: Connection, output: OutT, keys: KeyRange) -> None:
         await self.write_rows(conn, output)
+
+    def report(self) -> dict[str, int]:
+        return {}
+
+
+@dataclass
+class KeyRangeWriter:
+    """Replaces the rows of each chunk's key range in a table, in the chunk's transaction:
+    the rows of `scope` (column = value: the run's date, say) whose `key` lies in the
+    range are deleted, then the chunk's rows inserted. A rerun or a restart leaves
+    exactly the rows a first run writes, items no longer read included; a skipped
+    item's range is no part's, so what an earlier run wrote for it stays.
+
+    Output rows are the values of `columns`; the scope's values are added to each. The
+    deletes are left out when the scope had no row as the run's first write began.
+    """
+
+    table: str
+    key: str
+    columns: Sequence[str]
+    scope: Mapping[str, Any]
+    _replace: bool | None = field(default=None, init=False)
+
+    async def deliver(self, output: Sequence[Sequence[Any]]) -> None:
+        return None
+
+    async def write(
+        self, conn: Connection, output: Sequence[Sequence[Any]], keys: KeyRange
+    ) -> None:
+        where = " AND ".join(f"{column} = %s" for column in self.scope)
+        scope = list(self.scope.values())
+        async with conn.cursor() as cur:
+            if self._replace is None:
+                await cur.execute(f"SELECT 1 FROM {self.table} WHERE {where} LIMIT 1", scope)
+                self._replace = await cur.fetchone() is not None
+            if self._replace:
+                sql, args = [f"DELETE FROM {self.table} WHERE {where}"], list(scope)
+                for condition, bound in ((" > %s", keys.after), (" <= %s", keys.upto)):
+                    if bound is not None:
+                        sql.append(f" AND {self.key}{condition}")
+                        args.append(bound)
+                await cur.execute("".join(sql), args)
+            if output:
+                columns = [*self.columns, *self.scope]
+                await cur.executemany(
+                    f"INSERT INTO {self.table} ({', '.join(columns)})"
+                    f" VALUES ({', '.join(['%s'] * len(columns))})",
+                    [(*row, *scope) for row in output],
+                )
 
     def report(self) -> dict[str, int]:
         return {}
@@ -85,7 +137,7 @@ class PublishingWriter:
         self.confirmed += len(output) - len(unconfirmed)
         output[:] = unconfirmed
 
-    async def write(self, conn: Connection, output: list[OutgoingMessage]) -> None:
+    async def write(self, conn: Connection, output: list[OutgoingMessage], keys: KeyRange) -> None:
         return None
 
     def report(self) -> dict[str, int]:
@@ -103,7 +155,7 @@ class DryRunWriter(Generic[OutT]):
     async def deliver(self, output: OutT) -> None:
         return None
 
-    async def write(self, conn: Connection, output: OutT) -> None:
+    async def write(self, conn: Connection, output: OutT, keys: KeyRange) -> None:
         text = "".join(line + "\n" for line in self.lines(output))
         if text:
             await asyncio.to_thread(self._append, text)

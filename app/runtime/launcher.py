@@ -341,6 +341,7 @@ class Launcher:
             repository=self.repository,
             pool=self.resources.pool,
             policy=self.settings.step,
+            database=self.settings.database,
             progress=run.progress,
             stop=run.stop,
             stop_requested=lambda: run.request_stop(ON_REQUEST),

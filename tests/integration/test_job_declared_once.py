@@ -56,10 +56,12 @@ def build(context: JobContext) -> StepDefinition[int, list[tuple[int, int, str]]
     day, limit = context.parameters["runDate"], int(context.parameters["limit"])
     pool = context.resources.pool
 
-    async def read(checkpoint: Any) -> AsyncGenerator[Chunk[int], None]:
+    async def numbers() -> AsyncGenerator[list[int], None]:
         rows = await fetch_all(pool, "SELECT n FROM digest_numbers ORDER BY n LIMIT %s", (limit,))
-        if rows:
-            yield Chunk([int(n) for (n,) in rows], int(rows[-1][0]), final=True)
+        yield [int(n) for (n,) in rows]
+
+    async def read(checkpoint: Any) -> AsyncGenerator[list[int], None]:
+        return numbers()
 
     async def process(chunk: Chunk[int]) -> Processed[list[tuple[int, int, str]]]:
         return Processed([(n, 2 * n, day) for n in chunk.items])
