@@ -111,7 +111,6 @@ class StepPolicy:
     workers: int
     queue_size: int
     fetch_rows: int
-    read_streams: int
     retry_budget_seconds: float  # per chunk, for availability faults
     retry_base_seconds: float
     retry_max_wait_seconds: float
@@ -213,7 +212,6 @@ class Settings:
             workers=self.ENRICH_WORKERS,
             queue_size=self.QUEUE_SIZE,
             fetch_rows=self.FETCH_ROWS,
-            read_streams=self.READ_STREAMS,
             retry_budget_seconds=self.RETRY_BUDGET_SECONDS,
             retry_base_seconds=self.RETRY_BASE_SECONDS,
             retry_max_wait_seconds=self.RETRY_MAX_WAIT_SECONDS,

@@ -29,7 +29,7 @@ from app.jobs.fcm_send_spec import LOOKBACK_DAYS
 from app.pipeline.chunk import Chunk, Processed, Rows, StepDefinition
 from app.pipeline.isolate import run_wide
 from app.pipeline.writers import DryRunWriter, PublishingWriter, Writer
-from app.runtime.job import Estimate, JobContext
+from app.runtime.job import Estimate, JobContext, NoSettings
 from app.runtime.resources import Resources
 
 STEP_NAME = "couponUsageStatsFcmSendStep"
@@ -208,18 +208,18 @@ def message_lines(messages: list[OutgoingMessage]) -> Iterator[str]:
     return (message.body.decode() for message in messages)
 
 
-def build(context: JobContext) -> StepDefinition[LatestStats, list[OutgoingMessage]]:
-    resources = context.resources
+def build(context: JobContext[NoSettings]) -> StepDefinition[LatestStats, list[OutgoingMessage]]:
     run_date = date.fromisoformat(context.parameters["runDate"])
     target_hour = int(context.parameters["targetHour"])
     writer: Writer[list[OutgoingMessage]]
     if context.dry_run_output is not None:
         writer = DryRunWriter(context.dry_run_output, message_lines)
-    elif resources.broker is not None:
-        writer = PublishingWriter(resources.broker)
+    elif context.broker is not None:
+        writer = PublishingWriter(context.broker)
     else:
         raise RuntimeError("this job publishes, but no broker connection was opened")
-    lookups = _RunLookups(resources.peers, resources.pool, reference_time(run_date, target_hour))
+    peers = context.peers
+    lookups = _RunLookups(peers, context.pool, reference_time(run_date, target_hour))
 
     async def read(checkpoint: Any) -> Rows[LatestStats]:
         return latest_stats(run_date, target_hour, None if checkpoint is None else int(checkpoint))
@@ -228,7 +228,7 @@ def build(context: JobContext) -> StepDefinition[LatestStats, list[OutgoingMessa
         items = chunk.items
         dongs = list(dict.fromkeys(stats.top_dong for stats in items))
         tokens, stores, events = await gather_first_error(
-            resources.peers.fcm_tokens([stats.member_id for stats in items]),
+            peers.fcm_tokens([stats.member_id for stats in items]),
             lookups.stores.get(dongs),
             run_wide(lookups.events.get()),  # the same query for every chunk of the run
         )

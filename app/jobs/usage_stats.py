@@ -32,7 +32,7 @@ from typing import Any
 from app.concurrency import SharedLookup, in_slices
 from app.edges.db import fetch_all
 from app.jobs.history_window import IdRange, created_at_index, window_span
-from app.jobs.usage_stats_spec import SPEC, WINDOW_DAYS
+from app.jobs.usage_stats_spec import SPEC, WINDOW_DAYS, StatsSettings
 from app.pipeline.chunk import Chunk, Processed, Rows, StepDefinition
 from app.pipeline.writers import DryRunWriter, KeyRangeWriter, Writer
 from app.runtime.job import JobContext
@@ -207,16 +207,13 @@ def _is_candidate(member: Member) -> int:
 class UsageStatsStep:
     """One execution's step: reader and processor around the run's state."""
 
-    def __init__(self, context: JobContext) -> None:
-        resources = context.resources
+    def __init__(self, context: JobContext[StatsSettings]) -> None:
         self.day = date.fromisoformat(context.parameters["runDate"])
-        self.pool = resources.pool
-        self.read_mode = resources.settings.STATS_READ
-        self.slack_minutes = resources.settings.WINDOW_SLACK_MINUTES
-        self.policy = resources.settings.step
-        self.peers = resources.peers
+        self.pool = context.pool
+        self.settings = context.settings
+        self.peers = context.peers
         # storeId -> dong (None: no dong), each store asked once per run
-        self.dongs = SharedLookup(resources.peers.store_dongs)
+        self.dongs = SharedLookup(context.peers.store_dongs)
         # Whether the window may hold rows as far as `shares` found (False: nothing yet,
         # only an open end read in case rows come): then the peers' client is preloaded.
         self.rows_expected = True
@@ -229,14 +226,14 @@ class UsageStatsStep:
 
     async def shares(self) -> list[Bounds]:
         """The bounds of each read query beside the window's condition (see the module)."""
-        pool, parts = self.pool, self.policy.read_streams
+        pool, parts = self.pool, self.settings.READ_STREAMS
         start, end = window(self.day)
-        if self.read_mode == "window":
+        if self.settings.STATS_READ == "window":
             index = await created_at_index(pool)
             if index is not None:
                 log.info("stats read: the window's time over index %s", index)
                 return [_bounds("created_at", *times) for times in time_ranges(start, end, parts)]
-            slack = timedelta(minutes=self.slack_minutes)
+            slack = timedelta(minutes=self.settings.WINDOW_SLACK_MINUTES)
             span = await window_span(pool, start, end, slack)
             if span is not None:
                 bounds = span.bounds
@@ -253,7 +250,7 @@ class UsageStatsStep:
             log.warning(
                 "stats read: ids of coupon_histories do not follow created_at within"
                 " WINDOW_SLACK_MINUTES=%d; reading the whole table",
-                self.slack_minutes,
+                self.settings.WINDOW_SLACK_MINUTES,
             )
         [(low, high)] = await fetch_all(pool, _ID_SPAN)
         if low is None:
@@ -298,7 +295,7 @@ def row_lines(day: date) -> Callable[[list[Favourite]], Iterator[str]]:
     return lines
 
 
-def build(context: JobContext) -> StepDefinition[Member, list[Favourite]]:
+def build(context: JobContext[StatsSettings]) -> StepDefinition[Member, list[Favourite]]:
     step = UsageStatsStep(context)
     writer: Writer[list[Favourite]] = KeyRangeWriter(
         "coupon_usage_stats",

@@ -37,7 +37,7 @@ from app.pipeline.chunk import StepProgress
 from app.pipeline.retry import retrying_until
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.repository import JobRepository, LeaseLost
-from app.runtime.job import JobContext, JobSpec, find_job
+from app.runtime.job import JobSpec, find_job
 from app.runtime.memory import release_memory
 from app.runtime.parameters import now_in
 from app.runtime.resources import Resources
@@ -312,12 +312,7 @@ class Launcher:
     ) -> None:
         """Build the job's step, run it, record the step's outcome into `outcome`."""
         spec, execution = run.spec, run.execution
-        context = JobContext(
-            resources=self.resources,
-            execution_id=execution.id,
-            parameters=execution.parameters,
-            dry_run_output=dry_run_output,
-        )
+        context = spec.context(self.resources, execution.id, execution.parameters, dry_run_output)
         try:
             definition = spec.build(context)
             step = await self.repository.start_step(execution, definition.name)
@@ -339,8 +334,8 @@ class Launcher:
             definition,
             job_name=spec.name,
             repository=self.repository,
-            pool=self.resources.pool,
-            policy=self.settings.step,
+            pool=context.pool,
+            policy=context.policy,
             database=self.settings.database,
             progress=run.progress,
             stop=run.stop,

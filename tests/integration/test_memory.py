@@ -55,7 +55,6 @@ async def test_what_a_run_left_in_reference_cycles_is_freed_when_it_ends(
         "memory-test",
         title="Memory test",
         parameters=(),
-        parse=lambda raw, now: [],
         build=build,
     )
     gc.disable()  # as if the next automatic collection were runs away
