@@ -34,6 +34,18 @@ from dotenv import dotenv_values
 DEFAULTS_FILE = Path(__file__).resolve().with_name("defaults.toml")
 
 
+# Folders of jobs beside app/jobs (os.pathsep between them): each holds job modules, named
+# <name>_spec.py with their SPEC, and the migrations of their tables (V<n>__<name>.sql).
+# Read from the environment alone: the CLI's commands are built from the jobs before any
+# other setting is read.
+JOB_DIRS = "JOB_DIRS"
+
+
+def job_dirs() -> list[Path]:
+    """The folders of JOB_DIRS, in order."""
+    return [Path(folder) for folder in os.environ.get(JOB_DIRS, "").split(os.pathsep) if folder]
+
+
 class ConfigError(ValueError):
     """One or more settings are missing or invalid; the message names each of them."""
 
