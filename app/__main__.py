@@ -37,7 +37,7 @@ from app.model import (
     Status,
 )
 from app.pipeline.chunk import StepProgress
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.job import JobSpec, Parameter, declared_parameters, find_job, takers
 from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.memory import tune_gc
@@ -282,7 +282,7 @@ async def _migrate(settings: Settings, dev_schema: bool, dev_queue: bool) -> int
         except MigrationDenied as exc:
             _say(settings, f"error: {exc}", logging.ERROR)
             return EXIT_USAGE
-        repository = JobRepository.of(pool, settings)
+        repository = MariaDbJobRepository.of(pool, settings)
         for line in await repository.second_clock_warnings(settings.database.clock.source):
             _say(settings, f"warning: {line}", logging.WARNING)
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
@@ -437,7 +437,6 @@ async def _run(
 
 async def _follow(settings: Settings, launcher: Launcher, run: RunningJob, *, quiet: bool) -> int:
     """Wait for the run with live progress; its last line; its exit code."""
-    assert run.task is not None
     line = _LiveLine(sys.stderr)
     progress = None
     handlers = logging.getLogger().handlers
@@ -522,7 +521,7 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
         )
         for day, refusal in refusals:
             outcomes.append((day.isoformat(), f"not launched: {refusal}", EXIT_REFUSED))
-        tasks = [run.task for _, run in runs if run.task is not None]
+        tasks = [run.task for _, run in runs]
         await _until_done_or_signal(launcher, tasks, settings.SHUTDOWN_GRACE_SECONDS)
         for day, run in runs:
             final = await launcher.repository.get_execution(run.execution.id)
@@ -541,7 +540,7 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _executions(settings: Settings, status: str | None, limit: int) -> int:
     async with open_pool(settings.database) as pool:
-        repository = JobRepository.of(pool, settings)
+        repository = MariaDbJobRepository.of(pool, settings)
         executions = await JobOperator(repository).executions(
             status=status, limit=max(1, min(limit, 100))
         )
@@ -570,7 +569,7 @@ async def _executions(settings: Settings, status: str | None, limit: int) -> int
 async def _operate(settings: Settings, action: str, execution_id: int) -> int:
     """stop or abandon, through the job repository (any replica's runner obeys)."""
     async with open_pool(settings.database) as pool:
-        repository = JobRepository.of(pool, settings)
+        repository = MariaDbJobRepository.of(pool, settings)
         operator = JobOperator(repository)
         try:
             if action == "stop":
@@ -614,7 +613,7 @@ async def _prepare_rollback(settings: Settings, args: argparse.Namespace) -> int
     action = STOP if args.stop else ABANDON if args.abandon else None
     async with open_pool(settings.database) as pool:
         ready = await prepare_rollback(
-            JobRepository.of(pool, settings),
+            MariaDbJobRepository.of(pool, settings),
             settings.database.clock,
             spring,
             action=action,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from app import jobs
 from app.config import Settings, job_dirs
 from app.replicas import ReplicaRegistry
-from app.repository import zone_label
+from app.repository.clock import zone_label
 from app.runtime.automation import RestartPolicy, Schedule, schedules_of
 from app.runtime.job import JobSpec
 from app.runtime.launcher import Launcher

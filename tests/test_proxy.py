@@ -11,6 +11,7 @@ import pytest
 
 from tests.proxy import FaultProxy, through
 from tests.settings import make_settings
+from tests.waits import waiting
 
 
 class Echo:
@@ -134,7 +135,8 @@ async def test_drop_resets_both_sides_and_new_connections_still_work(
         await reader.read(1)
     writer.close()
     assert proxy.open_connections == 0
-    await asyncio.wait_for(server.reset.wait(), 10)  # the target's side was reset too
+    async with waiting(10, "the target's side reset too"):
+        await server.reset.wait()
 
     again, again_writer = await connect(proxy)
     again_writer.write(b"b")

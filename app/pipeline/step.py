@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from app.config import DatabaseSettings, StepPolicy
-from app.edges.db import DbPool, transaction
 from app.metrics import (
     ITEMS,
     QUEUE_DEPTH,
@@ -26,7 +25,8 @@ from app.pipeline.isolate import Outcome, isolate
 from app.pipeline.retry import Budget, retrying
 from app.pipeline.sink import commit_in_order
 from app.pipeline.source import Entry, chunks, feed
-from app.repository import AlreadyCommitted, JobRepository
+from app.ports import JobRepository
+from app.repository.rules import AlreadyCommitted
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ class StepRunner:
         *,
         job_name: str,
         repository: JobRepository,
-        pool: DbPool,
         policy: StepPolicy,
         database: DatabaseSettings | None = None,
         progress: StepProgress | None = None,
@@ -70,7 +69,6 @@ class StepRunner:
         self.definition = definition
         self.job_name = job_name
         self.repository = repository
-        self.pool = pool
         self.policy = policy
         self.database = database  # where a step reading Rows streams them from
         self.progress = progress if progress is not None else StepProgress()
@@ -219,14 +217,16 @@ class StepRunner:
         counts: ChunkCounts,
     ) -> None:
         try:
-            async with transaction(self.pool) as conn:
+            async with self.repository.chunk_transaction() as unit:
                 # Even when every item was filtered: a writer may have to remove what an
                 # earlier run of the same instance wrote for them. Not for skipped items.
                 with self._writes.timing(1):
                     for part, processed in parts:
-                        await self.definition.writer.write(conn, processed.output, part.keys)
-                status = await self.repository.commit_chunk(
-                    conn, step_id, counts, self._context(chunk), self.progress.commits
+                        await self.definition.writer.write(
+                            unit.connection, processed.output, part.keys
+                        )
+                status = await unit.commit_chunk(
+                    step_id, counts, self._context(chunk), self.progress.commits
                 )
                 if status == Status.STOPPING:  # asked through another replica
                     self.stop_requested()

@@ -5,7 +5,7 @@ interrupted run to resume, and which replica runs the schedules.
 No promise lives in a process's memory: each pass of any replica that runs the schedules
 reads BATCH_* and applies these rules afresh (`app.runtime.scheduler`), so a replica's
 death, a launch that failed or a restart of the daemon loses nothing; the next pass acts.
-README, "Jobs, restarts and replicas", states them for operators.
+docs/jobs.md states them for operators.
 """
 
 from __future__ import annotations

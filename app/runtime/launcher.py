@@ -36,7 +36,9 @@ from app.model import (
 from app.pipeline.chunk import StepProgress
 from app.pipeline.retry import retrying_until
 from app.pipeline.step import SkipLimitExceeded, StepRunner
-from app.repository import JobRepository, LeaseLost
+from app.ports import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
+from app.repository.rules import LeaseLost
 from app.runtime.job import JobSpec, find_job
 from app.runtime.memory import release_memory
 from app.runtime.parameters import now_in
@@ -60,7 +62,7 @@ class RunningJob:
     execution: JobExecution
     progress: StepProgress = field(default_factory=StepProgress)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] = field(init=False)  # set by launch, as the run is made
     # Why `stop` was set: by request, on shutdown, or the lease lost; and what the
     # execution ends as: STOPPED (the operator's word), FAILED INTERRUPTED (a shutdown),
     # FAILED (a fault).
@@ -113,11 +115,21 @@ class Launcher:
     """Launches the given jobs on the given resources; `running` holds this process's
     executions while they run."""
 
-    def __init__(self, resources: Resources, jobs: Sequence[JobSpec]) -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        jobs: Sequence[JobSpec],
+        repository: JobRepository | None = None,
+    ) -> None:
+        """`repository`: the job repository (by default MariaDB's, on the resources' pool)."""
         self.resources = resources
         self.settings = resources.settings
         self.jobs: dict[str, JobSpec] = {spec.path: spec for spec in jobs}
-        self.repository = JobRepository.of(resources.pool, self.settings)
+        self.repository: JobRepository = (
+            repository
+            if repository is not None
+            else MariaDbJobRepository.of(resources.pool, self.settings)
+        )
         self.running: dict[int, RunningJob] = {}
         self._accepting = True
         self._record_deadline: float | None = None  # monotonic; set by shutdown
@@ -334,7 +346,6 @@ class Launcher:
             definition,
             job_name=spec.name,
             repository=self.repository,
-            pool=context.pool,
             policy=context.policy,
             database=self.settings.database,
             progress=run.progress,
@@ -478,7 +489,6 @@ class Launcher:
     ) -> JobExecution:
         """Launch and wait for the end; the execution as recorded."""
         run = await self.launch(spec, raw_parameters, rerun=rerun, dry_run_output=dry_run_output)
-        assert run.task is not None
         await run.task
         final = await self.repository.get_execution(run.execution.id)
         assert final is not None
@@ -493,7 +503,7 @@ class Launcher:
         runs = list(self.running.values())
         for run in runs:
             run.interrupt()
-        tasks = [run.task for run in runs if run.task is not None]
+        tasks = [run.task for run in runs]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace_seconds)

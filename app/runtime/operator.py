@@ -1,6 +1,7 @@
-"""Spring Batch's JobOperator: start, restart, stop, abandon and list executions, with the
-status rules stated once. The CLI and the admin API are thin adapters over it: each
-turns the operator's answers and refusals into its own exit codes or HTTP statuses."""
+"""Spring Batch's JobOperator: start, restart, stop, abandon and list executions, under
+the status rules of `app.repository.rules`. The CLI and the admin API are thin adapters
+over it: each turns the operator's answers and refusals into its own exit codes or HTTP
+statuses."""
 
 from __future__ import annotations
 
@@ -9,16 +10,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TextIO
 
-from app.model import (
-    ABANDONABLE,
-    RESTARTABLE,
-    RUNNING,
-    AutomaticLaunch,
-    JobExecution,
-    LaunchRefused,
-    Status,
-)
-from app.repository import JobRepository
+from app.model import RUNNING, AutomaticLaunch, JobExecution, LaunchRefused, Status
+from app.ports import JobRepository
+from app.repository.rules import StopTarget, abandon_refusal, restart_refusal, stop_target
 from app.runtime.launcher import ON_REQUEST, Launcher, RunningJob
 from app.runtime.parameters import ParameterError, backfill_dates
 
@@ -54,54 +48,6 @@ class Stopped:
 
     execution_id: int
     was: Status
-
-
-@dataclass(frozen=True)
-class StopTarget:
-    """Where a stop lands: `execution_id` to STOPPING (running) or STOPPED (FAILED,
-    awaiting its automatic restart); None: the run ended, `status` says how."""
-
-    execution_id: int | None
-    status: Status
-
-
-def stop_target(run: Sequence[tuple[int, Status]]) -> StopTarget:
-    """The rule of a stop that meets a takeover: a stop is addressed to a run, not to a
-    process. `run` is the execution asked for and its instance's later ones, oldest
-    first. The run goes on through restarts (after FAILED or STOPPED) and ends at a
-    COMPLETED, ABANDONED or UNKNOWN execution; its latest execution is stopped:
-
-    - running (STARTING, STARTED, STOPPING; its runner alive or not): STOPPING, which its
-      runner reads, or its taker ends STOPPED;
-    - FAILED (a fault, a lost runner or a shutdown; its automatic restart pending):
-      STOPPED at once, so that no automatic launch restarts it;
-    - otherwise nothing is running: the stop is refused with that status.
-
-    So a stop before a takeover holds through it, and one after it reaches the successor
-    (or the FAILED execution its successor would restart)."""
-    *before, (latest, status) = run
-    ended = next((s for _, s in before if s not in RESTARTABLE), None)
-    if ended is not None:
-        return StopTarget(None, ended)
-    if status in RUNNING or status == Status.FAILED:
-        return StopTarget(latest, status)
-    return StopTarget(None, status)
-
-
-STOPPABLE = (Status.STARTING, Status.STARTED)  # a STOPPING one is being stopped already
-
-
-def allowed(execution: JobExecution, latest: int) -> tuple[str, ...]:
-    """The operator's commands worth offering on `execution` now, its instance's newest
-    execution being `latest` (the console's buttons): stop while it runs; restart
-    (FAILED, STOPPED) and abandon (also STOPPING) on the newest only. `restart` refuses
-    an older one (Spring restarts only the last); `abandon` takes one, as Spring's
-    JobOperator does, though it changes nothing once its instance has run on."""
-    found = ["stop"] if execution.status in STOPPABLE else []
-    if execution.id == latest:
-        found += ["restart"] if execution.status in RESTARTABLE else []
-        found += ["abandon"] if execution.status in ABANDONABLE else []
-    return tuple(found)
 
 
 class JobOperator:
@@ -173,17 +119,10 @@ class JobOperator:
         launcher = self.launcher
         launcher.refuse_if_shutting_down()
         execution = await self.get(execution_id)
-        if execution.status not in RESTARTABLE:
-            raise NotRestartable(
-                f"execution {execution_id} is {execution.status}: only a FAILED or STOPPED"
-                " execution restarts"
-            )
-        last = await self.repository.last_execution(execution.instance_id)
-        if last.id != execution_id and last.status not in (*RUNNING, Status.COMPLETED):
-            raise NotRestartable(
-                f"execution {execution_id} is not its instance's last: execution {last.id}"
-                f" ran on after it and is {last.status}; only the last one restarts"
-            )
+        latest = await self.repository.last_execution(execution.instance_id)
+        refusal = restart_refusal(execution, latest)
+        if refusal is not None:
+            raise NotRestartable(refusal)
         spec = launcher.find(execution.job_name)
         parameters = await self.repository.get_parameters(execution_id)
         return await launcher.relaunch(spec, parameters, automatic=automatic)
@@ -232,12 +171,9 @@ class JobOperator:
         found = await self.repository.abandon(execution_id)
         if found is None:
             raise NoSuchExecution(f"no job execution {execution_id}")
-        if found not in ABANDONABLE:
-            raise NotAbandonable(
-                f"execution {execution_id} is {found}: only a STOPPED, FAILED or STOPPING"
-                " execution is abandoned",
-                found,
-            )
+        refusal = abandon_refusal(execution_id, found)
+        if refusal is not None:
+            raise NotAbandonable(refusal, found)
         return found
 
     async def get(self, execution_id: int) -> JobExecution:

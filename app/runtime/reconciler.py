@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from app.repository import JobRepository
+from app.ports import JobRepository
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,9 @@ from datetime import UTC, datetime, timedelta, tzinfo
 
 from app.config import RepositoryClock
 from app.model import RUNNING, JobExecution, Status
-from app.repository import JobRepository, Refusal, zone_label
+from app.repository.clock import zone_label
+from app.repository.mariadb import MariaDbJobRepository
+from app.repository.rules import Refusal
 
 # A question for the operator; the answer ("" for none).
 Ask = Callable[[str], Awaitable[str]]
@@ -57,7 +59,7 @@ class Survey:
 
 
 async def survey(
-    repository: JobRepository, clock: RepositoryClock, spring: SpringZone | None
+    repository: MariaDbJobRepository, clock: RepositoryClock, spring: SpringZone | None
 ) -> Survey:
     ours = await repository.clock_zone()
     notes, mismatches = [], await repository.second_clock_warnings(clock.source)
@@ -123,7 +125,7 @@ def _describe(execution: JobExecution) -> str:
     return f"execution {execution.id} {execution.job_name} {parameters} {execution.status}"
 
 
-async def stop_and_wait(repository: JobRepository, execution_id: int, wait: float) -> Status:
+async def stop_and_wait(repository: MariaDbJobRepository, execution_id: int, wait: float) -> Status:
     """Ask a running execution to stop and wait until it has ended: its runner, alive,
     records STOPPED after its chunks in flight; a runner gone leaves it silent, and once
     its lease expires it is taken over here (STOPPED, as the reconciler would). The status
@@ -139,7 +141,7 @@ async def stop_and_wait(repository: JobRepository, execution_id: int, wait: floa
         await asyncio.sleep(0.5)
 
 
-async def stop_then_abandon(repository: JobRepository, execution_id: int) -> Status:
+async def stop_then_abandon(repository: MariaDbJobRepository, execution_id: int) -> Status:
     """STOPPING, then ABANDONED at once (Spring's JobOperator abandons a STOPPING
     execution too); a runner still alive reads it as a lost lease."""
     await repository.request_stop(execution_id)
@@ -150,7 +152,7 @@ async def stop_then_abandon(repository: JobRepository, execution_id: int) -> Sta
 
 
 async def prepare_rollback(
-    repository: JobRepository,
+    repository: MariaDbJobRepository,
     clock: RepositoryClock,
     spring: SpringZone | None,
     *,

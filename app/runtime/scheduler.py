@@ -26,8 +26,8 @@ import aiocron
 
 from app.metrics import SCHEDULER_ENABLED
 from app.model import AutomaticLaunch, InstanceSummary, LaunchRefused, RestartLimitReached, Status
+from app.ports import JobRepository
 from app.replicas import ReplicaRegistry, this_process
-from app.repository import JobRepository
 from app.runtime.automation import (
     RESTART_HORIZON,
     Decision,
@@ -256,12 +256,12 @@ class Scheduler:
         """Renew this process's row in the registry; whether it runs the schedules now.
         Logs an ERROR naming both zones when it may not."""
         registry, zone = self._registry, self._tz.key
-        replicas = None
-        if self._replica is not None:
-            replicas = await registry.renew(self._replica, runs_schedules=self._running)
-        if replicas is None:
-            self._replica = await registry.join(this_process(), zone)
-            replicas = await registry.renew(self._replica, runs_schedules=self._running)
+        replica, replicas = self._replica, None
+        if replica is not None:
+            replicas = await registry.renew(replica, runs_schedules=self._running)
+        if replica is None or replicas is None:
+            replica = self._replica = await registry.join(this_process(), zone)
+            replicas = await registry.renew(replica, runs_schedules=self._running)
         reference = schedules_zone(replicas or [])
         running = reference is None or reference.zone == zone
         if reference is not None and not running and not self._said_zone:
@@ -278,7 +278,7 @@ class Scheduler:
         elif running and self._said_zone:
             log.warning("this replica runs the schedules now, in %s", zone)
         if running != self._running:  # the row says so at once, not at the next pass
-            await registry.renew(self._replica, runs_schedules=running)
+            await registry.renew(replica, runs_schedules=running)
         self._said_zone = not running
         self._running = running
         SCHEDULER_ENABLED.set(int(running))

@@ -2,7 +2,7 @@
 
 The history is read first: an up-to-date schema needs no DDL, so a user with only SELECT,
 INSERT, UPDATE and DELETE (as the service runs) migrates it; a pending migration needs a
-user with the DDL privileges (README, "Migrations as a privileged step").
+user with the DDL privileges (docs/deployment.md, "Migrations as a privileged step").
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from app.model import (
     Status,
 )
 from app.pipeline.chunk import StepProgress
+from app.repository.rules import allowed
 from app.runtime.automation import Schedule
 from app.runtime.job import JobSpec, UnknownJob
 from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
@@ -30,7 +31,6 @@ from app.runtime.operator import (
     NotRestartable,
     Refused,
     Stopped,
-    allowed,
 )
 from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources

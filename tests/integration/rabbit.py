@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from app.contracts import CONSUMER_QUEUE
 from app.devtools import consumer_queue
 from tests.settings import make_settings
+from tests.waits import waiting
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -79,7 +80,7 @@ async def consume(
         await channel.set_qos(prefetch_count=1000)
         queue = await channel.get_queue(CONSUMER_QUEUE)
         tag = await queue.consume(on_message, no_ack=True)
-        async with asyncio.timeout(within):
+        async with waiting(within, f"{until} messages in the consumer queue (got {len(got)})"):
             await enough.wait()
         await asyncio.sleep(idle)
         await queue.cancel(tag)

@@ -20,6 +20,7 @@ from app.__main__ import EXIT_USAGE
 from app.config import Settings
 from tests.conftest import DB_SERVER
 from tests.reliability.support import cli_environment
+from tests.waits import waiting
 
 COMMANDS = {
     "migrate": ["migrate"],
@@ -36,9 +37,8 @@ async def cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    async with asyncio.timeout(60):
+    async with waiting(60, "the command's exit"):
         out, err = await process.communicate()
-    assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
 

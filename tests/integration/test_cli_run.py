@@ -33,6 +33,7 @@ from tests.integration.test_cli_database_errors import cli as run_cli
 from tests.integration.test_fcm_send_job import insert_events, insert_stats
 from tests.reliability.support import cli as cli_process
 from tests.reliability.support import cli_environment, stats_world, until
+from tests.waits import waiting
 
 SEOUL = ZoneInfo("Asia/Seoul")
 FANOUT = "coupon-usage-stats-fcm-send"
@@ -57,7 +58,7 @@ class Terminal:
 
     async def until(self, what: str, within: float = 30) -> None:
         """Read until `what` has been written (or the terminal closes)."""
-        async with asyncio.timeout(within):
+        async with waiting(within, f"{what!r} on the terminal"):
             while what not in self.text:
                 chunk = await asyncio.to_thread(self._read)
                 if not chunk:
@@ -75,7 +76,7 @@ class Terminal:
 
     async def wait(self, within: float = 60) -> int:
         """Its exit code, once everything it wrote has been read."""
-        async with asyncio.timeout(within):
+        async with waiting(within, "the run's exit, its output read"):
             while chunk := await asyncio.to_thread(self._read):
                 self.written += chunk
             return await self.process.wait()
@@ -410,7 +411,7 @@ async def test_ctrl_c_while_a_chunk_outlasts_the_grace_is_one_summary_line(
 
         await until(store_called, within=30, what="its chunks wait on the store service")
         process.send_signal(signal.SIGINT)
-        async with asyncio.timeout(30):
+        async with waiting(30, "the run's exit after SIGINT"):
             code = await process.wait()
     finally:
         if process.returncode is None:

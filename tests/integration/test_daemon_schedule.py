@@ -22,7 +22,7 @@ from app.edges.db import fetch_all
 from app.jobs import fcm_send_spec, usage_stats_spec
 from app.model import Status
 from app.replicas import ReplicaRegistry
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.automation import RestartPolicy, Schedule, due_slot, last_due
 from app.runtime.job import Cron
 from app.runtime.launcher import Launcher
@@ -31,6 +31,7 @@ from app.runtime.resources import open_resources
 from app.runtime.scheduler import Scheduler
 from tests.proxy import FaultProxy, through
 from tests.reliability.support import until
+from tests.waits import waiting
 
 SEOUL = ZoneInfo("Asia/Seoul")
 # Each job's schedule, by its job: other jobs may be scheduled beside them.
@@ -136,7 +137,6 @@ async def test_replicas_passing_together_run_one_execution(
         await asyncio.gather(*(p.run_pass() for p in passes))
         launched = [run for launcher in replicas for run in launcher.running.values()]
         assert len(launched) == 1, day
-        assert launched[0].task is not None
         await launched[0].task
         recorded = await executions(pool)
         assert [(status, d) for _, status, d in recorded][-1:] == [("COMPLETED", day)]
@@ -181,7 +181,7 @@ async def test_scheduler_passes_at_its_cron_and_stops(replicas: list[Launcher], 
     per_second = scheduler(replicas[0], [every_second])  # passes only at its cron time
     per_second.start()
     try:
-        async with asyncio.timeout(5):
+        async with waiting(5, "two passes at cron times"):
             await twice.wait()
     finally:
         await per_second.stop()
@@ -332,7 +332,7 @@ async def test_the_reconciler_takes_over_dead_executions_and_the_passes_restart_
     of an hour long past its grace stays FAILED, the pass saying so; a dead STOPPING run
     ends STOPPED and stays so."""
     launcher, other = replicas
-    repository = JobRepository(pool, abandon_after_seconds=2)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=2)
     now = datetime.now(SEOUL)
     dead = []
     for spec, raw in [
@@ -350,7 +350,7 @@ async def test_the_reconciler_takes_over_dead_executions_and_the_passes_restart_
             "UPDATE BATCH_JOB_EXECUTION SET LAST_UPDATED = NOW(6) - INTERVAL 3 SECOND"
         )
     reconcilers = [
-        Reconciler(JobRepository(r.resources.pool, abandon_after_seconds=2), every=0.1)
+        Reconciler(MariaDbJobRepository(r.resources.pool, abandon_after_seconds=2), every=0.1)
         for r in (launcher, other)
     ]
     taken = await asyncio.gather(*(r.reconcile() for r in reconcilers))
@@ -399,7 +399,7 @@ async def test_a_restart_the_database_refused_is_made_by_a_later_pass(
     """A restart due while the database refuses every connection: those passes fail, and
     the first one after the outage restarts it (before: a restart launch that failed once
     was never tried again)."""
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     parameters = usage_stats_spec.SPEC.parse({"runDate": "2025-10-26"}, datetime.now(SEOUL))
     failed = await repository.start_execution(STATS.job.name, parameters, rerun_completed=False)
     await repository.finish_execution(failed.id, Status.FAILED, "boom")

@@ -20,10 +20,11 @@ from asyncmy.pool import Pool
 from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from tests.proxy import FaultProxy, through
 from tests.reliability.support import age_execution, free_port, until_ready
 from tests.settings import TEST_JWT_KEY, TEST_JWT_SECRET
+from tests.waits import waiting
 
 RUN_DATE = "2025-10-26"
 MEMBERS = range(1, 61)
@@ -42,7 +43,7 @@ class Daemon:
 
     async def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
+        async with waiting(30, "the daemon's exit on SIGTERM"):
             return await self.process.wait()
 
 
@@ -98,7 +99,7 @@ async def serve(
 
 async def until_committed(http: aiohttp.ClientSession, execution_id: int) -> None:
     """Until a chunk is committed: there is a checkpoint to resume from."""
-    async with asyncio.timeout(20):
+    async with waiting(20, f"a chunk of execution {execution_id} committed"):
         while True:
             async with http.get(f"/api/v1/jobs/executions/{execution_id}") as resp:
                 if (await resp.json())["commitCount"] >= 1:
@@ -107,7 +108,7 @@ async def until_committed(http: aiohttp.ClientSession, execution_id: int) -> Non
 
 
 async def until_finished(http: aiohttp.ClientSession, execution_id: int) -> dict:
-    async with asyncio.timeout(20):
+    async with waiting(20, f"execution {execution_id} finished"):
         while True:
             async with http.get(f"/api/v1/jobs/executions/{execution_id}") as resp:
                 execution = await resp.json()
@@ -169,7 +170,7 @@ async def test_sigterm_during_a_run_interrupts_it_restartably_and_a_later_launch
         "SHUTDOWN_GRACE_SECONDS": "20",
     }
     headers = admin_headers()
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
 
     async with (
         serve(settings, fake, vhost, tmp_path / "first.log", **env) as daemon,
@@ -245,7 +246,7 @@ async def test_sigterm_during_a_database_stall_exits_within_the_grace_and_says_s
         db_proxy.stall()
         started = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
+        async with waiting(30, "the daemon's exit on SIGTERM during the stall"):
             code = await daemon.process.wait()
         lived = time.monotonic() - started
     log = daemon.log_text()
@@ -255,7 +256,7 @@ async def test_sigterm_during_a_database_stall_exits_within_the_grace_and_says_s
     db_proxy.resume()
 
     await age_execution(pool, execution_id, 5)  # past JOB_ABANDON_AFTER_SECONDS: no lease
-    repository = JobRepository(pool, abandon_after_seconds=4)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=4)
     stale = await repository.get_execution(execution_id)
     assert stale is not None and stale.status == "STARTED"  # what the stall left
     fake.control.latency_ms = 0

@@ -158,7 +158,7 @@ async def test_every_dashboard_metric_is_exposed(
                 resp = await client.post(path, headers=headers)
                 assert resp.status == 202, await resp.text()
                 running = client.server.app[LAUNCHER].running.values()
-                await asyncio.gather(*(run.task for run in running if run.task is not None))
+                await asyncio.gather(*(run.task for run in running))
                 done = await client.get(resp.headers["Location"], headers=headers)
                 body = await done.json()
                 final[body["jobName"]] = body

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.conftest import _admin
 from tests.integration import rabbit
+from tests.waits import waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,7 @@ async def test_the_demo_shows_the_messages_its_runs_published_and_counts_them(
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
-            async with asyncio.timeout(120):
+            async with waiting(120, "the demo's end"):
                 out, err = await process.communicate()
         finally:
             await _admin(f"DROP DATABASE IF EXISTS {database}")

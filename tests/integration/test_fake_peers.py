@@ -26,6 +26,7 @@ from app.edges.peers import (
 from app.errors import is_availability_fault
 from tests.samples import SAMPLE_STORES
 from tests.settings import TEST_JWT_KEY, make_settings
+from tests.waits import waiting
 
 ALL_STORES = SAMPLE_STORES
 
@@ -233,7 +234,7 @@ async def test_the_process_serves_and_stops_on_sigterm() -> None:
     )
     assert process.stderr is not None
     try:
-        async with asyncio.timeout(10):
+        async with waiting(10, "the fake peers' line naming their URLs"):
             line = (await process.stderr.readline()).decode()
         urls = re.findall(r"http://127\.0\.0\.1:\d+", line)
         assert len(urls) == 2, line
@@ -242,7 +243,7 @@ async def test_the_process_serves_and_stops_on_sigterm() -> None:
             {"data": [{"storeId": 9, "dong": "서교동"}]},
         )
         process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(5):
+        async with waiting(5, "the fake peers' exit on SIGTERM"):
             assert await process.wait() == 0
     finally:
         if process.returncode is None:

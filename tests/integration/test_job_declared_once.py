@@ -41,6 +41,7 @@ from app.web.openapi import openapi
 from tests.dashboard import DASHBOARD
 from tests.integration.test_web_api import bearer
 from tests.reliability.support import cli_environment
+from tests.waits import waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -169,9 +170,8 @@ async def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str
         env={**env, "PYTHONPATH": str(ROOT)}, cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    async with asyncio.timeout(60):
+    async with waiting(60, "the CLI's exit"):
         out, err = await process.communicate()
-    assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
 
@@ -275,7 +275,6 @@ async def test_the_scheduler_fires_it_and_its_figures_are_the_dashboard_s_and_al
         await scheduler.run_pass()  # its last due time's instance, never launched
         await scheduler.stop()
         [run] = launcher.running.values()
-        assert run.task is not None
         await run.task
         final = await launcher.repository.get_execution(run.execution.id)
         assert await scheduled_runs(launcher.repository, [schedule], late, since=since) == [

@@ -7,7 +7,7 @@ import pytest
 from asyncmy.pool import Pool
 
 from app.model import ABANDONABLE, RUNNING, Status
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.operator import (
     JobOperator,
     NoSuchExecution,
@@ -19,7 +19,7 @@ from tests.integration.test_restart_rules import executions_of_one_instance
 
 
 def operator(pool: Pool) -> JobOperator:
-    return JobOperator(JobRepository(pool, abandon_after_seconds=120))
+    return JobOperator(MariaDbJobRepository(pool, abandon_after_seconds=120))
 
 
 async def one_execution(pool: Pool, status: Status) -> int:

@@ -56,7 +56,6 @@ async def run_cli(settings: Settings, cwd: Path, **env: object) -> tuple[int, st
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await process.communicate()
-    assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
 

@@ -36,6 +36,7 @@ from tests.integration.test_daemon_serve import admin_headers, serve
 from tests.reliability.support import free_port, until_ready
 from tests.samples import SAMPLE_STORES
 from tests.settings import make_settings
+from tests.waits import waiting
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 DB_SERVER = os.environ.get("TEST_DB_SERVER", "mysql://127.0.0.1:3306")
@@ -141,7 +142,7 @@ class Prometheus:
         )
 
     async def _until(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> None:
-        async with asyncio.timeout(WITHIN):
+        async with waiting(WITHIN, f"Prometheus answering {expr} as expected"):
             while True:
                 if done(await self.query(expr)):
                     return
@@ -193,7 +194,7 @@ async def run(http: aiohttp.ClientSession, path: str) -> dict[str, Any]:
     async with http.post(path) as resp:
         assert resp.status == 202, await resp.text()
         location = resp.headers["Location"]
-    async with asyncio.timeout(WITHIN):
+    async with waiting(WITHIN, f"{location} finished"):
         while True:
             async with http.get(location) as resp:
                 execution = await resp.json()
@@ -253,7 +254,7 @@ async def scraped_while_running_both_jobs(
 async def evaluated_rules(prometheus: Prometheus) -> list[dict[str, Any]]:
     """The alerting rules, once each has been evaluated on what is scraped by now."""
     since = time.time()
-    async with asyncio.timeout(WITHIN):
+    async with waiting(WITHIN, "every alerting rule evaluated"):
         while True:
             groups = (await prometheus.api("rules"))["groups"]
             rules = [rule for group in groups for rule in group["rules"]]

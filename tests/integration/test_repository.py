@@ -21,7 +21,8 @@ from app.model import (
     Status,
     Superseded,
 )
-from app.repository import AlreadyCommitted, JobRepository, LeaseLost
+from app.repository.mariadb import MariaDbJobRepository
+from app.repository.rules import AlreadyCommitted, LeaseLost
 from app.spring_format import decode_context, job_key
 from tests.reliability.support import age_execution
 
@@ -29,8 +30,8 @@ JOB = "couponUsageStatsJob"
 PARAMS = [JobParameter("runDate", "java.time.LocalDate", "2025-10-31")]
 
 
-def repo(pool: Pool, abandon_after: int = 120) -> JobRepository:
-    return JobRepository(pool, abandon_after_seconds=abandon_after)
+def repo(pool: Pool, abandon_after: int = 120) -> MariaDbJobRepository:
+    return MariaDbJobRepository(pool, abandon_after_seconds=abandon_after)
 
 
 async def test_first_launch_records_instance_execution_and_parameters(pool: Pool) -> None:

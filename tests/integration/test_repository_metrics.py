@@ -1,5 +1,5 @@
 """`/actuator/prometheus` reads the job repository at scrape time: executions written by
-another process (here: a JobRepository of the test's own, as the CLI or another replica
+another process (here: a MariaDbJobRepository of the test's own, as the CLI or another replica
 writes them) change the scraped figures, and a database that stalls or goes away leaves
 the scrape answering at once with the last figures read."""
 
@@ -20,13 +20,14 @@ from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.jobs import fcm_send_spec, usage_stats_spec
 from app.model import JobExecution, JobParameter, Status
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.automation import Schedule
 from app.runtime.job import JobSpec
 from app.runtime.scheduler import ScheduledRun, scheduled_runs
 from tests.integration.test_web_health_metrics import serving
 from tests.proxy import FaultProxy, through
 from tests.reliability.support import cli, cli_environment, stats_world, until
+from tests.waits import waiting
 
 STATS = "couponUsageStatsJob"
 FANOUT = "couponUsageStatsFcmSendJob"
@@ -39,7 +40,7 @@ def run_date(day: str) -> list[JobParameter]:
 
 
 async def ended(
-    repository: JobRepository, job: str, day: str, status: Status | None
+    repository: MariaDbJobRepository, job: str, day: str, status: Status | None
 ) -> JobExecution:
     """An execution of `job` for `day` as another process records it: started, then ended
     `status` (None: still running)."""
@@ -73,7 +74,7 @@ async def backdated(pool: Pool, execution: JobExecution) -> None:
 async def scrape(client: TestClient) -> dict[tuple[str, frozenset], float]:
     """The scraped samples, (name, labels without `application`) -> value; every one
     labelled application="batch-service"."""
-    async with asyncio.timeout(SCRAPE_WITHIN):
+    async with waiting(SCRAPE_WITHIN, "a scrape of /actuator/prometheus"):
         resp = await client.get("/actuator/prometheus")
         assert resp.status == 200
         text = await resp.text()
@@ -119,7 +120,7 @@ def unrecovered(job: str, failed: int, stopped: int) -> dict[tuple, float]:
 
 
 async def test_executions_of_another_process_are_scraped(settings: Settings, pool: Pool) -> None:
-    other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    other = MariaDbJobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
     async with serving(settings, broker=False, metrics_ttl=0) as client:
         assert repository_figures(await scrape(client)) == {}  # nothing has run
 
@@ -179,7 +180,9 @@ async def test_a_night_failed_and_restarted_from_the_command_line_is_scraped(
     daemon's scrape shows; the restart clears the instance left FAILED."""
     world = stats_world(20)
     await world.load(pool)
-    repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    repository = MariaDbJobRepository(
+        pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS
+    )
     async with (
         run_fake_peers(world.peer_data()) as peers,
         serving(settings, broker=False, metrics_ttl=0) as client,
@@ -263,7 +266,7 @@ async def test_the_latest_due_run_of_each_schedule_is_scraped_with_its_status(
             (("spring_batch_job_name", FANOUT), ("status", fanout)): fanout_at.timestamp(),
         }
 
-    other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    other = MariaDbJobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
     async with serving(
         settings, broker=False, metrics_ttl=0, schedules=lambda: schedules
     ) as client:
@@ -304,7 +307,9 @@ async def test_a_run_never_launched_is_owed_from_the_first_execution_or_the_proc
     due = datetime(2024, 1, 1, 1, 0, tzinfo=seoul)
     late = datetime(2024, 6, 1, tzinfo=seoul)
     never_launched = [ScheduledRun(STATS, due, None)]
-    repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    repository = MariaDbJobRepository(
+        pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS
+    )
 
     async def runs(since: datetime) -> list[ScheduledRun]:
         return await scheduled_runs(repository, [schedule], late, since=since)
@@ -325,7 +330,7 @@ async def test_a_run_never_launched_is_owed_from_the_first_execution_or_the_proc
 
 
 async def test_a_scrape_storm_reads_once_within_the_ttl(settings: Settings, pool: Pool) -> None:
-    other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    other = MariaDbJobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
     await ended(other, STATS, "2025-10-25", Status.COMPLETED)
     async with serving(settings, broker=False, metrics_ttl=3600) as client:
         first = await scrape(client)
@@ -339,7 +344,7 @@ async def test_a_scrape_storm_reads_once_within_the_ttl(settings: Settings, pool
 async def test_a_stalled_or_gone_database_leaves_the_scrape_with_the_last_figures(
     settings: Settings, pool: Pool, db_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    other = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    other = MariaDbJobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
     await ended(other, STATS, "2025-10-25", Status.COMPLETED)
     read_at = ("batch_job_repository_read_timestamp_seconds", frozenset())
     served = through(settings, db=db_proxy)

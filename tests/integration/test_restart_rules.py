@@ -13,7 +13,7 @@ from app.composition import JOBS
 from app.config import Settings
 from app.edges.db import fetch_all
 from app.model import Status
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.job import find_job
 from tests.integration import test_web_api
 from tests.integration.test_cli_database_errors import cli
@@ -26,7 +26,7 @@ client, fake = test_web_api.client, test_web_api.fake
 
 async def executions_of_one_instance(pool: Pool, *statuses: Status) -> list[int]:
     """One stats instance, one execution per status, in order (the last is the newest)."""
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     spec = find_job(JOBS, "coupon-usage-stats")
     parameters = spec.parse({"runDate": RUN_DATE}, datetime(2025, 10, 27, 9, 0))
     ids = []
@@ -81,7 +81,9 @@ async def test_an_instance_abandoned_since_is_not_restarted_from_an_older_execut
 ) -> None:
     api = await client()
     failed, abandoned = await executions_of_one_instance(pool, Status.FAILED, Status.STOPPED)
-    assert await JobRepository(pool, abandon_after_seconds=120).abandon(abandoned) == "STOPPED"
+    assert (
+        await MariaDbJobRepository(pool, abandon_after_seconds=120).abandon(abandoned) == "STOPPED"
+    )
     words = (
         f"execution {failed} is not its instance's last: execution {abandoned} ran on after it"
         " and is ABANDONED; only the last one restarts"

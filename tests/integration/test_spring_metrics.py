@@ -19,6 +19,7 @@ from tests.integration.test_repository_metrics import scrape
 from tests.integration.test_web_api import bearer
 from tests.integration.test_web_health_metrics import serving
 from tests.settings import make_settings
+from tests.waits import waiting
 
 STATS = "couponUsageStatsJob"
 STEP = "couponUsageStatsStep"
@@ -91,7 +92,7 @@ async def test_spring_batch_metrics_follow_a_run(
             "spring_batch_step_job_name": STATS,
             "spring_batch_step_status": "EXECUTING",
         }
-        async with asyncio.timeout(20):
+        async with waiting(20, "the step active in spring_batch_step_active_seconds"):
             while True:
                 running = await scrape(client)
                 if value(running, "spring_batch_step_active_seconds_count", **active_step) == 1:
@@ -101,7 +102,7 @@ async def test_spring_batch_metrics_follow_a_run(
         assert value(running, "spring_batch_job_active_seconds_count", **job_name) == 1
         assert value(running, "spring_batch_job_active_seconds_sum", **job_name) > 0
         launched = client.server.app[LAUNCHER].running.values()
-        await asyncio.gather(*(run.task for run in launched if run.task is not None))
+        await asyncio.gather(*(run.task for run in launched))
         done = await client.get(resp.headers["Location"], headers=bearer())
         execution: dict[str, Any] = await done.json()
         after = await scrape(client)

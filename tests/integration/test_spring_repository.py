@@ -18,7 +18,7 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.model import ChunkCounts, JobParameter, Status
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.schema.migrate import migrate
 from app.spring_format import UNDECODABLE, decode_context, job_key, legacy_job_key
 from tests.integration.test_cli_database_errors import cli
@@ -217,7 +217,7 @@ async def test_the_cli_lists_and_restarts_the_old_services_rows(
 
 async def test_a_launch_finds_the_instance_under_the_old_services_types(pool: Pool) -> None:
     await insert_old_service_rows(pool)
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     fanout = [
         JobParameter("runDate", "java.time.LocalDate", "2025-10-25"),
         JobParameter("targetHour", "java.lang.Integer", "10"),
@@ -233,7 +233,7 @@ async def test_a_launch_finds_the_instance_under_the_old_services_types(pool: Po
 async def test_an_instance_under_this_services_legacy_key_resumes_its_json_checkpoint(
     pool: Pool,
 ) -> None:
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     params = [JobParameter("runDate", "java.time.LocalDate", "2025-10-30")]
     first = await repository.start_execution(STATS, params, rerun_completed=False)
     step = await repository.start_step(first, "couponUsageStatsStep")
@@ -256,7 +256,7 @@ async def test_an_instance_under_this_services_legacy_key_resumes_its_json_check
 
 
 async def test_v004_gives_instances_under_the_former_key_springs_key(pool: Pool) -> None:
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     stats = [JobParameter("runDate", "java.time.LocalDate", "2025-10-30")]
     fanout = [
         JobParameter("runDate", "java.time.LocalDate", "2025-10-25"),
@@ -309,12 +309,14 @@ async def test_an_undecodable_context_is_shown_as_such_and_never_a_500(
     assert len(await listed(api, "/api/v1/jobs/executions")) == 2
     code, out, _ = await cli(["executions"], cli_environment(settings), tmp_path)
     assert (code, len(out.splitlines())) == (0, 3)
-    execution = await JobRepository(pool, abandon_after_seconds=1).get_execution(FAILED_EXECUTION)
+    execution = await MariaDbJobRepository(pool, abandon_after_seconds=1).get_execution(
+        FAILED_EXECUTION
+    )
     assert execution is not None and list(execution.context) == [UNDECODABLE]
 
 
 async def test_rows_this_service_writes_follow_springs_conventions(pool: Pool) -> None:
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     params = [JobParameter("runDate", "java.time.LocalDate", "2025-10-31")]
     execution = await repository.start_execution(STATS, params, rerun_completed=False)
     step = await repository.start_step(execution, "couponUsageStatsStep")
@@ -369,7 +371,7 @@ async def java(command: list[str], *args: str, stdin: str = "") -> list[str]:
 async def test_java_reads_every_context_this_service_writes(
     context_check: list[str], pool: Pool
 ) -> None:
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     params = [JobParameter("runDate", "java.time.LocalDate", "2025-10-31")]
     execution = await repository.start_execution(STATS, params, rerun_completed=False)
     await repository.set_execution_context(execution.id, {"dryRunOutput": "var/노량진동 😀.jsonl"})

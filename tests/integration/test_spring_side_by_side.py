@@ -29,7 +29,8 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.model import AlreadyRunning, ChunkCounts, JobParameter, Status
-from app.repository import JobRepository, spring_launch_refusal
+from app.repository.mariadb import MariaDbJobRepository
+from app.repository.rules import spring_launch_refusal
 from app.runtime.reconciler import Reconciler
 from app.spring_format import decode_context, encode_context, job_key
 from tests.integration.test_cli_database_errors import cli
@@ -38,6 +39,7 @@ from tests.integration.test_spring_repository import OLD_SERVICE_HISTORIES
 from tests.integration.test_web_api import Client, bearer, client, until_finished
 from tests.reliability.support import cli_environment, until
 from tests.settings import TEST_JWT_KEY, make_settings
+from tests.waits import waiting
 
 __all__ = ["client"]  # the fixture, shared with test_web_api
 
@@ -198,7 +200,9 @@ async def stored_context(pool: Pool, step_id: int) -> dict[str, Any]:
     return decode_context(short, serialized)
 
 
-async def this_services_failed_run(repository: JobRepository, day: str, checkpoint: int) -> int:
+async def this_services_failed_run(
+    repository: MariaDbJobRepository, day: str, checkpoint: int
+) -> int:
     """A run of this service that committed a chunk up to `checkpoint`, then FAILED; its
     step execution's id."""
     execution = await repository.start_execution(STATS, params(day), rerun_completed=False)
@@ -220,7 +224,7 @@ async def test_with_the_platforms_url_every_time_written_is_seoul_wall_time(
     """On this machine's MariaDB (`@@system_time_zone` UTC) the session's NOW() is UTC; the
     platform's URL makes every BATCH_* time Seoul's wall time, as Spring's are, and the
     times read back carry +09:00."""
-    repository = JobRepository.of(pool, platform(settings))
+    repository = MariaDbJobRepository.of(pool, platform(settings))
     assert repository.abandon_after_seconds == 120
     execution = await repository.start_execution(STATS, params("2025-10-31"), rerun_completed=False)
     step = await repository.start_step(execution, STEP)
@@ -249,7 +253,7 @@ async def test_with_the_platforms_url_every_time_written_is_seoul_wall_time(
 
 
 async def test_without_a_declared_zone_the_session_clock_writes_as_before(pool: Pool) -> None:
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     execution = await repository.start_execution(STATS, params("2025-10-31"), rerun_completed=False)
     [(gap,)] = await fetch_all(
         pool,
@@ -267,12 +271,15 @@ async def test_a_run_written_in_another_zone_is_named_ahead_of_the_clock(
     issue's first finding). `migrate` and `serve` warn, naming both zones."""
     run = await spring_launch(pool, "2025-11-02")
     await run.age(job_seconds=3600, step_seconds=3600)
-    utc_clock = JobRepository(pool, abandon_after_seconds=120, zone=UTC)
+    utc_clock = MariaDbJobRepository(pool, abandon_after_seconds=120, zone=UTC)
     [ahead] = await utc_clock.ahead_of_clock()
     assert (ahead.execution_id, ahead.status) == (run.execution_id, "STARTED")
     assert 7.9 * 3600 < ahead.seconds < 8.1 * 3600  # 9 h ahead, updated an hour ago
     assert await utc_clock.expired_executions() == []
-    assert await JobRepository(pool, abandon_after_seconds=120, zone=SEOUL).ahead_of_clock() == []
+    assert (
+        await MariaDbJobRepository(pool, abandon_after_seconds=120, zone=SEOUL).ahead_of_clock()
+        == []
+    )
 
     env = cli_environment(settings, DB_TIMEZONE="UTC")
     code, _, err = await cli(["migrate"], env, tmp_path)
@@ -303,7 +310,7 @@ async def test_a_spring_run_committing_chunks_is_alive_though_its_job_row_stands
 ) -> None:
     """Its job row last updated an hour ago, its step a second ago: alive. Killed (its step
     silent past the lease), it is taken over, and Spring's next commit meets the fence."""
-    repository = JobRepository.of(pool, platform(settings))
+    repository = MariaDbJobRepository.of(pool, platform(settings))
     run = await spring_launch(pool, "2025-11-02")
     assert await run.commit_chunk()
     await run.age(job_seconds=3600, step_seconds=1)
@@ -336,7 +343,7 @@ async def test_the_reconciler_leaves_a_committing_spring_run_and_takes_a_silent_
     """A reconciler pass every 0.2 s with a lease of 2 s: a Spring run committing a chunk
     every 0.5 s for three leases is left alone; once it stops committing (SIGKILL) it is
     taken over, its silence then at least the lease."""
-    repository = JobRepository(pool, abandon_after_seconds=2, zone=SEOUL)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=2, zone=SEOUL)
     reconciler = Reconciler(repository, every=0.2)
     run = await spring_launch(pool, "2025-11-03")
 
@@ -347,9 +354,10 @@ async def test_the_reconciler_leaves_a_committing_spring_run_and_takes_a_silent_
 
     spring = asyncio.create_task(committing())
     taken: list[int] = []
-    while not spring.done():
-        taken += await reconciler.reconcile()
-        await asyncio.sleep(0.2)
+    async with waiting(60, "the Spring run's commits, the reconciler passing meanwhile"):
+        while not spring.done():
+            taken += await reconciler.reconcile()
+            await asyncio.sleep(0.2)
     await spring
     assert taken == []
 
@@ -377,7 +385,7 @@ async def test_a_checkpoint_springs_restart_copied_is_not_resumed(
     restarted step; getLastStepExecution orders by CREATE_TIME, then id
     (JdbcStepExecutionDao.java:121-123, :354). This service resumes only from a checkpoint
     its own step execution wrote, and its steps sort after Spring's on one clock."""
-    repository = JobRepository.of(pool, platform(settings))
+    repository = MariaDbJobRepository.of(pool, platform(settings))
     ours = await this_services_failed_run(repository, "2025-10-31", checkpoint=3)
     copied = await stored_context(pool, ours)
     assert copied == {"checkpoint": 3, "checkpoint.stepExecutionId": ours}
@@ -401,7 +409,7 @@ async def test_a_checkpoint_springs_restart_copied_is_not_resumed(
 
 
 async def test_this_services_own_checkpoint_is_resumed(pool: Pool, settings: Settings) -> None:
-    repository = JobRepository.of(pool, platform(settings))
+    repository = MariaDbJobRepository.of(pool, platform(settings))
     await this_services_failed_run(repository, "2025-10-31", checkpoint=3)
     again = await repository.start_execution(STATS, params("2025-10-31"), rerun_completed=False)
     assert (await repository.start_step(again, STEP)).checkpoint == 3
@@ -423,7 +431,7 @@ async def test_after_springs_failed_restart_this_service_reads_every_member(
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute(OLD_SERVICE_HISTORIES.read_text(encoding="utf-8"))
     api = await client(DB_TIMEZONE="Asia/Seoul")
-    repository = JobRepository(pool, abandon_after_seconds=120, zone=SEOUL)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120, zone=SEOUL)
     ours = await this_services_failed_run(repository, "2025-10-31", checkpoint=3)
     spring = await spring_launch(pool, "2025-10-31", step_context=await stored_context(pool, ours))
     await spring.fail()
@@ -482,9 +490,8 @@ async def rollback(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(60):
+    async with waiting(60, "prepare-rollback's exit"):
         out, err = await process.communicate(answers.encode())
-    assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
 
@@ -494,7 +501,7 @@ async def test_prepare_rollback_lists_what_spring_trips_on_and_ends_it_on_the_op
     """A run of this service left STARTED by a crash, a killed Spring run, and an instance
     this service reran after it completed and that failed since: three things Spring
     trips on. The operator stops the first, abandons the second; the third needs a run."""
-    repository = JobRepository.of(pool, platform(settings))
+    repository = MariaDbJobRepository.of(pool, platform(settings))
     crashed = await repository.start_execution(STATS, params("2025-11-01"), rerun_completed=False)
     killed = await spring_launch(pool, "2025-11-02")
     await killed.age(job_seconds=60, step_seconds=30)

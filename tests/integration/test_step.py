@@ -20,7 +20,7 @@ from app.model import JobParameter
 from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.pipeline.writers import DatabaseWriter
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from tests.settings import make_settings
 
 ITEMS = [1, 2, 3, 4, 5, 6, 7]  # cut in chunks of 2: [1, 2], [3, 4], [5, 6], [7]
@@ -84,7 +84,7 @@ async def run(
 ) -> tuple[bool | BaseException, Any, StepRunner]:
     """The step run once, in chunks of `chunk_size`: its outcome (or failure), its step
     execution as recorded, the runner (its live counts, its summary of skips)."""
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     execution = await repository.start_execution(
         "testJob",
         [JobParameter("runDate", "java.time.LocalDate", "2025-01-01")],
@@ -95,7 +95,6 @@ async def run(
         step_definition,
         job_name="testJob",
         repository=repository,
-        pool=pool,
         policy=replace(settings.step, chunk_size=chunk_size),
         progress=StepProgress(),
         stop=stop,

@@ -28,8 +28,12 @@ from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from tests.samples import SAMPLE_STORES
 from tests.settings import make_settings
+from tests.waits import waiting
 
-FIXTURE_SQL = Path("/work/shared/fixtures/old_service_stats_rows.sql").read_text(encoding="utf-8")
+# The old service's own test rows, as the demo loads them.
+FIXTURE_SQL = (
+    Path(__file__).resolve().parents[2] / "scripts/demo_data/coupon_histories.sql"
+).read_text(encoding="utf-8")
 RUN_DATE = "2025-10-26"  # window: 2025-10-06 00:00:00 .. 2025-10-26 23:59:59
 DAY = date(2025, 10, 26)
 UNKNOWN_STORE = 99  # the fake store service has no dong for it
@@ -537,8 +541,9 @@ async def test_crash_then_restart_from_the_checkpoint(
     job = job_settings(settings, fake, ENRICH_WORKERS=1, QUEUE_SIZE=1, SKIP_LIMIT=0)
 
     async def fail_from_third_call() -> None:
-        while len(fake.calls[REGIONS]) < 3:  # noqa: ASYNC110 (the fake has no event)
-            await asyncio.sleep(0.001)
+        async with waiting(60, "the store service's third call"):
+            while len(fake.calls[REGIONS]) < 3:  # noqa: ASYNC110 (the fake has no event)
+                await asyncio.sleep(0.001)
         fake.control.update({"fail_status": 503, "fail_times": -1})
 
     breaker = asyncio.create_task(fail_from_third_call())
@@ -579,7 +584,8 @@ async def test_concurrent_runs_on_a_pool_of_two_connections(
         launcher = Launcher(resources, JOBS)
         spec = find_job(JOBS, "coupon-usage-stats")
         runs = [launcher.run(spec, {"runDate": day.isoformat()}, rerun=True) for day in days]
-        executions = await asyncio.wait_for(asyncio.gather(*runs), timeout=60)
+        async with waiting(60, "the three runs on a pool of two"):
+            executions = await asyncio.gather(*runs)
     assert [execution.status for execution in executions] == ["COMPLETED"] * 3
     assert await stats(pool) == [
         (m, dong, hour, day) for day in days for m, dong, hour, _ in expected

@@ -26,12 +26,13 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.model import Status
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from app.web.app import LAUNCHER, create_app
 from tests.settings import TEST_JWT_KEY, make_settings
+from tests.waits import waiting
 
 STATS = "/api/v1/jobs/coupon-usage-stats"
 FANOUT = "/api/v1/jobs/coupon-usage-stats-fcm-send"
@@ -122,7 +123,7 @@ async def add_members(pool: Pool, members: range, rows_each: int = 5) -> None:
 
 
 async def until_finished(client: TestClient, location: str) -> dict:
-    async with asyncio.timeout(30):
+    async with waiting(30, f"{location} finished"):
         while True:
             resp = await client.get(location, headers=bearer())
             assert resp.status == 200
@@ -376,7 +377,7 @@ async def test_a_dry_run_of_the_stats_job_stores_nothing_and_completes_no_real_i
         {"member_id": 2, "top_dong": "상도동", "top_hour": 12, "aggregated_at": RUN_DATE},
     ]
     assert await fetch_all(pool, "SELECT COUNT(*) FROM coupon_usage_stats") == [(0,)]
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     spec = find_job(JOBS, "coupon-usage-stats")
     real = spec.parse({"runDate": RUN_DATE}, datetime(2025, 10, 27, 1, 0))
     assert await repository.instance_status(spec.name, real) is None
@@ -385,7 +386,7 @@ async def test_a_dry_run_of_the_stats_job_stores_nothing_and_completes_no_real_i
 async def record(pool: Pool, job: str, status: Status | None = None, **raw: str) -> int:
     """An execution recorded as a launch records it (parsed at 2025-10-26 10:00), not
     run; ended in `status` if given."""
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     spec = find_job(JOBS, job)
     parsed = spec.parse(raw, datetime(2025, 10, 26, 10, 0))
     execution = await repository.start_execution(spec.name, parsed, rerun_completed=True)
@@ -398,7 +399,7 @@ async def test_recent_executions_of_every_job_newest_first_by_status(
     client: Client, pool: Pool
 ) -> None:
     api = await client()
-    repository = JobRepository(pool, abandon_after_seconds=120)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
 
     def start(job: str, **raw: str) -> Awaitable[int]:
         return record(pool, job, **raw)
@@ -546,7 +547,7 @@ async def test_a_step_retrying_through_an_outage_shows_it_in_its_progress(
     location = resp.headers["Location"]
 
     async def retrying(attempts: int) -> dict:
-        async with asyncio.timeout(30):
+        async with waiting(30, f"{attempts} attempts in the live progress's retrying"):
             while True:
                 body = await (await api.get(location, headers=bearer())).json()
                 assert body["status"] == "STARTED"
@@ -590,7 +591,7 @@ async def test_second_launch_while_running_is_409(
     assert resp.headers["Location"] == f"/api/v1/jobs/executions/{running_id}"
 
     # live progress while it runs in this process
-    async with asyncio.timeout(10):
+    async with waiting(10, "live progress with items read"):
         while True:
             resp = await api.get(f"/api/v1/jobs/executions/{running_id}", headers=bearer())
             live = await resp.json()

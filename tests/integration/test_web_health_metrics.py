@@ -177,7 +177,7 @@ async def test_prometheus_exposition(settings: Settings, pool: Pool) -> None:
             )
             assert resp.status == 202
             running = client.server.app[LAUNCHER].running.values()
-            await asyncio.gather(*(run.task for run in running if run.task is not None))
+            await asyncio.gather(*(run.task for run in running))
             done = await client.get(resp.headers["Location"], headers=headers)
             assert (await done.json())["status"] == "COMPLETED"
             assert (

@@ -55,6 +55,7 @@ from tests.integration.test_fcm_send_job import (
 )
 from tests.integration.test_usage_stats_job import add_histories
 from tests.settings import TEST_JWT_KEY, TEST_JWT_SECRET, make_settings
+from tests.waits import waiting
 
 # ---- couponUsageStatsJob: a world of used coupons and its expected table -----------
 
@@ -294,16 +295,16 @@ async def heartbeat_age(pool: Pool, execution_id: int) -> float:
 
 
 async def until(
-    check: Callable[[], Awaitable[Any]], *, within: float, every: float = 0.02, what: str = ""
+    check: Callable[[], Awaitable[Any]], *, within: float, what: str, every: float = 0.02
 ) -> Any:
-    """Poll `check` until it returns something truthy; that value."""
-    async with asyncio.timeout(within):
+    """Poll `check` until it returns something truthy; that value. Past `within`
+    seconds, an AssertionError naming `what` it waited for."""
+    async with waiting(within, what):
         while True:
             value = await check()
             if value:
                 return value
             await asyncio.sleep(every)
-    raise AssertionError(f"never happened: {what}")  # pragma: no cover
 
 
 async def until_ready(
@@ -311,7 +312,7 @@ async def until_ready(
 ) -> None:
     """Until `url` answers 200, while `process` lives (its log says why if it died);
     30 s at most."""
-    async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+    async with aiohttp.ClientSession() as http, waiting(30, f"{url} answering 200"):
         while True:
             assert process.returncode is None, log_text()
             try:
@@ -345,7 +346,7 @@ async def after_commits(run: RunningJob, commits: int) -> None:
     """Until `run` (in this process) has committed `commits` chunks, still running."""
 
     async def reached() -> bool:
-        assert run.task is not None and not run.task.done(), "the run ended too early"
+        assert not run.task.done(), "the run ended too early"
         return run.progress.commits >= commits
 
     await until(reached, within=60, what=f"{commits} commits")
@@ -363,7 +364,7 @@ class CliProcess:
         return self.log.read_text(encoding="utf-8")
 
     async def wait(self, within: float = 120) -> int:
-        async with asyncio.timeout(within):
+        async with waiting(within, "the process's exit"):
             return await self.process.wait()
 
     async def kill(self) -> int:

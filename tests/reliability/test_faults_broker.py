@@ -21,7 +21,7 @@ from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.model import JobExecution
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.resources import open_resources
@@ -83,7 +83,6 @@ async def run_fanout_while(
         async with open_resources(job, broker=True) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False)
-            assert run.task is not None
             await disturb(run)
             await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
@@ -100,7 +99,14 @@ async def test_broker_connection_closed_twice_mid_run(
             # Held: the run reaches the broker through the proxy, which holds every byte
             # meanwhile, so however long rabbitmqctl takes (seconds on a loaded machine)
             # the run cannot publish, commit or end before the close.
-            assert await until(lambda: close_while_held(broker_proxy, queue), within=60) == 1
+            assert (
+                await until(
+                    lambda: close_while_held(broker_proxy, queue),
+                    within=60,
+                    what="the run's broker connection closed while the proxy holds it",
+                )
+                == 1
+            )
 
     await run_fanout_while(pool, settings, queue, close_twice, broker_proxy)
 
@@ -125,7 +131,6 @@ async def test_broker_gone_and_back_mid_run(
 
     async def gone_and_back(run: RunningJob) -> None:
         nonlocal before
-        assert run.task is not None
         await after_commits(run, 5)
         assert broker_proxy.open_connections == 1  # the job's broker connection
         before = broker_proxy.connections
@@ -143,7 +148,9 @@ async def test_broker_unreachable_from_the_start_fails_the_run_then_a_restart_de
 ) -> None:
     world = fanout_world(300)
     await world.load(pool)
-    repository = JobRepository(pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS)
+    repository = MariaDbJobRepository(
+        pool, abandon_after_seconds=settings.JOB_ABANDON_AFTER_SECONDS
+    )
     args = [
         "run", JOB, "--run-date", FANOUT_RUN_DATE, "--target-hour", str(FANOUT_HOUR), "--quiet",
     ]  # fmt: skip

@@ -39,6 +39,7 @@ from tests.reliability.support import (
     skipped_items,
 )
 from tests.reliability.test_faults_broker import assert_all_delivered
+from tests.waits import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,6 @@ async def test_a_429_burst_is_ridden_out_honouring_retry_after(
         async with open_resources(job, broker=True) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False)
-            assert run.task is not None
             await after_commits(run, 3)
             fake.control.update({"fail_status": 429, "fail_times": 12, "retry_after": "1"})
             await run.task
@@ -121,7 +121,6 @@ async def test_a_killed_events_query_is_retried_never_skipped(
         async with open_resources(job, broker=True) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False)
-            assert run.task is not None
             until = time.monotonic() + 2
             while time.monotonic() < until:
                 assert not run.task.done(), "the run ended with its events query held"
@@ -162,7 +161,7 @@ async def test_an_unroutable_fanout_fails_within_the_budget_naming_the_routing_k
             async with open_resources(job, broker=True) as resources:
                 launcher = Launcher(resources, JOBS)
                 started = time.monotonic()
-                async with asyncio.timeout(120):
+                async with waiting(120, "the unroutable fan-out's end"):
                     execution = await launcher.run(
                         find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False
                     )
@@ -199,11 +198,10 @@ async def fanout_with_a_broker_outage(
         async with open_resources(through(job, broker=broker_proxy), broker=True) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(find_job(JOBS, JOB), FANOUT_PARAMETERS, rerun=False)
-            assert run.task is not None
             await after_commits(run, 3)
             async with broker_proxy.outage():
                 await outage(run)
-            async with asyncio.timeout(60):
+            async with waiting(60, "the run's end after the broker outage"):
                 await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
     assert execution is not None
@@ -234,7 +232,6 @@ async def test_the_retry_budget_is_a_deadline(
 
     async def longer_than_the_budget(run: RunningJob) -> None:
         nonlocal took
-        assert run.task is not None
         began = time.monotonic()
         await asyncio.wait({run.task}, timeout=30)  # the broker away all along
         took = time.monotonic() - began
@@ -265,7 +262,7 @@ async def test_a_broker_outage_is_one_warning_and_one_line_at_its_end(
 
     async def four_seconds(run: RunningJob) -> None:
         await asyncio.sleep(4)
-        assert run.task is not None and not run.task.done()
+        assert not run.task.done()
 
     execution, world = await fanout_with_a_broker_outage(
         pool, settings, queue, broker_proxy, four_seconds, RETRY_BUDGET_SECONDS=60

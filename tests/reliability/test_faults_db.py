@@ -51,7 +51,6 @@ async def test_streaming_connection_killed_on_the_server_then_a_restart_complete
             run = await launcher.launch(
                 find_job(JOBS, "coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
             )
-            assert run.task is not None
 
             async def streaming() -> list[tuple]:
                 if run.progress.commits < 3:

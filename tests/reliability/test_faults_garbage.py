@@ -128,7 +128,6 @@ async def run_into_garbage(
     async with LoopLag() as lag, open_resources(job, broker=job_path == FANOUT_JOB) as resources:
         launcher = Launcher(resources, JOBS)
         run = await launcher.launch(find_job(JOBS, job_path), parameters, rerun=False)
-        assert run.task is not None
         await after_commits(run, 2)
         await garbage.control(garbage=mode)
         started = time.monotonic()

@@ -17,7 +17,7 @@ from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
 from app.model import AlreadyRunning, JobExecution
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.job import find_job
 from tests.integration.test_usage_stats_job import job_settings, run_job, stats
 from tests.reliability.support import (
@@ -64,7 +64,7 @@ async def kill_after_commits(
     check = functools.partial(_committed, pool, run, commits)
     step = await until(check, within=60, what=f"{commits} commits")
     assert await run.kill() == -signal.SIGKILL
-    repository = JobRepository(pool, abandon_after_seconds=ABANDON_SECONDS)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=ABANDON_SECONDS)
     killed = await repository.get_execution(step["execution"])
     assert killed is not None
     # Nobody recorded an end: it looks running until its heartbeat is old.
@@ -103,7 +103,7 @@ async def test_sigkill_during_the_stats_job_then_a_restart_gives_the_uninterrupt
 ) -> None:
     world = stats_world(1500)
     await world.load(pool)
-    repository = JobRepository(pool, abandon_after_seconds=ABANDON_SECONDS)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=ABANDON_SECONDS)
     args = ["run", "coupon-usage-stats", "--run-date", STATS_RUN_DATE, "--quiet"]
     async with run_fake_peers(world.peer_data()) as fake:
         fake.control.latency_ms = 40  # each chunk looks its 25 stores up: ~60 chunks, ~1.5 s
@@ -151,7 +151,7 @@ async def test_sigkill_during_the_fanout_job_then_a_restart_delivers_every_trace
 ) -> None:
     world = fanout_world(2000)
     await world.load(pool)
-    repository = JobRepository(pool, abandon_after_seconds=ABANDON_SECONDS)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=ABANDON_SECONDS)
     args = [
         "run", "coupon-usage-stats-fcm-send",
         "--run-date", FANOUT_RUN_DATE, "--target-hour", str(FANOUT_HOUR), "--quiet",

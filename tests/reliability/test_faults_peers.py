@@ -52,7 +52,6 @@ async def test_store_service_down_briefly_is_ridden_out(
             run = await launcher.launch(
                 find_job(JOBS, "coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
             )
-            assert run.task is not None
             await after_commits(run, 3)
             fake.control.update({"fail_status": 503, "fail_times": SHORT_OUTAGE_CALLS})
             await run.task
@@ -79,7 +78,6 @@ async def test_store_service_down_fails_the_step_and_the_restart_fills_exactly_t
             run = await launcher.launch(
                 find_job(JOBS, "coupon-usage-stats"), {"runDate": STATS_RUN_DATE}, rerun=False
             )
-            assert run.task is not None
             await after_commits(run, 5)
             fake.control.update({"fail_status": 503, "fail_times": -1})  # down for good
             await run.task
@@ -117,7 +115,6 @@ async def test_notification_service_down_fails_the_step_and_the_restart_delivers
         async with open_resources(job, broker=True) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(find_job(JOBS, FANOUT_JOB), FANOUT_PARAMETERS, rerun=False)
-            assert run.task is not None
             await after_commits(run, 5)
             notification.control.update({"fail_status": 503, "fail_times": -1})
             await run.task

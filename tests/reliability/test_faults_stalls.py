@@ -38,6 +38,7 @@ from tests.reliability.support import (
     stats_world,
     trace_ids_of,
 )
+from tests.waits import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -95,14 +96,13 @@ async def stats_run_with_a_db_stall(
         async with open_resources(through(job, db=db_proxy), broker=False) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(STATS_JOB, {"runDate": STATS_RUN_DATE}, rerun=False)
-            assert run.task is not None
             await after_commits(run, 3)
             db_proxy.stall()
             await asyncio.sleep(stall)
             assert not run.task.done()  # the stall held the run
             warned = stall_warnings(caplog.records, "db")
             db_proxy.resume()
-            async with asyncio.timeout(60):
+            async with waiting(60, "the run's end after the database stall"):
                 await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
     assert execution is not None
@@ -175,14 +175,13 @@ async def test_a_broker_stall_within_the_budget_is_named_then_every_trace_id_arr
         async with open_resources(through(job, broker=broker_proxy), broker=True) as resources:
             launcher = Launcher(resources, JOBS)
             run = await launcher.launch(find_job(JOBS, fanout.JOB), FANOUT_PARAMETERS, rerun=False)
-            assert run.task is not None
             await after_commits(run, 3)
             broker_proxy.stall()
             await asyncio.sleep(4 * STALL_SECONDS)
             assert not run.task.done()  # the stall held the run
             warned = stall_warnings(caplog.records, "broker")
             broker_proxy.resume()
-            async with asyncio.timeout(60):
+            async with waiting(60, "the run's end after the broker stall"):
                 await run.task
             execution = await launcher.repository.get_execution(run.execution.id)
     assert warned, "no WARNING named the broker stall while it lasted"

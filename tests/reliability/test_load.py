@@ -26,6 +26,7 @@ from tests.integration.test_usage_stats_job import add_histories, rows_of
 from tests.integration.test_web_api import assert_error, bearer, until_finished
 from tests.reliability.support import live_app
 from tests.settings import TEST_JWT_KEY
+from tests.waits import waiting
 
 STATS = "/api/v1/jobs/coupon-usage-stats"
 RUN_DATE = "2025-10-26"  # window 2025-10-06 00:00:00 .. 2025-10-26 23:59:59
@@ -176,7 +177,7 @@ async def test_actuator_answers_while_the_stats_job_streams_two_million_rows(
 ) -> None:
     """1,000 health and metrics requests in 10 s against a daemon streaming 2M rows: no
     error, every run exact. The latencies are printed, not asserted (a shared, noisy
-    machine: timing bounds belong to the benchmark scripts); README "Reliability"."""
+    machine: timing bounds belong to the benchmark scripts); docs/reliability.md."""
     await generate_histories(pool)
     stores = {str(s): f"상도{s % 300}동" for s in range(1, STORE_COUNT + 1)}
     admin = admin_headers()
@@ -195,8 +196,9 @@ async def test_actuator_answers_while_the_stats_job_streams_two_million_rows(
                     return (await resp.json())["executionId"]
 
             async def until_ended(execution_id: int) -> str:
-                while (status := await status_of(pool, execution_id)) in RUNNING:  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)
+                async with waiting(600, f"execution {execution_id} ended"):
+                    while (status := await status_of(pool, execution_id)) in RUNNING:  # noqa: ASYNC110
+                        await asyncio.sleep(0.1)
                 return status
 
             # The job streams the whole window long: rerun as soon as a run completes.
@@ -210,7 +212,8 @@ async def test_actuator_answers_while_the_stats_job_streams_two_million_rows(
                         return
                     executions.append(await launch())
 
-            async with asyncio.timeout(60):  # the sort, then the first chunk committed
+            # the sort, then the first chunk committed
+            async with waiting(60, "the stats run's first members read"):
                 while await members_read(pool) == 0:  # noqa: ASYNC110 (another process)
                     await asyncio.sleep(0.05)
             streamer = asyncio.create_task(keep_streaming())
@@ -249,7 +252,7 @@ async def test_actuator_answers_while_the_stats_job_streams_two_million_rows(
             took = loop.time() - began
             rows_meanwhile = (await members_read(pool) - read_before) * ROWS_PER_MEMBER
             window_over.set()
-            async with asyncio.timeout(120):
+            async with waiting(120, "the streaming runs' end"):
                 await streamer
 
         everything = latencies[HEALTH] + latencies[PROMETHEUS]

@@ -16,7 +16,8 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all, transaction
 from app.model import ChunkCounts, JobParameter, Status
-from app.repository import JobRepository, LeaseLost
+from app.repository.mariadb import MariaDbJobRepository
+from app.repository.rules import LeaseLost
 from app.runtime.job import find_job
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
@@ -39,6 +40,7 @@ from tests.reliability.support import (
     trace_ids_of,
     until,
 )
+from tests.waits import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -108,14 +110,13 @@ async def test_a_fanout_stopped_through_another_replica_then_restarted_delivers_
         a = await replica(stack, job, broker=True)
         b = await replica(stack, job, broker=True)
         run = await a.launcher.launch(FANOUT, FANOUT_PARAMETERS, rerun=False)
-        assert run.task is not None
         await after_commits(run, 5)
 
         url = f"/api/v1/jobs/executions/{run.execution.id}"
         resp = await b.api.post(f"{url}/stop", headers=bearer())
         assert resp.status == 202, await resp.text()
         assert (await resp.json())["status"] == "STOPPING"
-        async with asyncio.timeout(20):
+        async with waiting(20, "the stopped run's end"):
             await run.task
         stopped = await a.launcher.repository.get_execution(run.execution.id)
         assert stopped is not None
@@ -135,7 +136,6 @@ async def test_a_fanout_stopped_through_another_replica_then_restarted_delivers_
         assert resp.headers["Location"] == f"/api/v1/jobs/executions/{restarted['executionId']}"
         assert restarted["parameters"] == stopped.parameters
         resumed = b.launcher.running[restarted["executionId"]]
-        assert resumed.task is not None
         await resumed.task
         final = await b.launcher.repository.get_execution(restarted["executionId"])
     assert final is not None and final.status == "COMPLETED", final and final.exit_message
@@ -178,7 +178,6 @@ async def test_an_abandoned_execution_is_never_restarted_and_its_instance_starts
         )
         a = await replica(stack, setup.job, broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
-        assert run.task is not None
         await after_commits(run, 3)
         setup.store.control.update({"fail_status": 503, "fail_times": -1})
         await run.task
@@ -209,10 +208,10 @@ async def test_the_lease_fences_a_runner_whose_instance_was_taken_over(pool: Poo
     """Once another replica has marked the execution abandoned, the old runner's commit
     raises LeaseLost and its chunk's writes roll back with it."""
     parameters = [JobParameter("runDate", "java.time.LocalDate", STATS_RUN_DATE)]
-    old = JobRepository(pool, abandon_after_seconds=120)
+    old = MariaDbJobRepository(pool, abandon_after_seconds=120)
     execution = await old.start_execution("fenceJob", parameters, rerun_completed=False)
     step = await old.start_step(execution, "fenceStep")
-    takeover = await JobRepository(pool, abandon_after_seconds=0).start_execution(
+    takeover = await MariaDbJobRepository(pool, abandon_after_seconds=0).start_execution(
         "fenceJob", parameters, rerun_completed=False
     )
     assert await status_of(pool, execution.id) == "FAILED"
@@ -246,7 +245,6 @@ async def test_a_stalled_runner_loses_its_lease_and_writes_nothing_after_the_tak
         a = await replica(stack, cut_off, broker=False)
         b = await replica(stack, setup.job, broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
-        assert run.task is not None
         await after_commits(run, 3)
         db_proxy.stall()
 
@@ -265,7 +263,7 @@ async def test_a_stalled_runner_loses_its_lease_and_writes_nothing_after_the_tak
             (run.execution.id,),
         )
         db_proxy.resume()
-        async with asyncio.timeout(30):
+        async with waiting(30, "the fenced run's end once the stall is released"):
             await run.task
         [(commits_after,)] = await fetch_all(
             pool,
@@ -295,7 +293,7 @@ async def test_launches_beyond_max_running_executions_wait_in_order_as_starting(
             for r in runs[1:]
         ]
         assert [(v["status"], v["startTime"]) for v in views] == [("STARTING", None)] * 2
-        await asyncio.gather(*(r.task for r in runs if r.task is not None))
+        await asyncio.gather(*(r.task for r in runs))
         finished = [await a.launcher.repository.get_execution(r.execution.id) for r in runs]
     assert [e.status for e in finished if e is not None] == ["COMPLETED"] * 3
     starts = [e.start_time for e in finished if e is not None]
@@ -369,10 +367,11 @@ async def test_a_30_date_backlog_runs_within_the_connection_bound(
         assert resp.status == 202, await resp.text()
         launched = (await resp.json())["executions"]
         assert "STARTING" in [e["status"] for e in launched]  # a backlog: some waited
-        while a.launcher.running:
-            peak_connections = max(peak_connections, db_proxy.open_connections)
-            peak_rss = max(peak_rss, rss_mb())
-            await asyncio.sleep(0.01)
+        async with waiting(600, "the 30 dates' runs ended"):
+            while a.launcher.running:
+                peak_connections = max(peak_connections, db_proxy.open_connections)
+                peak_rss = max(peak_rss, rss_mb())
+                await asyncio.sleep(0.01)
         finished = [await a.launcher.repository.get_execution(e["executionId"]) for e in launched]
         after = rss_mb()
     assert [e.status for e in finished if e is not None] == ["COMPLETED"] * 30
@@ -395,7 +394,6 @@ async def test_an_outcome_is_recorded_once_the_database_answers_again(
         )
         a = await replica(stack, through(setup.job, db=db_proxy), broker=False)
         run = await a.launcher.launch(STATS, {"runDate": STATS_RUN_DATE}, rerun=False)
-        assert run.task is not None
         await after_commits(run, 2)
         async with db_proxy.outage():  # the database away: every connection reset, refused
             setup.store.control.update({"fail_status": 503, "fail_times": -1})  # the step fails

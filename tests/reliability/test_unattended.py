@@ -23,11 +23,12 @@ from app.config import Settings
 from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.model import Status
-from app.repository import JobRepository
+from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.automation import last_due
 from app.runtime.job import find_job
 from tests.integration.test_daemon_serve import Daemon, admin_headers, serve
 from tests.reliability.support import FanoutWorld, drain, fanout_world, trace_ids_of, until
+from tests.waits import waiting
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +119,7 @@ async def until_ended(pool: Pool, world: FanoutWorld, status: str, *alive: Daemo
 
 async def kill(daemon: Daemon) -> None:
     daemon.process.send_signal(signal.SIGKILL)
-    async with asyncio.timeout(30):
+    async with waiting(30, "the killed daemon's exit"):
         assert await daemon.process.wait() == -signal.SIGKILL
 
 
@@ -216,7 +217,7 @@ async def test_an_abandoned_instance_is_never_relaunched_by_the_catch_up(
     """Last night's stats instance, FAILED then ABANDONED by an operator: a `serve` starting
     says so and never runs it again (only an operator's launch starts it over). Before:
     the catch-up ran it again from scratch."""
-    repository = JobRepository(pool, abandon_after_seconds=ABANDON_SECONDS)
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=ABANDON_SECONDS)
     now = datetime.now(settings.timezone)
     night = last_due(STATS.schedule.cron if STATS.schedule else "", now)
     parameters = STATS.parse({"runDate": (night.date() - timedelta(days=1)).isoformat()}, now)
@@ -288,7 +289,9 @@ async def test_a_stop_holds_across_a_takeover(
 
         await until(passed_over, within=30, what="a pass over the stopped instance")
     assert [s for _, s, _, _ in stopped] == (["STOPPED"] if after == 2 else ["FAILED", "STOPPED"])
-    final = await JobRepository(pool, abandon_after_seconds=ABANDON_SECONDS).get_execution(target)
+    final = await MariaDbJobRepository(pool, abandon_after_seconds=ABANDON_SECONDS).get_execution(
+        target
+    )
     assert final is not None
     checkpoint = final.steps[0].checkpoint
     assert checkpoint < world.members - IN_FLIGHT  # stopped well before the end

@@ -10,6 +10,7 @@ import pytest
 
 from app.model import INTERRUPTED, InstanceSummary, Status
 from app.replicas import Replica
+from app.repository.rules import StopTarget, stop_target
 from app.runtime.automation import (
     Decision,
     Launch,
@@ -20,7 +21,6 @@ from app.runtime.automation import (
     decide,
     schedules_zone,
 )
-from app.runtime.operator import StopTarget, stop_target
 
 NOW = datetime(2025, 10, 27, 1, 0, 0, tzinfo=UTC)
 POLICY = RestartPolicy(attempts=3, backoff_seconds=60, misfire_grace=timedelta(minutes=10))

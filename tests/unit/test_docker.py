@@ -1,7 +1,7 @@
 """The Dockerfile and docker-compose.yml, read (no Docker engine here, issue 28 item 7): the
 fake peers' own health check, run for real against the fake peers; the image running the
 installed package, its bytecode compiled as it is installed, from a folder with no source.
-What still needs an engine to check is listed in README, "Infrastructure"."""
+What still needs an engine to check is listed in docs/deployment.md, "Infrastructure"."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from app.edges.peers import (
 from app.errors import is_availability_fault
 from app.metrics import REGISTRY
 from tests.settings import TEST_JWT_KEY, make_settings
+from tests.waits import waiting
 
 STORE = "http://store.test"
 NOTIFICATION = "http://notification.test"
@@ -123,7 +124,7 @@ async def test_450_ids_go_in_batches_of_200_200_50_concurrently(mocked: aiorespo
     async def answer(url: object, **kwargs: Any) -> CallbackResult:
         ids = kwargs["json"]
         sizes.append(len(ids))
-        async with asyncio.timeout(2):  # fails unless the three batches run at once
+        async with waiting(2, "the three batches in flight at once"):
             await all_in_flight.wait()
         return CallbackResult(payload={"data": [{"storeId": i, "dong": f"d{i}"} for i in ids]})
 
