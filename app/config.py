@@ -3,7 +3,7 @@
 Every setting is named by its environment variable. A bad or missing setting stops
 start-up with one line naming each bad setting; secret values never appear in it.
 Components receive the narrow part they use (`Settings.database`, `.broker`, `.peers`,
-`.step`), never the whole.
+`.step`), never the whole; a job, the settings its JobSpec names.
 
 Not pydantic-settings (considered for issue 20): it would replace the few checks of
 `_validate`, but importing it takes 0.22 s here (pydantic_settings 2.16, measured with
