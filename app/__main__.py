@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from asyncmy.errors import OperationalError
 
-from app.composition import JOBS, CannotListen, open_launcher, serve
+from app.composition import JOBS, open_launcher, serve
 from app.config import (
     BROKER_SETTINGS,
     DATABASE_SETTINGS,
@@ -29,38 +29,36 @@ from app.config import (
 )
 from app.edges.auth import TOKEN_LIFETIME_SECONDS, mint_token
 from app.edges.db import DatabaseUnavailable, connect_error_line, open_pool
-from app.logs import configure_logging
-from app.model import (
-    COMPLETED_WITH_SKIPS,
-    JobExecution,
-    LaunchRefused,
-    Status,
+from app.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_SKIPPED,
+    EXIT_USAGE,
+    Refusal,
 )
+from app.logs import configure_logging
+from app.model import COMPLETED_WITH_SKIPS, AlreadyComplete, JobExecution, Status
 from app.pipeline.chunk import StepProgress
 from app.repository.mariadb import MariaDbJobRepository
 from app.runtime.job import JobSpec, Parameter, declared_parameters, find_job, takers
 from app.runtime.launcher import Launcher, RunningJob
 from app.runtime.memory import tune_gc
-from app.runtime.operator import JobOperator, NoSuchExecution, NotRestartable, Refused, Stopped
-from app.runtime.parameters import BOOLEAN, DRY_RUN, ParameterError, backfill_dates, now_in
+from app.runtime.operator import JobOperator, Stopped
+from app.runtime.parameters import BOOLEAN, DRY_RUN, backfill_dates, now_in
 from app.runtime.rollback import ABANDON, STOP, SpringZone, prepare_rollback
 from app.runtime.signals import stop_signals
-from app.schema.migrate import MigrationDenied, migrate
+from app.schema.migrate import migrate
 
 log = logging.getLogger("app")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_REFUSED = 3
-EXIT_SKIPPED = 4  # COMPLETED WITH SKIPS: the run ended, but some items were not done
 
 
 # What each exit code means, per command: `--help` shows them (README, "The commands").
 _EXIT_CODES = {
     EXIT_OK: "done: COMPLETED, every item written or filtered",
-    EXIT_FAILED: "FAILED or STOPPED, restartable from its checkpoint (Ctrl-C or SIGTERM stop"
-    " a run after its chunks in flight; past SHUTDOWN_GRACE_SECONDS it is cancelled)",
+    EXIT_FAILED: "FAILED or STOPPED, restartable from its checkpoint; Ctrl-C or SIGTERM"
+    " interrupt a run after its chunks in flight (FAILED, exit code INTERRUPTED; past"
+    " SHUTDOWN_GRACE_SECONDS it is cancelled)",
     EXIT_USAGE: "bad arguments or settings (one `error:` line), or a database that cannot be used",
     EXIT_REFUSED: "not launched: the instance is running, or completed (--rerun runs it"
     " again), or a real run was not confirmed",
@@ -71,6 +69,14 @@ _OPERATED_EXIT_CODES = {
     EXIT_OK: "done",
     EXIT_USAGE: "no such execution, or bad arguments or settings",
     EXIT_REFUSED: "not done: the execution's status does not allow it",
+}
+
+
+_RESTART_EXIT_CODES = {
+    **_EXIT_CODES,
+    EXIT_USAGE: "no such execution, " + _EXIT_CODES[EXIT_USAGE],
+    EXIT_REFUSED: "not restarted: the execution is not FAILED or STOPPED, not its instance's"
+    " last, or of a job this service does not run; or its instance runs or completed since",
 }
 
 
@@ -97,6 +103,22 @@ def _command_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
         **extra,
     )
+
+
+class _Once(argparse.Action):
+    """An option given at most once: a second is a usage error naming it, as the API
+    refuses a parameter given twice (before, the last one was taken without a word)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest) is not None:
+            raise argparse.ArgumentError(self, "given twice; give it once")
+        setattr(namespace, self.dest, values)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,11 +159,15 @@ def _parser() -> argparse.ArgumentParser:
             run.add_argument(parameter.flag, dest=parameter.name, action="store_true", help=text)
         else:
             metavar = parameter.flag.removeprefix("--").replace("-", "_").upper()
-            run.add_argument(parameter.flag, dest=parameter.name, metavar=metavar, help=text)
+            run.add_argument(
+                parameter.flag, dest=parameter.name, metavar=metavar, action=_Once, help=text
+            )
     run.add_argument(
         "--rerun", action="store_true", help="run a completed instance again (default: exit 3)"
     )
-    run.add_argument("--output", help="with --dry-run: a file for what it writes (default: stdout)")
+    run.add_argument(
+        "--output", action=_Once, help="with --dry-run: a file for what it writes (default: stdout)"
+    )
     run.add_argument(
         "--quiet", action="store_true", help="no live progress line (none with LOG_FORMAT=json)"
     )
@@ -169,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
         ("abandon", "mark a STOPPED, FAILED or STOPPING execution ABANDONED (never restarted)"),
         ("restart", "restart a FAILED or STOPPED execution from its checkpoint, here"),
     ):
-        codes = _EXIT_CODES if name == "restart" else _OPERATED_EXIT_CODES
+        codes = _RESTART_EXIT_CODES if name == "restart" else _OPERATED_EXIT_CODES
         command = _command_parser(commands, name, text, codes)
         command.add_argument("execution", type=int, help="the execution id")
         if name == "restart":
@@ -183,8 +209,10 @@ def _parser() -> argparse.ArgumentParser:
          " then 3, then 4"},
     )  # fmt: skip
     backfill.add_argument("job", choices=sorted(spec.path for spec in JOBS if spec.backfills))
-    backfill.add_argument("--from", dest="first", required=True, help="YYYY-MM-DD")
-    backfill.add_argument("--to", dest="last", required=True, help="YYYY-MM-DD (included)")
+    backfill.add_argument("--from", dest="first", required=True, action=_Once, help="YYYY-MM-DD")
+    backfill.add_argument(
+        "--to", dest="last", required=True, action=_Once, help="YYYY-MM-DD (included)"
+    )
     backfill.add_argument(
         "--rerun", action="store_true", help="run completed dates again (default: exit 3)"
     )
@@ -229,8 +257,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class NotTaken(ValueError):
+class NotTaken(Refusal):
     """An option the job does not declare (before, dropped without a word)."""
+
+    code = "INVALID_PARAMETER"
 
 
 def _given_parameters(args: argparse.Namespace, spec: JobSpec) -> dict[str, str]:
@@ -277,11 +307,7 @@ def _say(settings: Settings, text: str, level: int = logging.INFO) -> None:
 
 async def _migrate(settings: Settings, dev_schema: bool, dev_queue: bool) -> int:
     async with open_pool(settings.database) as pool:
-        try:
-            applied = await migrate(pool, dev_schema=dev_schema)
-        except MigrationDenied as exc:
-            _say(settings, f"error: {exc}", logging.ERROR)
-            return EXIT_USAGE
+        applied = await migrate(pool, dev_schema=dev_schema)
         repository = MariaDbJobRepository.of(pool, settings)
         for line in await repository.second_clock_warnings(settings.database.clock.source):
             _say(settings, f"warning: {line}", logging.WARNING)
@@ -341,11 +367,7 @@ def _run_command(settings: Settings, args: argparse.Namespace) -> int:
     opened; a real run of a job that publishes with a parameter left to its default
     confirmed first; then the run, its output where a dry run writes."""
     spec = find_job(JOBS, args.job)
-    try:
-        raw = _given_parameters(args, spec)
-    except NotTaken as exc:
-        _say(settings, f"error: {exc}", logging.ERROR)
-        return EXIT_USAGE
+    raw = _given_parameters(args, spec)
     defaulted = _left_to_default(spec, raw)
     if defaulted and not args.yes:
         flags = ", ".join(parameter.flag for parameter in defaulted)
@@ -358,11 +380,7 @@ def _run_command(settings: Settings, args: argparse.Namespace) -> int:
                 logging.ERROR,
             )
             return EXIT_USAGE
-        try:
-            confirmed = _confirm(settings, spec, raw)
-        except ParameterError as exc:
-            _say(settings, f"error: {exc}", logging.ERROR)
-            return EXIT_USAGE
+        confirmed = _confirm(settings, spec, raw)
         if confirmed is None:
             _say(settings, f"not launched: {spec.path} not confirmed", logging.WARNING)
             return EXIT_REFUSED
@@ -421,17 +439,9 @@ async def _run(
     spec = find_job(JOBS, args.job)
     publishes = spec.publishes and raw.get(DRY_RUN) != "true"
     async with open_launcher(settings, broker=publishes) as launcher:
-        try:
-            run = await JobOperator.of(launcher).start(
-                spec.path, raw, rerun=args.rerun, dry_run_output=output
-            )
-        except ParameterError as exc:
-            _say(settings, f"error: {exc}", logging.ERROR)
-            return EXIT_USAGE
-        except LaunchRefused as exc:
-            hint = " (use --rerun to run it again)" if "completed" in str(exc) else ""
-            _say(settings, f"not launched: {exc}{hint}", logging.WARNING)
-            return EXIT_REFUSED
+        run = await JobOperator.of(launcher).start(
+            spec.path, raw, rerun=args.rerun, dry_run_output=output
+        )
         return await _follow(settings, launcher, run, quiet=args.quiet)
 
 
@@ -495,24 +505,13 @@ def _exit_code(execution: JobExecution) -> int:
 
 async def _restart(settings: Settings, execution_id: int, quiet: bool) -> int:
     async with open_launcher(settings, broker=True) as launcher:
-        try:
-            run = await JobOperator.of(launcher).restart(execution_id)
-        except LookupError as exc:
-            _say(settings, f"error: {exc}", logging.ERROR)
-            return EXIT_USAGE
-        except (NotRestartable, LaunchRefused) as exc:
-            _say(settings, f"not restarted: {exc}", logging.WARNING)
-            return EXIT_REFUSED
+        run = await JobOperator.of(launcher).restart(execution_id)
         return await _follow(settings, launcher, run, quiet=quiet)
 
 
 async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
     """Every date its own instance, MAX_RUNNING_EXECUTIONS at a time; one summary."""
-    try:
-        days = backfill_dates(args.first, args.last)  # checked before connecting
-    except ParameterError as exc:
-        _say(settings, f"error: {exc}", logging.ERROR)
-        return EXIT_USAGE
+    days = backfill_dates(args.first, args.last)  # checked before connecting
     spec = find_job(JOBS, args.job)
     outcomes: list[tuple[str, str, int]] = []  # run date, what became of it, exit code
     async with open_launcher(settings, broker=False) as launcher:
@@ -520,7 +519,7 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> int:
             spec.path, args.first, args.last, {}, rerun=args.rerun
         )
         for day, refusal in refusals:
-            outcomes.append((day.isoformat(), f"not launched: {refusal}", EXIT_REFUSED))
+            outcomes.append((day.isoformat(), f"not launched: {refusal}", refusal.exit_code))
         tasks = [run.task for _, run in runs]
         await _until_done_or_signal(launcher, tasks, settings.SHUTDOWN_GRACE_SECONDS)
         for day, run in runs:
@@ -571,18 +570,11 @@ async def _operate(settings: Settings, action: str, execution_id: int) -> int:
     async with open_pool(settings.database) as pool:
         repository = MariaDbJobRepository.of(pool, settings)
         operator = JobOperator(repository)
-        try:
-            if action == "stop":
-                said = _stopped(execution_id, await operator.stop(execution_id))
-            else:
-                found = await operator.abandon(execution_id)
-                said = f"execution {execution_id} ABANDONED (was {found})"
-        except NoSuchExecution as exc:
-            _say(settings, f"error: {exc}", logging.ERROR)
-            return EXIT_USAGE
-        except Refused as exc:
-            _say(settings, f"not done: execution {execution_id} is {exc.status}", logging.WARNING)
-            return EXIT_REFUSED
+        if action == "stop":
+            said = _stopped(execution_id, await operator.stop(execution_id))
+        else:
+            found = await operator.abandon(execution_id)
+            said = f"execution {execution_id} ABANDONED (was {found})"
     _say(settings, said)
     return 0
 
@@ -688,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # A log pipeline parses every line: the traceback goes in error.stack_trace.
         log.exception("the command failed")
-        return 1  # as an uncaught exception exits
+        return EXIT_FAILED  # as an uncaught exception exits
 
 
 def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -712,7 +704,7 @@ def _configure_logging(settings: Settings) -> None:
 
 def _bad_settings(exc: ConfigError) -> int:
     _say_before_settings(f"error: {exc}\n", f"error: {exc}")
-    return EXIT_USAGE
+    return exc.exit_code
 
 
 def _say_before_settings(plain: str, line: str) -> None:
@@ -730,19 +722,35 @@ def _say_before_settings(plain: str, line: str) -> None:
 
 
 def _command_or_start_up_error(settings: Settings, args: argparse.Namespace) -> int:
-    """The command; a database that cannot be used or a port that cannot be listened on
-    is one line and exit 2."""
+    """The command; a refusal (`_refused`) or a database that cannot be used is one line
+    and its exit code."""
     try:
         return _command(settings, args)
+    except Refusal as exc:
+        return _refused(settings, args.command, exc)
     except (OperationalError, DatabaseUnavailable) as exc:
         line = connect_error_line(exc, settings.database.target)
         if line is None:
             raise
         _say(settings, f"error: {line}", logging.ERROR)
         return EXIT_USAGE
-    except CannotListen as exc:
-        _say(settings, f"error: {exc}", logging.ERROR)
+
+
+# What a command refused says it did not do.
+_NOT_DONE = {"run": "not launched", "restart": "not restarted"}
+
+
+def _refused(settings: Settings, command: str, refusal: Refusal) -> int:
+    """Every command's refusals, mapped by class: bad usage (exit 2) is an `error:` line;
+    a refusal of the command itself (exit 3) says what was not done, and, for a run of a
+    completed instance, how to run it again."""
+    if refusal.exit_code == EXIT_USAGE:
+        _say(settings, f"error: {refusal}", logging.ERROR)
         return EXIT_USAGE
+    rerun = command == "run" and isinstance(refusal, AlreadyComplete)
+    hint = " (use --rerun to run it again)" if rerun else ""
+    _say(settings, f"{_NOT_DONE.get(command, 'not done')}: {refusal}{hint}", logging.WARNING)
+    return refusal.exit_code
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:

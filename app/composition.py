@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from app import jobs
 from app.config import Settings, job_dirs
+from app.errors import Refusal
 from app.replicas import ReplicaRegistry
 from app.repository.clock import zone_label
 from app.runtime.automation import RestartPolicy, Schedule, schedules_of
@@ -57,7 +58,7 @@ def schedules() -> tuple[Schedule, ...]:
 _HTTP_SHUTDOWN_SECONDS = 5.0
 
 
-class CannotListen(Exception):
+class CannotListen(Refusal):
     """`serve` cannot listen on SERVER_PORT (a start-up error: one line, exit 2)."""
 
 
@@ -96,7 +97,7 @@ async def serve(settings: Settings) -> int:
     a graceful stop (running steps end STOPPED after their chunks in flight, restartable).
     The exit code: 0, or 1 if an outcome could not be recorded (the database away)."""
     # Imported here: the web server is the daemon's alone; `run` and the operator's
-    # commands start without it (0.04 s, a twentieth of a short stats run's wall time).
+    # commands start without it.
     from aiohttp import web
 
     from app.web.app import create_app, resource_checks

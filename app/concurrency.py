@@ -1,6 +1,7 @@
 """Async work shared by concurrent callers: gathering with the first error, lookups made
-once per run however many chunks need them at the same moment, and CPU-bound work cut
-into slices that let the other tasks run."""
+once per run however many chunks need them at the same moment, CPU-bound work cut into
+slices that let the other tasks run, and a task that fails, rather than ends cancelled,
+on a cancellation it was not asked for."""
 
 from __future__ import annotations
 
@@ -25,6 +26,25 @@ async def gather_first_error(*calls: Awaitable[Any]) -> list[Any]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+class StrayCancellation(RuntimeError):
+    """A CancelledError in a task that nobody cancelled: a future it awaited, shared with
+    another task, was cancelled by that one."""
+
+
+async def stray_cancellation_fails(work: Awaitable[T]) -> T:
+    """`work`, a task group's task, raising StrayCancellation where a CancelledError
+    reaches it that its task was not asked for. A task group ignores a task that ends
+    cancelled, so a stray one would end silently, and whoever waits for its work (the
+    sink for a worker's chunks) would wait forever."""
+    try:
+        return await work
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # its own: the group is ending
+        raise StrayCancellation("cancelled by another task, through a future they shared") from exc
 
 
 async def in_slices(items: Sequence[T], size: int) -> AsyncIterator[Sequence[T]]:

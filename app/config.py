@@ -6,10 +6,8 @@ Components receive the narrow part they use (`Settings.database`, `.broker`, `.p
 `.step`), never the whole; a job, the settings its JobSpec names.
 
 Not pydantic-settings (considered for issue 20): it would replace the few checks of
-`_validate`, but importing it takes 0.22 s here (pydantic_settings 2.16, measured with
-`python -X importtime`) against 0.07 s for this whole module, on a start-up whose budget
-is 0.25 s for a CLI run of an empty window (issue 21); and its errors quote the values,
-which must stay out of the line for secrets.
+`_validate`, but importing it costs several times this whole module (docs/performance.md);
+and its errors quote the values, which must stay out of the line for secrets.
 """
 
 from __future__ import annotations
@@ -30,6 +28,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
+from app.errors import Refusal
+
 # Inside the package, so that an installed (not editable) package finds it.
 DEFAULTS_FILE = Path(__file__).resolve().with_name("defaults.toml")
 
@@ -46,7 +46,7 @@ def job_dirs() -> list[Path]:
     return [Path(folder) for folder in os.environ.get(JOB_DIRS, "").split(os.pathsep) if folder]
 
 
-class ConfigError(ValueError):
+class ConfigError(Refusal):
     """One or more settings are missing or invalid; the message names each of them."""
 
 

@@ -11,6 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from app.errors import EXIT_REFUSED, Refusal
+
 
 class Status(StrEnum):
     STARTING = "STARTING"
@@ -132,7 +134,14 @@ class AutomaticLaunch:
     max_executions: int | None
 
 
-class LaunchRefused(Exception):
+class LaunchRefused(Refusal):
+    """The launch rules refuse a launch; `execution_id` is the execution that stands in
+    its way (the API's Location)."""
+
+    code = "LAUNCH_REFUSED"
+    http_status = 409
+    exit_code = EXIT_REFUSED
+
     def __init__(self, message: str, execution_id: int) -> None:
         super().__init__(message)
         self.execution_id = execution_id
@@ -141,19 +150,27 @@ class LaunchRefused(Exception):
 class AlreadyRunning(LaunchRefused):
     """A live execution of the same instance is running."""
 
+    code = "JOB_ALREADY_RUNNING"
+
 
 class AlreadyComplete(LaunchRefused):
     """The instance completed and the launch did not ask for a rerun."""
+
+    code = "JOB_ALREADY_COMPLETE"
 
 
 class Superseded(LaunchRefused):
     """An automatic launch whose decision is out of date: the instance was launched,
     stopped or abandoned since it was read."""
 
+    code = "LAUNCH_SUPERSEDED"
+
 
 class RestartLimitReached(LaunchRefused):
     """An automatic launch of an instance that has run its share of executions already
     (1 + AUTO_RESTART_ATTEMPTS, counted across replicas)."""
+
+    code = "RESTART_LIMIT_REACHED"
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ from aiormq.exceptions import AMQPError
 from pamqp.common import FieldTable
 
 from app.contracts import CONSUMER_QUEUE, CONSUMER_QUEUE_ARGUMENTS, EXCHANGE, ROUTING_KEY
+from app.errors import Refusal
 
 _ARGUMENTS: FieldTable = {**CONSUMER_QUEUE_ARGUMENTS}
 
 
-class CannotDeclare(Exception):
+class CannotDeclare(Refusal):
     """The broker could not be reached, or refused the declaration (one line)."""
 
 

@@ -172,7 +172,7 @@ class _Services:
             try:
                 self._authorize(request.headers.get("Authorization"))
             except AuthError as exc:
-                return _error(exc.status, exc.code, exc.message)
+                return _error(exc.http_status, exc.code, exc.message)
             try:
                 body = await request.json()
             except ValueError:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-# The HMAC algorithms the platform signs with, and their hashes.
-_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
-ALGORITHMS = tuple(_HASHES)
+from app.errors import Refusal
+
+# The HMAC algorithms the platform signs with.
+ALGORITHMS = ("HS256", "HS384", "HS512")
 ADMIN_TYPES = frozenset({"ADMIN", "ROLE_ADMIN"})
 TOKEN_LIFETIME_SECONDS = 3600
 RENEW_BEFORE_SECONDS = 10
@@ -29,21 +26,6 @@ def algorithm_for_key(key: bytes) -> str:
     return "HS256"
 
 
-def _base64url(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
-def sign_hmac(claims: dict[str, Any], key: bytes, algorithm: str) -> str:
-    """The JWT `jwt.encode(claims, key, algorithm)` makes, byte for byte, for an HMAC
-    algorithm: made here because importing PyJWT loads `cryptography` for algorithms the
-    platform does not use (15 ms of every run's start-up). PyJWT still verifies."""
-    header = json.dumps({"alg": algorithm, "typ": "JWT"}, separators=(",", ":"))
-    payload = json.dumps(claims, separators=(",", ":"))
-    signed = _base64url(header.encode()) + b"." + _base64url(payload.encode())
-    signature = hmac.new(key, signed, _HASHES[algorithm]).digest()
-    return (signed + b"." + _base64url(signature)).decode()
-
-
 def mint_token(
     key: bytes,
     *,
@@ -55,6 +37,8 @@ def mint_token(
 ) -> tuple[str, int]:
     """A token of the platform's scheme: its claims, signed with the HMAC the platform
     picks for the key; with its `exp` (epoch seconds)."""
+    import jwt  # here: a run that asks no peer starts without PyJWT (docs/performance.md)
+
     issued = int(now)
     expires = issued + lifetime_seconds
     claims = {
@@ -64,7 +48,7 @@ def mint_token(
         "iat": issued,
         "exp": expires,
     }
-    return sign_hmac(claims, key, algorithm_for_key(key)), expires
+    return jwt.encode(claims, key, algorithm=algorithm_for_key(key)), expires
 
 
 class SystemToken:
@@ -93,17 +77,18 @@ class SystemToken:
         return self._token
 
 
-class AuthError(Exception):
-    """A rejected token: the HTTP status and the platform's error code for the answer."""
+class AuthError(Refusal):
+    """A rejected token: the HTTP status and the platform's error code for the answer
+    (INVALID_TOKEN, EXPIRED_TOKEN: 401; ACCESS_DENIED: 403)."""
+
+    code = "INVALID_TOKEN"
+    http_status = 401
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, code, message)
-        self.status = status
+        super().__init__(message)
+        self.http_status = status
         self.code = code
         self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.code}: {self.message}"
 
 
 def _invalid(message: str) -> AuthError:
@@ -117,7 +102,7 @@ def verify_token(authorization: str | None, key: bytes, now: float | None = None
     in the future (clock skew between services), and refuses an HMAC algorithm whose
     minimum key length the key does not reach.
     """
-    import jwt  # here: only the daemon's API verifies tokens (see sign_hmac)
+    import jwt  # here, as in mint_token
 
     scheme, _, token = (authorization or "").partition(" ")
     if scheme != "Bearer" or not token.strip():

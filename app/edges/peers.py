@@ -9,14 +9,12 @@ translated here into the service's faults: a timeout, a connection failure, HTTP
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import json
 import time
 from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.concurrency import gather_first_error
@@ -79,9 +77,8 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 class PeerClient:
     """`async with PeerClient(settings, token) as peers:` one HTTP session for all peer
-    calls, opened by the first: aiohttp takes a tenth of a second to import (its TLS
-    contexts), spent only by a run that asks a peer, and in a thread (`preload`), not on
-    the event loop."""
+    calls, opened by the first, which imports aiohttp: a run that asks no peer (an empty
+    window) starts without it (docs/performance.md)."""
 
     def __init__(self, settings: PeerSettings, token: SystemToken) -> None:
         self._store_url = settings.store_url.rstrip("/")
@@ -91,7 +88,6 @@ class PeerClient:
         self._batch = min(settings.lookup_batch, MAX_BATCH)
         self._token = token
         self._entered = False
-        self._aiohttp: asyncio.Future[ModuleType] | None = None  # imported in a thread
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> PeerClient:
@@ -105,28 +101,16 @@ class PeerClient:
         tb: TracebackType | None,
     ) -> None:
         self._entered = False
-        if self._aiohttp is not None:
-            await asyncio.wait([self._aiohttp])  # a thread's import cannot be cancelled
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    def preload(self) -> asyncio.Future[ModuleType]:
-        """aiohttp, imported in a thread started by the first call: a job that will ask
-        a peer calls this as it starts a long wait of its own (the stats read, while the
-        server sorts), and its first peer call finds the import done or nearly (50 ms
-        less of a production stats run)."""
-        if self._aiohttp is None:
-            self._aiohttp = asyncio.ensure_future(
-                asyncio.to_thread(importlib.import_module, "aiohttp")
-            )
-        return self._aiohttp
-
-    async def _opened(self) -> aiohttp.ClientSession:
+    def _opened(self) -> aiohttp.ClientSession:
         if not self._entered:
             raise RuntimeError("PeerClient used outside `async with`")
-        aiohttp = await self.preload()
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
@@ -171,7 +155,7 @@ class PeerClient:
         body: list[Any],
         parse: Callable[[list[Any]], T],
     ) -> T:
-        session = await self._opened()
+        session = self._opened()
         import aiohttp  # imported by _opened
 
         started = time.perf_counter()

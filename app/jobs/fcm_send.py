@@ -129,8 +129,8 @@ WHERE ranked.latest = 1 AND ranked.top_hour = %s
 """
 
 # The window sorts every row of the three days in a temporary table before the first
-# row comes out; past the default 16 MiB that table goes to disk, ~3 times slower
-# (3 M rows: 10 s instead of 3.5 s). The reading session may hold up to this much.
+# row comes out; past the default 16 MiB that table goes to disk, several times slower
+# (docs/performance.md). The reading session may hold up to this much.
 _WINDOW_TABLE_BYTES = 256 * 1024 * 1024
 _WIDEN_TEMP_TABLES = (
     f"SET SESSION tmp_table_size = {_WINDOW_TABLE_BYTES},"

@@ -65,8 +65,8 @@ _ID_SPAN = "SELECT MIN(id), MAX(id) FROM coupon_histories"
 # A chunk ends at CHUNK_SIZE candidates or at this many times as many members in all,
 # so that a window of occasional members alone still commits bounded chunks.
 _MEMBERS_PER_CANDIDATE = 10
-# Members computed between two turns of the event loop: about half a millisecond of
-# CPU, so that the sink's round trips are not held up behind a whole chunk (5 ms).
+# Members computed between two turns of the event loop: a small part of a chunk, so that
+# the sink's round trips are not held up behind a whole chunk's CPU.
 _MEMBERS_PER_SLICE = 100
 
 log = logging.getLogger(__name__)
@@ -211,17 +211,11 @@ class UsageStatsStep:
         self.day = date.fromisoformat(context.parameters["runDate"])
         self.pool = context.pool
         self.settings = context.settings
-        self.peers = context.peers
         # storeId -> dong (None: no dong), each store asked once per run
         self.dongs = SharedLookup(context.peers.store_dongs)
-        # Whether the window may hold rows as far as `shares` found (False: nothing yet,
-        # only an open end read in case rows come): then the peers' client is preloaded.
-        self.rows_expected = True
 
     async def read(self, checkpoint: Any) -> Rows[Member]:
         queries = [self._query(bounds, checkpoint) for bounds in await self.shares()]
-        if queries and self.rows_expected:
-            self.peers.preload()  # for the first chunk's store lookups, while the server sorts
         return Rows(queries, members)
 
     async def shares(self) -> list[Bounds]:
@@ -243,7 +237,6 @@ class UsageStatsStep:
                     span.lookups,
                 )
                 if bounds is None:  # nothing yet; an open end still reads what comes
-                    self.rows_expected = False
                     return [] if span.ids[1] is not None else [_bounds("id", *span.ids)]
                 ranges = id_ranges(*bounds, parts, span.ids)
                 return [_bounds("id", *ids) for ids in ranges]

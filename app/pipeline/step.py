@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from app.concurrency import stray_cancellation_fails
 from app.config import DatabaseSettings, StepPolicy
+from app.errors import BatchError
 from app.metrics import (
     ITEMS,
     QUEUE_DEPTH,
@@ -37,7 +39,7 @@ SKIPPED_KEYS_KEPT = 50
 SKIP_CAUSE_CHARACTERS = 200  # of a skip's cause: the fault's type and message
 
 
-class SkipLimitExceeded(Exception):
+class SkipLimitExceeded(BatchError):
     pass
 
 
@@ -49,7 +51,7 @@ class StepRunner:
     calls `stop_requested` (by default, sets `stop`).
 
     Spring Batch's item.read, item.process and chunk.write timers time each chunk once
-    (a timer per item would cost a quarter of the stats job's CPU; docs/metrics.md): a
+    (a timer per item would cost much of the stats job's CPU; docs/metrics.md): a
     chunk's read and processing count as its items; its writing (the writer's delivery,
     then its write in the chunk's transaction) as one chunk, at the write.
     """
@@ -95,7 +97,8 @@ class StepRunner:
         False when `stop` ended it early (after the chunks started were committed).
 
         Any failure (the reader's, a commit that kept failing, the skip limit) cancels
-        the other tasks and is raised as itself.
+        the other tasks and is raised as itself; a CancelledError that reaches a task
+        nobody cancelled is a failure too (`stray_cancellation_fails`), never a hang.
         """
         policy = self.policy
         work: asyncio.Queue[Entry | None] = asyncio.Queue(maxsize=policy.queue_size)
@@ -113,20 +116,25 @@ class StepRunner:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     reader = tasks.create_task(
-                        feed(
-                            read,
-                            work,
-                            commits,
-                            workers=policy.workers,
-                            progress=self.progress,
-                            stop=self.stop,
-                            reads=self._reads,
+                        stray_cancellation_fails(
+                            feed(
+                                read,
+                                work,
+                                commits,
+                                workers=policy.workers,
+                                progress=self.progress,
+                                stop=self.stop,
+                                reads=self._reads,
+                            )
                         )
                     )
                     for _ in range(policy.workers):
-                        tasks.create_task(enrich(work, self._outcome, self.stop))
+                        worker = enrich(work, self._outcome, self.stop)
+                        tasks.create_task(stray_cancellation_fails(worker))
                     sink = tasks.create_task(
-                        commit_in_order(commits, functools.partial(self._commit, step.id))
+                        stray_cancellation_fails(
+                            commit_in_order(commits, functools.partial(self._commit, step.id))
+                        )
                     )
             except BaseExceptionGroup as group:
                 raise _first_cause(group) from None

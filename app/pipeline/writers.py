@@ -18,9 +18,10 @@ from asyncmy.connection import Connection
 from asyncmy.cursors import Cursor
 
 from app.pipeline.chunk import KeyRange
+from app.ports import Publisher
 
 if TYPE_CHECKING:  # and imported where used: a job writing to the database loads no AMQP
-    from app.edges.broker import Broker, OutgoingMessage
+    from app.edges.broker import OutgoingMessage
 
 OutT = TypeVar("OutT")
 _INSERT_ROWS = 1000  # rows per INSERT statement: well under max_allowed_packet
@@ -134,7 +135,7 @@ class PublishingWriter:
     of the chunk publishes only the rest (the messages already made: the peers are not
     asked again)."""
 
-    broker: Broker
+    broker: Publisher
     published: int = 0  # publishes tried, republished ones included
     confirmed: int = 0
 

@@ -26,7 +26,7 @@ from app.model import (
     Status,
 )
 from app.repository.clock import DatabaseClock, on, zone_label
-from app.repository.rules import Refusal, spring_launch_refusal
+from app.repository.rules import SpringRefusal, spring_launch_refusal
 from app.repository.tables import (
     LAST_SIGN_OF_LIFE,
     RUNNING_SQL,
@@ -399,7 +399,7 @@ class MariaDbJobExplorer:
             )
         return lines
 
-    async def spring_refusals(self) -> list[tuple[JobExecution, Refusal]]:
+    async def spring_refusals(self) -> list[tuple[JobExecution, SpringRefusal]]:
         """The instances left to run again (their last execution FAILED, STOPPED or
         UNKNOWN) that Spring Batch would refuse to launch: each one's last execution
         and Spring's refusal (`spring_launch_refusal`)."""
@@ -414,7 +414,7 @@ class MariaDbJobExplorer:
             " WHERE m.JOB_INSTANCE_ID = l.JOB_INSTANCE_ID))"
             " ORDER BY e.JOB_INSTANCE_ID, e.JOB_EXECUTION_ID DESC",
         )
-        refused: list[tuple[JobExecution, Refusal]] = []
+        refused: list[tuple[JobExecution, SpringRefusal]] = []
         for _, group in groupby(rows, key=itemgetter(0)):
             executions = [(row[1], Status(row[2]), bool(row[3])) for row in group]
             refusal = spring_launch_refusal(executions)

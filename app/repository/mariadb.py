@@ -28,12 +28,13 @@ from app.model import (
     Status,
     StepExecution,
 )
+from app.ports import JobRepository
 from app.repository import rules, tables
 from app.repository.explorer import MariaDbJobExplorer
 from app.spring_format import encode_context, instance_keys
 
 
-class MariaDbJobRepository(MariaDbJobExplorer):
+class MariaDbJobRepository(MariaDbJobExplorer, JobRepository):
     """The job repository's writes (and, as Spring Batch 6's JobRepository extends its
     JobExplorer, its reads)."""
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from app.errors import BatchError
 from app.model import (
     ABANDONABLE,
     INTERRUPTED,
@@ -32,12 +33,12 @@ MESSAGE_LIMIT = 2500  # EXIT_MESSAGE is VARCHAR(2500)
 CHECKPOINT_OWNER = "checkpoint.stepExecutionId"
 
 
-class AlreadyCommitted(Exception):
+class AlreadyCommitted(BatchError):
     """This chunk's commit took effect already: an earlier attempt's COMMIT applied though
     its answer was lost (a stall). The retry's transaction rolls back, its writes with it."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(BatchError):
     """This runner's execution is no longer running: another replica found it silent and
     took the instance over, or an operator abandoned it. Nothing more may be committed
     for it."""
@@ -265,7 +266,7 @@ def allowed(execution: JobExecution, latest: int) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Refusal:
+class SpringRefusal:
     """Spring Batch's refusal of a launch: the exception, and the execution that caused it."""
 
     exception: str
@@ -273,16 +274,16 @@ class Refusal:
     status: Status
 
 
-def spring_launch_refusal(executions: Sequence[tuple[int, Status, bool]]) -> Refusal | None:
+def spring_launch_refusal(executions: Sequence[tuple[int, Status, bool]]) -> SpringRefusal | None:
     """What Spring Batch 5.2's `SimpleJobRepository.createJobExecution` throws for an
     instance with these executions (id, status, whether it has identifying parameters),
     newest first as its JdbcJobExecutionDao lists them; None: it would launch one. The
     first execution that matches a rule decides, as its loop does."""
     for execution_id, status, identifying in executions:
         if status in RUNNING:
-            return Refusal("JobExecutionAlreadyRunningException", execution_id, status)
+            return SpringRefusal("JobExecutionAlreadyRunningException", execution_id, status)
         if status == Status.UNKNOWN:
-            return Refusal("JobRestartException", execution_id, status)
+            return SpringRefusal("JobRestartException", execution_id, status)
         if identifying and status in (Status.COMPLETED, Status.ABANDONED):
-            return Refusal("JobInstanceAlreadyCompleteException", execution_id, status)
+            return SpringRefusal("JobInstanceAlreadyCompleteException", execution_id, status)
     return None

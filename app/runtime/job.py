@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 from app.config import StepPolicy
 from app.edges.db import DbPool
 from app.edges.peers import PeerClient
+from app.errors import Refusal
 from app.model import JobParameter
 from app.pipeline.chunk import StepDefinition
 from app.runtime.parameters import DRY_RUN, DryRunFlag, Kind, ParameterError
@@ -81,17 +82,16 @@ class Parameter:
         return self.default is None
 
     def parse(self, raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
-        """Its value in `raw` as recorded: absent (or empty, unless its default is a value
-        of its kind), its default."""
+        """Its value in `raw` as recorded, parsed by its kind (a value it refuses is a
+        ParameterError naming it); absent or empty, its default."""
         value = raw.get(self.name)
-        if value is None and self.default_of is None:
-            value = self.default  # words that are a value of its kind (dryRun: false)
-        if not value:
-            if self.default_of is not None:  # from the time of the launch
-                return [JobParameter(self.name, self.type, self.default_of(now))]
-            if self.required:
-                raise ParameterError(self.name, f"is required, as {self.kind.form}")
-        return self.kind.parse(self.name, value or "")
+        if value:
+            return self.kind.parse(self.name, value)
+        if self.default_of is not None:  # from the time of the launch
+            return [JobParameter(self.name, self.type, self.default_of(now))]
+        if self.default is None:
+            raise ParameterError(self.name, f"is required, as {self.kind.form}")
+        return self.kind.parse(self.name, self.default)  # words that are a value (false)
 
 
 # The parameter of a job that can dry-run: it declares this among its parameters (its step
@@ -245,8 +245,8 @@ def takers(name: str, jobs: Iterable[JobSpec]) -> str:
     )
 
 
-class UnknownJob(LookupError):
-    pass
+class UnknownJob(Refusal):
+    code = "INVALID_PARAMETER"
 
 
 def find_job(jobs: Iterable[JobSpec], name: str) -> JobSpec:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from app.errors import DataError, is_availability_fault
+from app.errors import EXIT_REFUSED, DataError, Refusal, is_availability_fault
 from app.logs import bind_log_context
 from app.metrics import (
     JOB_DURATION,
@@ -52,8 +52,12 @@ ON_REQUEST = "stopped on request; restartable from the checkpoint"
 ON_SHUTDOWN = "interrupted by a shutdown; the schedules' next pass resumes it from its checkpoint"
 
 
-class ShuttingDown(RuntimeError):
-    pass
+class ShuttingDown(Refusal):
+    """A launch while the service shuts down."""
+
+    code = "SHUTTING_DOWN"
+    http_status = 503
+    exit_code = EXIT_REFUSED
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """Spring Batch's JobOperator: start, restart, stop, abandon and list executions, under
 the status rules of `app.repository.rules`. The CLI and the admin API are thin adapters
-over it: each turns the operator's answers and refusals into its own exit codes or HTTP
-statuses."""
+over it; its refusals carry their own HTTP status and exit code (`app.errors`)."""
 
 from __future__ import annotations
 
@@ -10,35 +9,49 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TextIO
 
+from app.errors import EXIT_REFUSED, Refusal
 from app.model import RUNNING, AutomaticLaunch, JobExecution, LaunchRefused, Status
 from app.ports import JobRepository
 from app.repository.rules import StopTarget, abandon_refusal, restart_refusal, stop_target
+from app.runtime.job import UnknownJob
 from app.runtime.launcher import ON_REQUEST, Launcher, RunningJob
 from app.runtime.parameters import ParameterError, backfill_dates
 
 
-class NoSuchExecution(LookupError):
-    pass
+class NoSuchExecution(Refusal):
+    code = "EXECUTION_NOT_FOUND"
+    http_status = 404
 
 
-class Refused(Exception):
+class Refused(Refusal):
     """The execution's status does not allow the command; `status` is the one it has."""
+
+    code = "JOB_STATUS_REFUSED"
+    http_status = 409
+    exit_code = EXIT_REFUSED
 
     def __init__(self, message: str, status: Status) -> None:
         super().__init__(message)
         self.status = status
 
 
-class NotRestartable(Exception):
-    """Only a FAILED or STOPPED execution, its instance's last, restarts."""
+class NotRestartable(Refused):
+    """Only a FAILED or STOPPED execution, its instance's last, of a job this service
+    runs, restarts."""
+
+    code = "JOB_NOT_RESTARTABLE"
 
 
 class NotRunning(Refused):
     """Only a STARTING, STARTED or STOPPING execution stops."""
 
+    code = "JOB_NOT_RUNNING"
+
 
 class NotAbandonable(Refused):
     """Only a STOPPED, FAILED or STOPPING execution is abandoned."""
+
+    code = "JOB_NOT_ABANDONABLE"
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,8 @@ class JobOperator:
         from its checkpoint. Only the instance's last execution restarts, as in Spring
         Batch: one its instance ran on after is NotRestartable (JobRestartException), or
         refused by the launch rules if the instance is running or completed since.
-        Raises NoSuchExecution, NotRestartable, LaunchRefused or ShuttingDown; an
+        Raises NoSuchExecution, NotRestartable (also for an execution of a job this
+        service does not run), LaunchRefused or ShuttingDown; an
         automatic restart (the scheduler's) passes what it was decided from."""
         launcher = self.launcher
         launcher.refuse_if_shutting_down()
@@ -122,8 +136,15 @@ class JobOperator:
         latest = await self.repository.last_execution(execution.instance_id)
         refusal = restart_refusal(execution, latest)
         if refusal is not None:
-            raise NotRestartable(refusal)
-        spec = launcher.find(execution.job_name)
+            raise NotRestartable(refusal, execution.status)
+        try:
+            spec = launcher.find(execution.job_name)
+        except UnknownJob:
+            raise NotRestartable(
+                f"execution {execution_id} is of {execution.job_name}, a job this service"
+                f" does not run (it runs {', '.join(launcher.jobs)})",
+                execution.status,
+            ) from None
         parameters = await self.repository.get_parameters(execution_id)
         return await launcher.relaunch(spec, parameters, automatic=automatic)
 

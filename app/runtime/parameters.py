@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from app.errors import Refusal
 from app.model import JobParameter
 
 LOCAL_DATE = "java.time.LocalDate"
@@ -17,8 +19,10 @@ LONG = "java.lang.Long"
 DRY_RUN = "dryRun"  # a job's parameter: true writes what its writer would send, sends nothing
 
 
-class ParameterError(ValueError):
+class ParameterError(Refusal):
     """A parameter is missing or malformed; `parameter` names it for the 400 answer."""
+
+    code = "INVALID_PARAMETER"
 
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(f"{parameter}: {message}")
@@ -88,25 +92,33 @@ class LocalDate:
 
 @dataclass(frozen=True)
 class Integer:
-    """A whole number from `low` to `high`, written in decimal digits."""
+    """A whole number in decimal digits, from `low` to `high` where given (within a
+    Java Long), a sign only where it may be negative."""
 
-    low: int
-    high: int
+    low: int | None = None
+    high: int | None = None
     java = INTEGER
     form = "an integer"
 
     @property
     def choices(self) -> tuple[str, ...]:
         """Its values, where they are few enough to pick from (a select)."""
-        few = self.high - self.low < 32
-        return tuple(str(n) for n in range(self.low, self.high + 1)) if few else ()
+        if self.low is None or self.high is None or self.high - self.low >= 32:
+            return ()
+        return tuple(str(n) for n in range(self.low, self.high + 1))
 
     def parse(self, name: str, value: str) -> list[JobParameter]:
-        digits = value.isascii() and value.isdigit() and len(value) <= len(str(self.high))
-        if not (digits and self.low <= int(value) <= self.high):
-            raise ParameterError(
-                name, f"must be an integer from {self.low} to {self.high}, got {value[:40]!r}"
-            )
+        low, high = self.low, self.high
+        signed = low is None or low < 0
+        digits = 18 if high is None or signed else len(str(high))
+        number = re.fullmatch(rf"{'[+-]?' if signed else ''}[0-9]{{1,{digits}}}", value)
+        if (
+            number is None
+            or not (low is None or low <= int(value))
+            or (high is not None and int(value) > high)
+        ):
+            bounds = "" if low is None or high is None else f" from {low} to {high}"
+            raise ParameterError(name, f"must be an integer{bounds}, got {value[:40]!r}")
         return [JobParameter(name, INTEGER, str(int(value)))]
 
 

@@ -23,7 +23,7 @@ from app.config import RepositoryClock
 from app.model import RUNNING, JobExecution, Status
 from app.repository.clock import zone_label
 from app.repository.mariadb import MariaDbJobRepository
-from app.repository.rules import Refusal
+from app.repository.rules import SpringRefusal
 
 # A question for the operator; the answer ("" for none).
 Ask = Callable[[str], Awaitable[str]]
@@ -51,7 +51,7 @@ class Survey:
     zone_notes: list[str]  # how the old service's zone compares: not trips
     zone_mismatches: list[str]
     running: list[tuple[JobExecution, float]]  # with the seconds since a sign of life
-    refused: list[tuple[JobExecution, Refusal]]  # an instance's last execution
+    refused: list[tuple[JobExecution, SpringRefusal]]  # an instance's last execution
 
     @property
     def trips(self) -> int:

@@ -218,7 +218,7 @@ class Scheduler:
         decision, what = plan.decision, plan.what
         if isinstance(decision, Leave | Wait):
             if isinstance(decision, Wait):
-                text, level = _waiting(decision), logging.WARNING
+                text, level = _waiting(decision, self._tz), logging.WARNING
             else:
                 text, level = decision.reason, decision.level
             said[plan.key] = text
@@ -308,5 +308,8 @@ def _named(instance: InstanceSummary) -> str:
     return f"{instance.job_name} ({values})"
 
 
-def _waiting(wait: Wait) -> str:
-    return f"execution {wait.execution_id} FAILED; restart due at {wait.until.isoformat()}"
+def _waiting(wait: Wait, zone: ZoneInfo) -> str:
+    """The wait as the log says it: the due time in APP_TIMEZONE, as the schedules' times
+    (`until` is the database clock's, in its zone)."""
+    due = wait.until.astimezone(zone).isoformat()
+    return f"execution {wait.execution_id} FAILED; restart due at {due}"

@@ -17,6 +17,7 @@ from asyncmy.errors import MySQLError
 from asyncmy.pool import Pool
 
 from app.config import job_dirs
+from app.errors import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ _VERSIONED = re.compile(r"^V(\d+)__(\w+)\.sql$")
 _DEV_SCHEMA = resources.files("app.schema") / "dev" / "peer_tables.sql"
 
 
-class MigrationDenied(Exception):
+class MigrationDenied(Refusal):
     """A pending migration needs a privilege the database user lacks."""
 
 

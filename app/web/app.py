@@ -14,30 +14,19 @@ from aiohttp.typedefs import Handler, Middleware
 from asyncmy.pool import Pool
 
 from app.edges.auth import verify_admin_token
-from app.model import (
-    AlreadyComplete,
-    AlreadyRunning,
-    JobExecution,
-    Status,
-)
+from app.model import JobExecution, Status
 from app.pipeline.chunk import StepProgress
 from app.repository.rules import allowed
 from app.runtime.automation import Schedule
-from app.runtime.job import JobSpec, UnknownJob
-from app.runtime.launcher import Launcher, RunningJob, ShuttingDown
-from app.runtime.operator import (
-    JobOperator,
-    NoSuchExecution,
-    NotRestartable,
-    Refused,
-    Stopped,
-)
+from app.runtime.job import JobSpec, UnknownJob, find_job
+from app.runtime.launcher import Launcher, RunningJob
+from app.runtime.operator import JobOperator, NoSuchExecution, Stopped
 from app.runtime.parameters import ParameterError, iso_date, now_in
 from app.runtime.resources import Resources
 from app.runtime.scheduler import scheduled_runs
 from app.spring_format import UNDECODABLE
 from app.web.console import console_routes
-from app.web.errors import ApiError, ServerLog, error_middleware
+from app.web.errors import ApiError, ServerLog, error_middleware, execution_url
 from app.web.metrics import (
     EXPOSITION,
     REPOSITORY_METRICS,
@@ -245,17 +234,13 @@ def _query_middleware(document: Mapping[str, Any]) -> Middleware:
         if names is not None:
             for name in request.query:
                 if name not in names:
-                    takes = ", ".join(names) or "none"
-                    raise ApiError(
-                        400,
-                        "INVALID_PARAMETER",
-                        f"{name[:40]}: not a parameter of this call (it takes {takes})",
+                    takes = ", ".join(_taken(request, names)) or "none"
+                    raise ParameterError(
+                        name[:40], f"not a parameter of this call (it takes {takes})"
                     )
                 given = len(request.query.getall(name))
                 if given > 1:
-                    raise ApiError(
-                        400, "INVALID_PARAMETER", f"{name}: given {given} times; give it once"
-                    )
+                    raise ParameterError(name, f"given {given} times; give it once")
         return await handler(request)
 
     return check
@@ -268,20 +253,30 @@ def _operator(request: web.Request) -> JobOperator:
     return JobOperator.of(request.app[LAUNCHER])
 
 
-def execution_url(execution_id: int) -> str:
-    return f"/api/v1/jobs/executions/{execution_id}"
+def _taken(request: web.Request, names: Sequence[str]) -> list[str]:
+    """Of the parameters a call declares, those it takes here: on a job's path, only that
+    job's among the jobs' parameters (the stats job takes no targetHour)."""
+    jobs = request.app[LAUNCHER].jobs.values()
+    try:
+        mine = {p.name for p in find_job(jobs, request.match_info.get("jobName", "")).parameters}
+    except UnknownJob:
+        return list(names)
+    theirs = {p.name for spec in jobs for p in spec.parameters} - mine
+    return [name for name in names if name not in theirs]
 
 
 def _job(request: web.Request) -> JobSpec:
-    name = request.match_info["jobName"]
+    return _find(request, "jobName", request.match_info["jobName"])
+
+
+def _find(request: web.Request, parameter: str, name: str) -> JobSpec:
+    """The job named by `parameter`; a ParameterError naming it if there is none."""
     launcher = request.app[LAUNCHER]
     try:
         return launcher.find(name)
     except UnknownJob:
-        raise ApiError(
-            400,
-            "INVALID_PARAMETER",
-            f"jobName: no job named {name[:60]!r}; known: {', '.join(launcher.jobs)}",
+        raise ParameterError(
+            parameter, f"no job named {name[:60]!r}; known: {', '.join(launcher.jobs)}"
         ) from None
 
 
@@ -336,12 +331,7 @@ async def launch_job(request: web.Request) -> web.Response:
 
 async def _backfill(request: web.Request, spec: JobSpec, raw: dict[str, str]) -> web.Response:
     first, last = raw.pop("from", ""), raw.pop("to", "")
-    try:
-        runs, refusals = await _operator(request).backfill(spec.path, first, last, raw, rerun=True)
-    except ParameterError as exc:
-        raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
-    except ShuttingDown as exc:
-        raise ApiError(503, "SHUTTING_DOWN", str(exc)) from None
+    runs, refusals = await _operator(request).backfill(spec.path, first, last, raw, rerun=True)
     launched = [_launch_body(run.execution) for _, run in runs]
     refused = [{"runDate": day.isoformat(), "message": str(exc)} for day, exc in refusals]
     log.info(
@@ -358,21 +348,8 @@ async def _backfill(request: web.Request, spec: JobSpec, raw: dict[str, str]) ->
 async def _launched(
     request: web.Request, what: str, start: Callable[[], Awaitable[RunningJob]]
 ) -> RunningJob:
-    """A launch or a restart, its refusals as the API's errors."""
-    try:
-        run = await start()
-    except ParameterError as exc:
-        raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
-    except (AlreadyRunning, AlreadyComplete) as exc:
-        code = "JOB_ALREADY_RUNNING" if isinstance(exc, AlreadyRunning) else "JOB_ALREADY_COMPLETE"
-        raise ApiError(
-            409,
-            code,
-            f"{exc}; see {execution_url(exc.execution_id)}",
-            {"Location": execution_url(exc.execution_id)},
-        ) from None
-    except ShuttingDown as exc:
-        raise ApiError(503, "SHUTTING_DOWN", str(exc)) from None
+    """A launch or a restart, logged with who asked for it."""
+    run = await start()
     log.info(
         "%s requested through the API: execution=%d by=%s", what, run.execution.id, _who(request)
     )
@@ -404,49 +381,38 @@ def _execution_id(request: web.Request) -> int | None:
     """The path's execution id; None where no execution can have it (past BIGINT)."""
     raw = request.match_info["id"]
     if not raw.isascii() or not raw.isdigit():
-        raise ApiError(
-            400, "INVALID_PARAMETER", f"id: must be an execution id (digits), got {raw[:40]!r}"
-        )
+        raise ParameterError("id", f"must be an execution id (digits), got {raw[:40]!r}")
     # Past BIGINT no execution can exist (and int() refuses over 4,300 digits).
     if len(raw) <= _BIGINT_DIGITS and int(raw) <= _MAX_BIGINT:
         return int(raw)
     return None
 
 
-def _not_found(request: web.Request) -> ApiError:
-    return ApiError(404, "EXECUTION_NOT_FOUND", f"no job execution {request.match_info['id'][:40]}")
+def _not_found(request: web.Request) -> NoSuchExecution:
+    """For an id past BIGINT, which no execution can have."""
+    return NoSuchExecution(f"no job execution {request.match_info['id'][:40]}")
 
 
 async def get_execution(request: web.Request) -> web.Response:
     execution_id = _execution_id(request)
     if execution_id is None:
         raise _not_found(request)
-    try:
-        execution = await _operator(request).get(execution_id)
-    except NoSuchExecution:
-        raise _not_found(request) from None
+    execution = await _operator(request).get(execution_id)
     return web.json_response(await _view(request, execution))
 
 
 async def _operated(
     request: web.Request,
     command: Callable[[JobOperator, int], Awaitable[object]],
-    refusal: str,
     what: str,
 ) -> JobExecution:
-    """The operator's stop or abandon of the path's execution, its refusals as the API's
-    errors (404, 409 `refusal`); the execution it reached (a stop may reach the one that
-    carries the run on), as it is now."""
+    """The operator's stop or abandon of the path's execution; the execution it reached
+    (a stop may reach the one that carries its run on), as it is now."""
     operator = _operator(request)
     execution_id = _execution_id(request)
     if execution_id is None:
         raise _not_found(request)
-    try:
-        done = await command(operator, execution_id)
-    except NoSuchExecution:
-        raise _not_found(request) from None
-    except Refused as exc:
-        raise ApiError(409, refusal, str(exc)) from None
+    done = await command(operator, execution_id)
     reached = done.execution_id if isinstance(done, Stopped) else execution_id
     log.info(
         "%s through the API: execution=%d%s by=%s",
@@ -463,7 +429,7 @@ async def stop_execution(request: web.Request) -> web.Response:
     chunks it is processing (STOPPED, restartable): at once on this replica, at its next
     chunk commit on another. A run taken over answers with the execution that carries it
     on (its Location); one awaiting its automatic restart is STOPPED at once."""
-    execution = await _operated(request, JobOperator.stop, "JOB_NOT_RUNNING", "stop requested")
+    execution = await _operated(request, JobOperator.stop, "stop requested")
     return web.json_response(
         await _view(request, execution),
         status=202,
@@ -478,29 +444,22 @@ async def restart_execution(request: web.Request) -> web.Response:
     execution_id = _execution_id(request)
     if execution_id is None:
         raise _not_found(request)
-    try:
-        run = await _launched(request, "restart", lambda: operator.restart(execution_id))
-    except LookupError:
-        raise _not_found(request) from None
-    except NotRestartable as exc:
-        raise ApiError(409, "JOB_NOT_RESTARTABLE", str(exc)) from None
+    run = await _launched(request, "restart", lambda: operator.restart(execution_id))
     return _accepted(run)
 
 
 async def abandon_execution(request: web.Request) -> web.Response:
     """JobOperator's abandon: a STOPPED, FAILED or STOPPING execution becomes ABANDONED;
     it is never restarted, and the next launch of its instance starts from scratch."""
-    execution = await _operated(request, JobOperator.abandon, "JOB_NOT_ABANDONABLE", "abandoned")
+    execution = await _operated(request, JobOperator.abandon, "abandoned")
     return web.json_response(await _view(request, execution))
 
 
 def _limit(request: web.Request, default: int) -> int:
     raw = request.query.get("limit", str(default))
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= LIST_LIMIT_MAX):
-        raise ApiError(
-            400,
-            "INVALID_PARAMETER",
-            f"limit: must be an integer from 1 to {LIST_LIMIT_MAX}, got {raw[:40]!r}",
+        raise ParameterError(
+            "limit", f"must be an integer from 1 to {LIST_LIMIT_MAX}, got {raw[:40]!r}"
         )
     return int(raw)
 
@@ -517,42 +476,19 @@ async def list_executions(request: web.Request) -> web.Response:
 async def list_recent_executions(request: web.Request) -> web.Response:
     """The most recent executions of every job, newest first, a page at a time: `job`,
     `status` and `runDate` filter; `before` (the previous page's `nextBefore`) pages on."""
-    launcher = request.app[LAUNCHER]
     query = request.query
     status = query.get("status")
     known = [s.value for s in Status]
     if status is not None and status not in known:
-        raise ApiError(
-            400,
-            "INVALID_PARAMETER",
-            f"status: must be one of {', '.join(known)}, got {status[:40]!r}",
-        )
+        raise ParameterError("status", f"must be one of {', '.join(known)}, got {status[:40]!r}")
     job = query.get("job")
-    job_name = None
-    if job is not None:
-        try:
-            job_name = launcher.find(job).name
-        except UnknownJob:
-            raise ApiError(
-                400,
-                "INVALID_PARAMETER",
-                f"job: no job named {job[:60]!r}; known: {', '.join(launcher.jobs)}",
-            ) from None
-    run_date = None
-    if "runDate" in query:
-        try:
-            run_date = iso_date("runDate", query["runDate"])
-        except ParameterError as exc:
-            raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
+    job_name = None if job is None else _find(request, "job", job).name
+    run_date = None if "runDate" not in query else iso_date("runDate", query["runDate"])
     before = None
     if "before" in query:
         raw = query["before"]
         if not (raw.isascii() and raw.isdigit() and len(raw) <= _BIGINT_DIGITS):
-            raise ApiError(
-                400,
-                "INVALID_PARAMETER",
-                f"before: must be an execution id (digits), got {raw[:40]!r}",
-            )
+            raise ParameterError("before", f"must be an execution id (digits), got {raw[:40]!r}")
         before = int(raw)
     limit = _limit(request, RECENT_LIMIT_DEFAULT)
     # One more than asked: whether an older page exists.
@@ -576,10 +512,7 @@ async def estimate_job(request: web.Request) -> web.Response:
     spec = _job(request)
     if spec.estimate is None:
         raise ApiError(404, "NO_ESTIMATE", f"job {spec.path} has no estimate")
-    try:
-        parsed = spec.read(request.query, now_in(launcher.settings.timezone))
-    except ParameterError as exc:
-        raise ApiError(400, "INVALID_PARAMETER", str(exc)) from None
+    parsed = spec.read(request.query, now_in(launcher.settings.timezone))
     values = {p.name: p.value for p in parsed if p.identifying}
     estimate = await spec.estimate(launcher.resources, values)
     return web.json_response(

@@ -1,4 +1,5 @@
-"""Every error answer in the platform's JSON shape (CONTRACTS section 4)."""
+"""Every error answer in the platform's JSON shape (CONTRACTS section 4): a refusal by its
+class's code and status (`app.errors`), anything else a generic 500."""
 
 from __future__ import annotations
 
@@ -13,22 +14,27 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 from aiohttp.typedefs import Handler, Middleware
 
-from app.edges.auth import AuthError
+from app.errors import Refusal
+from app.model import LaunchRefused
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An answer other than success, raised by a handler and rendered by the middleware."""
+class ApiError(Refusal):
+    """A refusal of the API's own, not the service's (an unknown path, a method not
+    allowed, a job without an estimate): its status and code given where it is raised."""
 
     def __init__(
         self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = status
         self.code = code
-        self.message = message
         self.headers = dict(headers or {})
+
+
+def execution_url(execution_id: int) -> str:
+    return f"/api/v1/jobs/executions/{execution_id}"
 
 
 # The exception a request met that the API does not mean (answered 500): the
@@ -60,37 +66,48 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiErr
     return ApiError(exc.status, code, exc.reason)
 
 
+def _answer(refusal: Refusal) -> tuple[str, dict[str, str]]:
+    """A refusal's message and headers: a refused launch points to the execution in its
+    way (Location)."""
+    if isinstance(refusal, LaunchRefused):
+        url = execution_url(refusal.execution_id)
+        return f"{refusal}; see {url}", {"Location": url}
+    if isinstance(refusal, ApiError):
+        return str(refusal), refusal.headers
+    return str(refusal), {}
+
+
 def error_middleware(tz: tzinfo) -> Middleware:
-    """Renders ApiError, AuthError and aiohttp's HTTP errors; any other exception is
-    logged and answered 500 with a generic message (never a stack trace)."""
+    """Renders a refusal by its class (`app.errors`) and aiohttp's HTTP errors; any other
+    exception, a fault included, is logged and answered 500 with a generic message (never
+    a stack trace)."""
 
     @web.middleware
     async def render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as exc:
-            error = exc
-        except AuthError as exc:
-            error = ApiError(exc.status, exc.code, exc.message)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            error = _from_http_exception(request, exc)
+            error: Refusal = _from_http_exception(request, exc)
+        except Refusal as exc:
+            error = exc
         except Exception as exc:
             log.exception("unexpected error: %s %s", request.method, request.path)
             request[UNEXPECTED_ERROR] = exc
             error = ApiError(500, "INTERNAL_SERVER_ERROR", "an unexpected error occurred")
+        message, headers = _answer(error)
         body = {
             "error": {
-                "status": _status_text(error.status),
+                "status": _status_text(error.http_status),
                 "code": error.code,
-                "message": error.message,
+                "message": message,
                 "requestUrl": request.path,
                 # ISO 8601 in the service's zone with its offset, the clock of the logs
                 "timestamp": datetime.now(tz).isoformat(),
             }
         }
-        return web.json_response(body, status=error.status, headers=error.headers)
+        return web.json_response(body, status=error.http_status, headers=headers)
 
     return render_errors
 

@@ -80,7 +80,7 @@ async def consume(
         await channel.set_qos(prefetch_count=1000)
         queue = await channel.get_queue(CONSUMER_QUEUE)
         tag = await queue.consume(on_message, no_ack=True)
-        async with waiting(within, f"{until} messages in the consumer queue (got {len(got)})"):
+        async with waiting(within, f"{until} messages in the consumer queue"):
             await enough.wait()
         await asyncio.sleep(idle)
         await queue.cancel(tag)

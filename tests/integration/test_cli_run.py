@@ -24,10 +24,14 @@ import pytest
 from asyncmy.pool import Pool
 
 from app.__main__ import EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
+from app.composition import JOBS
 from app.config import Settings
 from app.contracts import CONSUMER_QUEUE, EXCHANGE, ROUTING_KEY
 from app.devtools.fake_peers import FakePeerControl, FakePeers, run_fake_peers
 from app.edges.db import fetch_all
+from app.model import Status
+from app.repository.mariadb import MariaDbJobRepository
+from app.runtime.job import find_job
 from tests.integration import rabbit
 from tests.integration.test_cli_database_errors import cli as run_cli
 from tests.integration.test_fcm_send_job import insert_events, insert_stats
@@ -184,6 +188,48 @@ async def test_an_option_the_job_does_not_take_is_refused_naming_it(
     assert await executions(pool) == []
 
 
+async def test_an_option_given_twice_is_refused_naming_it(
+    pool: Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """Before: the last of `--run-date A --run-date B` was taken without a word (the API
+    refuses a parameter given twice)."""
+    env = cli_environment(settings)
+    args = ("run", "coupon-usage-stats", "--run-date", "2025-10-26", "--run-date", "2025-10-27")
+    code, out, err = await cli(env, tmp_path, *args)
+    assert (code, out) == (EXIT_USAGE, "")
+    assert err.splitlines()[-1] == (
+        "python -m app run: error: argument --run-date: given twice; give it once"
+    )
+    code, _, err = await cli(
+        env, tmp_path, "backfill", "coupon-usage-stats", "--from", "2025-10-01", "--from",
+        "2025-10-02", "--to", "2025-10-03",
+    )  # fmt: skip
+    assert code == EXIT_USAGE
+    assert err.splitlines()[-1] == (
+        "python -m app backfill: error: argument --from: given twice; give it once"
+    )
+    assert await executions(pool) == []
+
+
+async def test_a_completed_instance_is_not_launched_and_the_hint_names_rerun(
+    pool: Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """The hint by the refusal's class (before: by the word "completed" in its message)."""
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
+    spec = find_job(JOBS, "coupon-usage-stats")
+    parameters = spec.parse({"runDate": "2025-10-26"}, datetime(2025, 10, 27, 9, 0))
+    done = await repository.start_execution(spec.name, parameters, rerun_completed=False)
+    await repository.finish_execution(done.id, Status.COMPLETED, "")
+    args = ("run", "coupon-usage-stats", "--run-date", "2025-10-26", "--quiet")
+    assert await cli(cli_environment(settings), tmp_path, *args) == (
+        EXIT_REFUSED,
+        "",
+        f"not launched: couponUsageStatsJob already completed as execution {done.id}"
+        " (use --rerun to run it again)\n",
+    )
+    assert len(await executions(pool)) == 1
+
+
 async def test_help_shows_defaults_and_exit_codes(settings: Settings, tmp_path: Path) -> None:
     env = {**cli_environment(settings), "COLUMNS": "200"}
     code, out, _ = await cli(env, tmp_path, "run", "--help")
@@ -196,6 +242,13 @@ async def test_help_shows_defaults_and_exit_codes(settings: Settings, tmp_path: 
     assert "run a completed instance again (default: exit 3)" in out
     codes = out[out.index("exit codes:") :].splitlines()
     assert [line[2] for line in codes if re.match(r"  \d  ", line)] == ["0", "1", "2", "3", "4"]
+    # Ctrl-C: what `test_ctrl_c_while_a_chunk_outlasts_the_grace_is_one_summary_line` sees
+    # (before: "stop a run", as if it ended STOPPED)
+    assert (
+        "  1  FAILED or STOPPED, restartable from its checkpoint; Ctrl-C or SIGTERM interrupt a"
+        " run after its chunks in flight (FAILED, exit code INTERRUPTED; past"
+        " SHUTDOWN_GRACE_SECONDS it is cancelled)"
+    ) in " ".join(line.strip() if line.startswith("     ") else line for line in codes)
     assert "  4  COMPLETED WITH SKIPS" in out
     code, out, _ = await cli(env, tmp_path, "stop", "--help")
     assert code == 0
@@ -421,7 +474,8 @@ async def test_ctrl_c_while_a_chunk_outlasts_the_grace_is_one_summary_line(
     assert code == EXIT_FAILED, text
     assert "Traceback" not in text and "CancelledError" not in text
     [(execution, status, code, message)] = await executions(pool)
-    assert status != "COMPLETED" and message, message  # what the cancellation recorded
+    # what the cancellation recorded, as `run --help` says of exit code 1
+    assert (status, code) == ("FAILED", "INTERRUPTED"), message
     summaries = [line for line in text.splitlines() if line.startswith("couponUsageStatsJob ")]
     assert summaries == [
         f"couponUsageStatsJob execution {execution}: {code}; read 0, written 0, filtered 0,"

@@ -58,7 +58,7 @@ async def test_the_token_is_accepted_by_the_admin_api_until_its_ttl(
     verify_admin_token(f"Bearer {token}", TEST_JWT_KEY, now=claims["exp"] - 0.001)
     with pytest.raises(AuthError) as expired:
         verify_admin_token(f"Bearer {token}", TEST_JWT_KEY, now=claims["exp"])
-    assert (expired.value.status, expired.value.code) == (401, "EXPIRED_TOKEN")
+    assert (expired.value.http_status, expired.value.code) == (401, "EXPIRED_TOKEN")
     await asyncio.sleep(max(0.0, claims["exp"] - time.time()) + 0.05)
     resp = await api.get("/api/v1/jobs/executions", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 401

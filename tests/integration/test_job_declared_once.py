@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -39,6 +38,7 @@ from app.schema.migrate import HISTORY_TABLE, migrate
 from app.web.app import create_app
 from app.web.openapi import openapi
 from tests.dashboard import DASHBOARD
+from tests.fakes import memory_launcher
 from tests.integration.test_web_api import bearer
 from tests.reliability.support import cli_environment
 from tests.waits import waiting
@@ -222,8 +222,7 @@ def test_the_openapi_document_names_the_job(jobs: tuple[JobSpec, ...]) -> None:
 async def test_the_job_list_that_the_console_renders_names_the_job(
     jobs: tuple[JobSpec, ...], settings: Settings
 ) -> None:
-    launcher = SimpleNamespace(settings=settings, jobs={spec.path: spec for spec in jobs})
-    app = create_app(launcher, {})  # type: ignore[arg-type]
+    app = create_app(memory_launcher(jobs), {})
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/api/v1/jobs", headers=bearer())
         assert resp.status == 200

@@ -28,7 +28,7 @@ class Rows(list[Any]):
 async def test_what_a_run_left_in_reference_cycles_is_freed_when_it_ends(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # As after `tune_gc`, without freezing the test process or changing its thresholds.
+    # As after `tune_gc`, without changing the test process's thresholds.
     monkeypatch.setattr(memory, "_collecting_rarely", True)
     left: list[weakref.ref[Rows]] = []
 

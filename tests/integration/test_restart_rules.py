@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from aiohttp.test_utils import TestClient
 from asyncmy.pool import Pool
 
 from app.__main__ import EXIT_REFUSED
@@ -41,6 +42,21 @@ async def cli_restart(settings: Settings, execution_id: int, cwd: Path) -> tuple
     return await cli(["restart", str(execution_id), "--quiet"], cli_environment(settings), cwd)
 
 
+async def refused_by_api_and_cli(
+    api: TestClient, settings: Settings, cwd: Path, execution_id: int, words: str
+) -> None:
+    """The restart refused alike: 409 JOB_NOT_RESTARTABLE from the API, exit 3 from the CLI."""
+    resp = await api.post(f"/api/v1/jobs/executions/{execution_id}/restart", headers=bearer())
+    assert resp.status == 409
+    error = (await resp.json())["error"]
+    assert (error["code"], error["message"]) == ("JOB_NOT_RESTARTABLE", words)
+    assert await cli_restart(settings, execution_id, cwd) == (
+        EXIT_REFUSED,
+        "",
+        f"not restarted: {words}\n",
+    )
+
+
 async def execution_count(pool: Pool) -> int:
     [(count,)] = await fetch_all(pool, "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION")
     return int(count)
@@ -58,15 +74,7 @@ async def test_an_execution_its_instance_ran_on_after_is_not_restarted(
             f"execution {earlier} is not its instance's last: execution {last} ran on after it"
             " and is FAILED; only the last one restarts"
         )
-        resp = await api.post(f"/api/v1/jobs/executions/{earlier}/restart", headers=bearer())
-        assert resp.status == 409
-        error = (await resp.json())["error"]
-        assert (error["code"], error["message"]) == ("JOB_NOT_RESTARTABLE", words)
-        assert await cli_restart(settings, earlier, tmp_path) == (
-            EXIT_REFUSED,
-            "",
-            f"not restarted: {words}\n",
-        )
+        await refused_by_api_and_cli(api, settings, tmp_path, earlier, words)
     assert await execution_count(pool) == 3  # nothing launched
 
     resp = await api.post(f"/api/v1/jobs/executions/{last}/restart", headers=bearer())
@@ -88,11 +96,22 @@ async def test_an_instance_abandoned_since_is_not_restarted_from_an_older_execut
         f"execution {failed} is not its instance's last: execution {abandoned} ran on after it"
         " and is ABANDONED; only the last one restarts"
     )
-    resp = await api.post(f"/api/v1/jobs/executions/{failed}/restart", headers=bearer())
-    assert (resp.status, (await resp.json())["error"]["message"]) == (409, words)
-    assert await cli_restart(settings, failed, tmp_path) == (
-        EXIT_REFUSED,
-        "",
-        f"not restarted: {words}\n",
-    )
+    await refused_by_api_and_cli(api, settings, tmp_path, failed, words)
     assert await execution_count(pool) == 2
+
+
+async def test_an_execution_of_a_job_this_service_does_not_run_is_not_restarted(
+    client: Client, pool: Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """An execution the job repository holds of another job (the Spring service's, say):
+    before, the API's restart answered 404 "no job execution" for it, which exists."""
+    api = await client()
+    repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
+    execution = await repository.start_execution("retiredJob", [], rerun_completed=False)
+    await repository.finish_execution(execution.id, Status.FAILED, "FAILED here")
+    words = (
+        f"execution {execution.id} is of retiredJob, a job this service does not run (it runs"
+        " coupon-usage-stats, coupon-usage-stats-fcm-send)"
+    )
+    await refused_by_api_and_cli(api, settings, tmp_path, execution.id, words)
+    assert await execution_count(pool) == 1  # nothing launched

@@ -13,6 +13,7 @@ import pytest
 from asyncmy.connection import Connection
 from asyncmy.pool import Pool
 
+from app.concurrency import StrayCancellation
 from app.config import Settings
 from app.edges.db import fetch_all, stream_rows
 from app.errors import AvailabilityError, DataError, NotAboutItems
@@ -21,7 +22,9 @@ from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.pipeline.writers import DatabaseWriter
 from app.repository.mariadb import MariaDbJobRepository
+from tests.reliability.support import until
 from tests.settings import make_settings
+from tests.waits import waiting
 
 ITEMS = [1, 2, 3, 4, 5, 6, 7]  # cut in chunks of 2: [1, 2], [3, 4], [5, 6], [7]
 
@@ -203,6 +206,35 @@ async def test_a_failed_step_leaves_no_chunk_s_outcome_unread(
     del outcome  # its traceback holds the step's frames, and so the chunks' futures
     gc.collect()
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_a_cancellation_no_one_asked_of_a_worker_fails_the_step_never_hangs(
+    scratch: Pool,
+) -> None:
+    """The third chunk's processing awaits a future another task shares and cancels (as
+    PeerClient's shared import was, by a token lookup's cancelled sibling). Before: its
+    worker died of the CancelledError, and the sink waited for that chunk forever."""
+    loop = asyncio.get_running_loop()
+    shared: asyncio.Future[None] = loop.create_future()
+
+    async def awaits_shared_at_five(items: list[int]) -> Processed[list[int]]:
+        if items[0] == 5:
+
+            async def before_committed() -> bool:
+                return await items_written(scratch) == [1, 3]
+
+            await until(before_committed, within=10, what="the two chunks before it committed")
+            loop.call_soon(shared.cancel)
+            await shared
+        return await keep_odd(items)
+
+    async with waiting(30, "the step's end (never, before)"):
+        outcome, step, _ = await run(
+            scratch, make_settings(ENRICH_WORKERS=1), definition(awaits_shared_at_five)
+        )
+    assert type(outcome) is StrayCancellation
+    assert (step.checkpoint, step.write_count) == (4, 2)
+    assert await items_written(scratch) == [1, 3]
 
 
 async def test_a_data_fault_skips_only_the_item_that_fails_on_its_own_and_names_it(

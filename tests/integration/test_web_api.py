@@ -9,7 +9,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,11 +27,12 @@ from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.model import Status
 from app.repository.mariadb import MariaDbJobRepository
-from app.runtime.job import find_job
+from app.runtime.job import JobSpec, find_job
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from app.web.app import LAUNCHER, create_app
 from tests.settings import TEST_JWT_KEY, make_settings
+from tests.unit.test_error_hierarchy import TOY
 from tests.waits import waiting
 
 STATS = "/api/v1/jobs/coupon-usage-stats"
@@ -89,7 +90,7 @@ async def client(settings: Settings, fake: FakePeers, pool: Pool) -> AsyncIterat
     """`await client(**setting_overrides)`: a test client of the app over a real launcher."""
     async with AsyncExitStack() as stack:
 
-        async def make(**overrides: object) -> TestClient:
+        async def make(*, jobs: Sequence[JobSpec] = JOBS, **overrides: object) -> TestClient:
             job_settings = make_settings(
                 DB_URL=settings.DB_URL,
                 STORE_SERVICE_URL=fake.store_url,
@@ -100,7 +101,7 @@ async def client(settings: Settings, fake: FakePeers, pool: Pool) -> AsyncIterat
                 **overrides,
             )
             resources = await stack.enter_async_context(open_resources(job_settings, broker=False))
-            launcher = Launcher(resources, JOBS)
+            launcher = Launcher(resources, jobs)
             stack.push_async_callback(launcher.shutdown, 5)
             return await stack.enter_async_context(TestClient(TestServer(create_app(launcher, {}))))
 
@@ -267,6 +268,42 @@ async def test_bad_input_is_400_naming_the_parameter(
         await resp.json(), "400 BAD_REQUEST", "INVALID_PARAMETER", path.split("?")[0]
     )
     assert error["message"].startswith(f"{parameter}: ")
+
+
+@pytest.mark.parametrize(
+    ("path", "takes"),
+    [
+        (f"{STATS}?runDate=2024-12-01&foo=1", "runDate, dryRun, from, to"),
+        (f"{FANOUT}?runDate=2024-12-01&foo=1", "runDate, dryRun, targetHour, from, to"),
+        ("/api/v1/jobs/no-such-job?foo=1", "runDate, dryRun, targetHour, from, to"),
+    ],
+)
+async def test_an_unknown_parameter_s_400_lists_the_job_s_own(
+    client: Client, path: str, takes: str
+) -> None:
+    """Before, the stats job's listed targetHour, which it refuses (the fan-out's)."""
+    api = await client()
+    resp = await api.post(path, headers=bearer())
+    assert resp.status == 400
+    error = assert_error(
+        await resp.json(), "400 BAD_REQUEST", "INVALID_PARAMETER", path.split("?")[0]
+    )
+    assert error["message"] == f"foo: not a parameter of this call (it takes {takes})"
+
+
+async def test_a_bad_value_for_a_job_s_integer_parameter_is_400_naming_it(
+    client: Client, pool: Pool
+) -> None:
+    """A job whose parse reads `int(raw["limit"])`: before, `limit=x` answered 500."""
+    api = await client(jobs=[*JOBS, TOY])
+    resp = await api.post("/api/v1/jobs/toy-count?limit=x", headers=bearer())
+    assert resp.status == 400
+    error = assert_error(
+        await resp.json(), "400 BAD_REQUEST", "INVALID_PARAMETER", "/api/v1/jobs/toy-count"
+    )
+    assert error["message"] == "limit: must be an integer, got 'x'"
+    [(count,)] = await fetch_all(pool, "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION")
+    assert count == 0
 
 
 async def test_unknown_routes_and_methods(client: Client) -> None:

@@ -653,8 +653,8 @@ class LoopLag:
     async def __aenter__(self) -> LoopLag:
         # The test process holds the objects of every test run before: a full collection
         # walks them all (0.2 s late in a suite, seen as a stall of the code under test).
-        # The daemon freezes what its start-up made (runtime.memory.tune_gc); so is what
-        # exists here, and a collection meanwhile walks what the code under test made.
+        # Frozen: what exists here, so that a collection meanwhile walks what the code
+        # under test made.
         gc.freeze()
         gc.callbacks.append(self._on_gc)
         self._task = asyncio.create_task(self._probe())

@@ -65,7 +65,7 @@ async def test_backfill_then_list_stop_abandon_and_restart_from_the_command_line
 
         assert await command(env, tmp_path, "stop", str(first)) == (
             EXIT_REFUSED,
-            f"not done: execution {first} is COMPLETED\n",
+            f"not done: execution {first} is COMPLETED, not running\n",
         )
         assert await command(env, tmp_path, "abandon", "9999999") == (
             EXIT_USAGE,

@@ -1,14 +1,18 @@
 """Fault 2: the database connection that streams the stats job's window killed on the
 server (`KILL`) mid-stream: the execution fails with a clear message, and a restart
-resumes from the checkpoint and completes with the exact table."""
+resumes from the checkpoint and completes with the exact table. And a run-wide query of
+the fan-out failing while its sibling token lookup is in flight: the run fails, never
+hangs."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from asyncmy.pool import Pool
 
+from app.__main__ import EXIT_FAILED
 from app.composition import JOBS
 from app.config import Settings
 from app.devtools.fake_peers import run_fake_peers
@@ -18,7 +22,16 @@ from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from tests.integration.test_fcm_send_job import pool_execute
 from tests.integration.test_usage_stats_job import job_settings, run_job, stats
-from tests.reliability.support import STATS_RUN_DATE, bulk_stats_world, until
+from tests.reliability.support import (
+    FANOUT_HOUR,
+    FANOUT_RUN_DATE,
+    STATS_RUN_DATE,
+    bulk_stats_world,
+    cli,
+    cli_environment,
+    fanout_world,
+    until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +108,38 @@ async def test_streaming_connection_killed_on_the_server_then_a_restart_complete
     assert resumed.instance_id == failed.instance_id
     assert resumed.steps[0].read_count == world.members - checkpoint  # fewer: from the checkpoint
     assert await stats(pool) == world.expected
+
+
+async def test_a_fan_out_whose_events_query_fails_at_its_first_chunk_fails_never_hangs(
+    pool: Pool, settings: Settings, queue: str, tmp_path: Path
+) -> None:
+    """coupon_events away (renamed by the test): the run-wide events query fails at once,
+    while the first chunk's token lookup, its sibling, is still opening the HTTP session
+    (aiohttp's first import, in a fresh process). Before: the lookup's cancellation
+    cancelled the session's shared import, every later lookup of the run met that
+    CancelledError, the workers died of it and the run waited forever for their chunks."""
+    world = fanout_world(40)
+    await world.load(pool)
+    await pool_execute(pool, "RENAME TABLE coupon_events TO coupon_events_away")
+    try:
+        async with run_fake_peers(world.peers) as fake:
+            env = cli_environment(
+                settings,
+                RABBITMQ_VHOST=queue,
+                STORE_SERVICE_URL=fake.store_url,
+                NOTIFICATION_SERVICE_URL=fake.notification_url,
+                RETRY_BUDGET_SECONDS=1,
+                CHUNK_SIZE=5,
+            )
+            args = ["run", "coupon-usage-stats-fcm-send", "--run-date", FANOUT_RUN_DATE]
+            args += ["--target-hour", str(FANOUT_HOUR), "--quiet"]
+            async with cli(args, env, tmp_path / "run.log") as run:
+                code = await run.wait(within=60)  # the process's exit: never, before
+                log = run.log_text()
+    finally:
+        await pool_execute(pool, "RENAME TABLE coupon_events_away TO coupon_events")
+    assert code == EXIT_FAILED, log
+    (row,) = await fetch_all(pool, "SELECT STATUS, EXIT_MESSAGE FROM BATCH_JOB_EXECUTION")
+    assert row[0] == "FAILED"
+    assert row[1].startswith("NotAboutItems: "), row[1]
+    assert "coupon_events' doesn't exist" in row[1], row[1]

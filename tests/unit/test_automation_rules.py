@@ -3,11 +3,14 @@ replica runs the schedules, where a stop lands."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from app.jobs import fcm_send_spec, usage_stats_spec
 from app.model import INTERRUPTED, InstanceSummary, Status
 from app.replicas import Replica
 from app.repository.rules import StopTarget, stop_target
@@ -17,10 +20,16 @@ from app.runtime.automation import (
     Leave,
     Restart,
     RestartPolicy,
+    Schedule,
     Wait,
     decide,
+    due_slot,
+    due_time_of,
+    last_due,
+    schedules_of,
     schedules_zone,
 )
+from app.runtime.scheduler import _waiting
 
 NOW = datetime(2025, 10, 27, 1, 0, 0, tzinfo=UTC)
 POLICY = RestartPolicy(attempts=3, backoff_seconds=60, misfire_grace=timedelta(minutes=10))
@@ -176,3 +185,87 @@ def test_a_stop_lands_on_its_run_s_latest_execution(
     run: list[tuple[int, Status]], target: StopTarget
 ) -> None:
     assert stop_target(run) == target
+
+
+def test_a_restart_s_due_time_is_said_in_app_timezone_not_the_database_clock_s() -> None:
+    """Before: `restart due at 2025-10-27T01:00:30+00:00`, the database clock's zone,
+    beside schedules said in APP_TIMEZONE."""
+    wait = Wait(42, NOW + 30 * S)
+    assert _waiting(wait, ZoneInfo("Asia/Seoul")) == (
+        "execution 42 FAILED; restart due at 2025-10-27T10:00:30+09:00"
+    )
+    assert _waiting(wait, ZoneInfo("UTC")) == (
+        "execution 42 FAILED; restart due at 2025-10-27T01:00:30+00:00"
+    )
+
+
+H = timedelta(hours=1)
+HOURLY = Schedule(fcm_send_spec.SPEC, fcm_send_spec.SPEC.schedule)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("now", "fired"),
+    [
+        (datetime(2025, 10, 27, 10, 0, 0), datetime(2025, 10, 27, 10, 0)),  # at its time
+        (datetime(2025, 10, 27, 10, 0, 0, 700_000), datetime(2025, 10, 27, 10, 0)),
+        (datetime(2025, 10, 27, 10, 59, 59, 900_000), datetime(2025, 10, 27, 10, 0)),
+        (datetime(2025, 10, 27, 10, 59, 58), datetime(2025, 10, 27, 10, 0)),
+    ],
+)
+def test_the_last_due_time_is_at_or_before_now(now: datetime, fired: datetime) -> None:
+    assert last_due("0 * * * *", now) == fired
+
+
+@pytest.mark.parametrize(
+    ("now", "slot"),
+    [
+        # a pass a hair early counts the hour as due
+        (datetime(2025, 10, 27, 10, 59, 59), datetime(2025, 10, 27, 11, 0)),
+        (datetime(2025, 10, 27, 10, 59, 59, 200_000), datetime(2025, 10, 27, 11, 0)),
+        (datetime(2025, 10, 27, 10, 59, 57, 500_000), datetime(2025, 10, 27, 10, 0)),
+        (datetime(2025, 10, 27, 11, 0, 0), datetime(2025, 10, 27, 11, 0)),
+    ],
+)
+def test_a_pass_fires_the_slot_due_from_a_second_before_it(now: datetime, slot: datetime) -> None:
+    assert due_slot("0 * * * *", now) == slot
+
+
+def fan_out(day: int, hour: int) -> dict[str, str]:
+    return {"runDate": f"2025-10-{day:02}", "targetHour": str(hour), "dryRun": "false"}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "now", "grace", "due"),
+    [
+        (fan_out(27, 10), datetime(2025, 10, 27, 10, 5), 10 * 60 * S, datetime(2025, 10, 27, 10)),
+        (fan_out(27, 10), datetime(2025, 10, 27, 10, 0), 0 * S, datetime(2025, 10, 27, 10)),
+        (fan_out(27, 10), datetime(2025, 10, 27, 10, 10), 10 * 60 * S, datetime(2025, 10, 27, 10)),
+        (fan_out(27, 10), datetime(2025, 10, 27, 10, 10, 1), 10 * 60 * S, None),  # too late
+        (fan_out(27, 8), datetime(2025, 10, 27, 10, 30), 3 * H, datetime(2025, 10, 27, 8)),
+        (fan_out(27, 8), datetime(2025, 10, 27, 10, 30), 2 * H, None),
+        (fan_out(26, 23), datetime(2025, 10, 27, 0, 20), 2 * H, datetime(2025, 10, 26, 23)),
+        (fan_out(26, 23), datetime(2025, 10, 27, 0, 20), H, None),
+        (fan_out(27, 11), datetime(2025, 10, 27, 10, 30), 3 * H, None),  # not yet fired
+        # dryRun=false does not identify the instance; the instance of a dry run is not due
+        (
+            {"runDate": "2025-10-27", "targetHour": "10"},
+            datetime(2025, 10, 27, 10, 5),
+            H,
+            datetime(2025, 10, 27, 10),
+        ),
+    ],
+)
+def test_the_due_time_of_a_recorded_instance_within_the_grace(
+    parameters: dict[str, str], now: datetime, grace: timedelta, due: datetime | None
+) -> None:
+    assert due_time_of(HOURLY, parameters, now, grace) == due
+
+
+def test_the_schedules_are_those_the_jobs_declare() -> None:
+    unscheduled = dataclasses.replace(fcm_send_spec.SPEC, schedule=None)
+    found = schedules_of([unscheduled, fcm_send_spec.SPEC, usage_stats_spec.SPEC])
+    assert [(s.job.name, s.when.cron) for s in found] == [
+        ("couponUsageStatsFcmSendJob", "0 * * * *"),
+        ("couponUsageStatsJob", "0 1 * * *"),
+    ]
+    assert found[0].job is fcm_send_spec.SPEC and found[0].when is fcm_send_spec.SPEC.schedule

@@ -1,4 +1,5 @@
-"""Shared async work: gather with the first error, lookups and values once per run, slices."""
+"""Shared async work: gather with the first error, lookups and values once per run, slices,
+and a task group's task failing on a cancellation it was not asked for."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ from collections.abc import Awaitable, Mapping
 
 import pytest
 
-from app.concurrency import SharedLookup, SharedValue, gather_first_error, in_slices
+from app.concurrency import (
+    SharedLookup,
+    SharedValue,
+    StrayCancellation,
+    gather_first_error,
+    in_slices,
+    stray_cancellation_fails,
+)
 from app.errors import AvailabilityError
+from tests.waits import waiting
 
 
 class FakeLookup:
@@ -146,3 +155,52 @@ async def test_in_slices_lets_other_tasks_run_between_slices_only() -> None:
         "slice [6]",
         "other 2",
     ]
+
+
+async def test_a_cancellation_from_a_shared_future_fails_the_task_group() -> None:
+    """A worker awaits a future another task shares and cancels (as a token lookup's
+    `gather_first_error` cancelled PeerClient's shared import); its sibling waits for
+    the worker's result. Before: the worker ended cancelled, the group ignored it, and
+    the sibling waited forever."""
+    shared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    result: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def worker() -> None:
+        await shared
+        result.set_result("done")
+
+    async def sink() -> str:
+        return await result
+
+    async def cancel_shared() -> None:
+        await asyncio.sleep(0)
+        shared.cancel()
+
+    with pytest.raises(ExceptionGroup) as raised:
+        async with (
+            waiting(5, "the task group's end (never, before)"),
+            asyncio.TaskGroup() as tasks,
+        ):
+            tasks.create_task(stray_cancellation_fails(worker()))
+            tasks.create_task(stray_cancellation_fails(sink()))
+            tasks.create_task(cancel_shared())
+    (error,) = raised.value.exceptions
+    assert type(error) is StrayCancellation
+    assert str(error) == "cancelled by another task, through a future they shared"
+    assert isinstance(error.__cause__, asyncio.CancelledError)
+    result.cancel()
+
+
+async def test_a_task_s_own_cancellation_stays_a_cancellation() -> None:
+    started = asyncio.Event()
+
+    async def waits() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(stray_cancellation_fails(waits()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()

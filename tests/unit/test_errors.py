@@ -1,7 +1,7 @@
 """Classifying a fault never depends on import timing (issue 26): the edges translate
 their libraries' exceptions where they arise, so `app.errors` needs no third-party module
-(before: it read `sys.modules["aiohttp"]` while `PeerClient.preload` imported aiohttp in
-a thread, and a CLI run crashed on the partially initialized module)."""
+(before: it read `sys.modules["aiohttp"]` while a thread imported aiohttp, and a CLI run
+crashed on the partially initialized module)."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ LIMIT = "limit: must be an integer from 1 to 99"
         ({"runDate": "0001-01-01"}, "runDate: must be 0001-01-02 or later"),
         ({"runDate": "2025-10-31", "limit": "0"}, f"{LIMIT}, got '0'"),
         ({"runDate": "2025-10-31", "limit": "100"}, f"{LIMIT}, got '100'"),
-        ({"runDate": "2025-10-31", "dryRun": ""}, "dryRun: must be true or false, got ''"),
+        ({"runDate": "2025-10-31", "dryRun": "no"}, "dryRun: must be true or false, got 'no'"),
     ],
 )  # fmt: skip
 def test_a_value_its_kind_refuses_names_the_parameter(raw: dict[str, str], message: str) -> None:

@@ -391,11 +391,3 @@ async def test_success_is_timed(peers: PeerClient, mocked: aioresponses) -> None
 async def test_calls_need_the_context() -> None:
     with pytest.raises(RuntimeError, match="async with"):
         await _client().store_dongs([1])
-
-
-async def test_preload_is_one_import_in_a_thread_that_the_exit_awaits() -> None:
-    async with _client() as client:
-        first = client.preload()
-        assert client.preload() is first
-    assert first.done()
-    assert first.result() is aiohttp

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
-from types import SimpleNamespace
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.web.app import create_app
 from app.web.console import CONSOLE_PATH
-from tests.settings import make_settings
+from tests.fakes import memory_launcher
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -22,7 +21,7 @@ CSP = (
 
 @pytest.fixture
 async def client() -> TestClient:
-    app = create_app(SimpleNamespace(settings=make_settings(), jobs={}), {})  # type: ignore[arg-type]
+    app = create_app(memory_launcher([]), {})
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -106,8 +105,7 @@ async def test_the_script_writes_text_only(client: TestClient) -> None:
 
 @pytest.mark.parametrize("zone", ["Asia/Seoul", "America/Argentina/Buenos_Aires"])
 async def test_the_page_names_the_service_zone(zone: str) -> None:
-    settings = make_settings(APP_TIMEZONE=zone)
-    app = create_app(SimpleNamespace(settings=settings, jobs={}), {})  # type: ignore[arg-type]
+    app = create_app(memory_launcher([], APP_TIMEZONE=zone), {})
     async with TestClient(TestServer(app)) as client:
         parser = _Tags()
         parser.feed(await (await client.get(CONSOLE_PATH)).text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -12,16 +11,15 @@ from app.composition import JOBS
 from app.web.app import create_app
 from app.web.console import CONSOLE_PATH
 from app.web.openapi import openapi
-from tests.settings import make_settings
+from tests.fakes import memory_launcher
 
 OPENAPI = openapi(JOBS)
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 
 def app() -> web.Application:
-    # The routes need no database; only the settings of the launcher are read here.
-    launcher = SimpleNamespace(settings=make_settings(), jobs={spec.path: spec for spec in JOBS})
-    return create_app(launcher, {})  # type: ignore[arg-type]
+    # The routes need no database: the launcher's job repository is in memory.
+    return create_app(memory_launcher(JOBS), {})
 
 
 def routes(application: web.Application) -> set[tuple[str, str]]:

@@ -1,0 +1,440 @@
+"""What each chunk commits (`app.pipeline.step`): its counts, the step's context (the
+checkpoint, the first skipped items by cause, the writer's report) and the commit number,
+chunk by chunk, through a job repository that records each call of its chunk commit;
+retries of a commit and of a delivery; the metrics a run keeps. The rules of a whole run
+on the in-memory job repository are in test_step_rules.py."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from app.config import StepPolicy
+from app.metrics import (
+    ITEMS,
+    QUEUE_DEPTH,
+    SPRING_BATCH_CHUNK_WRITE,
+    SPRING_BATCH_ITEM_PROCESS,
+    SPRING_BATCH_ITEM_READ,
+)
+from app.model import ChunkCounts, Status, StepExecution
+from app.pipeline import step as step_module
+from app.pipeline.chunk import Chunk, KeyRange, Processed, StepDefinition, StepProgress
+from app.pipeline.step import StepRunner
+from app.repository.rules import AlreadyCommitted
+
+CONN = object()  # the connection of every chunk's transaction
+NAMES = itertools.count()
+
+
+class Bad(Exception):
+    """A data fault."""
+
+
+class Away(ConnectionError):
+    """An availability fault."""
+
+
+def policy(*, skip_limit: int = 10, workers: int = 2, budget: float = 5.0) -> StepPolicy:
+    return StepPolicy(
+        chunk_size=2,
+        workers=workers,
+        queue_size=2,
+        fetch_rows=10,
+        retry_budget_seconds=budget,
+        retry_base_seconds=0.001,
+        retry_max_wait_seconds=0.001,
+        skip_limit=skip_limit,
+    )
+
+
+class Repository:
+    """The job repository's chunk transaction: each commit recorded; `answers` in turn (a
+    Status, or an exception to raise), then STARTED."""
+
+    def __init__(self, *answers: Status | BaseException) -> None:
+        self.answers = list(answers)
+        self.commits: list[tuple[int, ChunkCounts, dict[str, Any], int]] = []
+        self.connection = CONN
+
+    @asynccontextmanager
+    async def chunk_transaction(self) -> AsyncIterator[Repository]:
+        yield self
+
+    async def commit_chunk(
+        self, step_id: int, counts: ChunkCounts, context: dict, commits: int
+    ) -> Status:
+        self.commits.append((step_id, counts, copy.deepcopy(context), commits))
+        answer = self.answers.pop(0) if self.answers else Status.STARTED
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+class Writer:
+    """Records what it was given; `report` is what it says in the context."""
+
+    def __init__(self, report: dict[str, int] | None = None) -> None:
+        self.delivered: list[list[int]] = []
+        self.written: list[list[int]] = []
+        self._report = report or {}
+        self.deliver_faults: list[BaseException] = []
+
+    async def deliver(self, output: list[int]) -> None:
+        if self.deliver_faults:
+            raise self.deliver_faults.pop(0)
+        self.delivered.append(output)
+
+    async def write(self, conn: object, output: list[int], keys: KeyRange) -> None:
+        assert conn is CONN
+        self.written.append(output)
+
+    def report(self) -> dict[str, int]:
+        return dict(self._report)
+
+
+async def batches(*lists: list[int], fault: Exception | None = None) -> AsyncIterator[list[int]]:
+    for items in lists:
+        yield items
+    if fault is not None:
+        raise fault
+
+
+def reading(*chunks: list[int]) -> Callable[[Any], Awaitable[AsyncIterator[list[int]]]]:
+    """The items of `chunks` after the checkpoint, in one batch."""
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batches([i for c in chunks for i in c if checkpoint is None or i > checkpoint])
+
+    return read
+
+
+def cut_as(*chunks: list[int], size: int) -> Callable[[int], int]:
+    """The weight that makes the runtime cut the chunks as listed: the last item of each
+    weighs a whole chunk, the others nothing."""
+    ends = {items[-1] for items in chunks}
+    return lambda item: size if item in ends else 0
+
+
+def failing_on(*bad: int, filter_even: bool = False) -> Callable:
+    """Processing that fails on each `bad` item with Bad("bad <item>"); keeps the odd
+    items only if `filter_even`."""
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        for item in chunk.items:
+            if item in bad:
+                raise Bad(f"bad {item}")
+        kept = [i for i in chunk.items if i % 2 or not filter_even]
+        return Processed(kept, filtered=len(chunk.items) - len(kept))
+
+    return process
+
+
+def runner(
+    *chunks: list[int],
+    process: Callable | None = None,
+    repository: Repository | None = None,
+    writer: Writer | None = None,
+    step_policy: StepPolicy | None = None,
+    **options: Any,
+) -> StepRunner:
+    step_policy = step_policy or policy()
+    definition = StepDefinition(
+        name=f"unitStep{next(NAMES)}",
+        read=reading(*chunks),
+        process=process or failing_on(),
+        writer=writer or Writer(),
+        item_key=lambda item: item,
+        item_label="member ids",
+        weight=cut_as(*chunks, size=step_policy.chunk_size),
+        chunk_cap=1000,
+    )
+    return StepRunner(
+        definition,
+        job_name="unitJob",
+        repository=repository or Repository(),  # type: ignore[arg-type]
+        policy=step_policy,
+        **options,
+    )
+
+
+def execution(checkpoint: Any = None) -> StepExecution:
+    return StepExecution(
+        id=5, job_execution_id=9, name="s", status=Status.STARTED, checkpoint=checkpoint
+    )
+
+
+def counts(read: int, written: int, filtered: int = 0, skipped: int = 0) -> ChunkCounts:
+    return ChunkCounts(read=read, written=written, filtered=filtered, skipped=skipped)
+
+
+def items_counted(run: StepRunner) -> dict[str, float]:
+    return {
+        outcome: ITEMS.labels("unitJob", run.definition.name, outcome)._value.get()
+        for outcome in ("read", "written", "filtered", "skipped")
+    }
+
+
+async def test_each_chunk_commits_its_counts_and_checkpoint_in_read_order() -> None:
+    repository, writer = Repository(), Writer()
+    run = runner(
+        [1, 2],
+        [3, 4],
+        [5],
+        process=failing_on(filter_even=True),
+        repository=repository,
+        writer=writer,
+    )
+
+    assert await run.run(execution()) is True
+
+    assert repository.commits == [
+        (5, counts(2, 1, filtered=1), {"checkpoint": 2}, 0),
+        (5, counts(2, 1, filtered=1), {"checkpoint": 4}, 1),
+        (5, counts(1, 1), {"checkpoint": 5}, 2),
+    ]
+    assert writer.delivered == writer.written == [[1], [3], [5]]
+    progress = run.progress
+    assert (progress.read, progress.written, progress.filtered, progress.skipped) == (5, 3, 2, 0)
+    assert progress.commits == 3
+    assert items_counted(run) == {"read": 5, "written": 3, "filtered": 2, "skipped": 0}
+    assert run.skip_summary() == ""
+
+
+async def test_a_run_resumes_after_its_checkpoint() -> None:
+    repository = Repository()
+    run = runner([1, 2], [3, 4], [5], repository=repository)
+
+    assert await run.run(execution(checkpoint=2)) is True
+
+    assert [context for _, _, context, _ in repository.commits] == [
+        {"checkpoint": 4},
+        {"checkpoint": 5},
+    ]
+
+
+async def test_the_timers_count_the_items_processed_and_the_chunks_written() -> None:
+    run = runner([1, 2], [3, 4], [5])
+    step = run.definition.name
+
+    await run.run(execution())
+
+    def count(timer: Any) -> int:
+        return timer.labels("unitJob", step, "SUCCESS").figures()[0]
+
+    assert count(SPRING_BATCH_ITEM_READ) == 5 + 1  # the read that finds the end counts one
+    assert count(SPRING_BATCH_ITEM_PROCESS) == 5
+    assert count(SPRING_BATCH_CHUNK_WRITE) == 3
+
+
+async def test_the_writer_s_report_is_kept_in_the_context() -> None:
+    repository = Repository()
+    await runner([1], repository=repository, writer=Writer({"published": 4})).run(execution())
+
+    assert repository.commits[0][2] == {"checkpoint": 1, "messages": {"published": 4}}
+
+
+async def test_an_item_that_fails_on_its_own_is_skipped_and_named_in_the_context() -> None:
+    repository = Repository()
+    run = runner([1, 2], [3, 4], [5, 6], process=failing_on(3, 6), repository=repository)
+
+    assert await run.run(execution()) is True
+
+    first = {"cause": "Bad: bad 3", "keys": [3]}
+    second = {"cause": "Bad: bad 6", "keys": [6]}
+    assert repository.commits == [
+        (5, counts(2, 2), {"checkpoint": 2}, 0),
+        (5, counts(2, 1, skipped=1), {"checkpoint": 4, "skipped": [3], "skipCauses": [first]}, 1),
+        (
+            5,
+            counts(2, 1, skipped=1),
+            {"checkpoint": 6, "skipped": [3, 6], "skipCauses": [first, second]},
+            2,
+        ),
+    ]
+    assert (run.progress.written, run.progress.skipped) == (4, 2)
+    assert items_counted(run) == {"read": 6, "written": 4, "filtered": 0, "skipped": 2}
+    assert run.skip_summary() == "2 skipped; member ids 3: Bad: bad 3; member ids 6: Bad: bad 6"
+
+
+async def test_as_many_skips_as_the_limit_pass() -> None:
+    run = runner([1, 2], [3, 4], process=failing_on(1, 2, 4), step_policy=policy(skip_limit=3))
+
+    assert await run.run(execution()) is True
+    assert run.progress.skipped == 3
+    assert run.skip_summary() == (
+        "3 skipped; member ids 1, 2: Bad: bad 2; member ids 4: Bad: bad 4"
+    )
+
+
+async def test_only_the_first_skipped_keys_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(step_module, "SKIPPED_KEYS_KEPT", 3)
+    repository = Repository()
+    run = runner([1, 2], [3, 4], [5, 6], process=failing_on(1, 2, 4, 5, 6), repository=repository)
+
+    await run.run(execution())
+
+    assert [context.get("skipped") for _, _, context, _ in repository.commits] == [
+        [1, 2],
+        [1, 2, 4],
+        [1, 2, 4],
+    ]
+    assert repository.commits[-1][2]["skipCauses"] == [
+        {"cause": "Bad: bad 2", "keys": [1, 2]},
+        {"cause": "Bad: bad 4", "keys": [4]},
+    ]
+    assert run.skip_summary() == (
+        "5 skipped (the first 3 named); member ids 1, 2: Bad: bad 2; member ids 4: Bad: bad 4"
+    )
+
+
+async def test_a_skip_s_cause_is_cut_to_its_first_characters() -> None:
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        raise Bad("x" * 300)
+
+    repository = Repository()
+    await runner([1], process=process, repository=repository).run(execution())
+
+    cause = repository.commits[0][2]["skipCauses"][0]["cause"]
+    assert cause == "Bad: " + "x" * 195
+    assert len(cause) == step_module.SKIP_CAUSE_CHARACTERS
+
+
+async def test_the_skip_summary_formats_the_count_with_thousands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = runner([1], process=failing_on(1))
+    await run.run(execution())
+    run.progress.skipped = 1234
+
+    assert run.skip_summary() == "1,234 skipped (the first 1 named); member ids 1: Bad: bad 1"
+
+
+async def test_a_stop_asked_calls_the_runner_s_stop_requested() -> None:
+    asked: list[int] = []
+    run = runner(
+        [1],
+        [2],
+        repository=Repository(Status.STARTED, Status.STOPPING),
+        stop_requested=lambda: asked.append(1),
+    )
+
+    assert await run.run(execution()) is True
+    assert asked == [1]
+    assert not run.stop.is_set()
+
+
+async def test_a_chunk_committed_already_is_not_committed_again_and_the_run_goes_on() -> None:
+    repository = Repository(AlreadyCommitted("step 5 is past checkpoint 2"))
+    run = runner([1, 2], [3], repository=repository)
+
+    assert await run.run(execution()) is True
+
+    assert len(repository.commits) == 2
+    assert run.progress.commits == 2
+    assert run.progress.written == 3
+
+
+async def test_a_commit_is_retried_after_an_availability_fault_and_counted_once() -> None:
+    repository = Repository(Away("database away"))
+    run = runner([1, 2], repository=repository)
+
+    assert await run.run(execution()) is True
+
+    assert repository.commits == [(5, counts(2, 2), {"checkpoint": 2}, 0)] * 2
+    assert (run.progress.commits, run.progress.written) == (1, 2)
+    assert run.progress.retries == []
+
+
+async def test_a_commit_that_keeps_failing_fails_the_step_with_its_fault() -> None:
+    fault = Away("database away")
+    repository = Repository(*[fault] * 1000)
+    run = runner([1, 2], repository=repository, step_policy=policy(budget=0.05))
+
+    with pytest.raises(Away) as raised:
+        await run.run(execution())
+    assert raised.value is fault
+    assert run.progress.commits == 0
+
+
+async def test_a_delivery_is_retried_without_processing_again() -> None:
+    processed: list[list[int]] = []
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        processed.append(chunk.items)
+        return Processed(chunk.items)
+
+    writer = Writer()
+    writer.deliver_faults = [Away("broker away"), Away("broker away")]
+    run = runner([1, 2], process=process, writer=writer)
+
+    assert await run.run(execution()) is True
+    assert processed == [[1, 2]]
+    assert writer.delivered == [[1, 2]]
+
+
+async def test_a_chunk_s_retries_leave_the_progress_once_it_is_done() -> None:
+    faults = [Away("peer away")]
+    seen: list[int] = []
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if faults:
+            raise faults.pop()
+        seen.append(len(run.progress.retries))
+        return Processed(chunk.items)
+
+    run = runner([1, 2], process=process)
+
+    await run.run(execution())
+    assert seen == [1]
+    assert run.progress.retries == []
+
+
+async def test_a_reader_s_failure_fails_the_step_as_itself() -> None:
+    fault = RuntimeError("the stream broke")
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batches([1, 2], fault=fault)
+
+    run = runner()
+    run.definition = StepDefinition(
+        name=run.definition.name,
+        read=read,
+        process=failing_on(),
+        writer=Writer(),
+        item_key=lambda item: item,
+    )
+
+    with pytest.raises(RuntimeError) as raised:
+        await run.run(execution())
+    assert raised.value is fault
+
+
+async def test_the_queue_depths_are_gauges_of_the_execution_while_it_runs() -> None:
+    seen: list[set[str]] = []
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        seen.append(
+            {queue for job, execution_id, queue in QUEUE_DEPTH._metrics if execution_id == "9"}
+        )
+        return Processed(chunk.items)
+
+    await runner([1], process=process).run(execution())
+
+    assert seen == [{"enrich", "commit"}]
+    assert not any(execution_id == "9" for _, execution_id, _ in QUEUE_DEPTH._metrics)
+
+
+async def test_a_runner_s_own_progress_and_stop_are_those_given() -> None:
+    progress, stop = StepProgress(), asyncio.Event()
+    run = runner([1], progress=progress, stop=stop)
+
+    assert run.progress is progress and run.stop is stop
+    run.stop_requested()
+    assert stop.is_set()
