@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
+from app.errors import BatchError
+
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
@@ -28,7 +30,7 @@ async def gather_first_error(*calls: Awaitable[Any]) -> list[Any]:
         raise
 
 
-class StrayCancellation(RuntimeError):
+class StrayCancellation(BatchError):
     """A CancelledError in a task that nobody cancelled: a future it awaited, shared with
     another task, was cancelled by that one."""
 

@@ -114,10 +114,11 @@ async def test_a_fan_out_whose_events_query_fails_at_its_first_chunk_fails_never
     pool: Pool, settings: Settings, queue: str, tmp_path: Path
 ) -> None:
     """coupon_events away (renamed by the test): the run-wide events query fails at once,
-    while the first chunk's token lookup, its sibling, is still opening the HTTP session
-    (aiohttp's first import, in a fresh process). Before: the lookup's cancellation
-    cancelled the session's shared import, every later lookup of the run met that
-    CancelledError, the workers died of it and the run waited forever for their chunks."""
+    while the first chunk's token lookup, its sibling, opens the HTTP session. Before,
+    that lookup awaited aiohttp's import in a thread (a tenth of a second in a fresh
+    process), a future shared by every lookup of the run: its cancellation cancelled the
+    import for all, the workers died of the CancelledError and the run waited forever
+    for their chunks."""
     world = fanout_world(40)
     await world.load(pool)
     await pool_execute(pool, "RENAME TABLE coupon_events TO coupon_events_away")

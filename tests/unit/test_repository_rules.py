@@ -23,7 +23,7 @@ from app.repository.rules import (
     MESSAGE_LIMIT,
     AlreadyCommitted,
     LeaseLost,
-    Refusal,
+    SpringRefusal,
     abandoned_message,
     check_automatic,
     check_bound,
@@ -235,30 +235,30 @@ def test_a_failed_execution_is_stopped_only_while_its_instance_s_latest_and_fail
         ([], None),
         ([(2, F, True), (1, F, True)], None),
         ([(2, S, True)], None),
-        ([(2, R, True)], Refusal("JobExecutionAlreadyRunningException", 2, R)),
+        ([(2, R, True)], SpringRefusal("JobExecutionAlreadyRunningException", 2, R)),
         (
             [(2, Status.STOPPING, False)],
-            Refusal("JobExecutionAlreadyRunningException", 2, Status.STOPPING),
+            SpringRefusal("JobExecutionAlreadyRunningException", 2, Status.STOPPING),
         ),
-        ([(2, Status.UNKNOWN, True)], Refusal("JobRestartException", 2, Status.UNKNOWN)),
+        ([(2, Status.UNKNOWN, True)], SpringRefusal("JobRestartException", 2, Status.UNKNOWN)),
         (
             [(2, Status.COMPLETED, True)],
-            Refusal("JobInstanceAlreadyCompleteException", 2, Status.COMPLETED),
+            SpringRefusal("JobInstanceAlreadyCompleteException", 2, Status.COMPLETED),
         ),
         (
             [(2, Status.ABANDONED, True)],
-            Refusal("JobInstanceAlreadyCompleteException", 2, Status.ABANDONED),
+            SpringRefusal("JobInstanceAlreadyCompleteException", 2, Status.ABANDONED),
         ),
         # without identifying parameters, a completed instance launches again
         ([(2, Status.COMPLETED, False), (1, Status.ABANDONED, False)], None),
         # the first that matches decides, newest first
         (
             [(3, F, True), (2, Status.COMPLETED, True), (1, R, True)],
-            Refusal("JobInstanceAlreadyCompleteException", 2, Status.COMPLETED),
+            SpringRefusal("JobInstanceAlreadyCompleteException", 2, Status.COMPLETED),
         ),
     ],
 )
 def test_what_spring_batch_refuses_to_launch(
-    executions: list[tuple[int, Status, bool]], refusal: Refusal | None
+    executions: list[tuple[int, Status, bool]], refusal: SpringRefusal | None
 ) -> None:
     assert spring_launch_refusal(executions) == refusal
