@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,7 +25,7 @@ from app.metrics import (
 )
 from app.model import ChunkCounts, Status, StepExecution
 from app.pipeline import step as step_module
-from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
+from app.pipeline.chunk import Chunk, KeyRange, Processed, StepDefinition, StepProgress
 from app.pipeline.step import StepRunner
 from app.repository.rules import AlreadyCommitted
 
@@ -47,7 +47,6 @@ def policy(*, skip_limit: int = 10, workers: int = 2, budget: float = 5.0) -> St
         workers=workers,
         queue_size=2,
         fetch_rows=10,
-        read_streams=1,
         retry_budget_seconds=budget,
         retry_base_seconds=0.001,
         retry_max_wait_seconds=0.001,
@@ -92,7 +91,7 @@ class Writer:
             raise self.deliver_faults.pop(0)
         self.delivered.append(output)
 
-    async def write(self, conn: object, output: list[int]) -> None:
+    async def write(self, conn: object, output: list[int], keys: KeyRange) -> None:
         assert conn is CONN
         self.written.append(output)
 
@@ -100,13 +99,27 @@ class Writer:
         return dict(self._report)
 
 
-def reading(*chunks: list[int]) -> Callable[[Any], AsyncIterator[Chunk[int]]]:
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        for items in chunks:
-            if checkpoint is None or items[-1] > checkpoint:
-                yield Chunk(items=items, checkpoint=items[-1])
+async def batches(*lists: list[int], fault: Exception | None = None) -> AsyncIterator[list[int]]:
+    for items in lists:
+        yield items
+    if fault is not None:
+        raise fault
+
+
+def reading(*chunks: list[int]) -> Callable[[Any], Awaitable[AsyncIterator[list[int]]]]:
+    """The items of `chunks` after the checkpoint, in one batch."""
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batches([i for c in chunks for i in c if checkpoint is None or i > checkpoint])
 
     return read
+
+
+def cut_as(*chunks: list[int], size: int) -> Callable[[int], int]:
+    """The weight that makes the runtime cut the chunks as listed: the last item of each
+    weighs a whole chunk, the others nothing."""
+    ends = {items[-1] for items in chunks}
+    return lambda item: size if item in ends else 0
 
 
 def failing_on(*bad: int, filter_even: bool = False) -> Callable:
@@ -131,6 +144,7 @@ def runner(
     step_policy: StepPolicy | None = None,
     **options: Any,
 ) -> StepRunner:
+    step_policy = step_policy or policy()
     definition = StepDefinition(
         name=f"unitStep{next(NAMES)}",
         read=reading(*chunks),
@@ -138,12 +152,14 @@ def runner(
         writer=writer or Writer(),
         item_key=lambda item: item,
         item_label="member ids",
+        weight=cut_as(*chunks, size=step_policy.chunk_size),
+        chunk_cap=1000,
     )
     return StepRunner(
         definition,
         job_name="unitJob",
         repository=repository or Repository(),  # type: ignore[arg-type]
-        policy=step_policy or policy(),
+        policy=step_policy,
         **options,
     )
 
@@ -383,9 +399,8 @@ async def test_a_chunk_s_retries_leave_the_progress_once_it_is_done() -> None:
 async def test_a_reader_s_failure_fails_the_step_as_itself() -> None:
     fault = RuntimeError("the stream broke")
 
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        yield Chunk([1, 2], checkpoint=2)
-        raise fault
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batches([1, 2], fault=fault)
 
     run = runner()
     run.definition = StepDefinition(
