@@ -4,15 +4,18 @@ and the web app together (the runtime knows no job and no web module)."""
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.config import Settings
+from app import jobs
+from app.config import Settings, job_dirs
 from app.errors import Refusal
-from app.jobs import fcm_send_spec, usage_stats_spec
 from app.replicas import ReplicaRegistry
 from app.repository.clock import zone_label
 from app.runtime.automation import RestartPolicy, Schedule, schedules_of
@@ -28,9 +31,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def discover_jobs() -> tuple[JobSpec, ...]:
+    """The SPEC of every job module, app/jobs/*_spec.py and those of JOB_DIRS (each folder
+    goes on the import path), ordered by path; a new job is a module there."""
+    names = [f"app.jobs.{module.stem}" for module in Path(jobs.__file__).parent.glob("*_spec.py")]
+    for folder in job_dirs():
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
+        names += [module.stem for module in folder.glob("*_spec.py")]
+    found = [importlib.import_module(name).SPEC for name in names]
+    return tuple(sorted(found, key=lambda spec: spec.path))
+
+
 # Each job as declared; its step's code is imported when a run builds it: a run loads
-# its own job alone. A new job is a line here.
-JOBS: tuple[JobSpec, ...] = (usage_stats_spec.SPEC, fcm_send_spec.SPEC)
+# its own job alone.
+JOBS: tuple[JobSpec, ...] = discover_jobs()
 
 
 def schedules() -> tuple[Schedule, ...]:

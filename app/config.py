@@ -3,7 +3,7 @@
 Every setting is named by its environment variable. A bad or missing setting stops
 start-up with one line naming each bad setting; secret values never appear in it.
 Components receive the narrow part they use (`Settings.database`, `.broker`, `.peers`,
-`.step`), never the whole.
+`.step`), never the whole; a job, the settings its JobSpec names.
 
 Not pydantic-settings (considered for issue 20): it would replace the few checks of
 `_validate`, but importing it costs several times this whole module (docs/performance.md);
@@ -32,6 +32,18 @@ from app.errors import Refusal
 
 # Inside the package, so that an installed (not editable) package finds it.
 DEFAULTS_FILE = Path(__file__).resolve().with_name("defaults.toml")
+
+
+# Folders of jobs beside app/jobs (os.pathsep between them): each holds job modules, named
+# <name>_spec.py with their SPEC, and the migrations of their tables (V<n>__<name>.sql).
+# Read from the environment alone: the CLI's commands are built from the jobs before any
+# other setting is read.
+JOB_DIRS = "JOB_DIRS"
+
+
+def job_dirs() -> list[Path]:
+    """The folders of JOB_DIRS, in order."""
+    return [Path(folder) for folder in os.environ.get(JOB_DIRS, "").split(os.pathsep) if folder]
 
 
 class ConfigError(Refusal):
@@ -111,7 +123,6 @@ class StepPolicy:
     workers: int
     queue_size: int
     fetch_rows: int
-    read_streams: int
     retry_budget_seconds: float  # per chunk, for availability faults
     retry_base_seconds: float
     retry_max_wait_seconds: float
@@ -213,7 +224,6 @@ class Settings:
             workers=self.ENRICH_WORKERS,
             queue_size=self.QUEUE_SIZE,
             fetch_rows=self.FETCH_ROWS,
-            read_streams=self.READ_STREAMS,
             retry_budget_seconds=self.RETRY_BUDGET_SECONDS,
             retry_base_seconds=self.RETRY_BASE_SECONDS,
             retry_max_wait_seconds=self.RETRY_MAX_WAIT_SECONDS,

@@ -78,7 +78,7 @@ from app.edges.db import StallDeadline, fetch_all, open_connection, open_pool, s
 from app.jobs.fcm_send import _LATEST_STATS, stats_window
 from app.jobs.history_window import window_span
 from app.jobs.usage_stats import UsageStatsStep
-from app.runtime.job import JobContext
+from app.jobs.usage_stats_spec import SPEC
 from app.runtime.resources import open_resources
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -224,7 +224,7 @@ class Bench:
 
         async def go() -> str:
             async with open_resources(settings, broker=False) as resources:
-                step = UsageStatsStep(JobContext(resources, 0, {"runDate": expected["run_date"]}))
+                step = UsageStatsStep(SPEC.context(resources, 0, {"runDate": expected["run_date"]}))
                 queries = [step._query(bounds, None) for bounds in await step.shares()]
                 slack = timedelta(minutes=settings.WINDOW_SLACK_MINUTES)
                 span = await window_span(resources.pool, start, end, slack)

@@ -12,23 +12,16 @@ from asyncmy.pool import Pool
 from app.config import Settings
 from app.edges.db import open_pool
 from app.outages import OUTAGES
-from app.schema.migrate import migrate
+from app.schema.migrate import created_tables, migrate
 from tests.integration import rabbit
 from tests.proxy import FaultProxy
 from tests.settings import make_settings
 
 DB_SERVER = os.environ.get("TEST_DB_SERVER", "mysql://127.0.0.1:3306")
-DATA_TABLES = (
-    "coupon_histories",
-    "coupon_events",
-    "coupon_usage_stats",
-    "BATCH_STEP_EXECUTION_CONTEXT",
-    "BATCH_JOB_EXECUTION_CONTEXT",
-    "BATCH_STEP_EXECUTION",
-    "BATCH_JOB_EXECUTION_PARAMS",
-    "BATCH_JOB_EXECUTION",
-    "BATCH_JOB_INSTANCE",
-    "batch_service_replicas",
+# Emptied before each test: every table the migrations create, but the sequences (their
+# one row holds the next id).
+DATA_TABLES = tuple(
+    table for table in created_tables(dev_schema=True) if not table.endswith("_SEQ")
 )
 
 

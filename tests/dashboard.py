@@ -28,9 +28,10 @@ def dashboard_queries() -> list[str]:
 
 
 def resolved(query: str, rate_interval: str = "1m") -> str:
-    """The query with Grafana's variables: this service's application name, and
-    `$__rate_interval` (four scrape intervals at least)."""
+    """The query with Grafana's variables: this service's application name, every job
+    (a repeated panel's `$job`), and `$__rate_interval` (four scrape intervals at least)."""
     query = query.replace("$application", "batch-service")
+    query = query.replace("$job", ".+")
     query = query.replace("$__rate_interval", rate_interval)
     assert "$" not in query, query
     return query

@@ -5,21 +5,19 @@ in-memory job repository. No database, no broker: each test takes milliseconds."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from app.config import Settings
 from app.edges.broker import OutgoingMessage
 from app.errors import DataError
-from app.model import JobParameter
-from app.pipeline.chunk import Chunk, Processed, StepDefinition
+from app.pipeline.chunk import Chunk, KeyRange, Processed, StepDefinition
 from app.replicas import Replica
 from app.repository.memory import ManualClock, MemoryJobRepository
-from app.runtime.job import JobSpec, Parameter
+from app.runtime.job import JobSpec, Parameter, Policy
 from app.runtime.launcher import Launcher
-from app.runtime.parameters import LOCAL_DATE
+from app.runtime.parameters import LocalDate
 from app.runtime.resources import Resources
 from tests.settings import make_settings
 
@@ -86,7 +84,7 @@ class ListWriter:
     async def deliver(self, output: list[int]) -> None:
         return None
 
-    async def write(self, conn: Any, output: list[int]) -> None:
+    async def write(self, conn: Any, output: list[int], keys: KeyRange) -> None:
         self.written += output
 
     def report(self) -> dict[str, int]:
@@ -121,11 +119,8 @@ class ToyJob:
             item_label="items",
         )
 
-    async def read(self, checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        items = [i for i in range(1, self.count + 1) if checkpoint is None or i > checkpoint]
-        for start in range(0, len(items), self.size):
-            batch = items[start : start + self.size]
-            yield Chunk(items=batch, checkpoint=batch[-1])
+    async def read(self, checkpoint: Any) -> AsyncIterator[list[int]]:
+        return _batch([i for i in range(1, self.count + 1) if checkpoint is None or i > checkpoint])
 
     async def process(self, chunk: Chunk[int]) -> Processed[list[int]]:
         self.tries += 1
@@ -145,14 +140,14 @@ class ToyJob:
             name=name,
             path="toy",
             title="Toy",
-            parameters=(Parameter("runDate", LOCAL_DATE, "the day", default="2025-10-31"),),
-            parse=_parse,
+            parameters=(Parameter("runDate", LocalDate(), "the day", default="2025-10-31"),),
             build=lambda context: self.definition(),
+            policy=Policy(chunk_size=self.size),
         )
 
 
-def _parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
-    return [JobParameter("runDate", LOCAL_DATE, raw.get("runDate", "2025-10-31"))]
+async def _batch(items: list[int]) -> AsyncIterator[list[int]]:
+    yield items
 
 
 def resources(settings: Settings | None = None) -> Resources:

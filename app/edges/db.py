@@ -349,6 +349,7 @@ async def stream_rows(
     args: Sequence[Any],
     fetch_rows: int,
     deadline: StallDeadline,
+    session: Sequence[str] = (),
 ) -> AsyncGenerator[list[tuple], None]:
     """Yield the rows of `sql` in lists of up to `fetch_rows`, from a server-side cursor.
 
@@ -358,6 +359,7 @@ async def stream_rows(
     fetches; while the caller holds a batch (and awaits a full queue), reading is
     paused and TCP flow control stops the server.
 
+    `session`: statements run first on the connection (session variables the query needs).
     Each fetch is bounded by `deadline`, the query's first one too (a large sorted
     query sends its first rows only once sorted: seconds, within the deadline); the
     time the caller holds a batch is not.
@@ -370,6 +372,9 @@ async def stream_rows(
     try:
         async with deadline.bound("a statement of a streamed query"):
             await cur.execute(f"SET SESSION net_write_timeout = {_STREAM_WRITE_TIMEOUT_SECONDS}")
+        for statement in session:
+            async with deadline.bound("a statement of a streamed query"):
+                await cur.execute(statement)
         async with deadline.bound("a streamed query"):
             await cur.execute(sql, args)
         while True:
@@ -392,7 +397,11 @@ async def stream_rows(
 
 
 async def stream_merged(
-    settings: DatabaseSettings, queries: Sequence[tuple[str, Sequence[Any]]], fetch_rows: int
+    settings: DatabaseSettings,
+    queries: Sequence[tuple[str, Sequence[Any]]],
+    fetch_rows: int,
+    *,
+    session: Sequence[str] = (),
 ) -> AsyncGenerator[list[tuple], None]:
     """The rows of `queries`, each ordered by its first column, as one stream in that order.
 
@@ -407,7 +416,7 @@ async def stream_merged(
         streams = []
         for sql, args in queries:
             conn = await stack.enter_async_context(open_connection(settings))
-            stream = stream_rows(conn, sql, args, fetch_rows, deadline)
+            stream = stream_rows(conn, sql, args, fetch_rows, deadline, session)
             streams.append(await stack.enter_async_context(aclosing(stream)))
         pending: list[list[tuple]] = [[] for _ in streams]
         live = list(range(len(streams)))  # the streams not yet exhausted

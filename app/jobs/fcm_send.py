@@ -16,22 +16,20 @@ what it has seen by `traceId`.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any, NamedTuple
 
 from app.concurrency import SharedLookup, SharedValue, gather_first_error
-from app.config import DatabaseSettings, StepPolicy
 from app.contracts import ROUTING_KEY, PushRequest, amqp_properties, encode_body
 from app.edges.broker import OutgoingMessage
-from app.edges.db import DbPool, StallDeadline, fetch_all, open_connection, stream_rows
+from app.edges.db import DbPool, fetch_all
 from app.edges.peers import PeerClient
 from app.jobs.fcm_send_spec import LOOKBACK_DAYS
-from app.pipeline.chunk import Chunk, Processed, StepDefinition
+from app.pipeline.chunk import Chunk, Processed, Rows, StepDefinition
 from app.pipeline.isolate import run_wide
 from app.pipeline.writers import DryRunWriter, PublishingWriter, Writer
-from app.runtime.job import Estimate, JobContext
+from app.runtime.job import Estimate, JobContext, NoSettings
 from app.runtime.resources import Resources
 
 STEP_NAME = "couponUsageStatsFcmSendStep"
@@ -147,16 +145,8 @@ GROUP BY store_id
 """
 
 
-async def read_latest_stats(
-    database: DatabaseSettings,
-    policy: StepPolicy,
-    run_date: date,
-    target_hour: int,
-    after_member: int | None,
-) -> AsyncGenerator[Chunk[LatestStats], None]:
-    """Chunks of CHUNK_SIZE members in member order, after `after_member`;
-    each chunk's checkpoint is its last member id."""
-    chunk_size = policy.chunk_size
+def latest_stats(run_date: date, target_hour: int, after_member: int | None) -> Rows[LatestStats]:
+    """The members' latest stats in member order, after `after_member`."""
     start, end = stats_window(run_date)
     args: list[Any] = [start, end]
     after = ""
@@ -164,26 +154,16 @@ async def read_latest_stats(
         after = " AND member_id > %s"
         args.append(after_member)
     args.append(target_hour)
-    sql = _LATEST_STATS.format(after=after)
-    items: list[LatestStats] = []
-    deadline = StallDeadline.of(database)
-    async with open_connection(database) as conn:
-        async with deadline.bound("a statement"), conn.cursor() as cur:
-            await cur.execute(_WIDEN_TEMP_TABLES)
-        # aclosing: when this reader is closed early, the stream closes the connection
-        # at once rather than drain the rest of the result set.
-        stream = stream_rows(conn, sql, args, policy.fetch_rows, deadline)
-        async with aclosing(stream):
-            async for rows in stream:
-                for member_id, top_dong, top_hour, aggregated_at in rows:
-                    items.append(
-                        LatestStats(int(member_id), top_dong, int(top_hour), aggregated_at)
-                    )
-                    if len(items) == chunk_size:
-                        yield Chunk(items, items[-1].member_id)
-                        items = []
-    if items:
-        yield Chunk(items, items[-1].member_id)
+    return Rows(
+        [(_LATEST_STATS.format(after=after), args)], _latest_stats, session=[_WIDEN_TEMP_TABLES]
+    )
+
+
+def _latest_stats(rows: list[tuple]) -> list[LatestStats]:
+    return [
+        LatestStats(int(member_id), top_dong, int(top_hour), aggregated_at)
+        for member_id, top_dong, top_hour, aggregated_at in rows
+    ]
 
 
 async def estimate(resources: Resources, values: Mapping[str, str]) -> Estimate:
@@ -228,34 +208,27 @@ def message_lines(messages: list[OutgoingMessage]) -> Iterator[str]:
     return (message.body.decode() for message in messages)
 
 
-def build(context: JobContext) -> StepDefinition[LatestStats, list[OutgoingMessage]]:
-    resources = context.resources
-    settings = resources.settings
+def build(context: JobContext[NoSettings]) -> StepDefinition[LatestStats, list[OutgoingMessage]]:
     run_date = date.fromisoformat(context.parameters["runDate"])
     target_hour = int(context.parameters["targetHour"])
     writer: Writer[list[OutgoingMessage]]
     if context.dry_run_output is not None:
         writer = DryRunWriter(context.dry_run_output, message_lines)
-    elif resources.broker is not None:
-        writer = PublishingWriter(resources.broker)
+    elif context.broker is not None:
+        writer = PublishingWriter(context.broker)
     else:
         raise RuntimeError("this job publishes, but no broker connection was opened")
-    lookups = _RunLookups(resources.peers, resources.pool, reference_time(run_date, target_hour))
+    peers = context.peers
+    lookups = _RunLookups(peers, context.pool, reference_time(run_date, target_hour))
 
-    def read(checkpoint: Any) -> AsyncGenerator[Chunk[LatestStats], None]:
-        return read_latest_stats(
-            settings.database,
-            settings.step,
-            run_date,
-            target_hour,
-            None if checkpoint is None else int(checkpoint),
-        )
+    async def read(checkpoint: Any) -> Rows[LatestStats]:
+        return latest_stats(run_date, target_hour, None if checkpoint is None else int(checkpoint))
 
     async def process(chunk: Chunk[LatestStats]) -> Processed[list[OutgoingMessage]]:
         items = chunk.items
         dongs = list(dict.fromkeys(stats.top_dong for stats in items))
         tokens, stores, events = await gather_first_error(
-            resources.peers.fcm_tokens([stats.member_id for stats in items]),
+            peers.fcm_tokens([stats.member_id for stats in items]),
             lookups.stores.get(dongs),
             run_wide(lookups.events.get()),  # the same query for every chunk of the run
         )

@@ -4,43 +4,37 @@ when a run builds it)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from app.model import JobParameter
-from app.runtime import parameters
 from app.runtime.job import DRY_RUN_PARAMETER, Cron, JobSpec, Parameter, code
-from app.runtime.parameters import INTEGER, LOCAL_DATE
+from app.runtime.parameters import Integer, LocalDate
 
 LOOKBACK_DAYS = 2  # the stats it reads: those of the run date and the day before
-
-
-def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
-    """runDate (default: today) and targetHour (default: this hour), from `now` in
-    APP_TIMEZONE; a dry run is an instance of its own (`parameters.dry_run`)."""
-    return [
-        parameters.run_date(raw, default=now.date(), lookback_days=LOOKBACK_DAYS),
-        parameters.target_hour(raw, default=now.hour),
-        *parameters.dry_run(raw),
-    ]
 
 
 SPEC = JobSpec(
     name="couponUsageStatsFcmSendJob",
     path="coupon-usage-stats-fcm-send",
     title="Push fan-out",
+    # The defaults from the time of the launch in APP_TIMEZONE; a dry run is an instance
+    # of its own (`parameters.dry_run`).
     parameters=(
-        Parameter("runDate", LOCAL_DATE, "YYYY-MM-DD", default="today"),
+        Parameter(
+            "runDate",
+            LocalDate(lookback_days=LOOKBACK_DAYS),
+            "YYYY-MM-DD",
+            default="today",
+            default_of=lambda now: now.date().isoformat(),
+        ),
         Parameter(
             "targetHour",
-            INTEGER,
+            Integer(0, 23),
             "0..23",
             default="the current hour",
-            choices=tuple(str(hour) for hour in range(24)),
+            default_of=lambda now: str(now.hour),
         ),
         DRY_RUN_PARAMETER,
     ),
-    parse=parse,
     build=code("app.jobs.fcm_send:build"),
     publishes=True,
     # At the top of every hour, for today and this hour; later pushes would arrive at the

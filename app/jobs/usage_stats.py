@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from itertools import chain, groupby, pairwise
 from operator import itemgetter
 from typing import Any
 
-from asyncmy.connection import Connection
-
 from app.concurrency import SharedLookup, in_slices
-from app.edges.db import fetch_all, stream_merged
+from app.edges.db import fetch_all
 from app.jobs.history_window import IdRange, created_at_index, window_span
-from app.jobs.usage_stats_spec import SPEC, WINDOW_DAYS
-from app.pipeline.chunk import Chunk, Processed, StepDefinition
-from app.pipeline.writers import DatabaseWriter, DryRunWriter, Writer
+from app.jobs.usage_stats_spec import SPEC, WINDOW_DAYS, StatsSettings
+from app.pipeline.chunk import Chunk, Processed, Rows, StepDefinition
+from app.pipeline.writers import DryRunWriter, KeyRangeWriter, Writer
 from app.runtime.job import JobContext
 
 JOB_NAME = SPEC.name
@@ -54,8 +51,6 @@ Candidate = tuple[int, list[Row]]  # (member_id, its rows): MIN_ROWS rows or mor
 # eligible: it is read and filtered, and nothing is built, looked up or computed for it)
 Member = Candidate | Row
 Favourite = tuple[int, str, int]  # (member_id, top_dong, top_hour)
-# The chunk's member-id range (after, up to; None: open) and the eligible members' rows
-Output = tuple[int | None, int | None, list[Favourite]]
 TimeRange = tuple[datetime | None, datetime | None]  # from (included) .. to (excluded)
 Bounds = list[tuple[str, Any]]  # conditions of one query beside the window's, their values
 _member = itemgetter(0)  # of a Row or a Favourite
@@ -67,10 +62,6 @@ _READ = (
     " WHERE coupon_status = 'USED' AND created_at BETWEEN %s AND %s"
 )
 _ID_SPAN = "SELECT MIN(id), MAX(id) FROM coupon_histories"
-_ANY_ROW_OF_DATE = "SELECT 1 FROM coupon_usage_stats WHERE aggregated_at = %s LIMIT 1"
-_DELETE = "DELETE FROM coupon_usage_stats WHERE aggregated_at = %s"
-_INSERT = "INSERT INTO coupon_usage_stats (member_id, top_dong, top_hour, aggregated_at) VALUES "
-_INSERT_ROWS = 1000  # rows per INSERT statement: well under max_allowed_packet
 # A chunk ends at CHUNK_SIZE candidates or at this many times as many members in all,
 # so that a window of occasional members alone still commits bounded chunks.
 _MEMBERS_PER_CANDIDATE = 10
@@ -196,76 +187,47 @@ async def _favourites(
     return output
 
 
+def members(rows: list[Row]) -> list[Member]:
+    """A batch of rows, every row of its members, as members in member order."""
+    found: list[Member] = []
+    for member_id, group in groupby(rows, _member):
+        member = list(group)
+        found.append(member[0] if len(member) < MIN_ROWS else (member_id, member))
+    return found
+
+
+def _is_candidate(member: Member) -> int:
+    """A chunk's weight: the candidates it holds (see the module)."""
+    return len(member) == 2
+
+
 # ---- the step --------------------------------------------------------------------
 
 
 class UsageStatsStep:
-    """One execution's step: reader, processor and writer around the run's state."""
+    """One execution's step: reader and processor around the run's state."""
 
-    def __init__(self, context: JobContext) -> None:
-        resources = context.resources
+    def __init__(self, context: JobContext[StatsSettings]) -> None:
         self.day = date.fromisoformat(context.parameters["runDate"])
-        self.pool = resources.pool
-        self.read_mode = resources.settings.STATS_READ
-        self.slack_minutes = resources.settings.WINDOW_SLACK_MINUTES
-        self.database = resources.settings.database
-        self.policy = resources.settings.step
+        self.pool = context.pool
+        self.settings = context.settings
         # storeId -> dong (None: no dong), each store asked once per run
-        self.dongs = SharedLookup(resources.peers.store_dongs)
-        # Whether a chunk must delete its members' rows of the day before inserting:
-        # decided when reading starts, before any chunk of this execution is written.
-        self.replace = True
+        self.dongs = SharedLookup(context.peers.store_dongs)
 
-    async def read(self, checkpoint: Any) -> AsyncGenerator[Chunk[Member], None]:
-        """The chunks after `checkpoint`, each held back until the next one is read, so
-        that the last one goes out marked `final` (an empty one if the window is)."""
-        self.replace = bool(await fetch_all(self.pool, _ANY_ROW_OF_DATE, (self.day,)))
-        last: Chunk[Member] | None = None
-        async with aclosing(self._chunks(checkpoint)) as chunks:
-            async for chunk in chunks:
-                if last is not None:
-                    yield last
-                last = chunk
-        if last is None:
-            last = Chunk(items=[], checkpoint=checkpoint)
-        last.final = True
-        yield last
-
-    async def _chunks(self, checkpoint: Any) -> AsyncGenerator[Chunk[Member], None]:
+    async def read(self, checkpoint: Any) -> Rows[Member]:
         queries = [self._query(bounds, checkpoint) for bounds in await self.shares()]
-        if not queries:
-            return
-        policy = self.policy
-        chunk_size = policy.chunk_size
-        most = _MEMBERS_PER_CANDIDATE * chunk_size
-        members: list[Member] = []
-        candidates = 0  # in `members`
-        stream = stream_merged(self.database, queries, policy.fetch_rows)
-        async with aclosing(stream) as batches:
-            async for batch in batches:  # no member goes on into the next batch
-                for member_id, group in groupby(batch, _member):
-                    rows = list(group)
-                    if len(rows) < MIN_ROWS:
-                        members.append(rows[0])
-                    else:
-                        members.append((member_id, rows))
-                        candidates += 1
-                    if candidates >= chunk_size or len(members) >= most:
-                        yield Chunk(items=members, checkpoint=member_id)
-                        members, candidates = [], 0
-        if members:
-            yield Chunk(items=members, checkpoint=members[-1][0])
+        return Rows(queries, members)
 
     async def shares(self) -> list[Bounds]:
         """The bounds of each read query beside the window's condition (see the module)."""
-        pool, parts = self.pool, self.policy.read_streams
+        pool, parts = self.pool, self.settings.READ_STREAMS
         start, end = window(self.day)
-        if self.read_mode == "window":
+        if self.settings.STATS_READ == "window":
             index = await created_at_index(pool)
             if index is not None:
                 log.info("stats read: the window's time over index %s", index)
                 return [_bounds("created_at", *times) for times in time_ranges(start, end, parts)]
-            slack = timedelta(minutes=self.slack_minutes)
+            slack = timedelta(minutes=self.settings.WINDOW_SLACK_MINUTES)
             span = await window_span(pool, start, end, slack)
             if span is not None:
                 bounds = span.bounds
@@ -281,7 +243,7 @@ class UsageStatsStep:
             log.warning(
                 "stats read: ids of coupon_histories do not follow created_at within"
                 " WINDOW_SLACK_MINUTES=%d; reading the whole table",
-                self.slack_minutes,
+                self.settings.WINDOW_SLACK_MINUTES,
             )
         [(low, high)] = await fetch_all(pool, _ID_SPAN)
         if low is None:
@@ -300,7 +262,7 @@ class UsageStatsStep:
         sql.append(" ORDER BY member_id")
         return "".join(sql), args
 
-    async def process(self, chunk: Chunk[Member]) -> Processed[Output]:
+    async def process(self, chunk: Chunk[Member]) -> Processed[list[Favourite]]:
         members = chunk.items
         candidates = [member for member in members if len(member) == 2]
         unseen: list[Candidate] = []
@@ -312,56 +274,28 @@ class UsageStatsStep:
             stores = set(map(_store, chain.from_iterable(map(_rows, unseen))))
             found = await _favourites(unseen, await self.dongs.get(stores), None)
             output = sorted(output + found, key=_member)  # member order, as read
-        upto = None if chunk.final else chunk.checkpoint
-        return Processed(output=(chunk.after, upto, output), filtered=len(members) - len(output))
-
-    async def write(self, conn: Connection, output: Output) -> None:
-        """Replace the day's rows of the chunk's member-id range (filtered members and
-        members no longer read included: a rerun must not keep a row no longer earned).
-
-        The INSERTs are the multi-row statements `executemany` would send, formatted
-        here: each distinct dong is escaped once by the connection instead of every
-        value of every row (six times less CPU, a sixth of this job's).
-        """
-        after, upto, found = output
-        day = conn.literal(self.day)
-        async with conn.cursor() as cur:
-            if self.replace:
-                sql, args = [_DELETE], list[Any]([self.day])
-                for condition, bound in (
-                    (" AND member_id > %s", after),
-                    (" AND member_id <= %s", upto),
-                ):
-                    if bound is not None:
-                        sql.append(condition)
-                        args.append(int(bound))
-                await cur.execute("".join(sql), args)
-            literal = conn.literal
-            dongs: dict[str, str] = {}
-            for start in range(0, len(found), _INSERT_ROWS):
-                values = []
-                for member_id, dong, hour in found[start : start + _INSERT_ROWS]:
-                    quoted = dongs.get(dong)
-                    if quoted is None:
-                        quoted = dongs[dong] = literal(dong)
-                    values.append(f"({member_id:d},{quoted},{hour:d},{day})")
-                await cur.execute(_INSERT + ",".join(values))
+        return Processed(output=output, filtered=len(members) - len(output))
 
 
-def row_lines(day: date) -> Callable[[Output], Iterator[str]]:
+def row_lines(day: date) -> Callable[[list[Favourite]], Iterator[str]]:
     """A dry run's output: the rows a run would store for `day`, as JSON lines."""
 
-    def lines(output: Output) -> Iterator[str]:
-        for member_id, dong, hour in output[2]:
+    def lines(output: list[Favourite]) -> Iterator[str]:
+        for member_id, dong, hour in output:
             row = {"member_id": member_id, "top_dong": dong, "top_hour": hour}
             yield json.dumps({**row, "aggregated_at": day.isoformat()}, ensure_ascii=False)
 
     return lines
 
 
-def build(context: JobContext) -> StepDefinition[Member, Output]:
+def build(context: JobContext[StatsSettings]) -> StepDefinition[Member, list[Favourite]]:
     step = UsageStatsStep(context)
-    writer: Writer[Output] = DatabaseWriter(step.write)
+    writer: Writer[list[Favourite]] = KeyRangeWriter(
+        "coupon_usage_stats",
+        key="member_id",
+        columns=("member_id", "top_dong", "top_hour"),
+        scope={"aggregated_at": step.day},
+    )
     if context.dry_run_output is not None:
         writer = DryRunWriter(context.dry_run_output, row_lines(step.day))
     return StepDefinition(
@@ -369,5 +303,8 @@ def build(context: JobContext) -> StepDefinition[Member, Output]:
         read=step.read,
         process=step.process,
         writer=writer,
-        item_key=itemgetter(0),
+        item_key=_member,
+        weight=_is_candidate,
+        chunk_cap=_MEMBERS_PER_CANDIDATE,
+        final_chunk=True,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -17,12 +17,27 @@ OutT = TypeVar("OutT")  # what processing a chunk of items gives the writer
 
 @dataclass(slots=True)
 class Chunk(Generic[ItemT]):
+    """Items as the runtime cuts them from the job's reader (`app.pipeline.source`)."""
+
     items: list[ItemT]
     checkpoint: Any  # JSON-able: where a restart resumes once this chunk is committed
-    # The checkpoint before this chunk (None: the start), set by the runtime as it reads:
-    # the chunk covers what lies after `after` up to `checkpoint`, or past it if `final`.
+    # The checkpoint before this chunk (None: the start): the chunk covers what lies
+    # after `after` up to `checkpoint`, or past it if `final`.
     after: Any = None
     final: bool = False  # the stream's last chunk: nothing is read after it
+
+    @property
+    def keys(self) -> KeyRange:
+        """The keys the chunk covers: after `after` up to `checkpoint`, open if `final`."""
+        return KeyRange(self.after, None if self.final else self.checkpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """Keys after `after` (None: from the first) up to `upto`, included (None: open)."""
+
+    after: Any
+    upto: Any
 
 
 @dataclass(slots=True)
@@ -32,25 +47,52 @@ class Processed(Generic[OutT]):
 
 
 @dataclass(frozen=True)
+class Rows(Generic[ItemT]):
+    """A read from the database, streamed by the runtime: each query on a connection of
+    its own (its `session` statements first), every statement and fetch within the stall
+    deadline, closed when the step ends; the queries' rows merged in the order of their
+    first column, each batch holding every row of its keys, made items by `items`."""
+
+    queries: Sequence[tuple[str, Sequence[Any]]]  # each ordered by its first column
+    items: Callable[[list[tuple]], Sequence[ItemT]]
+    session: Sequence[str] = ()
+
+
+# What a job's reader gives: rows for the runtime to stream, or batches of items (an
+# async generator: the runtime closes it when the step ends).
+Source = Rows[ItemT] | AsyncGenerator[Sequence[ItemT], None]
+
+
+@dataclass(frozen=True)
 class StepDefinition(Generic[ItemT, OutT]):
     """What a job says about its step; the runtime does the rest.
 
-    - `read(checkpoint)` streams the chunks after `checkpoint` (None: from the start).
+    - `read(checkpoint)` gives the items after `checkpoint` (None: from the start), in
+      the order of `item_key`: as Rows to stream, or batches of items. The runtime cuts
+      them into chunks of CHUNK_SIZE: each item counts `weight(item)` (1 by default),
+      and a chunk holds at most `chunk_cap` times CHUNK_SIZE items whatever they weigh.
+      A chunk's checkpoint is its last item's key.
     - `process(chunk)` enriches a chunk, free of effects; chunks are processed
       concurrently, and retried on availability faults. On a data fault, the runtime
       processes the chunk again by parts to skip only the items that fail on their own
       (`app.pipeline.isolate`): a part is a chunk whose bounds are item keys.
     - `writer` takes each processed chunk (`app.pipeline.writers`); the checkpoint and
       the counts commit once it has.
+    - `final_chunk`: the last chunk is marked `final` (the runtime holds one chunk back
+      to know it), and a read that finds nothing still gives one empty final chunk: for
+      a writer that replaces each chunk's key range, the last range being open.
     """
 
     name: str
-    read: Callable[[Any], AsyncGenerator[Chunk[ItemT], None]]  # closed with aclosing()
+    read: Callable[[Any], Awaitable[Source[ItemT]]]
     process: Callable[[Chunk[ItemT]], Awaitable[Processed[OutT]]]
     writer: Writer[OutT]
-    # Names a skipped item in the warning; also the checkpoint just after the item.
+    # The checkpoint just after the item; also names a skipped item in the warning.
     item_key: Callable[[ItemT], object]
     item_label: str = "member ids"
+    weight: Callable[[ItemT], int] | None = None
+    chunk_cap: int = 1
+    final_chunk: bool = False
 
 
 @dataclass(eq=False)

@@ -38,11 +38,12 @@ UNPINNED_PARTS = 8
 
 @dataclass(slots=True)
 class Outcome(Generic[ItemT]):
-    """What became of a chunk: the parts processed and delivered, in read order (the
-    whole chunk as one part when nothing failed), and the items that failed on their
-    own, in read order too, with the last data fault one of them met."""
+    """What became of a chunk: the parts processed and delivered, each with the chunk
+    it is, in read order (the whole chunk as one part when nothing failed), and the
+    items that failed on their own, in read order too, with the last data fault one of
+    them met."""
 
-    parts: list[Processed[Any]] = field(default_factory=list)
+    parts: list[tuple[Chunk[ItemT], Processed[Any]]] = field(default_factory=list)
     skipped: list[ItemT] = field(default_factory=list)
     error: BaseException | None = None
 
@@ -64,7 +65,7 @@ async def isolate(
     """
     items = chunk.items
     outcome: Outcome[ItemT] = Outcome()
-    passed: list[tuple[int, Processed[Any]]] = []  # (start, part)
+    passed: list[tuple[int, Chunk[ItemT], Processed[Any]]] = []  # (start, part, processed)
     failed: list[int] = []  # the items that failed on their own, by index
     level = [(0, len(items))]  # the parts to try, in read order
     pinned = False  # a part passed, or parts failed differently
@@ -75,8 +76,9 @@ async def isolate(
             if pinned and len(failed) > room():
                 break
             whole = start == 0 and end == len(items)
+            part = chunk if whole else _part(chunk, start, end, key)
             try:
-                processed = await attempt(chunk if whole else _part(chunk, start, end, key))
+                processed = await attempt(part)
             except Exception as exc:
                 if is_availability_fault(exc):
                     raise
@@ -92,7 +94,7 @@ async def isolate(
                     # cycle that only a full collection frees (the chunk's rows with it).
                     outcome.error = exc.with_traceback(None)
             else:
-                passed.append((start, processed))
+                passed.append((start, part, processed))
                 # A part whose items were all filtered may never have met the work that
                 # failed (a lookup its items did not need): no sign that the fault is
                 # about the others.
@@ -101,7 +103,7 @@ async def isolate(
             raise NotAboutItems(alike, "met alike by every part of a chunk")
         level = below
     # Both in read order, whatever order the levels tried them in.
-    outcome.parts = [part for _, part in sorted(passed, key=lambda entry: entry[0])]
+    outcome.parts = [(part, done) for _, part, done in sorted(passed, key=lambda entry: entry[0])]
     outcome.skipped = [items[index] for index in sorted(failed)]
     return outcome
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from app.concurrency import stray_cancellation_fails
-from app.config import StepPolicy
+from app.config import DatabaseSettings, StepPolicy
 from app.errors import BatchError
 from app.metrics import (
     ITEMS,
@@ -26,7 +26,7 @@ from app.pipeline.enrich import enrich
 from app.pipeline.isolate import Outcome, isolate
 from app.pipeline.retry import Budget, retrying
 from app.pipeline.sink import commit_in_order
-from app.pipeline.source import Entry, feed
+from app.pipeline.source import Entry, chunks, feed
 from app.ports import JobRepository
 from app.repository.rules import AlreadyCommitted
 
@@ -63,6 +63,7 @@ class StepRunner:
         job_name: str,
         repository: JobRepository,
         policy: StepPolicy,
+        database: DatabaseSettings | None = None,
         progress: StepProgress | None = None,
         stop: asyncio.Event | None = None,
         stop_requested: Callable[[], None] | None = None,
@@ -71,6 +72,7 @@ class StepRunner:
         self.job_name = job_name
         self.repository = repository
         self.policy = policy
+        self.database = database  # where a step reading Rows streams them from
         self.progress = progress if progress is not None else StepProgress()
         self.stop = stop if stop is not None else asyncio.Event()
         self.stop_requested = stop_requested or self.stop.set
@@ -103,15 +105,20 @@ class StepRunner:
         commits: asyncio.Queue[Entry | None] = asyncio.Queue(
             maxsize=policy.queue_size + policy.workers
         )
-        chunks = self.definition.read(step.checkpoint)
+        read = chunks(
+            self.definition,
+            step.checkpoint,
+            chunk_size=policy.chunk_size,
+            fetch_rows=policy.fetch_rows,
+            database=self.database,
+        )
         with _queue_depth(self.job_name, step.job_execution_id, enrich=work, commit=commits):
             try:
                 async with asyncio.TaskGroup() as tasks:
                     reader = tasks.create_task(
                         stray_cancellation_fails(
                             feed(
-                                chunks,
-                                step.checkpoint,
+                                read,
                                 work,
                                 commits,
                                 workers=policy.workers,
@@ -198,7 +205,7 @@ class StepRunner:
                 self._skipped_keys += kept
                 cause = f"{type(result.error).__name__}: {result.error}"[:SKIP_CAUSE_CHARACTERS]
                 self._skip_causes.append({"cause": cause, "keys": kept})
-        filtered = sum(part.filtered for part in result.parts)
+        filtered = sum(processed.filtered for _, processed in result.parts)
         counts = ChunkCounts(
             read=size, written=size - skipped - filtered, filtered=filtered, skipped=skipped
         )
@@ -211,15 +218,21 @@ class StepRunner:
             ITEMS.labels(self.job_name, definition.name, outcome).inc(getattr(counts, outcome))
 
     async def _commit_once(
-        self, step_id: int, chunk: Chunk[Any], parts: list[Processed[Any]], counts: ChunkCounts
+        self,
+        step_id: int,
+        chunk: Chunk[Any],
+        parts: list[tuple[Chunk[Any], Processed[Any]]],
+        counts: ChunkCounts,
     ) -> None:
         try:
             async with self.repository.chunk_transaction() as unit:
                 # Even when every item was filtered: a writer may have to remove what an
                 # earlier run of the same instance wrote for them. Not for skipped items.
                 with self._writes.timing(1):
-                    for part in parts:
-                        await self.definition.writer.write(unit.connection, part.output)
+                    for part, processed in parts:
+                        await self.definition.writer.write(
+                            unit.connection, processed.output, part.keys
+                        )
                 status = await unit.commit_chunk(
                     step_id, counts, self._context(chunk), self.progress.commits
                 )

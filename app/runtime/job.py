@@ -1,5 +1,5 @@
-"""What a job is: its declaration (name, path, parameters, schedule, what its writer
-needs), from which the CLI, the admin API's document, the console's forms and the
+"""What a job is: its declaration (name, path, parameters, settings, policy, schedule,
+what its writer needs), from which the CLI, the admin API's document, the console's forms and the
 schedules derive, and how to build its step."""
 
 from __future__ import annotations
@@ -7,30 +7,35 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
+from app.config import StepPolicy
+from app.edges.db import DbPool
+from app.edges.peers import PeerClient
 from app.errors import Refusal
 from app.model import JobParameter
 from app.pipeline.chunk import StepDefinition
-from app.runtime.parameters import (
-    BOOLEAN,
-    DRY_RUN,
-    INTEGER,
-    LOCAL_DATE,
-    LONG,
-    ParameterError,
-    iso_date,
-)
+from app.runtime.parameters import DRY_RUN, DryRunFlag, Kind, ParameterError
 from app.runtime.resources import Resources
+
+if TYPE_CHECKING:
+    from app.edges.broker import Broker
+
+SettingsT = TypeVar("SettingsT")
 
 
 @dataclass(frozen=True)
-class JobContext:
-    """One execution's view of the world, handed to the job's step builder."""
+class JobContext(Generic[SettingsT]):
+    """One execution's view of the world, handed to the job's step builder: what the job
+    declares (its settings, its policy) and the connections it uses, nothing else."""
 
-    resources: Resources
+    settings: SettingsT  # the job's own settings (JobSpec.settings)
+    policy: StepPolicy  # the process-wide defaults, as the job declares otherwise
+    pool: DbPool
+    peers: PeerClient
+    broker: Broker | None  # None where nothing will be published (dry runs, ...)
     execution_id: int
     parameters: Mapping[str, str]  # as recorded: runDate=2025-10-31, targetHour=10, ...
     dry_run_output: TextIO | None = None  # a dry run: where its writer writes
@@ -46,13 +51,26 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A parameter as operators give it: `--run-date` in the CLI, `runDate` in the API."""
+    """A parameter as operators give it: `--run-date` in the CLI, `runDate` in the API;
+    its `kind` parses it, so what a job takes is what it declares."""
 
     name: str  # as recorded and in the API: runDate
-    type: str  # the Java type Spring records: java.time.LocalDate (parameters.LOCAL_DATE)
+    kind: Kind  # parses its value: LocalDate(), Integer(0, 23), ...
     help: str  # what it is: the CLI's help, the OpenAPI document, the console's form
     default: str | None = None  # its value when not given, in words; None: required
-    choices: tuple[str, ...] = ()  # the values it takes, where they are few (a select)
+    # The default's value from the time of the launch (APP_TIMEZONE); None: the words are
+    # the value.
+    default_of: Callable[[datetime], str] | None = None
+
+    @property
+    def type(self) -> str:
+        """The Java type Spring records: java.time.LocalDate (parameters.LOCAL_DATE)."""
+        return self.kind.java
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The values it takes, where they are few (a select)."""
+        return self.kind.choices
 
     @property
     def flag(self) -> str:
@@ -63,33 +81,48 @@ class Parameter:
     def required(self) -> bool:
         return self.default is None
 
-    def check(self, value: str) -> None:
-        """A ParameterError naming it unless `value` reads as its type: a job's parse
-        may then read it so (`int(raw["limit"])`) without failing on the operator's typo
-        (before, a 500)."""
-        if self.type in (INTEGER, LONG) and not _INTEGER.fullmatch(value):
-            values = [int(choice) for choice in self.choices]
-            bounds = f" from {min(values)} to {max(values)}" if values else ""
-            raise ParameterError(self.name, f"must be an integer{bounds}, got {value[:40]!r}")
-        if self.type == LOCAL_DATE:
-            iso_date(self.name, value)
-        if self.type == BOOLEAN and value.lower() not in ("true", "false"):
-            raise ParameterError(self.name, f"must be true or false, got {value[:40]!r}")
+    def parse(self, raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
+        """Its value in `raw` as recorded, parsed by its kind (a value it refuses is a
+        ParameterError naming it); absent or empty, its default."""
+        value = raw.get(self.name)
+        if value:
+            return self.kind.parse(self.name, value)
+        if self.default_of is not None:  # from the time of the launch
+            return [JobParameter(self.name, self.type, self.default_of(now))]
+        if self.default is None:
+            raise ParameterError(self.name, f"is required, as {self.kind.form}")
+        return self.kind.parse(self.name, self.default)  # words that are a value (false)
 
 
-_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")  # within a LONG
-
-
-# The parameter of a job that can dry-run: it declares this among its parameters, and its
-# parse gives `parameters.dry_run` (its step then writes to the dry run's output).
+# The parameter of a job that can dry-run: it declares this among its parameters (its step
+# then writes to the dry run's output).
 DRY_RUN_PARAMETER = Parameter(
     DRY_RUN,
-    BOOLEAN,
+    DryRunFlag(),
     "everything but storing or publishing: what the run would store or publish goes as JSON"
     " lines to DRY_RUN_DIR (the CLI: stdout or --output); an instance of its own (dryRun=true"
     " and a fresh run.id), which no real run meets",
     default="false",
 )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A job's step policy where it is not the process-wide one (None: the setting's)."""
+
+    chunk_size: int | None = None  # CHUNK_SIZE
+    workers: int | None = None  # ENRICH_WORKERS
+    retry_budget_seconds: float | None = None  # RETRY_BUDGET_SECONDS
+    skip_limit: int | None = None  # SKIP_LIMIT
+
+    def over(self, defaults: StepPolicy) -> StepPolicy:
+        mine = {name: value for name, value in asdict(self).items() if value is not None}
+        return replace(defaults, **mine)
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of a job that reads none."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +143,14 @@ class JobSpec:
     name: str  # the Spring job name, as recorded in BATCH_JOB_INSTANCE
     path: str  # its name in the CLI and the admin API
     title: str  # its name for people: the console's form, the API's job list
-    # What `parse` reads, as declared to operators; nothing else is taken (`read`). A job
-    # that declares DRY_RUN_PARAMETER can dry-run; one that does not refuses dryRun.
+    # What it takes, as declared to operators; nothing else is taken (`read`). A job that
+    # declares DRY_RUN_PARAMETER can dry-run; one that does not refuses dryRun.
     parameters: tuple[Parameter, ...]
-    parse: Callable[[Mapping[str, str], datetime], list[JobParameter]]  # raises ParameterError
-    build: Callable[[JobContext], StepDefinition[Any, Any]]
+    build: Callable[[JobContext[Any]], StepDefinition[Any, Any]]
+    # A dataclass whose fields are the settings the job reads, by their names (STATS_READ):
+    # the job is handed those alone, never the whole Settings.
+    settings: type = NoSettings
+    policy: Policy = Policy()
     publishes: bool = False  # its writer needs the broker, unless in a dry run
     backfills: bool = False  # `backfill` runs it for every date of a range (runDate)
     schedule: Cron | None = None  # None: launched by operators only
@@ -135,6 +171,33 @@ class JobSpec:
         declared = {parameter.name for parameter in self.parameters}
         return [name for name in names if name not in declared]
 
+    def parse(self, raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
+        """The declared parameters from `raw`, as recorded; raises ParameterError. `now`
+        (in APP_TIMEZONE) gives the defaults that depend on it."""
+        return [found for parameter in self.parameters for found in parameter.parse(raw, now)]
+
+    def context(
+        self,
+        resources: Resources,
+        execution_id: int,
+        parameters: Mapping[str, str],
+        dry_run_output: TextIO | None = None,
+    ) -> JobContext[Any]:
+        """What a run of the job is handed: its settings and policy out of the process's,
+        the connections it may use."""
+        settings = resources.settings
+        own = {f.name: getattr(settings, f.name) for f in fields(self.settings)}
+        return JobContext(
+            settings=self.settings(**own),
+            policy=self.policy.over(settings.step),
+            pool=resources.pool,
+            peers=resources.peers,
+            broker=resources.broker,
+            execution_id=execution_id,
+            parameters=parameters,
+            dry_run_output=dry_run_output,
+        )
+
     def read(self, raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
         """The parameters an operator (or a schedule) gave, parsed: a name the job does
         not declare is a ParameterError naming it, never dropped (a `dryRun` given to a
@@ -142,9 +205,6 @@ class JobSpec:
         for name in self.undeclared(raw):
             takes = ", ".join(parameter.name for parameter in self.parameters) or "none"
             raise ParameterError(name, f"is not a parameter of {self.path} (it takes {takes})")
-        for parameter in self.parameters:
-            if raw.get(parameter.name):  # empty: its default
-                parameter.check(raw[parameter.name])
         return self.parse(raw, now)
 
 

@@ -39,7 +39,7 @@ from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.ports import JobRepository
 from app.repository.mariadb import MariaDbJobRepository
 from app.repository.rules import LeaseLost
-from app.runtime.job import JobContext, JobSpec, find_job
+from app.runtime.job import JobSpec, find_job
 from app.runtime.memory import release_memory
 from app.runtime.parameters import now_in
 from app.runtime.resources import Resources
@@ -328,12 +328,7 @@ class Launcher:
     ) -> None:
         """Build the job's step, run it, record the step's outcome into `outcome`."""
         spec, execution = run.spec, run.execution
-        context = JobContext(
-            resources=self.resources,
-            execution_id=execution.id,
-            parameters=execution.parameters,
-            dry_run_output=dry_run_output,
-        )
+        context = spec.context(self.resources, execution.id, execution.parameters, dry_run_output)
         try:
             definition = spec.build(context)
             step = await self.repository.start_step(execution, definition.name)
@@ -355,7 +350,8 @@ class Launcher:
             definition,
             job_name=spec.name,
             repository=self.repository,
-            policy=self.settings.step,
+            policy=context.policy,
+            database=self.settings.database,
             progress=run.progress,
             stop=run.stop,
             stop_requested=lambda: run.request_stop(ON_REQUEST),

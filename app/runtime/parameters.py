@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -26,23 +28,6 @@ class ParameterError(Refusal):
         super().__init__(f"{parameter}: {message}")
         self.parameter = parameter
         self.message = message
-
-
-def run_date(
-    raw: Mapping[str, str], *, default: date | None = None, lookback_days: int = 0
-) -> JobParameter:
-    """runDate as YYYY-MM-DD; the job looks `lookback_days` back from it, so the
-    earliest accepted date is that many days after 0001-01-01."""
-    value = raw.get("runDate")
-    if value is None or value == "":
-        if default is None:
-            raise ParameterError("runDate", "is required, as YYYY-MM-DD")
-        return JobParameter("runDate", LOCAL_DATE, default.isoformat())
-    parsed = iso_date("runDate", value)
-    earliest = date.min + timedelta(days=lookback_days)
-    if parsed < earliest:
-        raise ParameterError("runDate", f"must be {earliest.isoformat()} or later")
-    return JobParameter("runDate", LOCAL_DATE, parsed.isoformat())
 
 
 def iso_date(name: str, value: str) -> date:
@@ -70,15 +55,6 @@ def backfill_dates(first: str, last: str) -> list[date]:
     return [start + timedelta(days=n) for n in range(days)]
 
 
-def target_hour(raw: Mapping[str, str], *, default: int) -> JobParameter:
-    value = raw.get("targetHour")
-    if value is None or value == "":
-        return JobParameter("targetHour", INTEGER, str(default))
-    if not (value.isascii() and value.isdigit() and len(value) <= 2 and int(value) <= 23):
-        raise ParameterError("targetHour", f"must be an integer from 0 to 23, got {value[:40]!r}")
-    return JobParameter("targetHour", INTEGER, str(int(value)))
-
-
 def dry_run(raw: Mapping[str, str]) -> list[JobParameter]:
     """dryRun as true or false. A real run records `dryRun=false`, not identifying, so
     its instance is the one the schedules launch. A dry run is an instance of its own:
@@ -94,6 +70,76 @@ def dry_run(raw: Mapping[str, str]) -> list[JobParameter]:
         JobParameter("dryRun", BOOLEAN, value),
         JobParameter("run.id", LONG, str(_next_run_id())),
     ]
+
+
+@dataclass(frozen=True)
+class LocalDate:
+    """A date as YYYY-MM-DD; the job looks `lookback_days` back from it, so the earliest
+    accepted date is that many days after 0001-01-01."""
+
+    lookback_days: int = 0
+    java = LOCAL_DATE
+    choices: tuple[str, ...] = ()
+    form = "YYYY-MM-DD"
+
+    def parse(self, name: str, value: str) -> list[JobParameter]:
+        parsed = iso_date(name, value)
+        earliest = date.min + timedelta(days=self.lookback_days)
+        if parsed < earliest:
+            raise ParameterError(name, f"must be {earliest.isoformat()} or later")
+        return [JobParameter(name, LOCAL_DATE, parsed.isoformat())]
+
+
+@dataclass(frozen=True)
+class Integer:
+    """A whole number in decimal digits, from `low` to `high` where given (within a
+    Java Long), a sign only where it may be negative."""
+
+    low: int | None = None
+    high: int | None = None
+    java = INTEGER
+    form = "an integer"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """Its values, where they are few enough to pick from (a select)."""
+        if self.low is None or self.high is None or self.high - self.low >= 32:
+            return ()
+        return tuple(str(n) for n in range(self.low, self.high + 1))
+
+    def parse(self, name: str, value: str) -> list[JobParameter]:
+        low, high = self.low, self.high
+        signed = low is None or low < 0
+        digits = 18 if high is None or signed else len(str(high))
+        number = re.fullmatch(rf"{'[+-]?' if signed else ''}[0-9]{{1,{digits}}}", value)
+        if (
+            number is None
+            or not (low is None or low <= int(value))
+            or (high is not None and int(value) > high)
+        ):
+            bounds = "" if low is None or high is None else f" from {low} to {high}"
+            raise ParameterError(name, f"must be an integer{bounds}, got {value[:40]!r}")
+        return [JobParameter(name, INTEGER, str(int(value)))]
+
+
+@dataclass(frozen=True)
+class DryRunFlag:
+    """dryRun, true or false (see `dry_run`); `records_false`: whether a real run records
+    dryRun=false (not identifying) or nothing."""
+
+    records_false: bool = True
+    java = BOOLEAN
+    choices: tuple[str, ...] = ()
+    form = "true or false"
+
+    def parse(self, name: str, value: str) -> list[JobParameter]:
+        parsed = dry_run({name: value})
+        return [p for p in parsed if p.identifying or self.records_false]
+
+
+# What parses a parameter's value: the Java type Spring records, the values it takes where
+# they are few, what it looks like; `parse` raises ParameterError naming the parameter.
+Kind = LocalDate | Integer | DryRunFlag
 
 
 _last_run_id = 0

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import re
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from asyncmy.cursors import Cursor
 from asyncmy.errors import MySQLError
 from asyncmy.pool import Pool
 
+from app.config import job_dirs
 from app.errors import Refusal
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ _DENIED_CODES = frozenset({1044, 1142, 1143, 1227})
 _DENIED_PRIVILEGE = re.compile(r"(\w+(?: \w+)?) command denied")
 
 _VERSIONED = re.compile(r"^V(\d+)__(\w+)\.sql$")
+_DEV_SCHEMA = resources.files("app.schema") / "dev" / "peer_tables.sql"
 
 
 class MigrationDenied(Refusal):
@@ -44,13 +47,32 @@ def _statements(sql: str) -> list[str]:
 
 
 def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("app.schema") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        match = _VERSIONED.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
-    return sorted(found)
+    """Every migration by its file name, V<version>__<name>.sql: the service's, then those
+    of the folders of JOB_DIRS (a job's tables); a version given twice is an error."""
+    folders: list[Traversable] = [resources.files("app.schema") / "migrations", *job_dirs()]
+    found: dict[int, tuple[int, str, str]] = {}
+    for folder in folders:
+        for entry in folder.iterdir():
+            match = _VERSIONED.match(entry.name)
+            if not match:
+                continue
+            version = int(match.group(1))
+            if version in found:
+                raise ValueError(f"two migrations of version {version}: {entry.name}")
+            found[version] = (version, match.group(2), entry.read_text(encoding="utf-8"))
+    return sorted(found.values())
+
+
+_CREATE_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?`?(\w+)", re.IGNORECASE)
+
+
+def created_tables(*, dev_schema: bool = False) -> list[str]:
+    """The tables the migrations create, in their order; with `dev_schema`, the peers'
+    tables of the development schema too."""
+    sql = [text for _, _, text in _migrations()]
+    if dev_schema:
+        sql.append(_DEV_SCHEMA.read_text("utf-8"))
+    return [name for text in sql for name in _CREATE_TABLE.findall("\n".join(_statements(text)))]
 
 
 async def migrate(pool: Pool, *, dev_schema: bool = False) -> list[str]:
@@ -78,8 +100,7 @@ async def migrate(pool: Pool, *, dev_schema: bool = False) -> list[str]:
                 applied.append(label)
                 log.info("migration applied: %s", label)
             if dev_schema:
-                sql = (resources.files("app.schema") / "dev" / "peer_tables.sql").read_text("utf-8")
-                for statement in _statements(sql):
+                for statement in _statements(_DEV_SCHEMA.read_text("utf-8")):
                     await cur.execute(statement)
         finally:
             await cur.execute("SELECT RELEASE_LOCK(%s)", (_LOCK_NAME,))

@@ -1,110 +1,172 @@
-"""A job is declared once (issue 20): a third job, declared here and nowhere else, is in the
-CLI (its choices, its flags, a run), the OpenAPI document, the API's job list that the
-console renders its forms from, the schedules and the figure its alert reads, with no other
-file changed."""
+"""A job is one module and one migration (issues 20 and 29): a toy job, a daily count of
+USED coupons per store, written into a folder of its own that JOB_DIRS names, and nothing
+else changed, is in the CLI (its choices, its flags, its migration, a run), the OpenAPI
+document, the API's job list that the console renders its forms from, the schedules and the
+figure its alert reads, and the dashboard's per-job panels and the alerts, which name no
+job but take each by its label."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from asyncmy.connection import Connection
 from asyncmy.pool import Pool
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.__main__ import EXIT_USAGE
-from app.composition import JOBS
-from app.config import Settings
+from app.composition import JOBS, discover_jobs
+from app.config import JOB_DIRS, Settings
 from app.edges.db import fetch_all
-from app.model import JobParameter, Status
-from app.pipeline.chunk import Chunk, Processed, StepDefinition
-from app.pipeline.writers import DatabaseWriter
+from app.model import Status
 from app.replicas import ReplicaRegistry
 from app.runtime.automation import RestartPolicy, due_slot, schedules_of
-from app.runtime.job import Cron, JobContext, JobSpec, Parameter
+from app.runtime.job import JobSpec, find_job
 from app.runtime.launcher import Launcher
-from app.runtime.parameters import INTEGER, LOCAL_DATE, now_in, run_date
+from app.runtime.parameters import LOCAL_DATE, now_in
 from app.runtime.resources import open_resources
 from app.runtime.scheduler import ScheduledRun, Scheduler, scheduled_runs
+from app.schema.migrate import HISTORY_TABLE, migrate
 from app.web.app import create_app
 from app.web.openapi import openapi
+from tests.dashboard import DASHBOARD
 from tests.fakes import memory_launcher
 from tests.integration.test_web_api import bearer
 from tests.reliability.support import cli_environment
 from tests.waits import waiting
 
 ROOT = Path(__file__).resolve().parents[2]
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 SEOUL = ZoneInfo("Asia/Seoul")
 
+# ---- the toy job: one module, one migration -----------------------------------------
 
-# ---- the third job: its declaration and its code ------------------------------------
+MODULE = '''
+"""storeDailyUsesJob: each store's USED coupons of a day."""
+
+from datetime import date, timedelta
+from typing import Any
+
+from app.pipeline.chunk import Chunk, Processed, Rows, StepDefinition
+from app.pipeline.writers import KeyRangeWriter
+from app.runtime.job import Cron, JobContext, JobSpec, Parameter
+from app.runtime.parameters import LocalDate
+
+_USES = (
+    "SELECT store_id, COUNT(*) FROM coupon_histories WHERE coupon_status = 'USED'"
+    " AND created_at >= %s AND created_at < %s AND store_id > %s"
+    " GROUP BY store_id ORDER BY store_id"
+)
+
+Count = tuple[int, int]  # (store_id, uses)
 
 
-def parse(raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
-    limit = raw.get("limit") or "3"
-    return [run_date(raw), JobParameter("limit", INTEGER, str(int(limit)))]
+def build(context: JobContext[Any]) -> StepDefinition[Count, list[Count]]:
+    day = date.fromisoformat(context.parameters["runDate"])
 
+    async def read(checkpoint: Any) -> Rows[Count]:
+        args = (day, day + timedelta(days=1), checkpoint or 0)
+        return Rows([(_USES, args)], lambda rows: [(int(s), int(n)) for s, n in rows])
 
-def build(context: JobContext) -> StepDefinition[int, list[tuple[int, int, str]]]:
-    """Copies the first `limit` numbers of digest_numbers, doubled, for the run date."""
-    day, limit = context.parameters["runDate"], int(context.parameters["limit"])
-    pool = context.resources.pool
-
-    async def read(checkpoint: Any) -> AsyncGenerator[Chunk[int], None]:
-        rows = await fetch_all(pool, "SELECT n FROM digest_numbers ORDER BY n LIMIT %s", (limit,))
-        if rows:
-            yield Chunk([int(n) for (n,) in rows], int(rows[-1][0]), final=True)
-
-    async def process(chunk: Chunk[int]) -> Processed[list[tuple[int, int, str]]]:
-        return Processed([(n, 2 * n, day) for n in chunk.items])
-
-    async def write(conn: Connection, rows: list[tuple[int, int, str]]) -> None:
-        async with conn.cursor() as cur:
-            await cur.executemany("INSERT INTO digest_doubles VALUES (%s, %s, %s)", rows)
+    async def process(chunk: Chunk[Count]) -> Processed[list[Count]]:
+        return Processed(chunk.items)
 
     return StepDefinition(
-        name="weeklyDigestStep",
+        name="storeDailyUsesStep",
         read=read,
         process=process,
-        writer=DatabaseWriter(write),
-        item_key=lambda n: n,
+        writer=KeyRangeWriter(
+            "store_daily_uses", "store_id", ("store_id", "uses"), {"run_date": day}
+        ),
+        item_key=lambda count: count[0],
+        item_label="store ids",
+        final_chunk=True,
     )
 
 
-DIGEST = JobSpec(
-    name="weeklyDigestJob",
-    path="weekly-digest",
-    title="Weekly digest",
-    parameters=(
-        Parameter("runDate", LOCAL_DATE, "YYYY-MM-DD"),
-        Parameter("limit", INTEGER, "how many numbers to copy", default="3"),
-    ),
-    parse=parse,
+SPEC = JobSpec(
+    name="storeDailyUsesJob",
+    path="store-daily-uses",
+    title="Store daily uses",
+    parameters=(Parameter("runDate", LocalDate(), "the day counted, YYYY-MM-DD"),),
     build=build,
-    backfills=True,
-    schedule=Cron("0 9 * * 1", lambda at: {"runDate": at.date().isoformat()}),
+    schedule=Cron("30 2 * * *", lambda at: {"runDate": str(at.date() - timedelta(days=1))}),
 )
-WITH_DIGEST = (*JOBS, DIGEST)
+'''
+MIGRATION = """
+CREATE TABLE IF NOT EXISTS store_daily_uses (
+    run_date DATE NOT NULL,
+    store_id BIGINT NOT NULL,
+    uses INT NOT NULL,
+    PRIMARY KEY (run_date, store_id)
+) ENGINE=InnoDB;
+"""
+VERSION = 900
 
-# `python -m app` with the third job added to the composition root's.
-_CLI = (
-    "import sys, app.__main__ as cli, app.composition as root;"
-    " from tests.integration.test_job_declared_once import DIGEST;"
-    " root.JOBS = cli.JOBS = (*root.JOBS, DIGEST);"
-    " sys.exit(cli.main())"
-)
+
+@pytest.fixture(scope="module")
+def toy_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("jobs")
+    (folder / "store_daily_uses_spec.py").write_text(MODULE, encoding="utf-8")
+    (folder / f"V{VERSION}__store_daily_uses.sql").write_text(MIGRATION, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def jobs(toy_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[JobSpec, ...]]:
+    """The jobs as the app finds them with JOB_DIRS naming the toy's folder."""
+    monkeypatch.setenv(JOB_DIRS, str(toy_folder))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # as it was, after the test
+    yield discover_jobs()
+    sys.modules.pop("store_daily_uses_spec", None)
+
+
+@pytest.fixture
+async def toy_table(pool: Pool, jobs: tuple[JobSpec, ...]) -> AsyncIterator[Pool]:
+    """The toy's table, as its migration makes it; gone after the test, its migration
+    with it."""
+    yield pool
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("DROP TABLE IF EXISTS store_daily_uses")
+        await cur.execute(f"DELETE FROM {HISTORY_TABLE} WHERE version = %s", (VERSION,))
+
+
+def toy(jobs: tuple[JobSpec, ...]) -> JobSpec:
+    return find_job(jobs, "store-daily-uses")
+
+
+async def add_uses(pool: Pool, day: date) -> None:
+    """Store 7: two uses that day; store 9: one, and one the day before; store 8: one
+    issued, none used."""
+    rows = [(7, "USED", day), (7, "USED", day), (9, "USED", day), (9, "USED", day - timedelta(1))]
+    rows.append((8, "ISSUED", day))
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO coupon_histories (member_id, coupon_id, store_id, coupon_event_id,"
+            " coupon_status, created_at) VALUES (1, 1, %s, 1, %s, %s)",
+            [(store, status, datetime.combine(at, datetime.min.time()).replace(hour=12))
+             for store, status, at in rows],
+        )  # fmt: skip
+
+
+async def counts(pool: Pool) -> list[tuple[date, int, int]]:
+    rows = await fetch_all(
+        pool, "SELECT run_date, store_id, uses FROM store_daily_uses ORDER BY run_date, store_id"
+    )
+    return [tuple(row) for row in rows]  # type: ignore[misc]
 
 
 async def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CLI, *args,
+        sys.executable, "-m", "app", *args,
         env={**env, "PYTHONPATH": str(ROOT)}, cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -113,128 +175,99 @@ async def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str
     return process.returncode, out.decode(), err.decode()
 
 
-@pytest.fixture
-async def tables(pool: Pool) -> AsyncIterator[Pool]:
-    async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute("DROP TABLE IF EXISTS digest_numbers, digest_doubles")
-        await cur.execute("CREATE TABLE digest_numbers (n INT PRIMARY KEY)")
-        await cur.execute("CREATE TABLE digest_doubles (n INT, doubled INT, run_date DATE)")
-        await cur.execute("INSERT INTO digest_numbers VALUES (1), (2), (3), (4), (5)")
-    yield pool
-    async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute("DROP TABLE digest_numbers, digest_doubles")
+# ---- where it is found --------------------------------------------------------------
 
 
-async def doubles(pool: Pool) -> list[tuple[int, int, date]]:
-    rows = await fetch_all(pool, "SELECT n, doubled, run_date FROM digest_doubles ORDER BY n")
-    return [tuple(row) for row in rows]  # type: ignore[misc]
-
-
-async def test_the_cli_offers_the_job_its_flags_and_runs_it(
-    tables: Pool, settings: Settings, tmp_path: Path
+async def test_the_cli_offers_the_job_migrates_its_table_and_runs_it(
+    toy_table: Pool, jobs: tuple[JobSpec, ...], toy_folder: Path, settings: Settings, tmp_path: Path
 ) -> None:
-    env = {**cli_environment(settings), "COLUMNS": "200"}
+    env = {**cli_environment(settings, JOB_DIRS=toy_folder), "COLUMNS": "200"}
     code, out, _ = await cli(env, tmp_path, "run", "--help")
     assert code == 0
-    assert "{coupon-usage-stats,coupon-usage-stats-fcm-send,weekly-digest}" in out
-    assert "--limit LIMIT         how many numbers to copy (weekly-digest: default 3)" in out
-    code, out, _ = await cli(env, tmp_path, "backfill", "--help")
-    assert "{coupon-usage-stats,weekly-digest}" in out
+    paths = sorted(spec.path for spec in jobs)
+    assert "store-daily-uses" in paths and len(paths) == len(JOBS) + 1
+    assert "{" + ",".join(paths) + "}" in out
+    assert "store-daily-uses: required, the day counted, YYYY-MM-DD" in " ".join(out.split())
 
-    code, _, err = await cli(
-        env, tmp_path, "run", "weekly-digest", "--run-date", "2025-10-27", "--limit", "2",
-        "--quiet",
-    )  # fmt: skip
+    code, _, err = await cli(env, tmp_path, "migrate")
     assert code == 0, err
-    assert "weeklyDigestJob execution" in err
-    assert await doubles(tables) == [(1, 2, date(2025, 10, 27)), (2, 4, date(2025, 10, 27))]
-    (execution,) = await fetch_all(
-        tables,
-        "SELECT p.PARAMETER_NAME, p.PARAMETER_TYPE, p.PARAMETER_VALUE, e.STATUS"
-        " FROM BATCH_JOB_EXECUTION_PARAMS p"
-        " JOIN BATCH_JOB_EXECUTION e ON e.JOB_EXECUTION_ID = p.JOB_EXECUTION_ID"
-        " JOIN BATCH_JOB_INSTANCE i ON i.JOB_INSTANCE_ID = e.JOB_INSTANCE_ID"
-        " WHERE i.JOB_NAME = 'weeklyDigestJob' AND p.PARAMETER_NAME = 'limit'",
+    assert f"V{VERSION}__store_daily_uses" in err
+    await add_uses(toy_table, date(2025, 10, 27))
+    code, _, err = await cli(
+        env, tmp_path, "run", "store-daily-uses", "--run-date", "2025-10-27", "--quiet"
     )
-    assert tuple(execution) == ("limit", "java.lang.Integer", "2", "COMPLETED")
-
-
-def test_the_openapi_document_names_the_job_and_its_parameters() -> None:
-    document = openapi(WITH_DIGEST)
-    launch = document["paths"]["/api/v1/jobs/{jobName}"]["post"]["parameters"]
-    (job_name,) = [p for p in launch if p["name"] == "jobName"]
-    assert "`weekly-digest` (`weeklyDigestJob`)" in job_name["description"]
-    (limit,) = [p for p in launch if p["name"] == "limit"]
-    assert limit == {
-        "name": "limit",
-        "in": "query",
-        "description": "how many numbers to copy (weekly-digest: default 3)",
-        "schema": {"type": "integer"},
-    }
-    (day,) = [p for p in launch if p["name"] == "runDate"]
-    assert "weekly-digest: required" in day["description"]
-    without = openapi(JOBS)["paths"]["/api/v1/jobs/{jobName}"]["post"]["parameters"]
-    assert [p["name"] for p in without] == [
-        "jobName", "runDate", "dryRun", "targetHour", "from", "to"
+    assert code == 0, err
+    assert await counts(toy_table) == [(date(2025, 10, 27), 7, 2), (date(2025, 10, 27), 9, 1)]
+    code, _, err = await cli(
+        env, tmp_path, "run", "store-daily-uses", "--run-date", "2025-10-26", "--quiet"
+    )
+    assert code == 0, err
+    assert await counts(toy_table) == [
+        (date(2025, 10, 26), 9, 1), (date(2025, 10, 27), 7, 2), (date(2025, 10, 27), 9, 1)
     ]  # fmt: skip
-    # a declared parameter's choices bound it, as the hand-written document did
-    assert without[3]["schema"] == {"type": "integer", "minimum": 0, "maximum": 23}
+    # It takes no --dry-run: it declares none
+    assert await cli(
+        env, tmp_path, "run", "store-daily-uses", "--run-date", "2025-10-27", "--dry-run"
+    ) == (EXIT_USAGE, "", "error: store-daily-uses takes no --dry-run (its options: --run-date)\n")
 
 
-async def test_the_job_list_that_the_console_renders_names_the_job(settings: Settings) -> None:
-    app = create_app(memory_launcher(WITH_DIGEST), {})
+def test_the_openapi_document_names_the_job(jobs: tuple[JobSpec, ...]) -> None:
+    launch = openapi(jobs)["paths"]["/api/v1/jobs/{jobName}"]["post"]["parameters"]
+    (job_name,) = [p for p in launch if p["name"] == "jobName"]
+    assert "`store-daily-uses` (`storeDailyUsesJob`)" in job_name["description"]
+    (day,) = [p for p in launch if p["name"] == "runDate"]
+    assert "store-daily-uses: required, the day counted, YYYY-MM-DD" in day["description"]
+
+
+async def test_the_job_list_that_the_console_renders_names_the_job(
+    jobs: tuple[JobSpec, ...], settings: Settings
+) -> None:
+    app = create_app(memory_launcher(jobs), {})
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/api/v1/jobs", headers=bearer())
         assert resp.status == 200
-        jobs = (await resp.json())["jobs"]
-    assert [job["path"] for job in jobs] == [
-        "coupon-usage-stats",
-        "coupon-usage-stats-fcm-send",
-        "weekly-digest",
-    ]
-    assert jobs[2] == {
-        "name": "weeklyDigestJob",
-        "path": "weekly-digest",
-        "title": "Weekly digest",
+        listed = (await resp.json())["jobs"]
+    assert [job["path"] for job in listed] == [spec.path for spec in jobs]
+    (mine,) = [job for job in listed if job["path"] == "store-daily-uses"]
+    # What its schedule would launch now (the console's form starts from it): the day before
+    # its last 02:30 (Asia/Seoul has no summer time)
+    last_night = (now_in(settings.timezone) - timedelta(hours=2, minutes=30)).date()
+    assert mine == {
+        "name": "storeDailyUsesJob",
+        "path": "store-daily-uses",
+        "title": "Store daily uses",
         "parameters": [
             {
                 "name": "runDate",
                 "type": LOCAL_DATE,
-                "help": "YYYY-MM-DD",
+                "help": "the day counted, YYYY-MM-DD",
                 "default": None,
                 "choices": [],
             },
-            {
-                "name": "limit",
-                "type": INTEGER,
-                "help": "how many numbers to copy",
-                "default": "3",
-                "choices": [],
-            },
         ],
-        "schedule": {"cron": "0 9 * * 1", "punctual": False},
-        "backfills": True,
+        "schedule": {"cron": "30 2 * * *", "punctual": False},
+        "backfills": False,
         "publishes": False,
         "estimates": False,
         "confirm": "",
-        # what its schedule would launch now: the console's form starts from it
-        "suggested": {"runDate": now_in(settings.timezone).date().isoformat()},
+        "suggested": {"runDate": (last_night - timedelta(days=1)).isoformat()},
     }
 
 
-async def test_the_scheduler_fires_the_job_as_it_declares(tables: Pool, settings: Settings) -> None:
-    *_, schedule = schedules_of(WITH_DIGEST)
-    when = schedule.when
-    assert (when.cron, schedule.job, when.punctual) == ("0 9 * * 1", DIGEST, False)
-    monday = due_slot(when.cron, datetime.now(SEOUL))
-    # Its run is due within the default allowance (an hour): what the alert reads, in a
-    # process that ran the schedules since before it
-    due = ScheduledRun("weeklyDigestJob", monday, None)
-    since = monday - timedelta(days=1)
-    policy = RestartPolicy(attempts=0, backoff_seconds=1, misfire_grace=timedelta(0))
+async def test_the_scheduler_fires_it_and_its_figures_are_the_dashboard_s_and_alerts(
+    toy_table: Pool, jobs: tuple[JobSpec, ...], settings: Settings
+) -> None:
     async with open_resources(settings, broker=False) as resources:
-        launcher = Launcher(resources, WITH_DIGEST)
-        late = monday + timedelta(hours=1, minutes=30)
+        await migrate(resources.pool)
+        (schedule,) = [s for s in schedules_of(jobs) if s.job is toy(jobs)]
+        night = due_slot(schedule.when.cron, datetime.now(SEOUL))
+        await add_uses(toy_table, night.date() - timedelta(days=1))
+        due = ScheduledRun("storeDailyUsesJob", night, None)
+        since = night - timedelta(days=1)
+        policy = RestartPolicy(attempts=0, backoff_seconds=1, misfire_grace=timedelta(0))
+        launcher = Launcher(resources, jobs)
+        late = night + timedelta(hours=1, minutes=30)
+        # Its run is due within the default allowance (an hour): what the alert reads
         assert await scheduled_runs(launcher.repository, [schedule], late, since=since) == [due]
         registry = ReplicaRegistry(resources.pool, lease_seconds=120)
         scheduler = Scheduler(launcher, SEOUL, [schedule], policy, registry, every=60)
@@ -246,37 +279,34 @@ async def test_the_scheduler_fires_the_job_as_it_declares(tables: Pool, settings
         assert await scheduled_runs(launcher.repository, [schedule], late, since=since) == [
             replace(due, status=Status.COMPLETED)
         ]
+        async with TestClient(TestServer(create_app(launcher, {}))) as client:
+            resp = await client.get("/actuator/prometheus")
+            assert resp.status == 200
+            text = await resp.text()
     assert final is not None
     assert (final.status, final.parameters) == (
         Status.COMPLETED,
-        {"runDate": monday.date().isoformat(), "limit": "3"},
+        {"runDate": (night.date() - timedelta(days=1)).isoformat()},
     )
-    assert await doubles(tables) == [(n, 2 * n, monday.date()) for n in (1, 2, 3)]
-
-
-async def test_a_job_that_cannot_dry_run_refuses_a_dry_run_and_runs_nothing(
-    tables: Pool, settings: Settings, tmp_path: Path
-) -> None:
-    """It declares no dryRun: --dry-run and dryRun=true are refused naming the job, never
-    a real run (issue 26: before, the stats job, which declared none, ran for real)."""
-    env = cli_environment(settings)
-    assert await cli(
-        env, tmp_path, "run", "weekly-digest", "--run-date", "2025-10-27", "--dry-run"
-    ) == (
-        EXIT_USAGE,
-        "",
-        "error: weekly-digest takes no --dry-run (its options: --run-date, --limit)\n",
-    )
-    async with open_resources(settings, broker=False) as resources:
-        launcher = Launcher(resources, WITH_DIGEST)
-        async with TestClient(TestServer(create_app(launcher, {}))) as client:
-            path = "/api/v1/jobs/weekly-digest"
-            resp = await client.post(f"{path}?runDate=2025-10-27&dryRun=true", headers=bearer())
-            assert resp.status == 400
-            error = (await resp.json())["error"]
-    assert (error["code"], error["message"]) == (
-        "INVALID_PARAMETER",
-        "dryRun: is not a parameter of weekly-digest (it takes runDate, limit)",
-    )
-    assert await doubles(tables) == []
-    assert await fetch_all(tables, "SELECT COUNT(*) FROM BATCH_JOB_EXECUTION") == [(0,)]
+    assert await counts(toy_table) == [
+        (night.date() - timedelta(days=1), 7, 2), (night.date() - timedelta(days=1), 9, 1)
+    ]  # fmt: skip
+    # The dashboard's per-job panels repeat over the jobs its variable finds: the toy's
+    # series is among them. Neither the dashboard nor the alerts name a job.
+    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    (variable,) = [v for v in board["templating"]["list"] if v["name"] == "job"]
+    values_of = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["definition"])
+    assert values_of is not None
+    metric, label = values_of.groups()
+    found = {
+        sample.labels[label]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == metric
+    }
+    assert "storeDailyUsesJob" in found
+    repeated = [panel for panel in board["panels"] if panel.get("repeat") == "job"]
+    assert repeated and all("$job" in panel["targets"][0]["expr"] for panel in repeated)
+    for text_of in (DASHBOARD, ALERTS):
+        named = [n for spec in jobs for n in (spec.name, spec.path) if n in text_of.read_text()]
+        assert named == [], text_of

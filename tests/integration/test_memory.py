@@ -32,8 +32,11 @@ async def test_what_a_run_left_in_reference_cycles_is_freed_when_it_ends(
     monkeypatch.setattr(memory, "_collecting_rarely", True)
     left: list[weakref.ref[Rows]] = []
 
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        yield Chunk(items=[1, 2], checkpoint=2)
+    async def batch() -> AsyncIterator[list[int]]:
+        yield [1, 2]
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batch()
 
     async def process(chunk: Chunk[int]) -> Processed[Rows]:
         rows = Rows(chunk.items)
@@ -52,7 +55,6 @@ async def test_what_a_run_left_in_reference_cycles_is_freed_when_it_ends(
         "memory-test",
         title="Memory test",
         parameters=(),
-        parse=lambda raw, now: [],
         build=build,
     )
     gc.disable()  # as if the next automatic collection were runs away

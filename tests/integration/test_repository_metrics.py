@@ -256,7 +256,7 @@ async def test_the_latest_due_run_of_each_schedule_is_scraped_with_its_status(
         yearly(fcm_send_spec.SPEC, "0 3 1 1 *", timedelta(hours=6)),
     )
     day_before = f"{year - 1}-12-31"  # the stats run of 01:00 is yesterday's
-    fanout_parameters = fcm_send_spec.parse(
+    fanout_parameters = fcm_send_spec.SPEC.parse(
         {"runDate": f"{year}-01-01", "targetHour": "3"}, fanout_at
     )
 

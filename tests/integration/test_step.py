@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from tests.reliability.support import until
 from tests.settings import make_settings
 from tests.waits import waiting
 
-CHUNKS = [[1, 2], [3, 4], [5, 6], [7]]
+ITEMS = [1, 2, 3, 4, 5, 6, 7]  # cut in chunks of 2: [1, 2], [3, 4], [5, 6], [7]
 
 
 @pytest.fixture
@@ -36,10 +37,13 @@ async def scratch(pool: Pool) -> Pool:
     return pool
 
 
-async def chunks_after(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-    for items in CHUNKS:
-        if checkpoint is None or items[-1] > checkpoint:
-            yield Chunk(items=items, checkpoint=items[-1])
+async def batches(*lists: list[int]) -> AsyncIterator[list[int]]:
+    for items in lists:
+        yield items
+
+
+async def items_after(checkpoint: Any) -> AsyncIterator[list[int]]:
+    return batches([item for item in ITEMS if checkpoint is None or item > checkpoint])
 
 
 async def write_items(conn: Connection, output: list[int]) -> None:
@@ -56,7 +60,7 @@ def of_items(process: Process) -> Callable[[Chunk[int]], Awaitable[Processed[lis
 
 def definition(
     process: Process,
-    read: Callable[[Any], AsyncIterator[Chunk[int]]] = chunks_after,
+    read: Callable[[Any], Awaitable[AsyncIterator[list[int]]]] = items_after,
     write: Callable[[Connection, list[int]], Awaitable[None]] = write_items,
 ) -> StepDefinition:
     return StepDefinition(
@@ -79,9 +83,10 @@ async def run(
     step_definition: StepDefinition,
     *,
     stop: asyncio.Event | None = None,
+    chunk_size: int = 2,
 ) -> tuple[bool | BaseException, Any, StepRunner]:
-    """The step run once: its outcome (or failure), its step execution as recorded, the
-    runner (its live counts, its summary of skips)."""
+    """The step run once, in chunks of `chunk_size`: its outcome (or failure), its step
+    execution as recorded, the runner (its live counts, its summary of skips)."""
     repository = MariaDbJobRepository(pool, abandon_after_seconds=120)
     execution = await repository.start_execution(
         "testJob",
@@ -93,7 +98,7 @@ async def run(
         step_definition,
         job_name="testJob",
         repository=repository,
-        policy=settings.step,
+        policy=replace(settings.step, chunk_size=chunk_size),
         progress=StepProgress(),
         stop=stop,
     )
@@ -259,17 +264,18 @@ async def test_the_first_skipped_items_are_named_with_their_cause(scratch: Pool)
     """Before: a run that skipped ended with an empty exit message; the cause was in a
     WARNING line only (issue 28)."""
 
-    async def ten_a_chunk(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        for first in range(1, 121, 10):
-            yield Chunk(items=list(range(first, first + 10)), checkpoint=first + 9)
+    async def hundred_twenty(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batches(list(range(1, 121)))
 
     async def odd_ones_fail(items: list[int]) -> Processed[list[int]]:
         if any(i % 2 for i in items):
             raise DataError(f"batch {(items[0] - 1) // 10} answered badly")
         return Processed(output=items)
 
-    step_definition = definition(odd_ones_fail, read=ten_a_chunk)
-    outcome, step, runner = await run(scratch, make_settings(SKIP_LIMIT=100), step_definition)
+    step_definition = definition(odd_ones_fail, read=hundred_twenty)
+    outcome, step, runner = await run(
+        scratch, make_settings(SKIP_LIMIT=100), step_definition, chunk_size=10
+    )
     assert (outcome, step.skip_count, step.write_count) == (True, 60, 60)
     odd = list(range(1, 100, 2))  # the first 50 of the 60 skipped
     assert step.context["skipped"] == odd
@@ -287,9 +293,11 @@ async def test_the_first_skipped_items_are_named_with_their_cause(scratch: Pool)
     )
 
 
-def one_chunk(items: list[int]) -> Callable[[Any], AsyncIterator[Chunk[int]]]:
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        yield Chunk(items=items, checkpoint=items[-1], final=True)
+def one_chunk(items: list[int]) -> Callable[[Any], Awaitable[AsyncIterator[list[int]]]]:
+    """The items as one batch: one chunk (the step's `final_chunk` marks it final)."""
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batches(items)
 
     return read
 
@@ -301,6 +309,7 @@ def one_chunk_step(items: list[int], process: Process) -> StepDefinition:
         process=of_items(process),
         writer=DatabaseWriter(write_items),
         item_key=lambda item: item,
+        final_chunk=True,
     )
 
 
@@ -323,8 +332,11 @@ async def test_the_parts_around_a_bad_item_are_chunks_of_their_own_committed_as_
         process=seven_is_bad,
         writer=DatabaseWriter(write_items),
         item_key=lambda item: item,
+        final_chunk=True,
     )
-    outcome, step, _ = await run(scratch, make_settings(SKIP_LIMIT=10), step_definition)
+    outcome, step, _ = await run(
+        scratch, make_settings(SKIP_LIMIT=10), step_definition, chunk_size=100
+    )
     assert outcome is True
     # Tried breadth first (halves, then quarters...), committed in read order.
     assert sorted(parts, key=lambda part: part[1]) == [
@@ -360,7 +372,9 @@ async def test_isolation_stops_once_the_skips_exceed_the_limit(scratch: Pool) ->
         return Processed(output=items)
 
     step_definition = one_chunk_step(list(range(1, 9)), three_bad)
-    outcome, step, _ = await run(scratch, make_settings(SKIP_LIMIT=2), step_definition)
+    outcome, step, _ = await run(
+        scratch, make_settings(SKIP_LIMIT=2), step_definition, chunk_size=100
+    )
     assert isinstance(outcome, SkipLimitExceeded)
     assert str(outcome) == (
         "skip limit exceeded: 0 items skipped (SKIP_LIMIT=2) and 3 more failed on their own;"
@@ -389,7 +403,7 @@ async def test_a_fault_every_part_meets_alike_is_not_about_the_items(
     step_definition = one_chunk_step(list(range(1, 17)), all_bad)
     settings = make_settings(SKIP_LIMIT=100, RETRY_BUDGET_SECONDS=0.5)
     with caplog.at_level(logging.WARNING):
-        outcome, step, _ = await run(scratch, settings, step_definition)
+        outcome, step, _ = await run(scratch, settings, step_definition, chunk_size=100)
     assert isinstance(outcome, NotAboutItems)
     assert str(outcome) == "DataError: garbage (met alike by every part of a chunk)"
     first_round = [list(range(1, 17))]
@@ -434,7 +448,7 @@ async def test_failing_write_is_retried_then_fails_the_step(scratch: Pool) -> No
 
     step_definition = StepDefinition(
         name="testStep",
-        read=chunks_after,
+        read=items_after,
         process=of_items(keep_odd),
         writer=DatabaseWriter(deadlocking_write),
         item_key=lambda item: item,

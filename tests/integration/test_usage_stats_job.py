@@ -21,8 +21,9 @@ from app.devtools.fake_peers import FakePeers, run_fake_peers
 from app.edges.db import fetch_all
 from app.edges.peers import REGIONS
 from app.jobs.usage_stats import UsageStatsStep
+from app.jobs.usage_stats_spec import SPEC
 from app.model import JobExecution
-from app.runtime.job import JobContext, find_job
+from app.runtime.job import find_job
 from app.runtime.launcher import Launcher
 from app.runtime.resources import open_resources
 from tests.samples import SAMPLE_STORES
@@ -831,7 +832,7 @@ async def read_plan(settings: Settings) -> list[tuple[str, str | None, list]]:
     """The stats step's read queries from the first member on: (EXPLAIN's access type,
     its key, the query's arguments beside the window's)."""
     async with open_resources(settings, broker=False) as resources:
-        step = UsageStatsStep(JobContext(resources, 0, {"runDate": RUN_DATE}))
+        step = UsageStatsStep(SPEC.context(resources, 0, {"runDate": RUN_DATE}))
         plan = []
         for bounds in await step.shares():
             sql, args = step._query(bounds, None)

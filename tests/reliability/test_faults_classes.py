@@ -269,6 +269,9 @@ async def test_a_broker_outage_is_one_warning_and_one_line_at_its_end(
     )
     assert_all_delivered(execution, world, await drain(queue))
     dependency = f"broker 127.0.0.1:{broker_proxy.port}"
-    [warning] = lines_at_least(caplog, logging.WARNING)
+    # one WARNING for the outage; on a loaded machine a later stall may be an outage of its
+    # own (confirmations slower than BROKER_STALL_SECONDS), with its own line at its end
+    warning, *stalls = lines_at_least(caplog, logging.WARNING)
     assert warning.startswith(f"app.edges.broker: {dependency}: connection lost: "), warning
-    assert len(back_after(caplog, dependency)) == 1
+    assert all(s.startswith("app.edges.broker: broker stalled: ") for s in stalls), stalls
+    assert len(back_after(caplog, dependency)) == 1 + len(stalls)

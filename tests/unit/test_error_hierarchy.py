@@ -52,7 +52,7 @@ from app.runtime.operator import (
     NotRunning,
     Refused,
 )
-from app.runtime.parameters import INTEGER, ParameterError
+from app.runtime.parameters import INTEGER, Integer, ParameterError
 from app.schema.migrate import MigrationDenied
 from app.web.errors import ApiError, error_middleware
 from tests.settings import make_settings
@@ -249,16 +249,11 @@ def test_the_cli_says_a_refusal_in_one_line_and_exits_by_its_class(
 # ---- a job's typed parameter: a bad value is a 400 naming it, before its parse ------------
 
 
-def _parse_limit(raw: dict[str, str], now: datetime) -> list[JobParameter]:
-    return [JobParameter("limit", INTEGER, str(int(raw.get("limit") or "10")))]
-
-
 TOY = JobSpec(
     name="toyCountJob",
     path="toy-count",
     title="Toy",
-    parameters=(Parameter("limit", INTEGER, "at most this many", default="10"),),
-    parse=_parse_limit,
+    parameters=(Parameter("limit", Integer(), "at most this many", default="10"),),
     build=lambda context: pytest.fail("not built"),
 )
 
@@ -288,9 +283,9 @@ def test_a_value_of_its_declared_type_reaches_the_job_s_parse() -> None:
 
 
 def test_an_integer_parameter_with_choices_says_its_range() -> None:
-    hour = Parameter("targetHour", INTEGER, "0..23", default="now", choices=("0", "5", "23"))
+    hour = Parameter("targetHour", Integer(0, 23), "0..23", default="now")
     with pytest.raises(ParameterError) as refused:
-        hour.check("x")
+        hour.parse({"targetHour": "x"}, datetime(2025, 10, 26))
     assert str(refused.value) == "targetHour: must be an integer from 0 to 23, got 'x'"
 
 

@@ -63,7 +63,9 @@ async def test_a_chunk_without_a_fault_is_one_part_tried_once_as_itself() -> Non
     outcome = await isolate(chunk, attempt, key=key, room=room())
 
     assert given == [chunk] and given[0] is chunk
-    assert outcome == Outcome(parts=[Processed("done", filtered=1)], skipped=[], error=None)
+    assert outcome == Outcome(
+        parts=[(chunk, Processed("done", filtered=1))], skipped=[], error=None
+    )
 
 
 async def test_one_bad_item_is_found_by_halves_and_the_rest_goes_through_in_read_order() -> None:
@@ -81,7 +83,7 @@ async def test_one_bad_item_is_found_by_halves_and_the_rest_goes_through_in_read
         ([5], 4, 5, False),
         ([6], 5, 6, False),
     ]
-    assert [part.output for part in outcome.parts] == [[1, 2, 3, 4], [5], [7, 8]]
+    assert [done.output for _, done in outcome.parts] == [[1, 2, 3, 4], [5], [7, 8]]
     assert outcome.skipped == [6]
     assert isinstance(outcome.error, Bad) and str(outcome.error) == "bad 6"
     assert outcome.error.__traceback__ is None
@@ -101,7 +103,7 @@ async def test_items_failing_each_their_own_way_are_all_skipped_in_read_order() 
     outcome = await isolate(chunk_of(1, 8), attempt, key=key, room=room())
 
     assert outcome.skipped == [2, 7, 8]
-    assert [part.output for part in outcome.parts] == [[1], [3, 4], [5, 6]]
+    assert [done.output for _, done in outcome.parts] == [[1], [3, 4], [5, 6]]
     assert str(outcome.error) == "bad 8"  # the last met, breadth first
     assert len(tried) == 1 + 2 + 4 + 4  # singles of the two failing quarters only
 
@@ -159,7 +161,7 @@ async def test_a_part_with_one_item_not_filtered_pins_the_fault() -> None:
     outcome = await isolate(chunk_of(1, 16), attempt, key=key, room=room())
 
     assert outcome.skipped == list(range(9, 17))
-    assert [part.filtered for part in outcome.parts] == [7]
+    assert [done.filtered for _, done in outcome.parts] == [7]
 
 
 async def test_an_availability_fault_is_raised_as_itself_at_any_level() -> None:

@@ -49,7 +49,6 @@ def policy(budget: float = 100.0, base: float = 1.0, max_wait: float = 30.0) -> 
         workers=1,
         queue_size=1,
         fetch_rows=1,
-        read_streams=1,
         retry_budget_seconds=budget,
         retry_base_seconds=base,
         retry_max_wait_seconds=max_wait,

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from app.composition import JOBS
+
 # Not needed to start a stats run: aiohttp is imported by the first peer call (none on
 # an empty window); `cryptography` is, by asyncmy (caching_sha2_password's RSA).
 JOB_CODE = ("app.jobs.usage_stats", "app.jobs.fcm_send", "app.jobs.history_window")
@@ -49,7 +51,7 @@ def test_a_job_s_code_is_imported_at_its_first_call() -> None:
     assert "app.jobs.fcm_send" in loaded
 
 
-@pytest.mark.parametrize("path", ["coupon-usage-stats", "coupon-usage-stats-fcm-send"])
+@pytest.mark.parametrize("path", [spec.path for spec in JOBS])
 def test_parsing_a_job_s_parameters_loads_no_job_code(path: str) -> None:
     loaded = _loaded_after(
         "from datetime import datetime; from app.composition import JOBS;"

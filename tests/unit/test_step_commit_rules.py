@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,8 +25,8 @@ from app.metrics import (
 )
 from app.model import ChunkCounts, Status, StepExecution
 from app.pipeline import step as step_module
-from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
-from app.pipeline.step import SkipLimitExceeded, StepRunner
+from app.pipeline.chunk import Chunk, KeyRange, Processed, StepDefinition, StepProgress
+from app.pipeline.step import StepRunner
 from app.repository.rules import AlreadyCommitted
 
 CONN = object()  # the connection of every chunk's transaction
@@ -48,7 +47,6 @@ def policy(*, skip_limit: int = 10, workers: int = 2, budget: float = 5.0) -> St
         workers=workers,
         queue_size=2,
         fetch_rows=10,
-        read_streams=1,
         retry_budget_seconds=budget,
         retry_base_seconds=0.001,
         retry_max_wait_seconds=0.001,
@@ -93,7 +91,7 @@ class Writer:
             raise self.deliver_faults.pop(0)
         self.delivered.append(output)
 
-    async def write(self, conn: object, output: list[int]) -> None:
+    async def write(self, conn: object, output: list[int], keys: KeyRange) -> None:
         assert conn is CONN
         self.written.append(output)
 
@@ -101,13 +99,27 @@ class Writer:
         return dict(self._report)
 
 
-def reading(*chunks: list[int]) -> Callable[[Any], AsyncIterator[Chunk[int]]]:
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        for items in chunks:
-            if checkpoint is None or items[-1] > checkpoint:
-                yield Chunk(items=items, checkpoint=items[-1])
+async def batches(*lists: list[int], fault: Exception | None = None) -> AsyncIterator[list[int]]:
+    for items in lists:
+        yield items
+    if fault is not None:
+        raise fault
+
+
+def reading(*chunks: list[int]) -> Callable[[Any], Awaitable[AsyncIterator[list[int]]]]:
+    """The items of `chunks` after the checkpoint, in one batch."""
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batches([i for c in chunks for i in c if checkpoint is None or i > checkpoint])
 
     return read
+
+
+def cut_as(*chunks: list[int], size: int) -> Callable[[int], int]:
+    """The weight that makes the runtime cut the chunks as listed: the last item of each
+    weighs a whole chunk, the others nothing."""
+    ends = {items[-1] for items in chunks}
+    return lambda item: size if item in ends else 0
 
 
 def failing_on(*bad: int, filter_even: bool = False) -> Callable:
@@ -132,6 +144,7 @@ def runner(
     step_policy: StepPolicy | None = None,
     **options: Any,
 ) -> StepRunner:
+    step_policy = step_policy or policy()
     definition = StepDefinition(
         name=f"unitStep{next(NAMES)}",
         read=reading(*chunks),
@@ -139,12 +152,14 @@ def runner(
         writer=writer or Writer(),
         item_key=lambda item: item,
         item_label="member ids",
+        weight=cut_as(*chunks, size=step_policy.chunk_size),
+        chunk_cap=1000,
     )
     return StepRunner(
         definition,
         job_name="unitJob",
-        repository=repository or Repository(),
-        policy=step_policy or policy(),
+        repository=repository or Repository(),  # type: ignore[arg-type]
+        policy=step_policy,
         **options,
     )
 
@@ -384,9 +399,8 @@ async def test_a_chunk_s_retries_leave_the_progress_once_it_is_done() -> None:
 async def test_a_reader_s_failure_fails_the_step_as_itself() -> None:
     fault = RuntimeError("the stream broke")
 
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        yield Chunk([1, 2], checkpoint=2)
-        raise fault
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batches([1, 2], fault=fault)
 
     run = runner()
     run.definition = StepDefinition(
@@ -407,17 +421,13 @@ async def test_the_queue_depths_are_gauges_of_the_execution_while_it_runs() -> N
 
     async def process(chunk: Chunk[int]) -> Processed[list[int]]:
         seen.append(
-            {
-                (job, queue)
-                for job, execution_id, queue in QUEUE_DEPTH._metrics
-                if execution_id == "9"
-            }
+            {queue for job, execution_id, queue in QUEUE_DEPTH._metrics if execution_id == "9"}
         )
         return Processed(chunk.items)
 
     await runner([1], process=process).run(execution())
 
-    assert seen == [{("unitJob", "enrich"), ("unitJob", "commit")}]
+    assert seen == [{"enrich", "commit"}]
     assert not any(execution_id == "9" for _, execution_id, _ in QUEUE_DEPTH._metrics)
 
 
@@ -428,156 +438,3 @@ async def test_a_runner_s_own_progress_and_stop_are_those_given() -> None:
     assert run.progress is progress and run.stop is stop
     run.stop_requested()
     assert stop.is_set()
-
-
-def test_a_failed_step_raises_the_failure_that_brought_its_tasks_down() -> None:
-    """Not the cancellations it caused, nor a group: the first failure, however nested."""
-    fault = Bad("bad 3")
-    cancelled = asyncio.CancelledError()
-    assert step_module._first_cause(BaseExceptionGroup("step", [cancelled, fault])) is fault
-    nested = BaseExceptionGroup("step", [BaseExceptionGroup("workers", [cancelled, fault])])
-    assert step_module._first_cause(nested) is fault
-    only = BaseExceptionGroup("step", [cancelled, asyncio.CancelledError()])
-    assert step_module._first_cause(only) is cancelled
-
-
-async def test_a_chunk_s_and_a_commit_s_retries_are_named_in_the_progress() -> None:
-    """What the console shows during an outage: which work of which step retries."""
-    seen: list[list[str]] = []
-    faults = [Away("peer away")]
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        if faults:
-            raise faults.pop()
-        seen.append([retry.what for retry in run.progress.retries])
-        return Processed(chunk.items)
-
-    class Recording(Repository):
-        async def commit_chunk(self, *args: Any) -> Status:
-            seen.append([retry.what for retry in run.progress.retries])
-            return await super().commit_chunk(*args)
-
-    run = runner([1, 2], process=process, repository=Recording(Away("database away")))
-    step = run.definition.name
-
-    await run.run(execution())
-
-    assert seen == [[f"step {step}: a chunk"], [], [f"step {step}: a commit"]]
-
-
-async def test_the_first_chunk_after_a_restart_starts_after_the_checkpoint() -> None:
-    afters: list[object] = []
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        afters.append(chunk.after)
-        return Processed(chunk.items)
-
-    await runner([1, 2], [3, 4], [5], process=process, step_policy=policy(workers=1)).run(
-        execution(checkpoint=2)
-    )
-
-    assert afters == [2, 4]
-
-
-async def test_a_chunk_isolates_only_as_many_failures_as_the_step_has_skips_left() -> None:
-    """Chunk [1, 2] skips both items (SKIP_LIMIT=2); in [3, 4, 5, 6], once 3 failed on its
-    own no item is tried alone: the limit fails the step with that one."""
-    tried: list[list[int]] = []
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        await asyncio.sleep(0)  # the sink commits the chunk before
-        tried.append(chunk.items)
-        bad = [item for item in chunk.items if item in (1, 2, 3, 6)]
-        if bad:
-            raise Bad(f"bad {bad[0]}")
-        return Processed(chunk.items)
-
-    run = runner([1, 2], [3, 4, 5, 6], process=process, step_policy=policy(skip_limit=2, workers=1))
-
-    with pytest.raises(SkipLimitExceeded) as raised:
-        await run.run(execution())
-
-    assert str(raised.value) == (
-        "skip limit exceeded: 2 items skipped (SKIP_LIMIT=2) and 1 more failed on their own;"
-        " last error: Bad('bad 3')"
-    )
-    assert [3] in tried and [4] not in tried
-
-
-async def test_a_failed_step_cancels_the_chunks_still_in_flight() -> None:
-    """Chunk 1 held, chunk 2 failing past its budget, chunk 3 waiting: the step fails with
-    chunk 2's fault, chunk 3's pending result cancelled."""
-    release = asyncio.Event()
-    fault = Away("peer away")
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        if chunk.items == [1]:
-            await release.wait()
-        if chunk.items == [2]:
-            raise fault
-        return Processed(chunk.items)
-
-    run = runner([1], [2], [3], process=process, step_policy=policy(budget=0.02))
-
-    with pytest.raises(Away) as raised:
-        await run.run(execution())
-
-    assert raised.value is fault
-
-
-async def test_the_reader_stays_at_most_the_queues_ahead_of_a_held_chunk() -> None:
-    """Chunk 1 held: the reader reads until the commit queue (QUEUE_SIZE + WORKERS) is
-    full behind it, then waits; nothing read is lost once chunk 1 goes through."""
-    release, sixth_read = asyncio.Event(), asyncio.Event()
-
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        for item in range(1, 21):
-            if item == 6:
-                sixth_read.set()
-            yield Chunk([item], checkpoint=item)
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        if chunk.items == [1]:
-            await release.wait()
-        return Processed(chunk.items)
-
-    repository = Repository()
-    run = runner(process=process, repository=repository, step_policy=policy(workers=2))
-    run.definition = replace(run.definition, read=read)
-    running = asyncio.create_task(run.run(execution()))
-
-    await asyncio.wait_for(sixth_read.wait(), timeout=5)  # the reader asks for chunk 6
-    for _ in range(100):  # every task has its turns: the reader waits on the full queue
-        await asyncio.sleep(0)
-    read_while_held = run.progress.read
-    release.set()
-    assert await running is True
-
-    assert read_while_held == 1 + 2 + 2  # the held one, the commit queue's 4 behind it
-    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == list(range(1, 21))
-
-
-async def test_a_stop_after_the_last_read_still_ends_the_run_short() -> None:
-    """The reader reached the end, then the stop came while chunk 1 was processed: chunk 2
-    is not started, and the run says it did not reach the end."""
-    ended = asyncio.Event()
-
-    async def read(checkpoint: Any) -> AsyncIterator[Chunk[int]]:
-        yield Chunk([1], checkpoint=1)
-        yield Chunk([2], checkpoint=2)
-        ended.set()
-
-    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
-        if chunk.items == [1]:
-            await ended.wait()
-            run.stop.set()
-        return Processed(chunk.items)
-
-    repository = Repository()
-    run = runner(process=process, repository=repository, step_policy=policy(workers=1))
-    run.definition = replace(run.definition, read=read)
-
-    assert await run.run(execution()) is False
-
-    assert run.progress.read == 2
-    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == [1]

@@ -57,7 +57,7 @@ async def started(job: ToyJob, policy: StepPolicy = POLICY) -> Step:
         job.definition(),
         job_name="toyJob",
         repository=repository,
-        policy=policy,
+        policy=replace(policy, chunk_size=job.size),  # as the job's spec declares
         stop=asyncio.Event(),
     )
     return Step(repository, execution, step, runner)
@@ -174,7 +174,8 @@ async def test_a_commit_whose_answer_was_lost_counts_once() -> None:
     repository = LosingAnswers(abandon_after_seconds=120)
     execution = await repository.start_execution("toyJob", [], rerun_completed=False)
     step = await repository.start_step(execution, "toyStep")
-    runner = StepRunner(job.definition(), job_name="toyJob", repository=repository, policy=POLICY)
+    policy = replace(POLICY, chunk_size=job.size)
+    runner = StepRunner(job.definition(), job_name="toyJob", repository=repository, policy=policy)
     assert await runner.run(step) is True
     found = await repository.get_execution(execution.id)
     assert found is not None

@@ -16,7 +16,7 @@ from app.jobs.usage_stats import (
     time_ranges,
     window,
 )
-from app.jobs.usage_stats_spec import parse
+from app.jobs.usage_stats_spec import SPEC
 from app.runtime.parameters import ParameterError
 
 EPOCH = datetime(1, 1, 1)
@@ -307,7 +307,7 @@ def test_min_rows_is_five() -> None:
 
 def test_parse_requires_runDate() -> None:
     now = datetime(2025, 10, 27, 1, 0)
-    (parameter,) = parse({"runDate": "2025-10-26"}, now)
+    (parameter,) = SPEC.parse({"runDate": "2025-10-26"}, now)
     assert (parameter.name, parameter.type, parameter.value, parameter.identifying) == (
         "runDate",
         "java.time.LocalDate",
@@ -316,7 +316,7 @@ def test_parse_requires_runDate() -> None:
     )
     for raw in ({}, {"runDate": ""}, {"runDate": "2025-13-01"}, {"runDate": "26/10/2025"}):
         with pytest.raises(ParameterError):
-            parse(raw, now)
+            SPEC.parse(raw, now)
 
 
 @pytest.mark.parametrize(
