@@ -438,3 +438,14 @@ async def test_a_runner_s_own_progress_and_stop_are_those_given() -> None:
     assert run.progress is progress and run.stop is stop
     run.stop_requested()
     assert stop.is_set()
+
+
+def test_a_failed_step_raises_the_failure_that_brought_its_tasks_down() -> None:
+    """Not the cancellations it caused, nor a group: the first failure, however nested."""
+    fault = Bad("bad 3")
+    cancelled = asyncio.CancelledError()
+    assert step_module._first_cause(BaseExceptionGroup("step", [cancelled, fault])) is fault
+    nested = BaseExceptionGroup("step", [BaseExceptionGroup("workers", [cancelled, fault])])
+    assert step_module._first_cause(nested) is fault
+    only = BaseExceptionGroup("step", [cancelled, asyncio.CancelledError()])
+    assert step_module._first_cause(only) is cancelled
