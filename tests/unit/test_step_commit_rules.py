@@ -421,13 +421,17 @@ async def test_the_queue_depths_are_gauges_of_the_execution_while_it_runs() -> N
 
     async def process(chunk: Chunk[int]) -> Processed[list[int]]:
         seen.append(
-            {queue for job, execution_id, queue in QUEUE_DEPTH._metrics if execution_id == "9"}
+            {
+                (job, queue)
+                for job, execution_id, queue in QUEUE_DEPTH._metrics
+                if execution_id == "9"
+            }
         )
         return Processed(chunk.items)
 
     await runner([1], process=process).run(execution())
 
-    assert seen == [{"enrich", "commit"}]
+    assert seen == [{("unitJob", "enrich"), ("unitJob", "commit")}]
     assert not any(execution_id == "9" for _, execution_id, _ in QUEUE_DEPTH._metrics)
 
 
@@ -449,3 +453,41 @@ def test_a_failed_step_raises_the_failure_that_brought_its_tasks_down() -> None:
     assert step_module._first_cause(nested) is fault
     only = BaseExceptionGroup("step", [cancelled, asyncio.CancelledError()])
     assert step_module._first_cause(only) is cancelled
+
+
+async def test_a_chunk_s_and_a_commit_s_retries_are_named_in_the_progress() -> None:
+    """What the console shows during an outage: which work of which step retries."""
+    seen: list[list[str]] = []
+    faults = [Away("peer away")]
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if faults:
+            raise faults.pop()
+        seen.append([retry.what for retry in run.progress.retries])
+        return Processed(chunk.items)
+
+    class Recording(Repository):
+        async def commit_chunk(self, *args: Any) -> Status:
+            seen.append([retry.what for retry in run.progress.retries])
+            return await super().commit_chunk(*args)
+
+    run = runner([1, 2], process=process, repository=Recording(Away("database away")))
+    step = run.definition.name
+
+    await run.run(execution())
+
+    assert seen == [[f"step {step}: a chunk"], [], [f"step {step}: a commit"]]
+
+
+async def test_the_first_chunk_after_a_restart_starts_after_the_checkpoint() -> None:
+    afters: list[object] = []
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        afters.append(chunk.after)
+        return Processed(chunk.items)
+
+    await runner([1, 2], [3, 4], [5], process=process, step_policy=policy(workers=1)).run(
+        execution(checkpoint=2)
+    )
+
+    assert afters == [2, 4]
