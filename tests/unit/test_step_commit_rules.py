@@ -26,7 +26,7 @@ from app.metrics import (
 from app.model import ChunkCounts, Status, StepExecution
 from app.pipeline import step as step_module
 from app.pipeline.chunk import Chunk, KeyRange, Processed, StepDefinition, StepProgress
-from app.pipeline.step import StepRunner
+from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.repository.rules import AlreadyCommitted
 
 CONN = object()  # the connection of every chunk's transaction
@@ -491,3 +491,49 @@ async def test_the_first_chunk_after_a_restart_starts_after_the_checkpoint() -> 
     )
 
     assert afters == [2, 4]
+
+
+async def test_a_chunk_isolates_only_as_many_failures_as_the_step_has_skips_left() -> None:
+    """Chunk [1, 2] skips both items (SKIP_LIMIT=2); in [3, 4, 5, 6], once 3 failed on its
+    own no item is tried alone: the limit fails the step with that one."""
+    tried: list[list[int]] = []
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        await asyncio.sleep(0)  # the sink commits the chunk before
+        tried.append(chunk.items)
+        bad = [item for item in chunk.items if item in (1, 2, 3, 6)]
+        if bad:
+            raise Bad(f"bad {bad[0]}")
+        return Processed(chunk.items)
+
+    run = runner([1, 2], [3, 4, 5, 6], process=process, step_policy=policy(skip_limit=2, workers=1))
+
+    with pytest.raises(SkipLimitExceeded) as raised:
+        await run.run(execution())
+
+    assert str(raised.value) == (
+        "skip limit exceeded: 2 items skipped (SKIP_LIMIT=2) and 1 more failed on their own;"
+        " last error: Bad('bad 3')"
+    )
+    assert [3] in tried and [4] not in tried
+
+
+async def test_a_failed_step_cancels_the_chunks_still_in_flight() -> None:
+    """Chunk 1 held, chunk 2 failing past its budget, chunk 3 waiting: the step fails with
+    chunk 2's fault, chunk 3's pending result cancelled."""
+    release = asyncio.Event()
+    fault = Away("peer away")
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if chunk.items == [1]:
+            await release.wait()
+        if chunk.items == [2]:
+            raise fault
+        return Processed(chunk.items)
+
+    run = runner([1], [2], [3], process=process, step_policy=policy(budget=0.02))
+
+    with pytest.raises(Away) as raised:
+        await run.run(execution())
+
+    assert raised.value is fault
