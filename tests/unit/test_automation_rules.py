@@ -200,7 +200,7 @@ def test_a_restart_s_due_time_is_said_in_app_timezone_not_the_database_clock_s()
 
 
 H = timedelta(hours=1)
-HOURLY = Schedule(fcm_send_spec.SPEC, fcm_send_spec.SPEC.schedule)  # type: ignore[arg-type]
+HOURLY = Schedule(fcm_send_spec.SPEC, fcm_send_spec.SPEC.schedule)
 
 
 @pytest.mark.parametrize(
@@ -246,6 +246,8 @@ def fan_out(day: int, hour: int) -> dict[str, str]:
         (fan_out(26, 23), datetime(2025, 10, 27, 0, 20), 2 * H, datetime(2025, 10, 26, 23)),
         (fan_out(26, 23), datetime(2025, 10, 27, 0, 20), H, None),
         (fan_out(27, 11), datetime(2025, 10, 27, 10, 30), 3 * H, None),  # not yet fired
+        (fan_out(27, 11), datetime(2025, 10, 27, 10, 59, 59, 500_000), H, None),
+        (fan_out(27, 11), datetime(2025, 10, 27, 11, 0, 0, 500_000), H, datetime(2025, 10, 27, 11)),
         # dryRun=false does not identify the instance; the instance of a dry run is not due
         (
             {"runDate": "2025-10-27", "targetHour": "10"},

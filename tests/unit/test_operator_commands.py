@@ -114,7 +114,7 @@ class Launcher:
         self.refused: set[str] = set()
         self.running: dict[int, RunningJob] = {}
 
-    jobs = (STATS,)
+    jobs = (STATS, fcm_send_spec.SPEC.name)
 
     def find(self, name: str) -> Any:
         specs = {spec.path: spec for spec in (usage_stats_spec.SPEC, fcm_send_spec.SPEC)}
@@ -145,15 +145,15 @@ class Launcher:
 
 def operator(*executions: JobExecution, accepting: bool = True) -> JobOperator:
     repository = Repository().add(*executions)
-    return JobOperator(repository, Launcher(repository, accepting=accepting))  # type: ignore[arg-type]
+    return JobOperator(repository, Launcher(repository, accepting=accepting))
 
 
 def launcher_of(job_operator: JobOperator) -> Launcher:
-    return job_operator.launcher  # type: ignore[return-value]
+    return job_operator.launcher
 
 
 def repository_of(job_operator: JobOperator) -> Repository:
-    return job_operator.repository  # type: ignore[return-value]
+    return job_operator.repository
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_the_commands_an_execution_offers(
 
 
 def test_an_operator_without_a_launcher_launches_nothing() -> None:
-    job_operator = JobOperator(Repository())  # type: ignore[arg-type]
+    job_operator = JobOperator(Repository())
     with pytest.raises(RuntimeError, match=r"^this operator launches nothing: it has no launcher$"):
         job_operator.launcher  # noqa: B018
 
@@ -188,7 +188,7 @@ def test_an_operator_without_a_launcher_launches_nothing() -> None:
 def test_an_operator_of_a_launcher_uses_its_repository() -> None:
     repository = Repository()
     launcher = Launcher(repository)
-    job_operator = JobOperator.of(launcher)  # type: ignore[arg-type]
+    job_operator = JobOperator.of(launcher)
     assert job_operator.repository is repository
     assert job_operator.launcher is launcher
 
@@ -201,7 +201,7 @@ async def test_start_launches_the_job_found_by_its_path() -> None:
         "coupon-usage-stats",
         {"runDate": "2025-10-01"},
         rerun=True,
-        dry_run_output=output,  # type: ignore[arg-type]
+        dry_run_output=output,
     )
 
     assert launcher_of(job_operator).launched == [(STATS, {"runDate": "2025-10-01"}, True, output)]
@@ -268,7 +268,7 @@ async def test_a_failed_or_stopped_last_execution_restarts_with_its_parameters(
     job_operator = operator(execution(3, F), execution(4, status))
     automatic = object()
 
-    run = await job_operator.restart(4, automatic=automatic)  # type: ignore[arg-type]
+    run = await job_operator.restart(4, automatic=automatic)
 
     assert launcher_of(job_operator).relaunched == [
         (STATS, [JobParameter("runDate", "java.time.LocalDate", "2025-10-04")], automatic)
@@ -310,6 +310,7 @@ async def test_only_a_failed_or_stopped_execution_restarts(status: Status) -> No
     assert str(raised.value) == (
         f"execution 4 is {status}: only a FAILED or STOPPED execution restarts"
     )
+    assert raised.value.status == status
 
 
 async def test_restarting_an_unknown_execution_is_refused() -> None:
@@ -357,7 +358,7 @@ async def test_a_stop_whose_run_moved_on_meanwhile_is_tried_again_on_its_success
 
 async def test_a_stop_of_an_operator_without_a_launcher_changes_the_repository_only() -> None:
     repository = Repository().add(execution(4, R))
-    assert await JobOperator(repository).stop(4) == Stopped(4, R)  # type: ignore[arg-type]
+    assert await JobOperator(repository).stop(4) == Stopped(4, R)
 
 
 async def test_a_stop_that_finds_the_run_ended_is_refused_with_its_status() -> None:
@@ -394,7 +395,7 @@ async def test_a_stop_that_found_the_execution_no_longer_running_stopped_nothing
         repository.executions[execution_id].status = Status.COMPLETED
         return await original(execution_id)
 
-    repository.request_stop = ended_meanwhile  # type: ignore[method-assign]
+    repository.request_stop = ended_meanwhile
 
     with pytest.raises(NotRunning, match=r"^execution 4 is COMPLETED, not running$"):
         await job_operator.stop(4)
@@ -469,7 +470,8 @@ async def test_an_execution_of_a_job_this_service_does_not_run_does_not_restart(
         await job_operator.restart(4)
 
     assert str(raised.value) == (
-        "execution 4 is of otherJob, a job this service does not run (it runs couponUsageStatsJob)"
+        "execution 4 is of otherJob, a job this service does not run (it runs"
+        " couponUsageStatsJob, couponUsageStatsFcmSendJob)"
     )
     assert raised.value.status == F
     assert launcher_of(job_operator).relaunched == []

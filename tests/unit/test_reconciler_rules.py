@@ -50,7 +50,7 @@ async def test_silent_executions_are_taken_over_once(caplog: pytest.LogCaptureFi
 
 class FailingFirst:
     """A job repository whose first `failures` passes fail; then expired executions 1
-    (STARTED), 2 (STOPPING) and 3 (STARTED, renewed or taken by another replica first)."""
+    (renewed, or taken by another replica first), 2 (STARTED) and 3 (STOPPING)."""
 
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
@@ -67,19 +67,19 @@ class FailingFirst:
             raise ConnectionError("database away")
         return [
             JobExecution(id, 7, "job", status, {})
-            for id, status in ((1, Status.STARTED), (2, Status.STOPPING), (3, Status.STARTED))
+            for id, status in ((1, Status.STARTED), (2, Status.STARTED), (3, Status.STOPPING))
         ]
 
     async def take_over(self, execution_id: int) -> Status | None:
         self.taken.append(execution_id)
-        return {1: Status.FAILED, 2: Status.STOPPED}.get(execution_id)
+        return {2: Status.FAILED, 3: Status.STOPPED}.get(execution_id)
 
 
 async def test_the_loop_passes_every_period_and_a_failed_pass_does_not_end_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     repository = FailingFirst(failures=1)
-    reconciler = Reconciler(repository, every=0.01)  # type: ignore[arg-type]
+    reconciler = Reconciler(repository, every=0.01)
 
     reconciler.start()
     async with waiting(5, "the reconciler's third pass, after the failed one"):
@@ -94,12 +94,19 @@ async def test_the_loop_passes_every_period_and_a_failed_pass_does_not_end_it(
 
 
 async def test_the_loop_runs_as_a_named_task_until_stopped() -> None:
-    reconciler = Reconciler(FailingFirst(), every=60)  # type: ignore[arg-type]
+    reconciler = Reconciler(FailingFirst(), every=60)
     await reconciler.stop()  # not started: nothing to stop
 
     reconciler.start()
     names = [task.get_name() for task in asyncio.all_tasks()]
     await reconciler.stop()
+    await reconciler.stop()  # stopped already: nothing to stop
 
     assert "reconciler" in names
     assert "reconciler" not in [task.get_name() for task in asyncio.all_tasks()]
+
+
+async def test_an_execution_another_replica_took_first_does_not_end_the_pass() -> None:
+    repository = FailingFirst()
+    assert await Reconciler(repository, every=60).reconcile() == [2, 3]
+    assert repository.taken == [1, 2, 3]

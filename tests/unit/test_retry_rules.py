@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -166,3 +167,77 @@ async def test_settle_at_its_deadline_cancels_the_update_once_and_awaits_its_end
     await settle(update(), deadline=5.0)
 
     assert seen == ["cancelled", "recorded"]
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> list[float]:
+    """asyncio.sleep's delays, each advancing the clock instead of waiting."""
+    slept: list[float] = []
+    original = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+        clock.now += delay
+        await original(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    return slept
+
+
+def failing(times: int) -> tuple[list[int], Callable[[], Awaitable[None]]]:
+    """An update that fails its first `times` calls with RuntimeError("call <n>")."""
+    calls: list[int] = []
+
+    async def update() -> None:
+        calls.append(len(calls) + 1)
+        if len(calls) <= times:
+            raise RuntimeError(f"call {len(calls)}")
+
+    return calls, update
+
+
+async def test_an_outcome_record_is_retried_with_doubling_delays_until_it_succeeds(
+    sleeps: list[float],
+) -> None:
+    calls, update = failing(3)
+    assert await retry.retrying_until(update, deadline=100, what="the record") is None
+    assert calls == [1, 2, 3, 4]
+    assert sleeps == [0.2, 0.4, 0.8]
+
+
+async def test_the_delays_double_up_to_five_seconds_and_the_last_error_is_returned(
+    sleeps: list[float],
+) -> None:
+    calls, update = failing(10**6)
+    error = await retry.retrying_until(update, deadline=20, what="the record")
+    assert sleeps == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert isinstance(error, RuntimeError) and str(error) == f"call {len(calls)}"
+    assert len(calls) == 8
+
+
+async def test_no_retry_is_waited_for_that_would_end_at_the_deadline(sleeps: list[float]) -> None:
+    calls, update = failing(10**6)
+    error = await retry.retrying_until(update, deadline=0.2, what="the record")
+    assert (calls, sleeps, str(error)) == ([1], [], "call 1")
+
+
+async def test_an_update_past_its_deadline_still_gets_one_try(clock: Clock) -> None:
+    clock.now = 10.0
+    calls, update = failing(0)
+    assert await retry.retrying_until(update, deadline=5.0, what="the record") is None
+    assert calls == [1]
+
+
+async def test_a_try_past_the_deadline_is_cut_a_tenth_of_a_second_after_it_began(
+    clock: Clock,
+) -> None:
+    """The update hangs; the clock reads 10 s as the try begins, 10.5 s after: the try,
+    given until 10.1 s, is cut at once, and its timeout returned."""
+    hanging = asyncio.Event()
+
+    async def update() -> None:
+        await hanging.wait()
+
+    clock.ticks = [10.0, 10.5]
+    error = await retry.retrying_until(update, deadline=5.0, what="the record")
+    assert isinstance(error, TimeoutError)

@@ -26,7 +26,7 @@ from app.metrics import (
 from app.model import ChunkCounts, Status, StepExecution
 from app.pipeline import step as step_module
 from app.pipeline.chunk import Chunk, KeyRange, Processed, StepDefinition, StepProgress
-from app.pipeline.step import StepRunner
+from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.repository.rules import AlreadyCommitted
 
 CONN = object()  # the connection of every chunk's transaction
@@ -421,13 +421,17 @@ async def test_the_queue_depths_are_gauges_of_the_execution_while_it_runs() -> N
 
     async def process(chunk: Chunk[int]) -> Processed[list[int]]:
         seen.append(
-            {queue for job, execution_id, queue in QUEUE_DEPTH._metrics if execution_id == "9"}
+            {
+                (job, queue)
+                for job, execution_id, queue in QUEUE_DEPTH._metrics
+                if execution_id == "9"
+            }
         )
         return Processed(chunk.items)
 
     await runner([1], process=process).run(execution())
 
-    assert seen == [{"enrich", "commit"}]
+    assert seen == [{("unitJob", "enrich"), ("unitJob", "commit")}]
     assert not any(execution_id == "9" for _, execution_id, _ in QUEUE_DEPTH._metrics)
 
 
@@ -438,3 +442,98 @@ async def test_a_runner_s_own_progress_and_stop_are_those_given() -> None:
     assert run.progress is progress and run.stop is stop
     run.stop_requested()
     assert stop.is_set()
+
+
+def test_a_failed_step_raises_the_failure_that_brought_its_tasks_down() -> None:
+    """Not the cancellations it caused, nor a group: the first failure, however nested."""
+    fault = Bad("bad 3")
+    cancelled = asyncio.CancelledError()
+    assert step_module._first_cause(BaseExceptionGroup("step", [cancelled, fault])) is fault
+    nested = BaseExceptionGroup("step", [BaseExceptionGroup("workers", [cancelled, fault])])
+    assert step_module._first_cause(nested) is fault
+    only = BaseExceptionGroup("step", [cancelled, asyncio.CancelledError()])
+    assert step_module._first_cause(only) is cancelled
+
+
+async def test_a_chunk_s_and_a_commit_s_retries_are_named_in_the_progress() -> None:
+    """What the console shows during an outage: which work of which step retries."""
+    seen: list[list[str]] = []
+    faults = [Away("peer away")]
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if faults:
+            raise faults.pop()
+        seen.append([retry.what for retry in run.progress.retries])
+        return Processed(chunk.items)
+
+    class Recording(Repository):
+        async def commit_chunk(self, *args: Any) -> Status:
+            seen.append([retry.what for retry in run.progress.retries])
+            return await super().commit_chunk(*args)
+
+    run = runner([1, 2], process=process, repository=Recording(Away("database away")))
+    step = run.definition.name
+
+    await run.run(execution())
+
+    assert seen == [[f"step {step}: a chunk"], [], [f"step {step}: a commit"]]
+
+
+async def test_the_first_chunk_after_a_restart_starts_after_the_checkpoint() -> None:
+    afters: list[object] = []
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        afters.append(chunk.after)
+        return Processed(chunk.items)
+
+    await runner([1, 2], [3, 4], [5], process=process, step_policy=policy(workers=1)).run(
+        execution(checkpoint=2)
+    )
+
+    assert afters == [2, 4]
+
+
+async def test_a_chunk_isolates_only_as_many_failures_as_the_step_has_skips_left() -> None:
+    """Chunk [1, 2] skips both items (SKIP_LIMIT=2); in [3, 4, 5, 6], once 3 failed on its
+    own no item is tried alone: the limit fails the step with that one."""
+    tried: list[list[int]] = []
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        await asyncio.sleep(0)  # the sink commits the chunk before
+        tried.append(chunk.items)
+        bad = [item for item in chunk.items if item in (1, 2, 3, 6)]
+        if bad:
+            raise Bad(f"bad {bad[0]}")
+        return Processed(chunk.items)
+
+    run = runner([1, 2], [3, 4, 5, 6], process=process, step_policy=policy(skip_limit=2, workers=1))
+
+    with pytest.raises(SkipLimitExceeded) as raised:
+        await run.run(execution())
+
+    assert str(raised.value) == (
+        "skip limit exceeded: 2 items skipped (SKIP_LIMIT=2) and 1 more failed on their own;"
+        " last error: Bad('bad 3')"
+    )
+    assert [3] in tried and [4] not in tried
+
+
+async def test_a_failed_step_cancels_the_chunks_still_in_flight() -> None:
+    """Chunk 1 held, chunk 2 failing past its budget, chunk 3 waiting: the step fails with
+    chunk 2's fault, chunk 3's pending result cancelled."""
+    release = asyncio.Event()
+    fault = Away("peer away")
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if chunk.items == [1]:
+            await release.wait()
+        if chunk.items == [2]:
+            raise fault
+        return Processed(chunk.items)
+
+    run = runner([1], [2], [3], process=process, step_policy=policy(budget=0.02))
+
+    with pytest.raises(Away) as raised:
+        await run.run(execution())
+
+    assert raised.value is fault
