@@ -264,6 +264,8 @@ class Scheduler:
             replicas = await registry.renew(replica, runs_schedules=self._running)
         reference = schedules_zone(replicas or [])
         running = reference is None or reference.zone == zone
+        if running != self._running:  # the row says so at once, not at the next pass
+            await registry.renew(replica, runs_schedules=running)
         if reference is not None and not running and not self._said_zone:
             log.error(
                 "APP_TIMEZONE is %s, but the replicas already running the schedules run them"
@@ -277,8 +279,6 @@ class Scheduler:
             )
         elif running and self._said_zone:
             log.warning("this replica runs the schedules now, in %s", zone)
-        if running != self._running:  # the row says so at once, not at the next pass
-            await registry.renew(replica, runs_schedules=running)
         self._said_zone = not running
         self._running = running
         SCHEDULER_ENABLED.set(int(running))
