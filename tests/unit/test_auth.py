@@ -236,3 +236,15 @@ def test_system_token_is_reused_until_ten_seconds_before_expiry() -> None:
 def test_system_token_is_valid_with_the_real_clock() -> None:
     token = SystemToken(KEY_32, "batch-service").get()
     assert verify_token(f"Bearer {token}", KEY_32)["sub"] == "0"
+
+
+def test_system_token_bytes_are_the_hand_signed_ones() -> None:
+    """The exact token the hand-written signer gave before PyJWT signed it (issue 29): the
+    header's and the claims' JSON, their order and the signature, byte for byte."""
+    token = SystemToken(b"k" * 32, "batch-service", clock=lambda: 1761900000.7).get()
+    assert token == (
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+        ".eyJzdWIiOiIwIiwidXNlcm5hbWUiOiJiYXRjaC1zZXJ2aWNlIiwibWVtYmVyVHlwZSI6IlNZU1RFTSIsImlh"
+        "dCI6MTc2MTkwMDAwMCwiZXhwIjoxNzYxOTAzNjAwfQ"
+        ".GVDI9A_fQKZ0iy3M410IK5aBKY9PNgR6y98vZd_UOtI"
+    )
