@@ -410,7 +410,9 @@ async def test_a_fault_every_part_meets_alike_is_not_about_the_items(
     for size in (8, 4, 2):
         first_round += [list(range(i, i + size)) for i in range(1, 17, size)]
     assert attempts[:15] == first_round  # one round: never down to single items
-    assert len(attempts) > 15 and len(attempts) % 15 == 0  # retried whole, within the budget
+    # Retried whole within the budget, round after round; the deadline may cut one in flight.
+    assert len(attempts) > 15
+    assert attempts == [first_round[i % 15] for i in range(len(attempts))]
     assert (step.skip_count, step.write_count, step.commit_count) == (0, 0, 0)
     assert await items_written(scratch) == []
 
