@@ -83,9 +83,9 @@ class Parameter:
 
     def parse(self, raw: Mapping[str, str], now: datetime) -> list[JobParameter]:
         """Its value in `raw` as recorded, parsed by its kind (a value it refuses is a
-        ParameterError naming it); absent or empty, its default."""
+        ParameterError naming it); absent (or blank, where its kind says so), its default."""
         value = raw.get(self.name)
-        if value:
+        if value or (value == "" and not self.kind.blank_is_absent):
             return self.kind.parse(self.name, value)
         if self.default_of is not None:  # from the time of the launch
             return [JobParameter(self.name, self.type, self.default_of(now))]

@@ -79,6 +79,7 @@ class LocalDate:
 
     lookback_days: int = 0
     java = LOCAL_DATE
+    blank_is_absent = True  # runDate= takes the default, as the old service's did
     choices: tuple[str, ...] = ()
     form = "YYYY-MM-DD"
 
@@ -98,6 +99,7 @@ class Integer:
     low: int | None = None
     high: int | None = None
     java = INTEGER
+    blank_is_absent = True
     form = "an integer"
 
     @property
@@ -129,6 +131,7 @@ class DryRunFlag:
 
     records_false: bool = True
     java = BOOLEAN
+    blank_is_absent = False  # dryRun= is refused: a real run is never a blank's default
     choices: tuple[str, ...] = ()
     form = "true or false"
 

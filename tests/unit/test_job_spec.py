@@ -63,6 +63,13 @@ def test_parameters_parse_by_their_kind_with_their_defaults() -> None:
     )
 
 
+def test_a_blank_is_the_default_but_never_a_real_run() -> None:
+    """`limit=` takes its default (as the old service's runDate= and targetHour= did);
+    `dryRun=` is refused (the parametrised case above), never read as dryRun=false."""
+    parsed = toy().parse({"runDate": "2025-10-31", "limit": ""}, datetime(2025, 11, 1, 9, 42))
+    assert parsed[1] == JobParameter("limit", INTEGER, "42")
+
+
 LIMIT = "limit: must be an integer from 1 to 99"
 
 
@@ -75,6 +82,7 @@ LIMIT = "limit: must be an integer from 1 to 99"
         ({"runDate": "2025-10-31", "limit": "0"}, f"{LIMIT}, got '0'"),
         ({"runDate": "2025-10-31", "limit": "100"}, f"{LIMIT}, got '100'"),
         ({"runDate": "2025-10-31", "dryRun": "no"}, "dryRun: must be true or false, got 'no'"),
+        ({"runDate": "2025-10-31", "dryRun": ""}, "dryRun: must be true or false, got ''"),
     ],
 )  # fmt: skip
 def test_a_value_its_kind_refuses_names_the_parameter(raw: dict[str, str], message: str) -> None:
