@@ -24,11 +24,11 @@ from app.concurrency import SharedLookup, SharedValue, gather_first_error
 from app.contracts import ROUTING_KEY, PushRequest, amqp_properties, encode_body
 from app.edges.broker import OutgoingMessage
 from app.edges.db import DbPool, fetch_all
-from app.edges.peers import PeerClient
 from app.jobs.fcm_send_spec import LOOKBACK_DAYS
 from app.pipeline.chunk import Chunk, Processed, Rows, StepDefinition
 from app.pipeline.isolate import run_wide
 from app.pipeline.writers import DryRunWriter, PublishingWriter, Writer
+from app.ports import Peers
 from app.runtime.job import Estimate, JobContext, NoSettings
 from app.runtime.resources import Resources
 
@@ -188,7 +188,7 @@ class _RunLookups:
     """What every chunk of a run shares: each dong's stores (asked once per run), the
     active events per store (one query at the first need), each dong's event count."""
 
-    def __init__(self, peers: PeerClient, pool: DbPool, at: datetime) -> None:
+    def __init__(self, peers: Peers, pool: DbPool, at: datetime) -> None:
         self.stores = SharedLookup(peers.stores_by_dong)
         self.events = SharedValue(lambda: active_events_by_store(pool, at))
         self._dong_events: dict[str, int] = {}

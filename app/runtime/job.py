@@ -9,19 +9,16 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
+from typing import Any, Generic, TextIO, TypeVar
 
 from app.config import StepPolicy
 from app.edges.db import DbPool
-from app.edges.peers import PeerClient
 from app.errors import Refusal
 from app.model import JobParameter
 from app.pipeline.chunk import StepDefinition
+from app.ports import Peers, Publisher
 from app.runtime.parameters import DRY_RUN, DryRunFlag, Kind, ParameterError
 from app.runtime.resources import Resources
-
-if TYPE_CHECKING:
-    from app.edges.broker import Broker
 
 SettingsT = TypeVar("SettingsT")
 
@@ -34,8 +31,8 @@ class JobContext(Generic[SettingsT]):
     settings: SettingsT  # the job's own settings (JobSpec.settings)
     policy: StepPolicy  # the process-wide defaults, as the job declares otherwise
     pool: DbPool
-    peers: PeerClient
-    broker: Broker | None  # None where nothing will be published (dry runs, ...)
+    peers: Peers  # the store and notification services (app.edges.peers.PeerClient)
+    broker: Publisher | None  # None where nothing will be published (dry runs, ...)
     execution_id: int
     parameters: Mapping[str, str]  # as recorded: runDate=2025-10-31, targetHour=10, ...
     dry_run_output: TextIO | None = None  # a dry run: where its writer writes
