@@ -11,6 +11,7 @@ import copy
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -537,3 +538,69 @@ async def test_a_failed_step_cancels_the_chunks_still_in_flight() -> None:
         await run.run(execution())
 
     assert raised.value is fault
+
+
+async def test_the_reader_stays_at_most_the_queues_ahead_of_a_held_chunk() -> None:
+    """Chunk 1 held by its worker (2 workers, QUEUE_SIZE 2): the sink waits on it, and
+    the reader reads until the commit queue (QUEUE_SIZE + WORKERS = 4) is full behind it:
+    5 chunks counted read, the job's reader asked for the 6th item only, whose chunk waits
+    for room; nothing read is lost once chunk 1 goes through."""
+    asked: list[int] = []  # the items the job's reader gave, one per batch
+    while_held: list[tuple[int, int]] = []
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        async def one_by_one() -> AsyncIterator[list[int]]:
+            for item in range(1, 21):
+                asked.append(item)
+                yield [item]
+
+        return one_by_one()
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if chunk.items == [1]:
+            # Every other task has its turns meanwhile (no clock: the loop's turns only);
+            # a reader not bound by the queues reads all 20 chunks in far fewer.
+            for _ in range(200):
+                await asyncio.sleep(0)
+            while_held.append((run.progress.read, len(asked)))
+        return Processed(chunk.items)
+
+    repository = Repository()
+    run = runner(*([item] for item in range(1, 21)), process=process, repository=repository)
+    run.definition = replace(run.definition, read=read)
+
+    assert await run.run(execution()) is True
+
+    assert while_held == [(1 + 4, 6)]
+    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == list(range(1, 21))
+    assert run.progress.read == 20
+
+
+async def test_a_stop_after_the_last_read_still_ends_the_run_short() -> None:
+    """The reader reached the end of the items, then the stop came while chunk 1 was
+    processed (1 worker): chunk 2, read, is not started, and the run says it did not
+    reach the end (the launcher's STOPPED, not COMPLETED)."""
+    ended = asyncio.Event()
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        async def two() -> AsyncIterator[list[int]]:
+            yield [1]
+            yield [2]
+            ended.set()  # the runtime asked past the last item: the read is over
+
+        return two()
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if chunk.items == [1]:
+            await ended.wait()
+            run.stop.set()
+        return Processed(chunk.items)
+
+    repository = Repository()
+    run = runner([1], [2], process=process, repository=repository, step_policy=policy(workers=1))
+    run.definition = replace(run.definition, read=read)
+
+    assert await run.run(execution()) is False
+
+    assert run.progress.read == 2
+    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == [1]
