@@ -31,6 +31,7 @@ DETECTED = ("killed", "timeout")
 # run ends (its wiring of the database and the step is tested against MariaDB).
 SCOPE = (
     "app.pipeline.step.*",
+    "app.pipeline.source.*",
     "app.pipeline.retry.*",
     "app.pipeline.isolate.*",
     "app.runtime.operator.*",
@@ -116,9 +117,13 @@ def main() -> int:
         print("\nNot caught (a test to write, or an equivalent to name in docs/mutation.md):")
         for name, status in survivors:
             print(f"  {name}: {status}")
-    stale = named - {name for _, name, _ in found}
+    # A change to a function renumbers its mutants: a name left behind is another edit now.
+    stale = named - {name for _, name, status in found if status not in DETECTED}
     if stale:
-        print("\ndocs/mutation.md names mutants this run does not have:", *sorted(stale))
+        print(
+            "\ndocs/mutation.md names as equivalent mutants this run kills or does not have:",
+            *sorted(stale),
+        )
     return 0
 
 

@@ -263,6 +263,23 @@ def test_the_due_time_of_a_recorded_instance_within_the_grace(
     assert due_time_of(HOURLY, parameters, now, grace) == due
 
 
+def test_a_parameter_a_schedule_leaves_out_takes_its_default_from_the_time_of_the_pass() -> None:
+    """As a launch by that pass would record it: targetHour, left out, is the pass's hour."""
+    by_date = Schedule(
+        fcm_send_spec.SPEC,
+        dataclasses.replace(
+            fcm_send_spec.SPEC.schedule, parameters=lambda at: {"runDate": at.date().isoformat()}
+        ),
+    )
+    recorded = fan_out(27, 10)
+
+    assert due_time_of(by_date, recorded, datetime(2025, 10, 27, 10, 5), H) == datetime(
+        2025, 10, 27, 10
+    )
+    # at 11:05 the instance of 11:00 would have targetHour 11: the one recorded is not it
+    assert due_time_of(by_date, recorded, datetime(2025, 10, 27, 11, 5), 2 * H) is None
+
+
 def test_the_schedules_are_those_the_jobs_declare() -> None:
     unscheduled = dataclasses.replace(fcm_send_spec.SPEC, schedule=None)
     found = schedules_of([unscheduled, fcm_send_spec.SPEC, usage_stats_spec.SPEC])

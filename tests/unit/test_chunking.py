@@ -1,12 +1,15 @@
-"""The runtime cuts a job's items into chunks: sizes, weights, checkpoints, the final chunk."""
+"""The runtime cuts a job's items into chunks: sizes, weights, checkpoints, the final chunk;
+and feeds them to the bounded queues until the end or a stop."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from app.pipeline.chunk import Processed, StepDefinition
-from app.pipeline.source import chunks
+from app.metrics import SPRING_BATCH_ITEM_READ, StepTimer
+from app.pipeline.chunk import Chunk, Processed, StepDefinition, StepProgress
+from app.pipeline.source import Entry, chunks, feed
 from app.pipeline.writers import DatabaseWriter
 
 
@@ -79,3 +82,39 @@ async def test_a_chunk_ends_at_chunk_size_of_weight_or_at_its_cap_of_items() -> 
         (None, 11, False, [1, 3, 5, 7, 9, 11]),
         (11, 13, False, [13]),
     ]
+
+
+async def fed(stop_after: int | None) -> tuple[bool, list[Any], list[Any], int]:
+    """`feed` over chunks [1], [2], [3] with 2 workers, `stop` set as the chunk
+    `stop_after` is read: what it answers, the commit queue's and the work queue's
+    contents (each chunk's items, None for an end mark), the items counted read."""
+    stop = asyncio.Event()
+
+    async def three() -> AsyncGenerator[Chunk[int], None]:
+        for item in (1, 2, 3):
+            if item == stop_after:
+                stop.set()
+            yield Chunk([item], item)
+
+    work: asyncio.Queue[Entry | None] = asyncio.Queue()
+    commits: asyncio.Queue[Entry | None] = asyncio.Queue()
+    progress = StepProgress()
+    reads = StepTimer(SPRING_BATCH_ITEM_READ, "unitJob", "fedStep")
+    answer = await feed(
+        three(), work, commits, workers=2, progress=progress, stop=stop, reads=reads
+    )
+
+    def drained(queue: asyncio.Queue[Entry | None]) -> list[Any]:
+        entries = [queue.get_nowait() for _ in range(queue.qsize())]
+        return [entry and entry[0].items for entry in entries]
+
+    return answer, drained(commits), drained(work), progress.read
+
+
+async def test_the_reader_feeds_every_chunk_then_ends_both_queues() -> None:
+    everything = [[1], [2], [3]]
+    assert await fed(stop_after=None) == (True, [*everything, None], [*everything, None, None], 3)
+
+
+async def test_the_reader_stops_after_the_chunk_read_as_the_stop_came_and_says_so() -> None:
+    assert await fed(stop_after=2) == (False, [[1], [2], None], [[1], [2], None, None], 2)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,10 +27,12 @@ from app.metrics import (
     SPRING_BATCH_ITEM_READ,
 )
 from app.model import ChunkCounts, Status, StepExecution
+from app.pipeline import source as source_module
 from app.pipeline import step as step_module
-from app.pipeline.chunk import Chunk, KeyRange, Processed, StepDefinition, StepProgress
+from app.pipeline.chunk import Chunk, KeyRange, Processed, Rows, StepDefinition, StepProgress
 from app.pipeline.step import SkipLimitExceeded, StepRunner
 from app.repository.rules import AlreadyCommitted
+from tests.fakes import resources
 
 CONN = object()  # the connection of every chunk's transaction
 NAMES = itertools.count()
@@ -83,6 +88,7 @@ class Writer:
     def __init__(self, report: dict[str, int] | None = None) -> None:
         self.delivered: list[list[int]] = []
         self.written: list[list[int]] = []
+        self.keys: list[KeyRange] = []  # of each write
         self._report = report or {}
         self.deliver_faults: list[BaseException] = []
 
@@ -94,6 +100,7 @@ class Writer:
     async def write(self, conn: object, output: list[int], keys: KeyRange) -> None:
         assert conn is CONN
         self.written.append(output)
+        self.keys.append(keys)
 
     def report(self) -> dict[str, int]:
         return dict(self._report)
@@ -537,3 +544,185 @@ async def test_a_failed_step_cancels_the_chunks_still_in_flight() -> None:
         await run.run(execution())
 
     assert raised.value is fault
+
+
+async def test_the_reader_stays_at_most_the_queues_ahead_of_a_held_chunk() -> None:
+    """Chunk 1 held by its worker (2 workers, QUEUE_SIZE 2): the sink waits on it, and
+    the reader reads until the commit queue (QUEUE_SIZE + WORKERS = 4) is full behind it:
+    5 chunks counted read, the job's reader asked for the 6th item only, whose chunk waits
+    for room; nothing read is lost once chunk 1 goes through."""
+    asked: list[int] = []  # the items the job's reader gave, one per batch
+    while_held: list[tuple[int, int]] = []
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        async def one_by_one() -> AsyncIterator[list[int]]:
+            for item in range(1, 21):
+                asked.append(item)
+                yield [item]
+
+        return one_by_one()
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if chunk.items == [1]:
+            # Every other task has its turns meanwhile (no clock: the loop's turns only);
+            # a reader not bound by the queues reads all 20 chunks in far fewer.
+            for _ in range(200):
+                await asyncio.sleep(0)
+            while_held.append((run.progress.read, len(asked)))
+        return Processed(chunk.items)
+
+    repository = Repository()
+    run = runner(*([item] for item in range(1, 21)), process=process, repository=repository)
+    run.definition = replace(run.definition, read=read)
+
+    assert await run.run(execution()) is True
+
+    assert while_held == [(1 + 4, 6)]
+    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == list(range(1, 21))
+    assert run.progress.read == 20
+
+
+async def test_a_stop_after_the_last_read_still_ends_the_run_short() -> None:
+    """The reader reached the end of the items, then the stop came while chunk 1 was
+    processed (1 worker): chunk 2, read, is not started, and the run says it did not
+    reach the end (the launcher's STOPPED, not COMPLETED)."""
+    ended = asyncio.Event()
+
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        async def two() -> AsyncIterator[list[int]]:
+            yield [1]
+            yield [2]
+            ended.set()  # the runtime asked past the last item: the read is over
+
+        return two()
+
+    async def process(chunk: Chunk[int]) -> Processed[list[int]]:
+        if chunk.items == [1]:
+            await ended.wait()
+            run.stop.set()
+        return Processed(chunk.items)
+
+    repository = Repository()
+    run = runner([1], [2], process=process, repository=repository, step_policy=policy(workers=1))
+    run.definition = replace(run.definition, read=read)
+
+    assert await run.run(execution()) is False
+
+    assert run.progress.read == 2
+    assert [context["checkpoint"] for _, _, context, _ in repository.commits] == [1]
+
+
+async def test_a_read_of_rows_is_streamed_from_the_step_s_database_fetch_rows_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runtime streams a Rows read (`app.edges.db.stream_merged`, against MariaDB in
+    the integration tests) from the database the runner was given, FETCH_ROWS at a time,
+    with the read's session; each batch of rows made items by the read."""
+    database = resources().settings.database
+    streamed: list[tuple[object, object, int, object]] = []
+
+    async def stream_merged(
+        settings: object, queries: object, fetch_rows: int, *, session: object
+    ) -> AsyncIterator[list[tuple]]:
+        streamed.append((settings, queries, fetch_rows, session))
+        yield [(1,), (2,), (3,)]
+        yield [(4,)]
+
+    monkeypatch.setattr(source_module, "stream_merged", stream_merged)
+    queries = [("SELECT id FROM t WHERE id > %s ORDER BY id", (0,))]
+
+    async def read(checkpoint: Any) -> Rows[int]:
+        return Rows(queries, lambda rows: [row[0] * 10 for row in rows], session=("SET x=1",))
+
+    writer = Writer()
+    run = runner(writer=writer, database=database)
+    run.definition = replace(run.definition, read=read, weight=None)
+
+    assert await run.run(execution()) is True
+
+    assert streamed == [(database, queries, 10, ("SET x=1",))]
+    assert writer.written == [[10, 20], [30, 40]]
+
+
+async def test_the_read_timer_counts_each_read_within_the_run_s_time() -> None:
+    """Each chunk's read as its items and the read that finds the end as one, their time
+    a share of the run's."""
+    run = runner([1, 2], [3, 4], [5])
+    started = time.perf_counter()
+
+    await run.run(execution())
+
+    elapsed = time.perf_counter() - started
+    count, total, longest = SPRING_BATCH_ITEM_READ.labels(
+        "unitJob", run.definition.name, "SUCCESS"
+    ).figures()
+    assert count == 5 + 1
+    assert 0 <= longest <= total <= elapsed
+
+
+async def test_a_read_that_fails_counts_as_one_failure_within_the_run_s_time() -> None:
+    async def read(checkpoint: Any) -> AsyncIterator[list[int]]:
+        return batches([1, 2], fault=RuntimeError("the stream broke"))
+
+    run = runner([1, 2])
+    run.definition = replace(run.definition, read=read)
+    started = time.perf_counter()
+
+    with pytest.raises(RuntimeError):
+        await run.run(execution())
+
+    elapsed = time.perf_counter() - started
+    timer = SPRING_BATCH_ITEM_READ
+    count, total, _ = timer.labels("unitJob", run.definition.name, "FAILURE").figures()
+    assert (count, timer.labels("unitJob", run.definition.name, "SUCCESS").figures()[0]) == (1, 2)
+    assert 0 <= total <= elapsed
+
+
+async def test_each_part_is_written_with_its_key_range_the_final_one_open() -> None:
+    """Chunk [1, 2, 3, 4] halved after item 2's data fault: its parts [1] and [3, 4] are
+    written bounded by the keys around them; the final chunk [5] covers all after 4."""
+    writer = Writer()
+    run = runner([1, 2, 3, 4], [5], process=failing_on(2), writer=writer)
+    run.definition = replace(run.definition, final_chunk=True)
+
+    assert await run.run(execution()) is True
+
+    assert writer.written == [[1], [3, 4], [5]]
+    assert writer.keys == [KeyRange(None, 1), KeyRange(2, 4), KeyRange(4, None)]
+
+
+async def test_a_failed_step_cancels_its_uncommitted_chunks_and_reads_their_faults() -> None:
+    """What the commit queue holds when a step fails: a chunk in flight is cancelled, and
+    another worker's fault is read, so that asyncio reports no 'Future exception was never
+    retrieved' once the future is collected."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    pending, failed = loop.create_future(), loop.create_future()
+    failed.set_exception(Away("peer away for 2"))
+    commits: asyncio.Queue[Any] = asyncio.Queue()
+    for entry in ((Chunk([1], 1), pending), (Chunk([2], 2), failed), None):
+        commits.put_nowait(entry)
+
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+    try:
+        step_module._discard_uncommitted(commits)
+        del failed
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+
+    assert pending.cancelled() and commits.empty()
+    assert reported == []
+
+
+async def test_a_read_of_rows_without_the_database_s_settings_fails_the_step_saying_so() -> None:
+    async def read(checkpoint: Any) -> Rows[int]:
+        return Rows([("SELECT 1", ())], lambda rows: [row[0] for row in rows])
+
+    run = runner()
+    run.definition = replace(run.definition, read=read)
+
+    with pytest.raises(RuntimeError) as raised:
+        await run.run(execution())
+    assert str(raised.value) == "a step that reads rows needs the database's settings"
