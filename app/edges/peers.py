@@ -9,7 +9,9 @@ translated here into the service's faults: a timeout, a connection failure, HTTP
 
 from __future__ import annotations
 
+import importlib
 import json
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
@@ -75,10 +77,15 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def _import_peer_modules() -> None:
+    for name in ("aiohttp", "jwt"):
+        importlib.import_module(name)
+
+
 class PeerClient:
     """`async with PeerClient(settings, token) as peers:` one HTTP session for all peer
-    calls, opened by the first, which imports aiohttp: a run that asks no peer (an empty
-    window) starts without it (docs/performance.md)."""
+    calls, opened by the first, which imports aiohttp (unless `preload` has): a run that
+    asks no peer (an empty window) starts without it (docs/performance.md)."""
 
     def __init__(self, settings: PeerSettings, token: SystemToken) -> None:
         self._store_url = settings.store_url.rstrip("/")
@@ -89,6 +96,17 @@ class PeerClient:
         self._token = token
         self._entered = False
         self._session: aiohttp.ClientSession | None = None
+        self._preloading: threading.Thread | None = None
+
+    def preload(self) -> None:
+        """aiohttp and PyJWT imported in a thread: for a job that will ask a peer to call as
+        a wait of its own begins (the stats read, while the server sorts), so that its
+        first call finds them imported (docs/performance.md). That call's own imports wait
+        for the thread's, if still under way, on Python's import lock: nothing awaits
+        the thread, so no cancellation reaches it."""
+        if self._preloading is None:
+            self._preloading = threading.Thread(target=_import_peer_modules, name="preload")
+            self._preloading.start()
 
     async def __aenter__(self) -> PeerClient:
         self._entered = True

@@ -211,11 +211,17 @@ class UsageStatsStep:
         self.day = date.fromisoformat(context.parameters["runDate"])
         self.pool = context.pool
         self.settings = context.settings
+        self.peers = context.peers
         # storeId -> dong (None: no dong), each store asked once per run
         self.dongs = SharedLookup(context.peers.store_dongs)
+        # Whether the window may hold rows, as `shares` found (False: nothing yet, only an
+        # open end read in case rows come, or no query at all)
+        self.rows_expected = True
 
     async def read(self, checkpoint: Any) -> Rows[Member]:
         queries = [self._query(bounds, checkpoint) for bounds in await self.shares()]
+        if self.rows_expected:
+            self.peers.preload()  # for the first chunk's store lookups, while the server sorts
         return Rows(queries, members)
 
     async def shares(self) -> list[Bounds]:
@@ -237,6 +243,7 @@ class UsageStatsStep:
                     span.lookups,
                 )
                 if bounds is None:  # nothing yet; an open end still reads what comes
+                    self.rows_expected = False
                     return [] if span.ids[1] is not None else [_bounds("id", *span.ids)]
                 ranges = id_ranges(*bounds, parts, span.ids)
                 return [_bounds("id", *ids) for ids in ranges]
@@ -247,6 +254,7 @@ class UsageStatsStep:
             )
         [(low, high)] = await fetch_all(pool, _ID_SPAN)
         if low is None:
+            self.rows_expected = False
             return []
         return [_bounds("id", *ids) for ids in id_ranges(low, high, parts)]
 
