@@ -59,3 +59,18 @@ def test_parsing_a_job_s_parameters_loads_no_job_code(path: str) -> None:
         f" find_job(JOBS, {path!r}).parse({{'runDate': '2025-10-31'}}, datetime(2025, 11, 1))"
     )
     assert [name for name in loaded if name in JOB_CODE] == []
+
+
+def test_the_peers_preload_imports_aiohttp_and_pyjwt_in_one_thread_started_once() -> None:
+    loaded = _loaded_after(
+        "import sys, threading; from app.config import PeerSettings;"
+        " from app.edges.auth import SystemToken; from app.edges.peers import PeerClient;"
+        " peers = PeerClient(PeerSettings('http://s', 'http://n', 1.0, 1000, 100),"
+        " SystemToken(b'k' * 32, 'batch'));"
+        " assert 'aiohttp' not in sys.modules and 'jwt' not in sys.modules;"
+        " before = threading.active_count(); peers.preload(); peers.preload();"
+        " assert threading.active_count() <= before + 1;"
+        " [t.join() for t in threading.enumerate() if t.name == 'preload']"
+    )
+    assert "aiohttp" in loaded
+    assert "jwt" in loaded
