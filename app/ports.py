@@ -146,6 +146,9 @@ class JobRepository(JobExplorer, Protocol):
 class Peers(Protocol):
     """The peer services' lookups (`app.edges.peers.PeerClient`)."""
 
+    def preload(self) -> None:
+        """Get ready, without waiting, for a first lookup soon (its client's imports)."""
+
     async def store_dongs(self, store_ids: Collection[int]) -> dict[int, str]: ...
 
     async def stores_by_dong(self, dongs: Collection[str]) -> dict[str, list[int]]: ...

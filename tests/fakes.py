@@ -30,6 +30,9 @@ class FakePeers:
     stores: dict[str, list[int]] = field(default_factory=dict)
     tokens: dict[int, list[str]] = field(default_factory=dict)
 
+    def preload(self) -> None:
+        """Nothing to import."""
+
     async def store_dongs(self, store_ids: Collection[int]) -> dict[int, str]:
         return {i: self.dongs[i] for i in store_ids if i in self.dongs}
 
