@@ -4,9 +4,8 @@ each run, so that a long-lived daemon stays flat.
 The CLI collects rarely (`tune_gc`), so a full collection may not come in dozens of
 runs, and whatever a run leaves in reference cycles (a closure that names itself, an
 exception kept with its traceback, and the chunks' rows they hold) waits for it. One
-full collection when a run ends frees it, over what start-up did not make. (glibc's
-malloc_trim after it gave no flatter a curve: not worth a C call; see
-docs/performance.md.)
+full collection when a run ends frees it. (glibc's malloc_trim after it gave no flatter
+a curve: not worth a C call; see docs/performance.md.)
 """
 
 from __future__ import annotations
@@ -23,11 +22,8 @@ _collecting_rarely = False  # tune_gc was called: release_memory collects
 def tune_gc() -> None:
     """Streaming millions of rows allocates tuples by the million, none of them cyclic:
     the default thresholds would run full collections over everything imported again
-    and again (docs/performance.md). Collect less often, and never over what start-up
-    made (frozen: the collection after each run and those of the interpreter's exit
-    skip it)."""
+    and again (docs/performance.md). Collect less often."""
     global _collecting_rarely
-    gc.freeze()
     gc.set_threshold(50_000, 20, 10)
     _collecting_rarely = True
 
