@@ -6,7 +6,6 @@ over fake peers whose latency stretches a run."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import time
@@ -247,16 +246,22 @@ async def test_an_abandoned_instance_is_never_relaunched_by_the_catch_up(
     assert await instance_rows() == [(execution.id, "ABANDONED")]
 
 
-@pytest.mark.parametrize("after", [2, 12])
+async def successor_started(pool: Pool, world: FanoutWorld, survivor: Daemon) -> bool:
+    """Whether the dead runner's execution was taken over and its successor runs."""
+    assert survivor.process.returncode is None, survivor.log_text()
+    return [s for _, s, _, _ in await runs_of(pool, world)] == ["FAILED", "STARTED"]
+
+
+@pytest.mark.parametrize("takeover", [False, True], ids=["before_takeover", "after_takeover"])
 async def test_a_stop_holds_across_a_takeover(
-    pool: Pool, settings: Settings, queue: str, tmp_path: Path, after: int
+    pool: Pool, settings: Settings, queue: str, tmp_path: Path, takeover: bool
 ) -> None:
-    """The runner is killed; an operator stops its execution through the other replica
-    `after` seconds later. At 2 s, before the takeover (lease 6 s): STOPPING, then STOPPED
-    by the taker, never restarted. At 12 s, after the successor started: the stop reaches
+    """The runner is killed; an operator stops its execution through the other replica.
+    At once, before the takeover (lease 6 s): STOPPING, then STOPPED by the taker, never
+    restarted. Once the successor runs (6 s and more after the death): the stop reaches
     the successor (202, its id), which ends STOPPED. Either way nothing is published
-    past the checkpoint and no pass restarts it. Before: at 12 s, 409 JOB_NOT_RUNNING
-    while the successor published everything."""
+    past the checkpoint and no pass restarts it. Before: after the takeover, 409
+    JOB_NOT_RUNNING while the successor published everything."""
     world = await hour_world(pool, settings, 3000)
     async with AsyncExitStack() as stack:
         fake = await stack.enter_async_context(run_fake_peers(world.peers))
@@ -266,9 +271,15 @@ async def test_a_stop_holds_across_a_takeover(
         runner, [survivor] = runner_of(first, *daemons)
         await kill(runner)
         dead = time.monotonic()
-        await asyncio.sleep(after)  # the operator's stop comes `after` s after the death
+        if takeover:  # the operator's stop comes once the successor runs
+            await until(
+                lambda: successor_started(pool, world, survivor),
+                within=60,
+                every=0.1,
+                what="the successor of the killed runner's execution STARTED",
+            )
         runs = await runs_of(pool, world)
-        if after == 2:
+        if not takeover:
             assert runs == [(first, "STARTED", "UNKNOWN", "")]  # before the takeover
         else:
             assert [s for _, s, _, _ in runs] == ["FAILED", "STARTED"]  # the successor runs
@@ -288,7 +299,7 @@ async def test_a_stop_holds_across_a_takeover(
             return f"execution {target} was STOPPED by an operator" in survivor.log_text()
 
         await until(passed_over, within=30, what="a pass over the stopped instance")
-    assert [s for _, s, _, _ in stopped] == (["STOPPED"] if after == 2 else ["FAILED", "STOPPED"])
+    assert [s for _, s, _, _ in stopped] == (["FAILED", "STOPPED"] if takeover else ["STOPPED"])
     final = await MariaDbJobRepository(pool, abandon_after_seconds=ABANDON_SECONDS).get_execution(
         target
     )
