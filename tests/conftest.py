@@ -26,12 +26,11 @@ DATA_TABLES = tuple(
 
 
 # The slow modules that take longest, longest first (seconds each on 2026-12-07, alone):
-# recovery 57, unattended 56, garbage 43, load 31, classes 31, operator 26.
+# recovery 57, unattended 56, garbage 43, classes 31, operator 26.
 LONGEST_FIRST = (
     "tests/reliability/test_recovery.py",
     "tests/reliability/test_unattended.py",
     "tests/reliability/test_faults_garbage.py",
-    "tests/reliability/test_load.py",
     "tests/reliability/test_faults_classes.py",
     "tests/reliability/test_operator.py",
 )

@@ -171,7 +171,10 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[math.ceil(share * len(ordered)) - 1]
 
 
+# Alone: the health answer bounds each check to 0.5 s; beside the other tests (both lanes
+# of scripts/test at once) the broker's check outran it in 448 of 500 requests.
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_actuator_answers_while_the_stats_job_streams_two_million_rows(
     pool: Pool, settings: Settings, tmp_path: Path
 ) -> None:

@@ -199,7 +199,10 @@ async def test_queued_runs_killed_with_the_daemon_all_complete_after_a_restart(
     days = [f"2025-10-{d}" for d in range(17, 27)]
     env = {**LEASE, "MAX_RUNNING_EXECUTIONS": "2", "CHUNK_SIZE": "20", "SCHEDULER_ENABLED": "true"}
     async with run_fake_peers(world.peer_data()) as fake:
-        fake.control.latency_ms = 200  # each run lasts seconds: the queue stays full
+        # each run lasts 15 s and more (20 chunks, 4 workers, 3 s a store lookup): the queue
+        # stays full however long the 10 launches take (at 0.2 s a lookup, 2 dates had
+        # completed before the kill under load)
+        fake.control.latency_ms = 3000
         async with (
             serve(settings, fake, queue, tmp_path / "killed.log", **env) as first,
             aiohttp.ClientSession(first.url, headers=admin_headers()) as http,
