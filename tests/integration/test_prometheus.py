@@ -232,12 +232,14 @@ async def scraped_while_running_both_jobs(
     stats = await run(http, f"/api/v1/jobs/coupon-usage-stats?runDate={RUN_DATE}")
     assert (stats["status"], stats["steps"][0]["writeCount"]) == ("COMPLETED", len(MEMBERS))
     # The fan-out waits on the notification service (3 s a call, within
-    # PEER_TIMEOUT_SECONDS) until Prometheus has seen its pipeline's queues
+    # PEER_TIMEOUT_SECONDS) until Prometheus has seen its pipeline's queues for 1.5 s (6
+    # scrapes): the dashboard's range query below steps by 1 s, and a gauge seen for less
+    # may fall between two steps (under load it did)
     fake.control.update({"latency_ms": 3000})
     fanout = asyncio.create_task(
         run(http, f"/api/v1/jobs/coupon-usage-stats-fcm-send?runDate={RUN_DATE}&targetHour=10")
     )
-    await prometheus.until("batch_pipeline_queue_depth")
+    await prometheus.until("count_over_time(batch_pipeline_queue_depth[10s]) >= 6")
     fake.control.update({"latency_ms": 0})
     execution = await fanout
     assert (execution["status"], execution["messages"]) == (
