@@ -7,6 +7,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, tzinfo
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -58,32 +59,34 @@ CLAIMS = web.RequestKey("claims", dict)
 
 
 class Health:
-    """Runs the checks concurrently, each bounded by `timeout` however it hangs.
+    """Runs the checks concurrently; an answer waits at most `timeout` for each.
 
-    A check that does not answer in time is reported DOWN at once and cancelled in the
-    background, so the answer never waits for a slow cancellation (a channel close, a
-    dead socket); `close` awaits those leftovers.
+    A check still running when an answer is due is reported DOWN and left to finish
+    (within `_CHECK_BOUND` x `timeout`), shared by the answers that come meanwhile:
+    cancelling it would close what it checks with (the broker's check channel, a pinged
+    connection), each next check would open that again, and under a load of probes one
+    slow answer would snowball. `close` cancels what still runs.
     """
 
     def __init__(self, checks: Mapping[str, HealthCheck], timeout: float) -> None:
         self._checks = dict(checks)
         self._timeout = timeout
-        self._leftovers: set[asyncio.Task[object]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
 
     async def report(self) -> dict[str, Any]:
         names = list(self._checks)
-        results = await asyncio.gather(*(self._component(self._checks[n]) for n in names))
+        results = await asyncio.gather(*(self._component(name) for name in names))
         components = dict(zip(names, results, strict=True))
         up = all(c["status"] == "UP" for c in components.values())
         return {"status": "UP" if up else "DOWN", "components": components}
 
-    async def _component(self, check: HealthCheck) -> dict[str, Any]:
-        task: asyncio.Task[object] = asyncio.ensure_future(check())
+    async def _component(self, name: str) -> dict[str, Any]:
+        task = self._running.get(name)
+        if task is None:
+            task = self._running[name] = asyncio.create_task(self._bounded(name))
+            task.add_done_callback(partial(self._forget, name))
         done, _ = await asyncio.wait({task}, timeout=self._timeout)
         if not done:
-            task.cancel()
-            self._leftovers.add(task)
-            task.add_done_callback(self._forget)
             return {"status": "DOWN", "details": {"error": f"no answer in {self._timeout:g} s"}}
         error = asyncio.CancelledError() if task.cancelled() else task.exception()
         if error is not None:
@@ -91,16 +94,25 @@ class Health:
             return {"status": "DOWN", "details": {"error": type(error).__name__}}
         return {"status": "UP"}
 
-    def _forget(self, task: asyncio.Task[object]) -> None:
-        self._leftovers.discard(task)
+    async def _bounded(self, name: str) -> None:
+        async with asyncio.timeout(self._timeout * _CHECK_BOUND):
+            await self._checks[name]()
+
+    def _forget(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._running.get(name) is task:
+            del self._running[name]
         if not task.cancelled():
             task.exception()
 
     async def close(self) -> None:
-        for task in self._leftovers:
+        running = list(self._running.values())
+        for task in running:
             task.cancel()
-        if self._leftovers:
-            await asyncio.wait(self._leftovers)
+        if running:
+            await asyncio.wait(running)
+
+
+_CHECK_BOUND = 10  # a check left to finish is cancelled past 10 x the answer's timeout
 
 
 HEALTH = web.AppKey("health", Health)
