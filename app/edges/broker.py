@@ -74,6 +74,15 @@ _CALLBACK_FAILED = "Callback %r error: %s: %s"
 _CHANNEL_CLOSED = "RobustChannel._on_close"
 
 
+# asyncio's own line for each write past the fifth to a transport already lost: aiormq
+# writes its frames until it notices the loss, which is the broker's outage, logged once.
+_DEAD_SOCKET = "socket.send() raised exception."
+
+
+def _not_dead_socket(record: logging.LogRecord) -> bool:
+    return record.msg != _DEAD_SOCKET
+
+
 def _not_reconnect_noise(record: logging.LogRecord) -> bool:
     if record.msg in _RECONNECT_NOISE:
         return False
@@ -85,6 +94,7 @@ def _not_reconnect_noise(record: logging.LogRecord) -> bool:
 
 for _name in _NOISY_LOGGERS:
     logging.getLogger(_name).addFilter(_not_reconnect_noise)
+logging.getLogger("asyncio").addFilter(_not_dead_socket)
 
 
 def _outcome(task: asyncio.Task[Any]) -> str:

@@ -53,9 +53,6 @@ UNROUTABLE = re.compile(
 )
 
 
-ASYNCIO_DEAD_SOCKET = "asyncio: socket.send() raised exception."
-
-
 def lines_at_least(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= level]
 
@@ -272,16 +269,11 @@ async def test_a_broker_outage_is_one_warning_and_one_line_at_its_end(
     )
     assert_all_delivered(execution, world, await drain(queue))
     dependency = f"broker 127.0.0.1:{broker_proxy.port}"
-    # asyncio's transport warns after its 5th write on the reset socket, when the writes
-    # come before the loop has told the connection (a loaded loop): the event loop's line,
-    # not the service's; each is that exact line, and they come before the service's
-    # WARNING (seen in 2 of 6 runs here on 2026-12-07)
-    lines = lines_at_least(caplog, logging.WARNING)
-    transport = [line for line in lines if line == ASYNCIO_DEAD_SOCKET]
-    assert lines[: len(transport)] == transport, lines
-    # one WARNING for the outage; on a loaded machine a later stall may be an outage of its
-    # own (confirmations slower than BROKER_STALL_SECONDS), with its own line at its end
-    warning, *stalls = lines[len(transport) :]
+    # one WARNING for the outage (asyncio's own line for writes to the reset socket, which
+    # a loaded loop makes before it tells the connection, is dropped: seen in 2 of 6 runs
+    # here on 2026-12-07); on a loaded machine a later stall may be an outage of its own
+    # (confirmations slower than BROKER_STALL_SECONDS), with its own line at its end
+    warning, *stalls = lines_at_least(caplog, logging.WARNING)
     assert warning.startswith(f"app.edges.broker: {dependency}: connection lost: "), warning
     assert all(s.startswith("app.edges.broker: broker stalled: ") for s in stalls), stalls
     assert len(back_after(caplog, dependency)) == 1 + len(stalls)

@@ -4,6 +4,7 @@ every second back, so each template must be one the installed libraries write.""
 
 from __future__ import annotations
 
+import asyncio.selector_events
 import inspect
 import logging
 import types
@@ -40,3 +41,16 @@ def test_only_the_reconnect_lines_are_dropped(name: str, caplog: pytest.LogCaptu
     assert [r.getMessage() for r in caplog.records] == [
         "Connection 'conn' was blocked by: 'low on memory'"
     ]
+
+
+def test_asyncio_s_line_for_writes_to_a_lost_transport_is_dropped_and_no_other(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker outage is one WARNING (issue 26): asyncio's own line for each write to a
+    socket already lost, which aiormq makes until it notices, says nothing more."""
+    written = set(constants(compile(inspect.getsource(asyncio.selector_events), "s", "exec")))
+    assert broker._DEAD_SOCKET in written
+    loop_logger = logging.getLogger("asyncio")
+    loop_logger.warning(broker._DEAD_SOCKET)
+    loop_logger.warning("Executing %s took %.3f seconds", "<Task>", 0.2)
+    assert [r.getMessage() for r in caplog.records] == ["Executing <Task> took 0.200 seconds"]
